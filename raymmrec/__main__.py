@@ -1,0 +1,3 @@
+from raymmrec.cli import main
+
+raise SystemExit(main())

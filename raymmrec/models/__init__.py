@@ -1,0 +1,1 @@
+"""Recommender models, one file each; see :mod:`raymmrec.registry`."""

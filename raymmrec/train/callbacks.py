@@ -1,0 +1,100 @@
+"""Core callbacks: progress bar, TensorBoard scalars, resumable checkpoints."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from tqdm.auto import tqdm
+
+from raymmrec.train.checkpoint import rng_state, save_checkpoint
+from raymmrec.train.loop import Callback, Trainer, TrainState, unwrap
+
+
+class ProgressCallback(Callback):
+    """A bar over epochs with loss, validation metric and best score; a log line otherwise."""
+
+    def __init__(self, valid_metric: str = "recall@20", enabled: bool = True) -> None:
+        self.valid_metric = valid_metric
+        self.enabled = enabled
+        self.bar: Any = None
+
+    def on_fit_start(self, trainer: Trainer, state: TrainState) -> None:
+        if self.enabled:
+            self.bar = tqdm(total=trainer.epochs, initial=state.epoch, desc="epochs", unit="ep",
+                            dynamic_ncols=True, file=sys.stderr, disable=None)
+
+    def on_epoch_end(self, trainer: Trainer, state: TrainState, logs: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        key = f"valid/{self.valid_metric}"
+        line = {"loss": f"{logs['loss']:.4f}", "train_s": f"{logs['time/train_s']:.2f}"}
+        if key in logs:
+            line[self.valid_metric] = f"{logs[key]:.4f}"
+            line["best"] = f"{state.best_score:.4f}@{state.best_epoch}"
+        if self.bar is not None and not self.bar.disable:
+            self.bar.update(1)
+            self.bar.set_postfix(line)
+        else:  # not a terminal (e.g. a Ray job log): one line per epoch
+            print(f"epoch {int(logs['epoch'])}: " + " ".join(f"{k}={v}" for k, v in line.items()), flush=True)
+
+    def on_fit_end(self, trainer: Trainer, state: TrainState) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class TensorBoardCallback(Callback):
+    """Scalars (losses by part, every metric, epoch times) to ``logdir``; appends on resume."""
+
+    def __init__(self, logdir: str | Path) -> None:
+        self.logdir = str(logdir)
+        self.writer: Any = None
+
+    def on_fit_start(self, trainer: Trainer, state: TrainState) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(self.logdir, purge_step=state.epoch)
+
+    def on_epoch_end(self, trainer: Trainer, state: TrainState, logs: dict[str, float]) -> None:
+        step = int(logs["epoch"])
+        for k, v in logs.items():
+            if k != "epoch":
+                self.writer.add_scalar(k, v, step)
+        self.writer.flush()
+
+    def on_fit_end(self, trainer: Trainer, state: TrainState) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def checkpoint_payload(trainer: Trainer, state: TrainState, config: dict[str, Any]) -> dict[str, Any]:
+    """Everything needed to resume: weights, optimizer, RNG, loop state and the run config."""
+    return {
+        "model": unwrap(trainer.model).state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "state": state.to_dict(),
+        "rng": rng_state(),
+        "config": config,
+    }
+
+
+class CheckpointCallback(Callback):
+    """``latest.pt`` every ``every`` epochs and ``best.pt`` (weights) on improvement, atomically."""
+
+    def __init__(self, folder: str | Path, config: dict[str, Any], every: int = 1,
+                 on_save: Callable[[Path], None] | None = None) -> None:
+        self.folder = Path(folder)
+        self.config = config
+        self.every = every
+        self.on_save = on_save
+
+    def on_epoch_end(self, trainer: Trainer, state: TrainState, logs: dict[str, float]) -> None:
+        if state.best_epoch == int(logs["epoch"]):
+            save_checkpoint(self.folder / "best.pt", {"model": unwrap(trainer.model).state_dict(),
+                                                      "epoch": state.best_epoch, "config": self.config})
+        done = state.stopped_early or state.epoch >= trainer.epochs
+        if self.every and (state.epoch % self.every == 0 or done):
+            save_checkpoint(self.folder / "latest.pt", checkpoint_payload(trainer, state, self.config))
+            if self.on_save is not None:
+                self.on_save(self.folder / "latest.pt")

@@ -1,0 +1,167 @@
+"""One training loop for every model, with evaluation, early stopping and callbacks.
+
+The :class:`Trainer` is given its pieces (dependency injection): the model (possibly wrapped
+by DDP), the optimizer, a function producing an epoch's batches and a function evaluating the
+model. The single-process runner (:mod:`raymmrec.train.run`) and the Ray layer only differ in
+which pieces they pass in.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from raymmrec.models.base import Batch, Recommender
+
+BatchFn = Callable[[int], Iterable[Batch]]
+EvalFn = Callable[[Recommender], dict[str, dict[str, float]]]
+
+
+def unwrap(model: nn.Module) -> Recommender:
+    """The bare :class:`Recommender` inside a DDP (or similar) wrapper."""
+    while hasattr(model, "module"):
+        model = model.module  # type: ignore[assignment]
+    return model  # type: ignore[return-value]
+
+
+@dataclass
+class TrainState:
+    """Everything besides weights that a resumed run needs; plain data, checkpoint-safe."""
+
+    epoch: int = 0  # next epoch to run
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    best_valid: dict[str, float] = field(default_factory=dict)
+    best_test: dict[str, float] = field(default_factory=dict)
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainState":
+        return cls(**d)
+
+
+class Callback:
+    """Hooks called by :class:`Trainer`; ``logs`` holds losses, metrics and timings of an epoch."""
+
+    def on_fit_start(self, trainer: "Trainer", state: TrainState) -> None: ...
+
+    def on_epoch_end(self, trainer: "Trainer", state: TrainState, logs: dict[str, float]) -> None: ...
+
+    def on_fit_end(self, trainer: "Trainer", state: TrainState) -> None: ...
+
+
+class Trainer:
+    """Epochs of ``batches(epoch)``, evaluation every ``eval_every`` epochs, early stopping.
+
+    Example::
+
+        trainer = Trainer(model, opt, batches, evaluate, epochs=100, patience=20, seed=0)
+        state = trainer.fit()
+        print(state.best_test["recall@20"])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        batches: BatchFn,
+        evaluate: EvalFn,
+        *,
+        epochs: int,
+        patience: int,
+        seed: int,
+        valid_metric: str = "recall@20",
+        eval_every: int = 1,
+        callbacks: list[Callback] | None = None,
+        device: torch.device | str = "cpu",
+        rank: int = 0,
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.batches = batches
+        self.evaluate = evaluate
+        self.epochs = epochs
+        self.patience = patience
+        self.seed = seed
+        self.valid_metric = valid_metric
+        self.eval_every = max(1, eval_every)
+        self.callbacks = callbacks or []
+        self.device = torch.device(device)
+        self.rank = rank
+
+    def _run_epoch(self, epoch: int) -> dict[str, float]:
+        model = self.model
+        model.train()
+        unwrap(model).pre_epoch(epoch)
+        # Dropout and other in-model randomness: reseeded per epoch, so resuming is exact.
+        torch.manual_seed(self.seed * 1_000_003 + epoch * 31 + self.rank)
+        sums: dict[str, torch.Tensor] = {}
+        n_batches = 0
+        for batch in self.batches(epoch):
+            batch = batch.to(self.device)
+            self.optimizer.zero_grad(set_to_none=True)
+            out = model(batch)
+            if not torch.isfinite(out.total):
+                raise FloatingPointError(
+                    f"loss became {out.total.item()} at epoch {epoch}, batch {n_batches}; "
+                    "try a lower learning rate or regularisation weight"
+                )
+            out.total.backward()
+            self.optimizer.step()
+            sums["loss"] = sums.get("loss", 0) + out.total.detach()
+            for k, v in out.parts.items():
+                sums[f"loss/{k}"] = sums.get(f"loss/{k}", 0) + v
+            n_batches += 1
+        return {k: float(v) / max(n_batches, 1) for k, v in sums.items()}
+
+    def fit(self, state: TrainState | None = None) -> TrainState:
+        """Train from ``state`` (a fresh one by default) until the cap or early stop."""
+        state = state or TrainState()
+        for cb in self.callbacks:
+            cb.on_fit_start(self, state)
+        while state.epoch < self.epochs and not state.stopped_early:
+            epoch = state.epoch
+            t0 = time.perf_counter()
+            logs = self._run_epoch(epoch)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            logs["time/train_s"] = time.perf_counter() - t0
+            logs["epoch"] = epoch
+            if (epoch + 1) % self.eval_every == 0 or epoch + 1 == self.epochs:
+                t1 = time.perf_counter()
+                results = self.evaluate(unwrap(self.model))
+                logs["time/eval_s"] = time.perf_counter() - t1
+                for split, metrics in results.items():
+                    logs.update({f"{split}/{k}": v for k, v in metrics.items()})
+                self._update_best(state, epoch, results)
+            state.epoch = epoch + 1
+            state.history.append({k: float(v) for k, v in logs.items()})
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, state, logs)
+        for cb in self.callbacks:
+            cb.on_fit_end(self, state)
+        return state
+
+    def _update_best(self, state: TrainState, epoch: int, results: dict[str, dict[str, float]]) -> None:
+        valid = results.get("valid", {})
+        if self.valid_metric not in valid:
+            raise KeyError(f"validation metric {self.valid_metric!r} not computed; have {sorted(valid)}")
+        score = valid[self.valid_metric]
+        if score > state.best_score:
+            state.best_score, state.best_epoch, state.bad_epochs = score, epoch, 0
+            state.best_valid = dict(valid)
+            state.best_test = dict(results.get("test", {}))
+        else:
+            state.bad_epochs += 1
+            if state.bad_epochs >= self.patience:
+                state.stopped_early = True

@@ -1,0 +1,144 @@
+"""Sampling, the loop, early stopping, checkpoints and exact resume, config and CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from _tiny import tiny_data
+from raymmrec.cli import main as cli_main
+from raymmrec.config import RunSpec, load_spec
+from raymmrec.train.checkpoint import load_checkpoint, save_checkpoint
+from raymmrec.train.loop import Callback
+from raymmrec.train.run import run
+from raymmrec.train.sampling import NegativeSampler, epoch_batches, epoch_generator
+
+
+def test_negatives_avoid_training_items_and_unseen_items():
+    users = torch.tensor([0, 0, 0, 1, 1, 2])
+    items = torch.tensor([0, 1, 2, 2, 3, 1])
+    s = NegativeSampler(n_items=6, train_users=users, train_items=items)  # items 4, 5 never trained
+    q = torch.tensor([0, 1, 2] * 400)
+    neg = s.sample(q, epoch_generator(0, 0))
+    train = {(0, 0), (0, 1), (0, 2), (1, 2), (1, 3), (2, 1)}
+    assert all((int(u), int(i)) not in train for u, i in zip(q, neg))
+    assert set(neg.tolist()) <= {0, 1, 2, 3}
+    assert set(neg[q == 0].tolist()) == {3}  # the only trained item user 0 has not seen
+    torch.testing.assert_close(neg, s.sample(q, epoch_generator(0, 0)))
+
+
+def test_sharded_batches_union_is_the_global_batch():
+    users, items = torch.arange(100), torch.arange(100) % 7
+    sampler = NegativeSampler(7, users % 5, items)
+    full = list(epoch_batches(users, items, 16, epoch_generator(3, 1), sampler))
+    parts = [list(epoch_batches(users, items, 16, epoch_generator(3, 1), sampler, r, 2)) for r in range(2)]
+    assert len(full) == len(parts[0]) == len(parts[1]) == 7
+    for b, p0, p1 in zip(full, *parts):
+        assert sorted(b.users.tolist()) == sorted(p0.users.tolist() + p1.users.tolist())
+        assert sorted(b.neg_items.tolist()) == sorted(p0.neg_items.tolist() + p1.neg_items.tolist())
+
+
+def spec_for(tmp_path, method="lightgcn", **train) -> RunSpec:
+    spec = load_spec(method=method, overrides=[f"output_dir={tmp_path}", "run_name=r", "eval.ks=[5,10]",
+                                               "eval.valid_metric=recall@10", "train.batch_size=64",
+                                               "train.lr=0.01"])
+    for k, v in train.items():
+        setattr(spec.train, k, v)
+    return spec
+
+
+def test_training_beats_chance_and_writes_outputs(tmp_path):
+    data = tiny_data()
+    state = run(spec_for(tmp_path, epochs=15, patience=50), progress=False, data=data)
+    # Users like half the items; random ranking puts ~5/12 of each user's 2 held-out items... in the top 10
+    # of 18 candidates, so a trained model must get well above that and be perfect on most users.
+    assert state.best_test["recall@10"] > 0.9
+    folder = tmp_path / "r"
+    results = json.loads((folder / "results.json").read_text())
+    assert results["test"]["recall@10"] == pytest.approx(state.best_test["recall@10"])
+    assert (folder / "ckpt" / "best.pt").exists() and any((folder / "tb").iterdir())
+    payload = load_checkpoint(folder / "ckpt" / "latest.pt")  # weights_only=True
+    assert payload["state"]["epoch"] == 15 and "optimizer" in payload and "rng" in payload
+    assert payload["config"]["method"] == "lightgcn"
+
+
+def test_early_stopping_counts_patience(tmp_path):
+    spec = spec_for(tmp_path, epochs=100, patience=3)
+    spec.train.lr = 0.0  # nothing improves after the first evaluation
+    state = run(spec, progress=False, data=tiny_data())
+    assert state.stopped_early and state.best_epoch == 0 and state.epoch == 4
+
+
+class Kill(Callback):
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_epoch_end(self, trainer, state, logs) -> None:
+        if state.epoch == self.at:
+            raise KeyboardInterrupt("simulated kill")
+
+
+@pytest.mark.parametrize("method", ["bm3", "lightgcn"])
+def test_resume_after_kill_matches_uninterrupted(tmp_path, method):
+    data = tiny_data()
+    full = run(spec_for(tmp_path / "a", method, epochs=6, patience=50), progress=False, data=data)
+    spec = spec_for(tmp_path / "b", method, epochs=6, patience=50)
+    # The checkpoint callback runs before Kill, so epoch 3's checkpoint is on disk when it "dies".
+    with pytest.raises(KeyboardInterrupt):
+        run(spec, progress=False, data=data, extra_callbacks=[Kill(3)])
+    assert load_checkpoint(tmp_path / "b" / "r" / "ckpt" / "latest.pt")["state"]["epoch"] == 3
+    resumed = run(spec, progress=False, data=data)
+    assert resumed.best_test == full.best_test and resumed.best_epoch == full.best_epoch
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+    a = load_checkpoint(tmp_path / "a" / "r" / "ckpt" / "latest.pt")["model"]
+    b = load_checkpoint(tmp_path / "b" / "r" / "ckpt" / "latest.pt")["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_resume_refuses_a_different_experiment(tmp_path):
+    run(spec_for(tmp_path, "bpr", epochs=1), progress=False, data=tiny_data())
+    with pytest.raises(ValueError, match="different method"):
+        run(spec_for(tmp_path, "lightgcn", epochs=1), progress=False, data=tiny_data())
+
+
+def test_checkpoint_is_atomic_and_pickle_free(tmp_path):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"w": torch.ones(2), "n": 3})
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+    assert load_checkpoint(path)["n"] == 3
+
+    class Evil:
+        pass
+
+    torch.save({"x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="evil.pt.*weights_only"):
+        load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_config_rejects_typos_and_types(tmp_path):
+    with pytest.raises(ValueError, match="unknown config key 'train.lrr'"):
+        load_spec(overrides=["train.lrr=0.1"])
+    with pytest.raises(ValueError, match="train.epochs: expected an integer"):
+        load_spec(overrides=["train.epochs=1.5"])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  epochs: 7\nmodel:\n  dropout: 0.3\ndatta: {}\n")
+    with pytest.raises(ValueError, match="c.yaml: unknown config section"):
+        load_spec(yaml_path=cfg)
+    cfg.write_text("train:\n  epochs: 7\nmodel:\n  dropout: 0.3\n")
+    spec = load_spec("bm3", cfg, ["train.epochs=9", "data.modalities=[text]"])
+    assert spec.train.epochs == 9 and spec.model == {"dropout": 0.3} and spec.data.modalities == ["text"]
+
+
+def test_cli_trains_and_prints_table(tmp_path, capsys):
+    code = cli_main(["train", "--method", "bpr", "--data", "synthetic:tiny", "--epochs", "2",
+                     "--output-dir", str(tmp_path), "--no-progress"])
+    assert code == 0
+    assert (tmp_path / "bpr-synthetic-tiny-seed999" / "results.json").exists()
+    out = capsys.readouterr().out
+    assert "best epoch" in out and "recall@20" in out and "test" in out
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--method", "bpr", "train.nope=1"])
+    assert "unknown config key" in capsys.readouterr().err
