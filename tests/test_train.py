@@ -31,7 +31,7 @@ def test_negatives_avoid_training_items_and_unseen_items():
 
 def test_sharded_batches_union_is_the_global_batch():
     users, items = torch.arange(100), torch.arange(100) % 7
-    sampler = NegativeSampler(7, users % 5, items)
+    sampler = NegativeSampler(7, users, items)
     full = list(epoch_batches(users, items, 16, epoch_generator(3, 1), sampler))
     parts = [list(epoch_batches(users, items, 16, epoch_generator(3, 1), sampler, r, 2)) for r in range(2)]
     assert len(full) == len(parts[0]) == len(parts[1]) == 7
@@ -104,15 +104,15 @@ def test_resume_refuses_a_different_experiment(tmp_path):
         run(spec_for(tmp_path, "lightgcn", epochs=1), progress=False, data=tiny_data())
 
 
+class Evil:
+    """Any user class: loading it would mean unpickling arbitrary code."""
+
+
 def test_checkpoint_is_atomic_and_pickle_free(tmp_path):
     path = tmp_path / "c.pt"
     save_checkpoint(path, {"w": torch.ones(2), "n": 3})
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
     assert load_checkpoint(path)["n"] == 3
-
-    class Evil:
-        pass
-
     torch.save({"x": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(ValueError, match="evil.pt.*weights_only"):
         load_checkpoint(tmp_path / "evil.pt")

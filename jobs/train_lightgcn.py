@@ -1,0 +1,16 @@
+"""Train lightgcn data-parallel with Ray Train.
+
+Local:    python jobs/train_lightgcn.py [--data ml100k] [--num-workers 2] [train.epochs=50 ...]
+Cluster:  ray job submit --working-dir . -- python jobs/train_lightgcn.py --num-workers 4 --use-gpu \
+              --storage-path s3://bucket/raymmrec
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from raymmrec.ray.launch import main  # noqa: E402
+
+if __name__ == "__main__":
+    raise SystemExit(main(default_method="lightgcn"))

@@ -1,0 +1,383 @@
+"""Reading and writing datasets on local disks and any fsspec URL (``s3://bucket/prefix`` through s3fs).
+
+Two layouts are supported:
+
+* **MMRec folder**: one tab-separated ``<name>.inter`` (header ``userID itemID rating timestamp x_label``), one
+  ``<modality>_feat.npy`` per modality (row ``i`` = item ``i``) and optionally ``dataset.yaml`` with
+  ``modalities: [...]`` naming the default modalities.
+* **Columnar** (what the Ray layer shards): ``train.parquet``, ``valid.parquet``, ``test.parquet`` (int64
+  columns ``user``, ``item``), ``features/<modality>.npy`` and ``meta.json``. ``meta.json`` is written last,
+  so a folder without it is incomplete; on local disks the whole folder is also renamed into place atomically.
+
+S3 credentials and endpoint come from the usual AWS environment variables (``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3``, ...); they are never logged.
+This is the only module of the package that talks to filesystems.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import shutil
+import uuid
+import warnings
+from typing import Any
+
+import fsspec
+import numpy as np
+import pandas as pd
+from fsspec.implementations.local import LocalFileSystem
+
+from raymmrec.data.filters import apply_filters, frame_to_recdata, recdata_to_frame
+from raymmrec.data.schema import INTER_COLUMNS, SPLITS, DataError, Interactions, RecData
+from raymmrec.data.validate import (
+    check_dense,
+    check_features,
+    check_inter_columns,
+    check_labels,
+    check_no_cold_users,
+    check_splits_nonempty,
+    drop_duplicates,
+    parse_int_column,
+    validate_recdata,
+)
+
+FEAT_SUFFIX = "_feat.npy"
+META_FILE = "meta.json"
+COLUMNAR_FORMAT = "raymmrec-columnar"
+COLUMNAR_VERSION = 1
+_DATASET_YAML_KEYS = {"modalities"}
+
+
+# --------------------------------------------------------------------------------------------- filesystems
+def open_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Return ``(filesystem, path)`` for a local path or fsspec URL; S3 picks up ``AWS_ENDPOINT_URL``."""
+    url = os.path.expanduser(str(url))
+    options = dict(storage_options or {})
+    protocol = url.split("://", 1)[0] if "://" in url else "file"
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    explicit = "endpoint_url" in options or "endpoint_url" in options.get("client_kwargs", {})
+    if protocol in ("s3", "s3a") and endpoint and not explicit:
+        options["client_kwargs"] = {**options.get("client_kwargs", {}), "endpoint_url": endpoint}
+    fs, path = fsspec.core.url_to_fs(url, **options)
+    if not isinstance(fs, LocalFileSystem):
+        fs.invalidate_cache()  # another process may have written since the last listing
+    return fs, path.rstrip("/") or path
+
+
+def arrow_filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[Any, str]:
+    """Return ``(pyarrow.fs.FileSystem, path)`` for ``url``, e.g. for ``ray.data.read_parquet(filesystem=...)``."""
+    import pyarrow.fs as pafs
+
+    fs, path = open_fs(url, storage_options)
+    if isinstance(fs, LocalFileSystem):
+        return pafs.LocalFileSystem(), path
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+def _join(url: str, *parts: str) -> str:
+    if "://" in url:
+        return "/".join([url.rstrip("/"), *parts])
+    return os.path.join(os.path.abspath(os.path.expanduser(url)), *parts)
+
+
+def split_parquet_path(url: str, split: str) -> str:
+    """URL (or absolute local path) of one split's parquet file inside a columnar dataset."""
+    if split not in SPLITS:
+        raise KeyError(f"unknown split {split!r}; expected one of {SPLITS}")
+    return _join(url, f"{split}.parquet")
+
+
+def train_parquet_path(url: str) -> str:
+    """URL of ``train.parquet`` in a columnar dataset, for ``ray.data.read_parquet``."""
+    return split_parquet_path(url, "train")
+
+
+def _load_npy(fs: fsspec.AbstractFileSystem, path: str) -> np.ndarray:
+    try:
+        with fs.open(path, "rb") as f:
+            return np.load(f, allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # corrupt file, pickled object array, ...
+        raise DataError(f"{path}: cannot load as a numeric .npy array (allow_pickle=False): {exc}") from exc
+
+
+def _save_npy(fs: fsspec.AbstractFileSystem, path: str, arr: np.ndarray) -> None:
+    with fs.open(path, "wb") as f:
+        np.save(f, arr, allow_pickle=False)
+
+
+def _select(requested: list[str] | tuple[str, ...] | None, available: list[str], where: str) -> list[str]:
+    if requested is None:
+        return list(available)
+    missing = [m for m in requested if m not in available]
+    if missing:
+        raise DataError(f"{where}: modality {missing[0]!r} not found; available modalities: {available or 'none'}")
+    return list(dict.fromkeys(requested))
+
+
+# --------------------------------------------------------------------------------------------- MMRec layout
+def find_inter_file(fs: fsspec.AbstractFileSystem, folder: str) -> str:
+    """Path of the single ``*.inter`` file in ``folder``; raise if there are none or several."""
+    names = sorted(p for p in fs.ls(folder, detail=False) if p.endswith(".inter"))
+    if len(names) != 1:
+        found = [posixpath.basename(p) for p in names]
+        raise DataError(f"{folder}: expected exactly one <name>.inter file, found {len(names)}: {found}")
+    return names[0]
+
+
+def list_modalities(fs: fsspec.AbstractFileSystem, folder: str) -> list[str]:
+    """Modalities of an MMRec folder: the prefixes of its ``<modality>_feat.npy`` files, sorted."""
+    names = [posixpath.basename(p) for p in fs.ls(folder, detail=False)]
+    return sorted(n[: -len(FEAT_SUFFIX)] for n in names if n.endswith(FEAT_SUFFIX) and len(n) > len(FEAT_SUFFIX))
+
+
+def _dataset_yaml_modalities(fs: fsspec.AbstractFileSystem, folder: str) -> list[str] | None:
+    path = posixpath.join(folder, "dataset.yaml")
+    if not fs.exists(path):
+        return None
+    import yaml
+
+    with fs.open(path, "r") as f:
+        cfg = yaml.safe_load(f) or {}
+    if not isinstance(cfg, dict):
+        raise DataError(f"{path}: expected a mapping such as 'modalities: [text, image]', got {type(cfg).__name__}")
+    unknown = sorted(set(cfg) - _DATASET_YAML_KEYS)
+    if unknown:
+        warnings.warn(
+            f"{path}: ignoring unknown key(s) {unknown}; known keys: {sorted(_DATASET_YAML_KEYS)}", stacklevel=3
+        )
+    mods = cfg.get("modalities")
+    if mods is None:
+        return None
+    if not isinstance(mods, list) or not all(isinstance(m, str) for m in mods):
+        raise DataError(f"{path}: 'modalities' must be a list of names, got {mods!r}")
+    return mods
+
+
+def read_inter(fs: fsspec.AbstractFileSystem, path: str, *, need_rating: bool = False) -> pd.DataFrame:
+    """Read and check an MMRec ``.inter`` file into an interaction frame (duplicates warned about and dropped)."""
+    try:
+        with fs.open(path, "rb") as f:
+            raw = pd.read_csv(f, sep="\t")
+    except pd.errors.EmptyDataError as exc:
+        raise DataError(f"{path}: file is empty; expected a header {list(INTER_COLUMNS)} and rows") from exc
+    except pd.errors.ParserError as exc:
+        raise DataError(f"{path}: not a valid tab-separated file: {exc}") from exc
+    raw.columns = [str(c).strip() for c in raw.columns]
+    check_inter_columns(list(raw.columns), path, need_rating=need_rating)
+    frame = pd.DataFrame(
+        {
+            "user": parse_int_column(raw["userID"], "userID", path),
+            "item": parse_int_column(raw["itemID"], "itemID", path),
+            "label": parse_int_column(raw["x_label"], "x_label", path),
+        }
+    )
+    check_labels(frame["label"].to_numpy(), path)
+    frame["label"] = frame["label"].astype(np.int8)
+    if "rating" in raw.columns:
+        frame["rating"] = pd.to_numeric(raw["rating"], errors="coerce").to_numpy(dtype=np.float64)
+    return drop_duplicates(frame, path)
+
+
+def read_mmrec(
+    url: str,
+    *,
+    modalities: list[str] | tuple[str, ...] | None = None,
+    rating_threshold: float | None = None,
+    kcore: int | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> RecData:
+    """Read and validate an MMRec-layout folder (local or fsspec URL), optionally filtering it.
+
+    Without filters, users with validation/test rows but no training row raise :class:`DataError`; with a filter
+    their rows are dropped with a warning and ids are re-indexed densely (feature rows follow).
+    """
+    fs, folder = open_fs(url, storage_options)
+    if not fs.isdir(folder):
+        raise DataError(f"{url}: not a directory")
+    inter_path = find_inter_file(fs, folder)
+    available = list_modalities(fs, folder)
+    default = _dataset_yaml_modalities(fs, folder)
+    if modalities is not None:
+        chosen = _select(modalities, available, folder)
+    elif default is not None:
+        chosen = _select(default, available, posixpath.join(folder, "dataset.yaml"))
+    else:
+        chosen = available
+    frame = read_inter(fs, inter_path, need_rating=rating_threshold is not None)
+    n_users = check_dense(frame["user"].to_numpy(), "userID", inter_path)
+    n_items = check_dense(frame["item"].to_numpy(), "itemID", inter_path)
+    features: dict[str, np.ndarray] = {}
+    for m in chosen:
+        fpath = posixpath.join(folder, m + FEAT_SUFFIX)
+        features[m] = check_features(_load_npy(fs, fpath), m, fpath, n_items)
+    name = posixpath.basename(inter_path)[: -len(".inter")]
+    if rating_threshold is None and kcore is None:
+        check_splits_nonempty(frame["label"].to_numpy(), inter_path)
+        check_no_cold_users(frame, inter_path)
+    else:
+        frame, features, n_users, n_items = apply_filters(
+            frame, features, rating_threshold=rating_threshold, kcore=kcore, source=inter_path
+        )
+    return frame_to_recdata(name, frame, features, n_users, n_items)
+
+
+def write_mmrec(data: RecData, url: str, *, storage_options: dict[str, Any] | None = None) -> str:
+    """Write ``data`` as an MMRec folder (``<name>.inter``, ``<modality>_feat.npy``, ``dataset.yaml``); return its path.
+
+    Every row gets ``rating`` 1 and ``timestamp`` 0 (the in-memory form keeps neither).
+    """
+    fs, folder = open_fs(url, storage_options)
+    fs.makedirs(folder, exist_ok=True)
+    frame = recdata_to_frame(data)
+    inter = pd.DataFrame(
+        {"userID": frame["user"], "itemID": frame["item"], "rating": 1, "timestamp": 0, "x_label": frame["label"]}
+    )
+    stem = data.name.replace(":", "_").replace("/", "_")
+    with fs.open(posixpath.join(folder, f"{stem}.inter"), "wb") as f:
+        f.write(inter.to_csv(sep="\t", index=False).encode())
+    for m, feats in data.features.items():
+        _save_npy(fs, posixpath.join(folder, m + FEAT_SUFFIX), feats)
+    with fs.open(posixpath.join(folder, "dataset.yaml"), "w") as f:  # keeps the modality order
+        f.write("modalities: [" + ", ".join(data.features) + "]\n")
+    return folder
+
+
+# --------------------------------------------------------------------------------------------- columnar layout
+def _write_columnar_files(fs: fsspec.AbstractFileSystem, folder: str, data: RecData, meta: dict[str, Any]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fs.makedirs(posixpath.join(folder, "features"), exist_ok=True)
+    for s in SPLITS:
+        inter = data.split(s)
+        table = pa.table({"user": pa.array(inter.users, pa.int64()), "item": pa.array(inter.items, pa.int64())})
+        with fs.open(posixpath.join(folder, f"{s}.parquet"), "wb") as f:
+            pq.write_table(table, f)
+    for m, feats in data.features.items():
+        _save_npy(fs, posixpath.join(folder, "features", f"{m}.npy"), np.ascontiguousarray(feats, dtype=np.float32))
+    with fs.open(posixpath.join(folder, META_FILE), "w") as f:  # last: marks the folder complete
+        json.dump(meta, f, indent=2)
+
+
+def write_columnar(
+    data: RecData,
+    url: str,
+    *,
+    source: str = "",
+    overwrite: bool = True,
+    storage_options: dict[str, Any] | None = None,
+) -> str:
+    """Write ``data`` in columnar form to ``url`` and return the folder path.
+
+    Local: written into a hidden temporary sibling, then renamed into place (an existing folder is swapped out
+    only if ``overwrite``). Object stores: an old ``meta.json`` is removed first and the new one written last.
+    With ``overwrite=False`` a complete dataset already at ``url`` is kept and nothing is written.
+    """
+    validate_recdata(data)
+    meta = {
+        "format": COLUMNAR_FORMAT,
+        "version": COLUMNAR_VERSION,
+        "name": data.name,
+        "n_users": data.n_users,
+        "n_items": data.n_items,
+        "modalities": {m: int(f.shape[1]) for m, f in data.features.items()},
+        "counts": {s: len(data.split(s)) for s in SPLITS},
+        "source": source,
+    }
+    fs, folder = open_fs(url, storage_options)
+    meta_path = posixpath.join(folder, META_FILE)
+    if not overwrite and fs.exists(meta_path):
+        return folder
+    if isinstance(fs, LocalFileSystem):
+        parent, base = os.path.split(folder)
+        os.makedirs(parent, exist_ok=True)
+        tmp = os.path.join(parent, f".{base}.tmp-{uuid.uuid4().hex[:8]}")
+        old = os.path.join(parent, f".{base}.old-{uuid.uuid4().hex[:8]}")
+        try:
+            _write_columnar_files(fs, tmp, data, meta)
+            if os.path.exists(folder) and (overwrite or not os.path.exists(meta_path)):
+                os.rename(folder, old)  # swap out the previous version (or a stale incomplete folder)
+            try:
+                os.rename(tmp, folder)
+            except OSError:
+                if not overwrite and os.path.exists(meta_path):
+                    return folder  # another process finished first
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
+        return folder
+    if fs.exists(meta_path):
+        fs.rm(meta_path)
+    if fs.exists(folder):
+        fs.rm(folder, recursive=True)
+    _write_columnar_files(fs, folder, data, meta)
+    return folder
+
+
+def read_meta(url: str, *, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Return the ``meta.json`` of a columnar dataset; raise :class:`DataError` if absent (incomplete) or foreign."""
+    fs, folder = open_fs(url, storage_options)
+    path = posixpath.join(folder, META_FILE)
+    if not fs.exists(path):
+        raise DataError(
+            f"{url}: no {META_FILE}; not a columnar dataset, or an incomplete one (meta.json is written last)"
+        )
+    with fs.open(path, "r") as f:
+        meta = json.load(f)
+    if meta.get("format") != COLUMNAR_FORMAT or meta.get("version") != COLUMNAR_VERSION:
+        raise DataError(
+            f"{path}: expected format {COLUMNAR_FORMAT!r} version {COLUMNAR_VERSION}, "
+            f"found {meta.get('format')!r} version {meta.get('version')!r}"
+        )
+    return meta
+
+
+def is_columnar(url: str, *, storage_options: dict[str, Any] | None = None) -> bool:
+    """Whether ``url`` holds a complete columnar dataset (has ``meta.json``)."""
+    fs, folder = open_fs(url, storage_options)
+    return fs.exists(posixpath.join(folder, META_FILE))
+
+
+def read_columnar(
+    url: str,
+    *,
+    modalities: list[str] | tuple[str, ...] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> RecData:
+    """Read a columnar dataset written by :func:`write_columnar` and validate it."""
+    import pyarrow.parquet as pq
+
+    meta = read_meta(url, storage_options=storage_options)
+    fs, folder = open_fs(url, storage_options)
+    splits: dict[str, Interactions] = {}
+    for s in SPLITS:
+        path = posixpath.join(folder, f"{s}.parquet")
+        with fs.open(path, "rb") as f:
+            table = pq.read_table(f)
+        if table.column_names[:2] != ["user", "item"]:
+            raise DataError(f"{path}: expected columns ['user', 'item'], found {table.column_names}")
+        users = table.column("user").to_numpy().astype(np.int64, copy=False)
+        items = table.column("item").to_numpy().astype(np.int64, copy=False)
+        if users.shape[0] != meta["counts"][s]:
+            raise DataError(f"{path}: {users.shape[0]} rows but meta.json says {meta['counts'][s]}")
+        splits[s] = Interactions(users, items)
+    features: dict[str, np.ndarray] = {}
+    for m in _select(modalities, list(meta["modalities"]), url):
+        path = posixpath.join(folder, "features", f"{m}.npy")
+        features[m] = check_features(_load_npy(fs, path), m, path, int(meta["n_items"]))
+    data = RecData(
+        meta["name"],
+        int(meta["n_users"]),
+        int(meta["n_items"]),
+        splits["train"],
+        splits["valid"],
+        splits["test"],
+        features,
+    )
+    validate_recdata(data)
+    return data

@@ -1,0 +1,166 @@
+"""MMRec full-ranking evaluator (METHODS.md 1.8), batched, vectorised, and shardable across processes.
+
+For every user with at least one item in the evaluated split: score all items, set the user's
+*training* items to -inf (only those), take one top-max(K) with the tie rule of
+:func:`raymmrec.eval.metrics.topk_ordered` (equal scores -> lower item id first), and average the
+per-user metrics over users.
+
+Distributed use::
+
+    ev = Evaluator(n_items, data.train, data.valid)
+    mine = ev.shard_users(rank, world_size)
+    sums = ev.metric_sums(score_fn, mine)             # float64 [M]
+    count = torch.tensor(len(mine))
+    dist.all_reduce(sums); dist.all_reduce(count)      # (move to the backend's device first)
+    result = ev.finalize(sums, count)                  # == ev.evaluate(score_fn) up to float64 rounding
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from raymmrec.data.schema import Interactions
+from raymmrec.eval.metrics import metric_names, ranking_metrics, topk_ordered
+
+ScoreFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _csr_by_user(inter: Interactions, n_users: int, n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indptr [n_users+1], indices [nnz]) of the de-duplicated user -> items matrix, items sorted per user."""
+    u = np.asarray(inter.users, dtype=np.int64)
+    i = np.asarray(inter.items, dtype=np.int64)
+    if u.size and (u.min() < 0 or i.min() < 0 or i.max() >= n_items):
+        raise ValueError(f"interaction ids out of range (items must be in [0, {n_items}))")
+    key = np.unique(u * n_items + i)
+    indptr = np.zeros(n_users + 1, dtype=np.int64)
+    np.cumsum(np.bincount(key // n_items, minlength=n_users), out=indptr[1:])
+    return torch.from_numpy(indptr), torch.from_numpy(key % n_items)
+
+
+def _gather_rows(indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """COO (row in 0..B-1, column) of the CSR rows ``users`` [B]."""
+    start = indptr[users]
+    cnt = indptr[users + 1] - start
+    total = int(cnt.sum())
+    row = torch.repeat_interleave(torch.arange(users.numel(), device=users.device), cnt, output_size=total)
+    offset = torch.arange(total, device=users.device) - torch.repeat_interleave(
+        torch.cumsum(cnt, 0) - cnt, cnt, output_size=total)
+    col = indices[torch.repeat_interleave(start, cnt, output_size=total) + offset]
+    return row, col
+
+
+class Evaluator:
+    """Full-ranking top-K evaluator for one split.
+
+    Args:
+        n_items: number of items I (columns of the score matrix).
+        train: training interactions; these items are masked (-inf) per user.
+        truth: interactions of the evaluated split (validation or test); its users are evaluated.
+        ks: cutoffs K; all come from one top-max(K).
+        max_batch_elems: users are scored in chunks of B with B × I <= max_batch_elems.
+        device: device of ``.users`` and of the users passed to ``score_fn``; default CPU.
+            Scores returned on another device are handled there (index structures are copied once).
+
+    Attributes:
+        users: sorted int64 [U] users with >= 1 ground-truth item.
+        names: metric keys, e.g. ``["recall@10", ..., "hit@50"]`` (order of :meth:`metric_sums`).
+    """
+
+    def __init__(
+        self,
+        n_items: int,
+        train: Interactions,
+        truth: Interactions,
+        ks: Sequence[int] = (10, 20, 50),
+        max_batch_elems: int = 2**25,
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.ks = tuple(int(k) for k in ks)
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"ks must be a non-empty list of positive ints, got {ks!r}")
+        self.n_items = int(n_items)
+        self.kmax = max(self.ks)
+        self.names = metric_names(self.ks)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.batch_users = max(1, int(max_batch_elems) // max(self.n_items, 1))
+        n_users = 1 + max(int(np.max(train.users, initial=-1)), int(np.max(truth.users, initial=-1)))
+        self.n_users = n_users
+        tr_ptr, tr_idx = _csr_by_user(train, n_users, self.n_items)
+        gt_ptr, gt_idx = _csr_by_user(truth, n_users, self.n_items)
+        n_gt = gt_ptr[1:] - gt_ptr[:-1]
+        self._cpu = {"tr_ptr": tr_ptr, "tr_idx": tr_idx, "gt_ptr": gt_ptr, "gt_idx": gt_idx, "n_gt": n_gt}
+        self._cache: dict[torch.device, dict[str, torch.Tensor]] = {}
+        self.users = torch.nonzero(n_gt > 0).squeeze(1).to(self.device)
+
+    def _on(self, device: torch.device) -> dict[str, torch.Tensor]:
+        device = torch.device(device)
+        if device not in self._cache:
+            self._cache[device] = {k: v.to(device) for k, v in self._cpu.items()}
+        return self._cache[device]
+
+    def to(self, device: torch.device | str) -> "Evaluator":
+        """Move ``.users`` (and the users given to score_fn) to ``device``; returns self."""
+        self.device = torch.device(device)
+        self.users = self.users.to(self.device)
+        return self
+
+    def shard_users(self, rank: int, world_size: int) -> torch.Tensor:
+        """Interleaved shard ``users[rank::world_size]``: disjoint, covering, sizes differ by <= 1."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} not in [0, {world_size})")
+        return self.users[rank::world_size]
+
+    @torch.no_grad()
+    def per_user(self, score_fn: ScoreFn, users: torch.Tensor | None = None) -> torch.Tensor:
+        """float64 [U × M] per-user metrics for ``users`` (default ``.users``), columns in ``.names`` order.
+
+        ``score_fn(users [B]) -> scores [B × I]`` is called under no_grad with users on ``.device``;
+        the returned tensor is modified in place (training items set to -inf), so it must not alias
+        state the caller keeps.
+        """
+        users = self.users if users is None else torch.as_tensor(users, dtype=torch.int64).to(self.device)
+        out = torch.empty(users.numel(), len(self.names), dtype=torch.float64)
+        for s in range(0, users.numel(), self.batch_users):
+            ub = users[s:s + self.batch_users]
+            scores = score_fn(ub)
+            if scores.shape != (ub.numel(), self.n_items):
+                raise ValueError(
+                    f"score_fn returned shape {tuple(scores.shape)}, expected ({ub.numel()}, {self.n_items})")
+            if not scores.is_floating_point():
+                scores = scores.float()
+            st = self._on(scores.device)
+            ub = ub.to(scores.device)
+            if int(ub.min()) < 0 or int(ub.max()) >= self.n_users or bool((st["n_gt"][ub] == 0).any()):
+                raise ValueError("metric_sums got users without ground truth in this split; use .users / shard_users()")
+            r, c = _gather_rows(st["tr_ptr"], st["tr_idx"], ub)
+            scores[r, c] = float("-inf")
+            _, top = topk_ordered(scores, self.kmax)  # [B × min(Kmax, I)]
+            r, c = _gather_rows(st["gt_ptr"], st["gt_idx"], ub)
+            truth = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+            truth[r, c] = True
+            hits = truth.gather(1, top)
+            if hits.shape[1] < self.kmax:  # fewer items than K: pad with misses
+                hits = torch.nn.functional.pad(hits, (0, self.kmax - hits.shape[1]), value=False)
+            out[s:s + ub.numel()] = ranking_metrics(hits, st["n_gt"][ub], self.ks).cpu()
+        return out
+
+    def metric_sums(self, score_fn: ScoreFn, users: torch.Tensor | None = None) -> torch.Tensor:
+        """float64 [M] sums of per-user metrics over ``users`` (default ``.users``), in ``.names`` order.
+
+        The matching count is ``len(users)``. Result does not depend on ``max_batch_elems``.
+        Returned on CPU.
+        """
+        return self.per_user(score_fn, users).sum(dim=0)
+
+    def finalize(self, sums: torch.Tensor, count: int | torch.Tensor) -> dict[str, float]:
+        """Averages ``sums / count`` as ``{name: value}`` (0.0 for every metric if count == 0)."""
+        n = float(count.item() if isinstance(count, torch.Tensor) else count)
+        vals = sums.detach().to("cpu", torch.float64)
+        return {name: (float(v) / n if n > 0 else 0.0) for name, v in zip(self.names, vals.tolist())}
+
+    def evaluate(self, score_fn: ScoreFn) -> dict[str, float]:
+        """Single-process evaluation over all ``.users``: ``finalize(metric_sums(score_fn), len(users))``."""
+        return self.finalize(self.metric_sums(score_fn, self.users), self.users.numel())

@@ -1,0 +1,171 @@
+"""Sparse graphs used by the models: the normalised user–item bipartite graph and item–item kNN graphs.
+
+All graphs are returned as float32 ``torch.sparse_csr_tensor`` so that ``adj @ X`` (or
+``torch.sparse.mm(adj, X)``) is a CSR SpMM on whatever device the graph lives on.
+
+Conventions (METHODS.md 2(b), 3(b)):
+
+* Bipartite graph: node ``u`` is user ``u``, node ``n_users + i`` is item ``i``; no self-loops;
+  Â = D^{-1/2} A D^{-1/2} with degree = number of non-zeros in the row + 1e-7 (MMRec).
+* Item–item graph: cosine similarity of the raw features, top-k per row (the item itself is always
+  one of the k), binary weights, normalised with row degrees, so every stored weight is 1/k.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from raymmrec.eval.metrics import topk_ordered
+
+_DEG_EPS = 1e-7
+
+
+def _as_int64_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.int64).reshape(-1)
+
+
+def _csr(crow: np.ndarray | torch.Tensor, col: np.ndarray | torch.Tensor, val: np.ndarray | torch.Tensor,
+         shape: tuple[int, int], device: torch.device | str | None) -> torch.Tensor:
+    crow_t = torch.as_tensor(crow, dtype=torch.int64, device=device)
+    col_t = torch.as_tensor(col, dtype=torch.int64, device=device)
+    val_t = torch.as_tensor(val, dtype=torch.float32, device=device)
+    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
+        warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
+        return torch.sparse_csr_tensor(crow_t, col_t, val_t, size=shape, check_invariants=False)
+
+
+def normalized_adjacency(
+    n_users: int,
+    n_items: int,
+    users: np.ndarray | torch.Tensor,
+    items: np.ndarray | torch.Tensor,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Symmetrically normalised bipartite adjacency Â = D^{-1/2} A D^{-1/2}.
+
+    Args:
+        n_users, n_items: graph has N = n_users + n_items nodes (user u -> node u, item i -> node n_users + i).
+        users, items: int arrays [E] of training (user, item) pairs; duplicate pairs count once.
+        device: where to put the result; default: the device of ``users`` if it is a tensor, else CPU.
+
+    Returns:
+        float32 sparse CSR tensor [N × N], symmetric, columns sorted within each row.
+        Entry (u, n_users+i) = 1 / sqrt((deg_u + 1e-7) (deg_i + 1e-7)).
+    """
+    if device is None and isinstance(users, torch.Tensor):
+        device = users.device
+    u = _as_int64_numpy(users)
+    i = _as_int64_numpy(items)
+    if u.shape != i.shape:
+        raise ValueError(f"users {u.shape} and items {i.shape} must have the same length")
+    if u.size and (u.min() < 0 or u.max() >= n_users or i.min() < 0 or i.max() >= n_items):
+        raise ValueError(f"ids out of range: users must be in [0, {n_users}), items in [0, {n_items})")
+    # unique (user, item) pairs, sorted by user then item
+    key = np.unique(u * n_items + i)
+    u, i = key // n_items, key % n_items
+    deg_u = np.bincount(u, minlength=n_users).astype(np.float64) + _DEG_EPS
+    deg_i = np.bincount(i, minlength=n_items).astype(np.float64) + _DEG_EPS
+    w = (1.0 / np.sqrt(deg_u[u] * deg_i[i])).astype(np.float32)
+    # item rows: the same edges sorted by (item, user); stable argsort keeps users ascending
+    order = np.argsort(i, kind="stable")
+    rows = np.concatenate([u, n_users + i[order]])
+    cols = np.concatenate([n_users + i, u[order]])
+    vals = np.concatenate([w, w[order]])
+    n = n_users + n_items
+    crow = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n), out=crow[1:])
+    return _csr(crow, cols, vals, (n, n), device)
+
+
+def knn_graph(features: torch.Tensor | np.ndarray, k: int = 10, block_size: int = 1024) -> torch.Tensor:
+    """Normalised top-k cosine-similarity item–item graph, built in row blocks.
+
+    Row i keeps the k items with the largest cosine similarity to item i, always including i itself;
+    ties rank the lower item id first. Weights are binary, normalised D^{-1/2} A D^{-1/2} with row
+    degrees (all equal to k), so every stored weight is 1/k and every row sums to 1.
+    Zero-norm rows have similarity 0 to everything (no NaN), so they keep themselves plus the
+    k-1 lowest-id other items.
+
+    Peak extra memory ≈ block_size × I × 4 bytes (plus the I-vector of norms); I × I is never built.
+
+    Args:
+        features: [I × d] raw item features (any float dtype; computed in float32 unless float64).
+        k: neighbours per row (clamped to I).
+        block_size: rows of the similarity matrix computed at once.
+
+    Returns:
+        float32 sparse CSR tensor [I × I] on the device of ``features``.
+    """
+    x = torch.as_tensor(features)
+    if x.ndim != 2:
+        raise ValueError(f"features must be 2-d [I × d], got shape {tuple(x.shape)}")
+    if not x.is_floating_point() or x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    n = x.shape[0]
+    k = min(int(k), n)
+    if k < 1 or block_size < 1:
+        raise ValueError(f"k ({k}) and block_size ({block_size}) must be >= 1")
+    norms = torch.linalg.vector_norm(x, dim=1)
+    inv = torch.where(norms > 0, 1.0 / norms, torch.zeros_like(norms))
+    cols = torch.empty(n, k, dtype=torch.int64, device=x.device)
+    with torch.no_grad():
+        for start in range(0, n, block_size):
+            stop = min(start + block_size, n)
+            sim = x[start:stop] @ x.T  # [b × I]
+            sim.mul_(inv[start:stop, None]).mul_(inv[None, :])
+            rows = torch.arange(stop - start, device=x.device)
+            sim[rows, rows + start] = float("inf")  # the item itself always counts
+            _, idx = topk_ordered(sim, k)
+            cols[start:stop] = idx
+            del sim
+    crow = torch.arange(0, n * k + 1, k, dtype=torch.int64, device=x.device)
+    # row degrees are all k  ->  weight 1/sqrt(k·k) = 1/k
+    vals = torch.full((n * k,), 1.0 / k, dtype=torch.float32, device=x.device)
+    # CSR wants column indices sorted within a row
+    cols = torch.sort(cols, dim=1).values.reshape(-1)
+    return _csr(crow, cols, vals, (n, n), x.device)
+
+
+def mixed_knn_graph(
+    features: Mapping[str, torch.Tensor | np.ndarray],
+    weights: Mapping[str, float] | None = None,
+    k: int = 10,
+    block_size: int = 1024,
+) -> torch.Tensor:
+    """Weighted sum of per-modality kNN graphs: Â_mm = Σ_m w_m · knn_graph(features[m], k).
+
+    Args:
+        features: modality name -> [I × d_m] features (same I for all).
+        weights: modality name -> weight, same keys as ``features``, summing to 1
+            (e.g. ``{"image": 0.1, "text": 0.9}``). Default: equal weights.
+        k, block_size: passed to :func:`knn_graph`.
+
+    Returns:
+        float32 sparse CSR [I × I]; each row sums to 1.
+    """
+    if not features:
+        raise ValueError("mixed_knn_graph needs at least one modality")
+    names = list(features)
+    if weights is None:
+        weights = {m: 1.0 / len(names) for m in names}
+    if set(weights) != set(names):
+        raise ValueError(f"weights cover modalities {sorted(weights)} but features have {sorted(names)}")
+    total = float(sum(weights.values()))
+    if abs(total - 1.0) > 1e-6:
+        parts = ", ".join(f"{m}={weights[m]}" for m in names)
+        raise ValueError(f"modality weights must sum to 1, got {total} ({parts})")
+    n_items = {m: int(torch.as_tensor(features[m]).shape[0]) for m in names}
+    if len(set(n_items.values())) != 1:
+        raise ValueError(f"modalities have different item counts: {n_items}")
+    acc = None
+    for m in names:
+        g = knn_graph(features[m], k=k, block_size=block_size).to_sparse_coo()
+        g = g * float(weights[m])
+        acc = g if acc is None else acc + g
+    return acc.coalesce().to_sparse_csr()

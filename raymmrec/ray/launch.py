@@ -1,0 +1,205 @@
+"""Launch a data-parallel training run with Ray Train (``TorchTrainer``) from a :class:`RunSpec`.
+
+Used by ``jobs/*.py``. Run it as ``python jobs/train_bm3.py`` (starts a local Ray) or on a
+cluster as ``ray job submit --working-dir . -- python jobs/train_bm3.py --num-workers 4``.
+The run's checkpoints, TensorBoard scalars and results live under ``<storage>/<run_name>``;
+rerunning with the same name resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from raymmrec.cli import add_run_arguments, spec_from_args
+from raymmrec.config import RunSpec
+from raymmrec.data import DataError, RecData
+from raymmrec.ray import storage as st
+from raymmrec.train.loop import TrainState
+from raymmrec.train.run import load_data, results_table
+
+
+class ClusterError(RuntimeError):
+    """The cluster cannot host the requested workers."""
+
+
+@dataclass
+class ScalingArgs:
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float | None = None  # default: fits the cluster (0.5 each for 2 workers on 2 cores)
+    max_failures: int = 2
+    storage_path: str | None = None  # default: the spec's output_dir (absolute)
+    wait_for_resources: bool = False  # on an autoscaling cluster, let Ray scale up instead of failing
+
+
+def train_dataset(data: RecData, num_workers: int, seed: int) -> Any:
+    """Training pairs as a Ray Dataset of ``num_workers`` equal blocks (user, item int64).
+
+    Blocks are a seeded random partition; when the row count is not a multiple of the worker
+    count, a few rows are repeated so that no worker's shard is truncated by the equal split.
+    """
+    import ray.data
+
+    n = len(data.train)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    pad = (-n) % num_workers
+    if pad:
+        perm = np.concatenate([perm, rng.choice(n, size=pad, replace=False)])
+    tables = [
+        pa.table({"user": data.train.users[part], "item": data.train.items[part]})
+        for part in np.array_split(perm, num_workers)
+    ]
+    return ray.data.from_arrow(tables)
+
+
+def _cluster_check(args: ScalingArgs, cpus_per_worker: float) -> None:
+    import ray
+
+    res = ray.cluster_resources()
+    need_cpu = args.num_workers * cpus_per_worker
+    have_cpu = res.get("CPU", 0.0)
+    need_gpu = args.num_workers if args.use_gpu else 0
+    have_gpu = res.get("GPU", 0.0)
+    problems = []
+    if need_cpu > have_cpu:
+        problems.append(f"{args.num_workers} workers x {cpus_per_worker:g} CPU = {need_cpu:g} CPU, cluster has {have_cpu:g}")
+    if need_gpu > have_gpu:
+        problems.append(f"{need_gpu} GPU(s) requested, cluster has {have_gpu:g}")
+    if problems and not args.wait_for_resources:
+        raise ClusterError(
+            "the cluster cannot place the requested workers: " + "; ".join(problems)
+            + ". Use fewer workers, --cpus-per-worker, or --wait-for-resources on an autoscaling cluster."
+        )
+
+
+def default_cpus_per_worker(num_workers: int) -> float:
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    # Leave headroom for Ray Data and the controller: 2 workers on 2 cores get 0.5 each.
+    share = (cpus / 2) / num_workers if cpus <= 2 else (cpus - 1) / num_workers
+    return float(min(4.0, max(0.25, math.floor(share * 4) / 4)))
+
+
+def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True,
+           inject_fault: dict[str, Any] | None = None) -> TrainState:
+    """Train ``spec`` with Ray Train; returns the best-epoch state reported by rank 0."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    storage = args.storage_path or os.path.abspath(spec.output_dir)
+    name = spec.resolved_run_name
+    st.check_writable(storage)
+    t0 = time.perf_counter()
+    data = load_data(spec)  # validates the dataset early, on the driver, with a clear error
+    if progress:
+        print(f"[raymmrec] {data.summary()} (loaded in {time.perf_counter() - t0:.1f}s)", flush=True)
+    if not ray.is_initialized():
+        ray.init(log_to_driver=True)
+    cpus = args.cpus_per_worker or default_cpus_per_worker(args.num_workers)
+    _cluster_check(args, cpus)
+    storage_path, storage_fs = st.pyarrow_filesystem(storage)
+    run_root = st.join(storage, name)
+    tb_remote = st.join(run_root, "tb") if st.is_remote(storage) else None
+    loop_config: dict[str, Any] = {
+        "spec": spec.to_dict(),
+        "progress": progress,
+        "tb_local_dir": None if tb_remote else os.path.join(storage_path, name, "tb"),
+        "tb_remote_dir": tb_remote,
+    }
+    if inject_fault:
+        loop_config["inject_fault"] = inject_fault
+    trainer = TorchTrainer(
+        _train_fn(),
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=args.num_workers, use_gpu=args.use_gpu,
+                                               resources_per_worker={"CPU": cpus}),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_path, storage_filesystem=storage_fs,
+            failure_config=ray.train.FailureConfig(max_failures=args.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        datasets={"train": train_dataset(data, args.num_workers, spec.train.seed)},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    state = state_from_metrics(result.metrics or {})
+    _write_results(run_root, state)
+    if progress:
+        print(results_table(state, spec.eval.ks), flush=True)
+        print(f"[raymmrec] run folder: {run_root}", flush=True)
+    return state
+
+
+def _train_fn():  # noqa: ANN202 - imported lazily so the driver does not need the worker deps
+    from raymmrec.ray.train_fn import train_loop_per_worker
+
+    return train_loop_per_worker
+
+
+def state_from_metrics(m: dict[str, Any]) -> TrainState:
+    """Rebuild the best-epoch summary from rank 0's last reported metrics."""
+    return TrainState(
+        epoch=int(m.get("epochs_run", 0)), best_score=float(m.get("best_score", float("nan"))),
+        best_epoch=int(m.get("best_epoch", -1)), stopped_early=bool(m.get("stopped_early", False)),
+        best_valid={k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("best_valid/")},
+        best_test={k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("best_test/")},
+    )
+
+
+def _write_results(run_root: str, state: TrainState) -> None:
+    fs, root = st.filesystem(run_root)
+    fs.makedirs(root, exist_ok=True)
+    body = json.dumps({"best_epoch": state.best_epoch, "valid": state.best_valid, "test": state.best_test,
+                       "epochs_run": state.epoch}, indent=2).encode()
+    tmp = f"{root}/.results.json.tmp"
+    with fs.open(tmp, "wb") as f:
+        f.write(body)
+    fs.mv(tmp, f"{root}/results.json")
+
+
+def add_scaling_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers (data-parallel ranks)")
+    p.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL); default CPU (gloo)")
+    p.add_argument("--cpus-per-worker", type=float, default=None, help="CPU resource per worker")
+    p.add_argument("--max-failures", type=int, default=2, help="worker failures to recover from")
+    p.add_argument("--storage-path", default=None, help="local folder or s3:// URL for checkpoints and logs")
+    p.add_argument("--wait-for-resources", action="store_true",
+                   help="don't fail fast when the cluster is too small (autoscaling clusters)")
+
+
+def main(default_method: str, argv: list[str] | None = None) -> int:
+    """Entry point of the ``jobs/train_<method>.py`` scripts."""
+    p = argparse.ArgumentParser(description=f"Train {default_method} with Ray Train (data-parallel).")
+    add_run_arguments(p, default_method=default_method)
+    add_scaling_arguments(p)
+    p.add_argument("--smoke-test", action="store_true", help="2 epochs on synthetic:tiny (checks the setup)")
+    a = p.parse_args(argv)
+    if a.smoke_test:
+        a.data = a.data or "synthetic:tiny"
+        a.epochs = a.epochs or 2
+    try:
+        spec = spec_from_args(a)
+    except (ValueError, FileNotFoundError) as e:
+        p.error(str(e))
+    scaling = ScalingArgs(a.num_workers, a.use_gpu, a.cpus_per_worker, a.max_failures, a.storage_path,
+                          a.wait_for_resources)
+    try:
+        launch(spec, scaling, progress=not a.no_progress)
+    except (DataError, st.StorageError, ClusterError, FileNotFoundError) as e:
+        print(f"error: {e}", flush=True)
+        return 2
+    return 0

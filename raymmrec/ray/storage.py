@@ -1,0 +1,88 @@
+"""Run storage for Ray Train: local folders or ``s3://`` (s3fs, configured by the AWS env vars).
+
+Credentials and endpoint come from the usual variables (``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ``AWS_DEFAULT_REGION``); nothing here logs them.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+
+class StorageError(RuntimeError):
+    """The storage path cannot be used (unreachable, not writable, bad URL)."""
+
+
+def is_remote(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def filesystem(path: str) -> tuple[Any, str]:
+    """An fsspec filesystem for ``path`` and the path without its scheme."""
+    if not is_remote(path):
+        return fsspec.filesystem("file"), str(Path(path.removeprefix("file://")).expanduser().resolve())
+    scheme, rest = path.split("://", 1)
+    if scheme in ("s3", "s3a"):
+        import s3fs
+
+        fs = s3fs.S3FileSystem(config_kwargs={"connect_timeout": 5, "read_timeout": 30,
+                                              "retries": {"max_attempts": 2}})
+        return fs, rest.rstrip("/")
+    return fsspec.filesystem(scheme), rest.rstrip("/")
+
+
+def pyarrow_filesystem(path: str) -> tuple[str, Any]:
+    """(storage_path, storage_filesystem) for ``ray.train.RunConfig``.
+
+    Remote paths go through s3fs wrapped as a pyarrow filesystem, so the same environment
+    variables (including a custom endpoint) apply to data, checkpoints and TensorBoard.
+    """
+    fs, stripped = filesystem(path)
+    if not is_remote(path):
+        return stripped, None
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    return stripped, PyFileSystem(FSSpecHandler(fs))
+
+
+def check_writable(path: str, timeout_s: float = 20.0) -> None:
+    """Write and delete a probe file under ``path`` within ``timeout_s``, or raise StorageError."""
+
+    def probe() -> None:
+        fs, root = filesystem(path)
+        fs.makedirs(root, exist_ok=True)
+        name = f"{root}/.raymmrec-probe-{uuid.uuid4().hex}"
+        with fs.open(name, "wb") as f:
+            f.write(b"ok")
+        fs.rm(name)
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        pool.submit(probe).result(timeout=timeout_s)
+    except concurrent.futures.TimeoutError:
+        raise StorageError(f"storage path {path!r} did not answer within {timeout_s:.0f}s "
+                           "(unreachable endpoint? check AWS_ENDPOINT_URL and the network)") from None
+    except Exception as e:  # noqa: BLE001 - re-raised with the path
+        raise StorageError(f"storage path {path!r} is not writable: {type(e).__name__}: {e}") from None
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def upload_dir(local: str, remote: str) -> None:
+    """Copy every file under ``local`` to ``remote`` (overwriting); used for TensorBoard logs."""
+    fs, root = filesystem(remote)
+    for dirpath, _, files in os.walk(local):
+        rel = os.path.relpath(dirpath, local)
+        for name in files:
+            target = f"{root}/{name}" if rel == "." else f"{root}/{rel}/{name}"
+            fs.put_file(os.path.join(dirpath, name), target)
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])

@@ -1,0 +1,108 @@
+"""Shared fixtures: the real-data folder, a local S3 server (moto) and one local Ray cluster."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).parent))  # tests/_tiny.py
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30.0) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real datasets not present at {SHARED_DATA} (they sit beside the checkout in CI)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server on loopback; sets the AWS_* variables for this process and its children."""
+    exe = shutil.which("moto_server")
+    if exe is None:
+        pytest.skip("moto_server not installed (pip install 'moto[server]')")
+    port = free_port()
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        wait_port(port)
+        yield env
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def s3_bucket(s3_server):
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    name = "raymmrec-test"
+    if not fs.exists(name):
+        fs.mkdir(name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server, tmp_path_factory):
+    """One local Ray head (``ray start --head`` on loopback) shared by every Ray test.
+
+    Started after the S3 server so that workers inherit its AWS_* variables. Yields the
+    dashboard address that ``ray job submit`` needs.
+    """
+    pytest.importorskip("ray")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    gcs, dash = free_port(), free_port()
+    tmp = tmp_path_factory.mktemp("ray")
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    start = ["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
+             "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={tmp}"]
+    out = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
+    if out.returncode != 0:
+        raise RuntimeError(f"ray start failed:\n{out.stdout}\n{out.stderr}")
+    import ray
+
+    address = f"127.0.0.1:{gcs}"
+    os.environ["RAY_ADDRESS"] = address
+    try:
+        ray.init(address=address, log_to_driver=True)
+        yield {"address": address, "dashboard": f"http://127.0.0.1:{dash}"}
+    finally:
+        ray.shutdown()
+        os.environ.pop("RAY_ADDRESS", None)
+        subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
