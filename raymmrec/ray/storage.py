@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import fsspec
+from raymmrec.data.io import arrow_filesystem, open_fs
 
 
 class StorageError(RuntimeError):
@@ -23,32 +23,30 @@ def is_remote(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
-def filesystem(path: str) -> tuple[Any, str]:
-    """An fsspec filesystem for ``path`` and the path without its scheme."""
-    if not is_remote(path):
-        return fsspec.filesystem("file"), str(Path(path.removeprefix("file://")).expanduser().resolve())
-    scheme, rest = path.split("://", 1)
-    if scheme in ("s3", "s3a"):
-        import s3fs
+def _options(path: str) -> dict[str, Any] | None:
+    if path.split("://", 1)[0] in ("s3", "s3a"):
+        # Fail within seconds on an unreachable endpoint instead of botocore's minute of retries.
+        return {"config_kwargs": {"connect_timeout": 5, "read_timeout": 30, "retries": {"max_attempts": 2}}}
+    return None
 
-        fs = s3fs.S3FileSystem(config_kwargs={"connect_timeout": 5, "read_timeout": 30,
-                                              "retries": {"max_attempts": 2}})
-        return fs, rest.rstrip("/")
-    return fsspec.filesystem(scheme), rest.rstrip("/")
+
+def filesystem(path: str) -> tuple[Any, str]:
+    """An fsspec filesystem for ``path`` and the path without its scheme (local: absolute)."""
+    if not is_remote(path):
+        return open_fs("/")[0], str(Path(path.removeprefix("file://")).expanduser().resolve())
+    return open_fs(path, _options(path))
 
 
 def pyarrow_filesystem(path: str) -> tuple[str, Any]:
     """(storage_path, storage_filesystem) for ``ray.train.RunConfig``.
 
-    Remote paths go through s3fs wrapped as a pyarrow filesystem, so the same environment
-    variables (including a custom endpoint) apply to data, checkpoints and TensorBoard.
+    Remote paths go through the same fsspec filesystem as the data (wrapped for pyarrow), so the
+    same environment variables, including a custom endpoint, apply to data and checkpoints.
     """
-    fs, stripped = filesystem(path)
     if not is_remote(path):
-        return stripped, None
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-    return stripped, PyFileSystem(FSSpecHandler(fs))
+        return filesystem(path)[1], None
+    fs, stripped = arrow_filesystem(path, _options(path))
+    return stripped, fs
 
 
 def check_writable(path: str, timeout_s: float = 20.0) -> None:
