@@ -91,10 +91,11 @@ def default_cpus_per_worker(num_workers: int) -> float:
     return float(min(4.0, max(0.25, math.floor(share * 4) / 4)))
 
 
-def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True,
+def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True, verbose: bool = False,
            inject_fault: dict[str, Any] | None = None) -> TrainState:
     """Train ``spec`` with Ray Train; returns the best-epoch state reported by rank 0."""
     import ray
+    import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -107,6 +108,8 @@ def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True,
         print(f"[raymmrec] {data.summary()} (loaded in {time.perf_counter() - t0:.1f}s)", flush=True)
     if not ray.is_initialized():
         ray.init(log_to_driver=True)
+    if not verbose:  # Ray Data's per-epoch progress bars would drown the per-epoch metric lines
+        ray.data.DataContext.get_current().enable_progress_bars = False
     cpus = args.cpus_per_worker or default_cpus_per_worker(args.num_workers)
     _cluster_check(args, cpus)
     storage_path, storage_fs = st.pyarrow_filesystem(storage)
@@ -129,6 +132,7 @@ def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True,
             name=name, storage_path=storage_path, storage_filesystem=storage_fs,
             failure_config=ray.train.FailureConfig(max_failures=args.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
         ),
         datasets={"train": train_dataset(data, args.num_workers, spec.train.seed)},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
@@ -186,6 +190,7 @@ def main(default_method: str, argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=f"Train {default_method} with Ray Train (data-parallel).")
     add_run_arguments(p, default_method=default_method)
     add_scaling_arguments(p)
+    p.add_argument("--verbose", action="store_true", help="Ray Train's INFO logs and Ray Data progress bars")
     p.add_argument("--smoke-test", action="store_true", help="2 epochs on synthetic:tiny (checks the setup)")
     a = p.parse_args(argv)
     if a.smoke_test:
@@ -198,7 +203,7 @@ def main(default_method: str, argv: list[str] | None = None) -> int:
     scaling = ScalingArgs(a.num_workers, a.use_gpu, a.cpus_per_worker, a.max_failures, a.storage_path,
                           a.wait_for_resources)
     try:
-        launch(spec, scaling, progress=not a.no_progress)
+        launch(spec, scaling, progress=not a.no_progress, verbose=a.verbose)
     except (DataError, st.StorageError, ClusterError, FileNotFoundError) as e:
         print(f"error: {e}", flush=True)
         return 2

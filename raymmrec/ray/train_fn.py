@@ -12,6 +12,7 @@ if Ray Data hands the shards to the workers in another order.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +34,9 @@ from raymmrec.train.run import Setup, build_setup, restore
 from raymmrec.train.sampling import epoch_generator
 
 CKPT_FILE = "latest.pt"
+# Ray Train patches print() in workers to both tee to stdout and log it, which doubles every line;
+# writing to the process's real stdout gives one line, still streamed to the driver.
+OUT = sys.__stdout__
 
 
 def sharded_evaluate(evaluators: dict[str, Evaluator], rank: int, world: int, device: torch.device) -> EvalFn:
@@ -133,14 +137,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             payload = load_checkpoint(Path(d) / CKPT_FILE, map_location=device)
         state = restore(setup, payload)
         if rank == 0:
-            print(f"[raymmrec] resuming from checkpoint at epoch {state.epoch}", flush=True)
+            print(f"[raymmrec] resuming from checkpoint at epoch {state.epoch}", file=OUT, flush=True)
     model = ray.train.torch.prepare_model(setup.model) if world > 1 else setup.model
     if rank == 0:
         print(f"[raymmrec] {setup.data.summary()}; {world} worker(s) on {device}; "
-              f"setup {time.perf_counter() - t0:.1f}s", flush=True)
+              f"setup {time.perf_counter() - t0:.1f}s", file=OUT, flush=True)
     callbacks: list[Callback] = []
     if rank == 0:
-        callbacks.append(ProgressCallback(spec.eval.valid_metric, enabled=config.get("progress", True)))
+        callbacks.append(ProgressCallback(spec.eval.valid_metric, enabled=config.get("progress", True), stream=OUT))
         tb_local = config.get("tb_local_dir") or tempfile.mkdtemp(prefix="raymmrec-tb-")
         callbacks.append(SyncedTensorBoard(tb_local, config.get("tb_remote_dir")))
     callbacks.append(RayReportCallback(spec.to_dict(), rank, spec.train.checkpoint_every))

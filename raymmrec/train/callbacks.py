@@ -15,9 +15,10 @@ from raymmrec.train.loop import Callback, Trainer, TrainState, unwrap
 class ProgressCallback(Callback):
     """A bar over epochs with loss, validation metric and best score; a log line otherwise."""
 
-    def __init__(self, valid_metric: str = "recall@20", enabled: bool = True) -> None:
+    def __init__(self, valid_metric: str = "recall@20", enabled: bool = True, stream: Any = None) -> None:
         self.valid_metric = valid_metric
         self.enabled = enabled
+        self.stream = stream  # None: sys.stdout at the time of printing
         self.bar: Any = None
 
     def on_fit_start(self, trainer: Trainer, state: TrainState) -> None:
@@ -37,7 +38,8 @@ class ProgressCallback(Callback):
             self.bar.update(1)
             self.bar.set_postfix(line)
         else:  # not a terminal (e.g. a Ray job log): one line per epoch
-            print(f"epoch {int(logs['epoch'])}: " + " ".join(f"{k}={v}" for k, v in line.items()), flush=True)
+            print(f"epoch {int(logs['epoch'])}: " + " ".join(f"{k}={v}" for k, v in line.items()),
+                  file=self.stream or sys.stdout, flush=True)
 
     def on_fit_end(self, trainer: Trainer, state: TrainState) -> None:
         if self.bar is not None:
