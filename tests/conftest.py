@@ -51,7 +51,10 @@ def s3_server():
                             stderr=subprocess.DEVNULL)
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    old = {k: os.environ.get(k) for k in env}
+    cleared = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3")
+    old = {k: os.environ.get(k) for k in (*env, *cleared)}
+    for k in cleared:
+        os.environ.pop(k, None)
     os.environ.update(env)
     try:
         wait_port(port)

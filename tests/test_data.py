@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -348,49 +344,8 @@ def test_dbbook_likes_only() -> None:
 
 
 # --------------------------------------------------------------------------------------------- S3 (moto)
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    exe = shutil.which("moto_server")
-    if exe is None:
-        pytest.skip("moto_server is not on PATH (pip install 'moto[server]')")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(endpoint, timeout=1)
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    pytest.skip(f"moto_server exited with code {proc.returncode}")
-                time.sleep(0.1)
-        with pytest.MonkeyPatch.context() as mp:
-            for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
-                mp.delenv(key, raising=False)
-            mp.setenv("AWS_ENDPOINT_URL", endpoint)
-            mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-            mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-            mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-            from raymmrec.data.io import open_fs
-
-            fs, _ = open_fs("s3://raymmrec-test")
-            fs.mkdir("raymmrec-test")
-            yield endpoint
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def test_s3_columnar(s3_endpoint: str) -> None:
+# s3_bucket (tests/conftest.py): a local moto_server with bucket "raymmrec-test" and the AWS_* variables set.
+def test_s3_columnar(s3_bucket: str) -> None:
     data = tiny()
     url = "s3://raymmrec-test/columnar/tiny"
     write_columnar(data, url)
@@ -413,7 +368,7 @@ def test_s3_columnar(s3_endpoint: str) -> None:
         load_dataset(url)
 
 
-def test_s3_mmrec_folder(s3_endpoint: str, tmp_path: Path) -> None:
+def test_s3_mmrec_folder(s3_bucket: str, tmp_path: Path) -> None:
     data = tiny()
     url = "s3://raymmrec-test/mmrec/tiny/"
     write_mmrec(data, url)

@@ -100,6 +100,10 @@ def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True, verbose: 
     from ray.train.torch import TorchTrainer
 
     storage = args.storage_path or os.path.abspath(spec.output_dir)
+    if not st.is_remote(spec.data.source) and os.path.exists(spec.data.source):
+        # Workers run in another directory: hand them an absolute path (shared storage or
+        # s3:// is needed anyway once workers sit on other nodes).
+        spec.data.source = os.path.abspath(spec.data.source)
     name = spec.resolved_run_name
     st.check_writable(storage)
     t0 = time.perf_counter()
