@@ -142,6 +142,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if rank == 0:
         print(f"[raymmrec] {setup.data.summary()}; {world} worker(s) on {device}; "
               f"setup {time.perf_counter() - t0:.1f}s", file=OUT, flush=True)
+    batches = shard_batches(setup, ray.train.get_dataset_shard("train"), world)
     callbacks: list[Callback] = []
     if rank == 0:
         callbacks.append(ProgressCallback(spec.eval.valid_metric, enabled=config.get("progress", True), stream=OUT))
@@ -149,7 +150,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         callbacks.append(SyncedTensorBoard(tb_local, config.get("tb_remote_dir")))
     callbacks.append(RayReportCallback(spec.to_dict(), rank, spec.train.checkpoint_every))
     t = spec.train
-    trainer = Trainer(model, setup.optimizer, shard_batches(setup, ray.train.get_dataset_shard("train"), world),
+    trainer = Trainer(model, setup.optimizer, batches,
                       sharded_evaluate(setup.evaluators, rank, world, device), epochs=t.epochs,
                       patience=t.patience, seed=t.seed, valid_metric=spec.eval.valid_metric,
                       eval_every=t.eval_every, callbacks=callbacks, device=device, rank=rank)

@@ -107,7 +107,14 @@ class Trainer:
         torch.manual_seed(self.seed * 1_000_003 + epoch * 31 + self.rank)
         sums: dict[str, torch.Tensor] = {}
         n_batches = 0
-        for batch in self.batches(epoch):
+        data_s = 0.0
+        it = iter(self.batches(epoch))
+        while True:
+            t0 = time.perf_counter()
+            batch = next(it, None)
+            data_s += time.perf_counter() - t0
+            if batch is None:
+                break
             batch = batch.to(self.device)
             self.optimizer.zero_grad(set_to_none=True)
             out = model(batch)
@@ -122,7 +129,9 @@ class Trainer:
             for k, v in out.parts.items():
                 sums[f"loss/{k}"] = sums.get(f"loss/{k}", 0) + v
             n_batches += 1
-        return {k: float(v) / max(n_batches, 1) for k, v in sums.items()}
+        logs = {k: float(v) / max(n_batches, 1) for k, v in sums.items()}
+        logs["time/data_s"] = data_s  # shuffling, negative sampling, fetching shards
+        return logs
 
     def fit(self, state: TrainState | None = None) -> TrainState:
         """Train from ``state`` (a fresh one by default) until the cap or early stop."""
