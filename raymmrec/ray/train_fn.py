@@ -138,7 +138,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state = restore(setup, payload)
         if rank == 0:
             print(f"[raymmrec] resuming from checkpoint at epoch {state.epoch}", file=OUT, flush=True)
-    model = ray.train.torch.prepare_model(setup.model) if world > 1 else setup.model
+    model = setup.model
+    if world > 1:  # DDP: gloo on CPU, NCCL on GPU; gradients written straight into the buckets
+        model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"gradient_as_bucket_view": True})
     if rank == 0:
         print(f"[raymmrec] {setup.data.summary()}; {world} worker(s) on {device}; "
               f"setup {time.perf_counter() - t0:.1f}s", file=OUT, flush=True)
