@@ -71,7 +71,7 @@ class RunSpec:
 _SECTIONS = {"data": DataSpec, "train": TrainSpec, "eval": EvalSpec}
 
 
-def _coerce(value: Any, default: Any, where: str) -> Any:
+def coerce_value(value: Any, default: Any, where: str) -> Any:
     """Convert a YAML/CLI value to the type of the field's default."""
     if isinstance(value, str) and not isinstance(default, str):
         value = yaml.safe_load(value)
@@ -126,7 +126,7 @@ def _set(spec: RunSpec, dotted: str, value: Any) -> None:
     names = {f.name for f in dataclasses.fields(target)}
     if parts[-1] not in names:
         raise ValueError(f"unknown config key {dotted!r}; valid keys here: {sorted(names)}")
-    setattr(target, parts[-1], _coerce(value, getattr(target, parts[-1]), dotted))
+    setattr(target, parts[-1], coerce_value(value, getattr(target, parts[-1]), dotted))
 
 
 def load_spec(

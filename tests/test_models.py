@@ -36,6 +36,13 @@ def a_batch(graph, n: int = 64, seed: int = 0) -> Batch:
     return Batch(users, items, neg)
 
 
+def test_model_options_are_type_checked():
+    cls = get_model("bm3")
+    assert build_config(cls, {"n_layers": "2", "dropout": 0.3}).n_layers == 2
+    with pytest.raises(ValueError, match="model.n_layers: expected an integer"):
+        build_config(cls, {"n_layers": 1.5})
+
+
 def test_registry_has_the_baselines_and_bm3():
     assert {"bpr", "lightgcn", "vbpr", "bm3"} <= set(METHODS)
     with pytest.raises(KeyError, match="registered methods: .*bm3"):

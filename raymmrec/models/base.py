@@ -16,6 +16,8 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import Tensor, nn
 
+from raymmrec.config import coerce_value
+
 
 @dataclass
 class RecGraph:
@@ -121,12 +123,9 @@ def build_config(cls: type[Recommender], overrides: dict[str, Any] | None) -> An
         raise ValueError(
             f"unknown option(s) {unknown} for method {cls.name!r}; valid options: {sorted(known)}"
         )
+    defaults = cfg_cls()
     for key, value in list(overrides.items()):
-        default = getattr(cfg_cls(), key)
-        if isinstance(default, bool) or default is None:
-            continue
-        if isinstance(default, (int, float)) and isinstance(value, (int, float)) and not isinstance(value, bool):
-            overrides[key] = type(default)(value) if isinstance(default, float) or float(value).is_integer() else value
+        overrides[key] = coerce_value(value, getattr(defaults, key), f"model.{key}")
     return cfg_cls(**overrides)
 
 
