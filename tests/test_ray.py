@@ -97,6 +97,10 @@ def test_same_name_resumes_the_run(ray_cluster, tmp_path):
     payload = latest_payload(tmp_path / "r")
     hist = payload["state"]["history"]
     assert second.epoch == 4 and [int(h["epoch"]) for h in hist] == [0, 1, 2, 3]
+    t0 = time.time()
+    with pytest.raises(ValueError, match="different method"):
+        launch(tiny_spec(tmp_path, "lightgcn", epochs=4), scaling(num_workers=1, cpus_per_worker=1), progress=False)
+    assert time.time() - t0 < 30
 
 
 def test_too_many_workers_fails_fast(ray_cluster, tmp_path):

@@ -21,10 +21,10 @@ import pyarrow as pa
 
 from raymmrec.cli import add_run_arguments, spec_from_args
 from raymmrec.config import RunSpec
-from raymmrec.data import DataError, RecData
+from raymmrec.data import RecData
 from raymmrec.ray import storage as st
 from raymmrec.train.loop import TrainState
-from raymmrec.train.run import load_data, results_table
+from raymmrec.train.run import check_same_run, load_data, results_table
 
 
 class ClusterError(RuntimeError):
@@ -106,6 +106,7 @@ def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True, verbose: 
         spec.data.source = os.path.abspath(spec.data.source)
     name = spec.resolved_run_name
     st.check_writable(storage)
+    check_previous_run(st.join(storage, name), spec)
     t0 = time.perf_counter()
     data = load_data(spec)  # validates the dataset early, on the driver, with a clear error
     if progress:
@@ -150,6 +151,14 @@ def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True, verbose: 
         print(results_table(state, spec.eval.ks), flush=True)
         print(f"[raymmrec] run folder: {run_root}", flush=True)
     return state
+
+
+def check_previous_run(run_root: str, spec: RunSpec) -> None:
+    """Refuse to resume a run folder that holds another experiment (different method/model/data)."""
+    fs, root = st.filesystem(run_root)
+    configs = sorted(fs.glob(f"{root}/checkpoint_*/config.json"))
+    if configs:
+        check_same_run(json.loads(fs.cat_file(configs[-1])), spec, f"run folder {run_root}")
 
 
 def _train_fn():  # noqa: ANN202 - imported lazily so the driver does not need the worker deps
@@ -208,7 +217,7 @@ def main(default_method: str, argv: list[str] | None = None) -> int:
                           a.wait_for_resources)
     try:
         launch(spec, scaling, progress=not a.no_progress, verbose=a.verbose)
-    except (DataError, st.StorageError, ClusterError, FileNotFoundError) as e:
+    except (ValueError, st.StorageError, ClusterError, FileNotFoundError) as e:  # DataError is a ValueError
         print(f"error: {e}", flush=True)
         return 2
     return 0

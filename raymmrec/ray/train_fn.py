@@ -12,6 +12,7 @@ if Ray Data hands the shards to the workers in another order.
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 import time
@@ -30,7 +31,7 @@ from raymmrec.models.base import Batch, Recommender
 from raymmrec.train.callbacks import ProgressCallback, TensorBoardCallback, checkpoint_payload
 from raymmrec.train.checkpoint import load_checkpoint, save_checkpoint
 from raymmrec.train.loop import Callback, EvalFn, Trainer, TrainState
-from raymmrec.train.run import Setup, build_setup, restore
+from raymmrec.train.run import Setup, build_setup, check_same_run, restore
 from raymmrec.train.sampling import epoch_generator
 
 CKPT_FILE = "latest.pt"
@@ -102,6 +103,8 @@ class RayReportCallback(Callback):
         if self.rank == 0 and (state.epoch % self.every == 0 or done):
             with tempfile.TemporaryDirectory(prefix="raymmrec-ckpt-") as tmp:
                 save_checkpoint(Path(tmp) / CKPT_FILE, checkpoint_payload(trainer, state, self.config))
+                # A small copy of the config lets the driver refuse a mismatched resume up front.
+                (Path(tmp) / "config.json").write_text(json.dumps(self.config, indent=2))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
@@ -135,6 +138,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if ckpt is not None:
         with ckpt.as_directory() as d:
             payload = load_checkpoint(Path(d) / CKPT_FILE, map_location=device)
+        check_same_run(payload["config"], spec, f"checkpoint of run {spec.resolved_run_name!r}")
         state = restore(setup, payload)
         if rank == 0:
             print(f"[raymmrec] resuming from checkpoint at epoch {state.epoch}", file=OUT, flush=True)
