@@ -24,7 +24,7 @@ from raymmrec.config import RunSpec
 from raymmrec.data import RecData
 from raymmrec.ray import storage as st
 from raymmrec.train.loop import TrainState
-from raymmrec.train.run import check_same_run, load_data, results_table
+from raymmrec.train.run import check_same_run, load_data, results_dict, results_table
 
 
 class ClusterError(RuntimeError):
@@ -123,6 +123,7 @@ def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True, verbose: 
     loop_config: dict[str, Any] = {
         "spec": spec.to_dict(),
         "progress": progress,
+        "verbose": verbose,
         "tb_local_dir": None if tb_remote else os.path.join(storage_path, name, "tb"),
         "tb_remote_dir": tb_remote,
     }
@@ -180,8 +181,7 @@ def state_from_metrics(m: dict[str, Any]) -> TrainState:
 def _write_results(run_root: str, state: TrainState) -> None:
     fs, root = st.filesystem(run_root)
     fs.makedirs(root, exist_ok=True)
-    body = json.dumps({"best_epoch": state.best_epoch, "valid": state.best_valid, "test": state.best_test,
-                       "epochs_run": state.epoch}, indent=2).encode()
+    body = json.dumps(results_dict(state), indent=2).encode()
     tmp = f"{root}/.results.json.tmp"
     with fs.open(tmp, "wb") as f:
         f.write(body)

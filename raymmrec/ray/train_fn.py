@@ -13,6 +13,8 @@ if Ray Data hands the shards to the workers in another order.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 import tempfile
 import time
@@ -125,8 +127,21 @@ class SyncedTensorBoard(TensorBoardCallback):
             upload_dir(self.logdir, self.remote_dir)
 
 
+def _quiet_report_logs() -> None:
+    """Ray Train logs every report (all metrics, every rank, every epoch) on a logger named after
+    its source file, which LoggingConfig does not reach; raise that logger to WARNING."""
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+
+        logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    except (ImportError, AttributeError):  # internal layout changed: keep Ray's default
+        pass
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Entry point of each Ray Train worker; ``config = {"spec": RunSpec.to_dict(), ...}``."""
+    if not config.get("verbose", False):
+        _quiet_report_logs()
     spec = spec_from_dict(config["spec"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -177,6 +192,4 @@ class _FaultInjector(Callback):
     def on_epoch_end(self, trainer: Trainer, state: TrainState, logs: dict[str, float]) -> None:
         if self.active and state.epoch == self.epoch and not self.marker.exists():
             self.marker.write_text("killed")
-            import os
-
             os._exit(1)

@@ -143,6 +143,12 @@ def check_same_run(saved: dict[str, Any], spec: RunSpec, where: str) -> None:
             )
 
 
+def results_dict(state: TrainState) -> dict[str, Any]:
+    """What ``results.json`` holds: metrics at the best validation epoch."""
+    return {"best_epoch": state.best_epoch, "valid": state.best_valid, "test": state.best_test,
+            "epochs_run": state.epoch}
+
+
 def results_table(state: TrainState, ks: list[int]) -> str:
     """Plain-text table of validation and test metrics at the best validation epoch."""
     names = ["recall", "ndcg", "precision", "map", "hit"]
@@ -187,8 +193,7 @@ def run(spec: RunSpec, *, progress: bool = True, extra_callbacks: list[Callback]
                       epochs=t.epochs, patience=t.patience, seed=t.seed, valid_metric=spec.eval.valid_metric,
                       eval_every=t.eval_every, callbacks=callbacks, device=setup.device)
     state = trainer.fit(state)
-    _write_json(run_dir / "results.json", {"best_epoch": state.best_epoch, "valid": state.best_valid,
-                                          "test": state.best_test, "epochs_run": state.epoch})
+    _write_json(run_dir / "results.json", results_dict(state))
     if progress:
         print(results_table(state, spec.eval.ks), flush=True)
     return state
