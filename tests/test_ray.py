@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import SECRET
 from raymmrec.config import load_spec
 from raymmrec.train.checkpoint import load_checkpoint
 from raymmrec.train.run import build_setup, local_evaluate
@@ -141,7 +142,7 @@ def test_unreachable_s3_endpoint_fails_fast(monkeypatch, tmp_path):
     assert time.time() - t0 < 15
 
 
-def test_s3_dataset_and_checkpoints(ray_cluster, s3_bucket, tmp_path):
+def test_s3_dataset_and_checkpoints(ray_cluster, s3_bucket, tmp_path, capfd):
     import s3fs
 
     from raymmrec.data import load_dataset
@@ -159,6 +160,13 @@ def test_s3_dataset_and_checkpoints(ray_cluster, s3_bucket, tmp_path):
     assert any(f.endswith("latest.pt") for f in files), files
     assert any("/tb/events.out.tfevents" in f for f in files), files
     assert json.loads(fs.cat(f"{s3_bucket}/runs/s3run/results.json"))["epochs_run"] == 2
+    time.sleep(2)  # let worker logs reach the driver
+    out, err = capfd.readouterr()
+    assert "worker(s) on cpu" in out + err  # worker logs did reach this process's output
+    assert SECRET not in out + err, "the S3 secret key appeared in the logs"
+    for name in files:
+        if name.endswith(".json"):
+            assert SECRET not in fs.cat(name).decode(), name
 
 
 def test_ray_job_submit(ray_cluster, tmp_path):
