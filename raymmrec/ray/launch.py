@@ -206,6 +206,8 @@ def main(default_method: str, argv: list[str] | None = None) -> int:
     p.add_argument("--verbose", action="store_true", help="Ray Train's INFO logs and Ray Data progress bars")
     p.add_argument("--smoke-test", action="store_true", help="2 epochs on synthetic:tiny (checks the setup)")
     a = p.parse_args(argv)
+    if a.device is not None:
+        p.error("--device applies to single-process runs (raymmrec train); with Ray use --use-gpu")
     if a.smoke_test:
         a.data = a.data or "synthetic:tiny"
         a.epochs = a.epochs or 2
