@@ -34,7 +34,7 @@ from raymmrec.train.callbacks import ProgressCallback, TensorBoardCallback, chec
 from raymmrec.train.checkpoint import load_checkpoint, save_checkpoint
 from raymmrec.train.loop import Callback, EvalFn, Trainer, TrainState
 from raymmrec.train.run import Setup, build_setup, check_same_run, restore
-from raymmrec.train.sampling import epoch_generator
+from raymmrec.train.sampling import dropout_seed, epoch_batches, epoch_generator
 
 CKPT_FILE = "latest.pt"
 # Ray Train patches print() in workers to both tee to stdout and log it, which doubles every line;
@@ -75,14 +75,9 @@ def shard_batches(setup: Setup, shard: Any, world: int):  # noqa: ANN201
         order = np.argsort(keys, kind="stable")  # canonical order: independent of block arrival
         users_t, items_t = torch.from_numpy(users[order]), torch.from_numpy(items[order])
         shard_id = int(keys[order[0]]) % 1_000_003 if len(keys) else 0
+        torch.manual_seed(dropout_seed(spec.train.seed, epoch, shard_id))
         g = epoch_generator(spec.train.seed, epoch, stream=1 + shard_id)
-        torch.manual_seed(spec.train.seed * 1_000_003 + epoch * 31 + shard_id)  # dropout stream
-        perm = torch.randperm(users_t.numel(), generator=g)
-        for start in range(0, perm.numel(), local_bs):
-            idx = perm[start : start + local_bs]
-            u, i = users_t[idx], items_t[idx]
-            neg = setup.sampler.sample(u, g) if setup.sampler is not None else None
-            yield Batch(u, i, neg)
+        yield from epoch_batches(users_t, items_t, local_bs, g, setup.sampler)
 
     return batches
 

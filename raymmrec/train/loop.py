@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from raymmrec.models.base import Batch, Recommender
+from raymmrec.train.sampling import dropout_seed
 
 BatchFn = Callable[[int], Iterable[Batch]]
 EvalFn = Callable[[Recommender], dict[str, dict[str, float]]]
@@ -104,7 +105,7 @@ class Trainer:
         model.train()
         unwrap(model).pre_epoch(epoch)
         # Dropout and other in-model randomness: reseeded per epoch, so resuming is exact.
-        torch.manual_seed(self.seed * 1_000_003 + epoch * 31 + self.rank)
+        torch.manual_seed(dropout_seed(self.seed, epoch, self.rank))
         sums: dict[str, torch.Tensor] = {}
         n_batches = 0
         data_s = 0.0

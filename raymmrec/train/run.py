@@ -17,7 +17,7 @@ import torch
 
 from raymmrec.config import RunSpec, spec_from_dict
 from raymmrec.data import RecData, load_dataset
-from raymmrec.eval import Evaluator
+from raymmrec.eval import METRICS, Evaluator
 from raymmrec.graph import normalized_adjacency
 from raymmrec.models.base import RecGraph, Recommender, build_config
 from raymmrec.registry import get_model
@@ -151,8 +151,7 @@ def results_dict(state: TrainState) -> dict[str, Any]:
 
 def results_table(state: TrainState, ks: list[int]) -> str:
     """Plain-text table of validation and test metrics at the best validation epoch."""
-    names = ["recall", "ndcg", "precision", "map", "hit"]
-    cols = [f"{n}@{k}" for k in ks for n in names]
+    cols = [f"{n}@{k}" for k in ks for n in METRICS]
     width = max(len(c) for c in cols) + 1
     lines = [f"best epoch {state.best_epoch} (of {state.epoch} run)",
              "split  " + "".join(c.rjust(width) for c in cols)]

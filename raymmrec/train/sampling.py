@@ -21,6 +21,11 @@ def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
     return g
 
 
+def dropout_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    """Seed of the global torch RNG (dropout and other in-model randomness) for one epoch."""
+    return seed * 1_000_003 + epoch * 31 + stream
+
+
 class NegativeSampler:
     """Uniform negatives from the items seen in training, never one of the user's training items.
 
