@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from raymmrec.data.filters import filter_recdata, frame_to_recdata
-from raymmrec.data.io import META_FILE, open_fs, read_columnar, read_meta, read_mmrec, write_columnar
+from raymmrec.data.io import META_FILE, open_fs, read_columnar, read_mmrec, write_columnar
 from raymmrec.data.schema import DataError, RecData
 from raymmrec.data.split import mmrec_split
 from raymmrec.data.synthetic import PRESETS, generate_synthetic
@@ -212,7 +212,7 @@ def load_dataset(
         if not fs.exists(folder):
             raise _unknown(spec, f"dataset path {spec!r} does not exist")
         if fs.exists(f"{folder}/{META_FILE}") or fs.exists(f"{folder}/train.parquet"):
-            read_meta(spec, storage_options=storage_options)  # raises for an incomplete columnar folder
+            # read_columnar reads meta.json first and raises for an incomplete columnar folder
             data = read_columnar(spec, modalities=modalities, storage_options=storage_options)
         else:
             return read_mmrec(
