@@ -104,6 +104,45 @@ def test_columnar_overwrite_and_incomplete(tmp_path: Path) -> None:
         load_dataset(target)
 
 
+def test_columnar_overwrite_replaces_only_our_datasets(tmp_path: Path) -> None:
+    data = tiny()
+    target = tmp_path / "col"
+    target.mkdir()
+    (target / "notes.txt").write_text("keep me")
+    for overwrite in (True, False):
+        with pytest.raises(DataError, match=rf"{target}: refusing to overwrite: .*\(notes\.txt\); expected only"):
+            write_columnar(data, str(target), overwrite=overwrite)
+        assert os.listdir(target) == ["notes.txt"] and (target / "notes.txt").read_text() == "keep me"
+    os.remove(target / "notes.txt")
+    write_columnar(data, str(target))  # an empty folder may be filled
+    assert_same(data, read_columnar(str(target)))
+    two = tiny(1)
+    del two.features["image"]
+    write_columnar(two, str(target))  # a dataset of ours is replaced, stale files included
+    assert_same(two, read_columnar(str(target)))
+    assert os.listdir(target / "features") == ["text.npy"]
+    (target / "features" / "readme.md").write_text("x")
+    with pytest.raises(DataError, match=r"refusing to overwrite: .*\(features/readme\.md\)"):
+        write_columnar(data, str(target))
+    assert (target / "features" / "readme.md").exists()
+
+    other = tmp_path / "other"  # someone else's meta.json and parquet files
+    other.mkdir()
+    (other / "meta.json").write_text('{"format": "someone-else"}')
+    shutil.copy(target / "train.parquet", other / "train.parquet")
+    with pytest.raises(DataError, match=r"refusing to overwrite: its meta\.json has format 'someone-else'"):
+        write_columnar(data, str(other))
+    os.remove(other / "meta.json")
+    with pytest.raises(DataError, match=r"refusing to overwrite: no meta\.json"):
+        write_columnar(data, str(other))
+    assert sorted(os.listdir(other)) == ["train.parquet"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match=r"file: exists and is not a folder"):
+        write_columnar(data, str(tmp_path / "file"))
+    assert (tmp_path / "file").read_text() == "x"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folders left
+
+
 def test_modality_selection(folder: Path) -> None:
     assert list(read_mmrec(str(folder), modalities=["image"]).features) == ["image"]
     assert read_mmrec(str(folder), modalities=[]).features == {}
@@ -146,8 +185,8 @@ def _cold_user(f: pd.DataFrame) -> pd.DataFrame:
             lambda f: f.rename(columns={"userID": "user_id"}),
             r"tiny\.inter: missing column\(s\) \['userID'\].*expected.*found \['user_id', 'itemID'",
         ),
-        (_set("itemID", 4, "abc"), r"tiny\.inter: column 'itemID' must hold non-negative integers; line 6 has 'abc'"),
-        (_set("userID", 2, -1), r"tiny\.inter: column 'userID' must hold non-negative integers; line 4 has -1"),
+        (_set("itemID", 4, "abc"), r"tiny\.inter: column 'itemID' must hold non-negative integers.*; line 6 has 'abc'"),
+        (_set("userID", 2, -1), r"tiny\.inter: column 'userID' must hold non-negative integers.*; line 4 has -1"),
         (_set("userID", 3, 2.5), r"tiny\.inter: column 'userID' .* line 5 has 2\.5"),
         (_bad_dense, r"tiny\.inter: itemID ids must be dense 0\.\.29.*1 id\(s\) never appear: 5"),
         (
@@ -163,6 +202,75 @@ def test_inter_errors(folder: Path, edit, pattern: str) -> None:
     edit_inter(folder, edit)
     with pytest.raises(DataError, match=pattern):
         read_mmrec(str(folder))
+
+
+@pytest.mark.parametrize("value", [10**12, 2 * 10**9])
+def test_huge_inter_id_is_a_data_error(folder: Path, value: int) -> None:
+    import tracemalloc
+
+    edit_inter(folder, _set("userID", 3, value))
+    tracemalloc.start()  # numpy reports its allocations to tracemalloc
+    try:
+        with pytest.raises(DataError, match=rf"tiny\.inter: userID ids must be dense 0\.\.{value} .*41 distinct"):
+            read_mmrec(str(folder))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 * 2**20, f"peak {peak / 2**20:.0f} MiB: memory grew with the largest id"
+
+
+@pytest.mark.parametrize("value", ["100000000000000000000", "10000000000000000000"])
+def test_inter_id_beyond_int64(folder: Path, value: str) -> None:
+    edit_inter(folder, _set("itemID", 2, value))
+    pattern = rf"tiny\.inter: column 'itemID' must hold non-negative integers below 2\*\*63; line 4 has {value}"
+    with pytest.raises(DataError, match=pattern):
+        read_mmrec(str(folder))
+
+
+@pytest.mark.parametrize("content", ["", "userID\titemID\trating\ttimestamp\tx_label\n"], ids=["zero-bytes", "header"])
+def test_empty_inter_file(folder: Path, content: str) -> None:
+    (folder / "tiny.inter").write_text(content)
+    with pytest.raises(DataError, match=r"tiny\.inter: no interaction rows"):
+        read_mmrec(str(folder))
+
+
+def _rewrite_parquet(path: Path, column: str, values: object) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    table = table.set_column(table.column_names.index(column), column, pa.array(values))
+    pq.write_table(table, path)
+
+
+def test_columnar_ids_checked_against_meta(tmp_path: Path) -> None:
+    import json
+
+    data = tiny()
+    out = Path(write_columnar(data, str(tmp_path / "col")))
+    _rewrite_parquet(out / "train.parquet", "user", [10**12] + data.train.users[1:].tolist())
+    with pytest.raises(
+        DataError,
+        match=r"train\.parquet: column 'user' must hold ids in \[0, 40\) \(meta\.json says n_users = 40\), "
+        r"but row 0 \(0-based\) has 1000000000000 \(1 bad row",
+    ):
+        read_columnar(str(out))
+    _rewrite_parquet(out / "train.parquet", "user", data.train.users)
+    _rewrite_parquet(out / "test.parquet", "item", [-1] + data.test.items[1:].tolist())
+    with pytest.raises(DataError, match=r"test\.parquet: column 'item' must hold ids in \[0, 30\).*row 0 .* has -1"):
+        read_columnar(str(out))
+    _rewrite_parquet(out / "test.parquet", "item", [None] + data.test.items[1:].tolist())
+    with pytest.raises(DataError, match=r"test\.parquet: column 'item' must hold integer ids without nulls.*1 null"):
+        read_columnar(str(out))
+    _rewrite_parquet(out / "test.parquet", "item", data.test.items.astype(float))
+    with pytest.raises(DataError, match=r"test\.parquet: column 'item' must hold integer ids.*type double"):
+        read_columnar(str(out))
+    _rewrite_parquet(out / "test.parquet", "item", data.test.items)
+    assert_same(data, read_columnar(str(out)))
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({**meta, "n_users": "40"}))
+    with pytest.raises(DataError, match=r"meta\.json: n_users must be a non-negative integer, found '40'"):
+        read_columnar(str(out))
 
 
 def test_feature_errors(folder: Path) -> None:
@@ -366,6 +474,30 @@ def test_s3_columnar(s3_bucket: str) -> None:
     s3.rm(prefix + "/meta.json")
     with pytest.raises(DataError, match="no meta.json.*incomplete"):
         load_dataset(url)
+
+
+def test_s3_columnar_overwrite_keeps_foreign_objects(s3_bucket: str) -> None:
+    from raymmrec.data.io import open_fs
+
+    s3, _ = open_fs("s3://raymmrec-test")
+    s3.pipe({"raymmrec-test/shared/keep.txt": b"keep", "raymmrec-test/shared2/keep.txt": b"keep too"})
+    s3.invalidate_cache()
+    with pytest.raises(DataError, match=r"s3://raymmrec-test/shared: refusing to overwrite: .*\(keep\.txt\)"):
+        write_columnar(tiny(), "s3://raymmrec-test/shared")
+    url = "s3://raymmrec-test/shared2/ds"
+    write_columnar(tiny(), url)
+    two = tiny(1)
+    del two.features["image"]
+    write_columnar(two, url)  # ours: replaced, its stale image.npy removed
+    assert_same(two, load_dataset(url))
+    s3.invalidate_cache()
+    assert sorted(p.rsplit("/", 1)[1] for p in s3.find("raymmrec-test/shared2")) == [
+        "keep.txt", "meta.json", "test.parquet", "text.npy", "train.parquet", "valid.parquet"
+    ]
+    assert s3.cat("raymmrec-test/shared/keep.txt") == b"keep"
+    write_columnar(tiny(), "s3://raymmrec-test/shared2/d")  # a name that prefixes another dataset's name
+    assert_same(tiny(), load_dataset("s3://raymmrec-test/shared2/d"))
+    assert_same(two, load_dataset(url))
 
 
 def test_s3_mmrec_folder(s3_bucket: str, tmp_path: Path) -> None:

@@ -154,6 +154,24 @@ def test_users_without_truth_rejected():
         ev.metric_sums(score_fn_of(scores), bad)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_scores_raise(bad):
+    train = Interactions(np.array([0, 1]), np.array([0, 2]))
+    truth = Interactions(np.array([0, 1, 1]), np.array([3, 4, 5]))
+    scores = np.arange(12, dtype=np.float32).reshape(2, 6)
+    ev = Evaluator(6, train, truth, ks=(1, 2), max_batch_elems=12)
+    want = ev.evaluate(score_fn_of(scores))
+    masked = scores.copy()
+    masked[0, 0] = masked[1, 2] = bad  # training items: masked to -inf anyway, so allowed
+    assert ev.evaluate(score_fn_of(masked)) == want
+    scores[1, 1] = bad
+    with pytest.raises(FloatingPointError, match=r"NaN/inf for 1 of the 2 users .*\(first: user 1, item 1, score"):
+        ev.evaluate(score_fn_of(scores))
+    scores[0, 5] = bad
+    with pytest.raises(FloatingPointError, match=r"NaN/inf for 2 of the 2 users .*first: user 0, item 5"):
+        ev.evaluate(score_fn_of(scores))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

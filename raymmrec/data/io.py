@@ -34,6 +34,7 @@ from raymmrec.data.schema import INTER_COLUMNS, SPLITS, DataError, Interactions,
 from raymmrec.data.validate import (
     check_dense,
     check_features,
+    check_id_range,
     check_inter_columns,
     check_labels,
     check_no_cold_users,
@@ -47,6 +48,9 @@ FEAT_SUFFIX = "_feat.npy"
 META_FILE = "meta.json"
 COLUMNAR_FORMAT = "raymmrec-columnar"
 COLUMNAR_VERSION = 1
+FEATURES_DIR = "features"
+#: The top-level files of a columnar dataset (besides ``features/<modality>.npy``).
+_COLUMNAR_FILES = (META_FILE, *(f"{s}.parquet" for s in SPLITS))
 _DATASET_YAML_KEYS = {"modalities"}
 
 
@@ -163,9 +167,13 @@ def read_inter(fs: fsspec.AbstractFileSystem, path: str, *, need_rating: bool = 
         with fs.open(path, "rb") as f:
             raw = pd.read_csv(f, sep="\t")
     except pd.errors.EmptyDataError as exc:
-        raise DataError(f"{path}: file is empty; expected a header {list(INTER_COLUMNS)} and rows") from exc
+        raise DataError(
+            f"{path}: no interaction rows (the file is empty); expected a header {list(INTER_COLUMNS)} and rows"
+        ) from exc
     except pd.errors.ParserError as exc:
         raise DataError(f"{path}: not a valid tab-separated file: {exc}") from exc
+    if len(raw) == 0:
+        raise DataError(f"{path}: no interaction rows (header only); expected one row per interaction below it")
     raw.columns = [str(c).strip() for c in raw.columns]
     check_inter_columns(list(raw.columns), path, need_rating=need_rating)
     frame = pd.DataFrame(
@@ -251,16 +259,73 @@ def _write_columnar_files(fs: fsspec.AbstractFileSystem, folder: str, data: RecD
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    fs.makedirs(posixpath.join(folder, "features"), exist_ok=True)
+    fs.makedirs(posixpath.join(folder, FEATURES_DIR), exist_ok=True)
     for s in SPLITS:
         inter = data.split(s)
         table = pa.table({"user": pa.array(inter.users, pa.int64()), "item": pa.array(inter.items, pa.int64())})
         with fs.open(posixpath.join(folder, f"{s}.parquet"), "wb") as f:
             pq.write_table(table, f)
     for m, feats in data.features.items():
-        _save_npy(fs, posixpath.join(folder, "features", f"{m}.npy"), np.ascontiguousarray(feats, dtype=np.float32))
+        _save_npy(fs, posixpath.join(folder, FEATURES_DIR, f"{m}.npy"), np.ascontiguousarray(feats, dtype=np.float32))
     with fs.open(posixpath.join(folder, META_FILE), "w") as f:  # last: marks the folder complete
         json.dump(meta, f, indent=2)
+
+
+def _replaceable_files(fs: fsspec.AbstractFileSystem, folder: str, url: str) -> list[str]:
+    """Files to delete so that a columnar dataset can be written at ``folder`` (``meta.json`` first).
+
+    Nothing there, or an empty folder: ``[]``. Otherwise ``folder`` must be a dataset of ours: a ``meta.json``
+    with our format marker and nothing besides ``train/valid/test.parquet`` and ``features/*.npy``; anything
+    else raises :class:`DataError` and nothing is deleted.
+    """
+    if not fs.exists(folder):
+        return []
+    if not fs.isdir(folder):
+        raise DataError(f"{url}: exists and is not a folder; refusing to replace it with a columnar dataset")
+    refuse = f"{url}: refusing to overwrite"
+    found: dict[str, str] = {}  # name relative to folder -> path, for files of our layout
+    unexpected: list[str] = []
+    for entry in fs.ls(folder, detail=True):
+        path = entry["name"].rstrip("/")
+        name = posixpath.basename(path)
+        if path == folder:  # an object store's folder marker
+            continue
+        if entry["type"] == "file" and name in _COLUMNAR_FILES:
+            found[name] = path
+        elif entry["type"] == "directory" and name == FEATURES_DIR:
+            for sub in fs.ls(path, detail=True):
+                sub_path = sub["name"].rstrip("/")
+                rel = f"{FEATURES_DIR}/{posixpath.basename(sub_path)}"
+                if sub["type"] == "file" and rel.endswith(".npy"):
+                    found[rel] = sub_path
+                elif sub_path != path:
+                    unexpected.append(rel)
+        else:
+            unexpected.append(name)
+    if unexpected:
+        raise DataError(
+            f"{refuse}: it holds {len(unexpected)} entry(ies) that a raymmrec columnar dataset does not have "
+            f"({', '.join(sorted(unexpected)[:5])}); expected only {', '.join(_COLUMNAR_FILES)} and "
+            f"{FEATURES_DIR}/*.npy; delete it yourself or choose another path"
+        )
+    if not found:
+        return []
+    if META_FILE not in found:
+        raise DataError(
+            f"{refuse}: no {META_FILE}, so not a complete raymmrec columnar dataset; "
+            "delete it yourself or choose another path"
+        )
+    try:
+        with fs.open(found[META_FILE], "r") as f:
+            marker = json.load(f).get("format")
+    except (ValueError, AttributeError) as exc:
+        raise DataError(f"{refuse}: its {META_FILE} is not a JSON object ({exc}); delete it yourself") from exc
+    if marker != COLUMNAR_FORMAT:
+        raise DataError(
+            f"{refuse}: its {META_FILE} has format {marker!r}, expected {COLUMNAR_FORMAT!r}; "
+            "delete it yourself or choose another path"
+        )
+    return [found.pop(META_FILE), *found.values()]
 
 
 def write_columnar(
@@ -274,8 +339,10 @@ def write_columnar(
     """Write ``data`` in columnar form to ``url`` and return the folder path.
 
     Local: written into a hidden temporary sibling, then renamed into place (an existing folder is swapped out
-    only if ``overwrite``). Object stores: an old ``meta.json`` is removed first and the new one written last.
-    With ``overwrite=False`` a complete dataset already at ``url`` is kept and nothing is written.
+    only if ``overwrite``). Object stores: the old files are removed (``meta.json`` first) and the new
+    ``meta.json`` written last. With ``overwrite=False`` a complete dataset already at ``url`` is kept and nothing
+    is written. Only an empty folder or a columnar dataset of ours is ever replaced: anything else at ``url``
+    (another ``meta.json``, unknown files) raises :class:`DataError` before anything is written or deleted.
     """
     validate_recdata(data)
     meta = {
@@ -292,6 +359,7 @@ def write_columnar(
     meta_path = posixpath.join(folder, META_FILE)
     if not overwrite and fs.exists(meta_path):
         return folder
+    old_files = _replaceable_files(fs, folder, url)
     if isinstance(fs, LocalFileSystem):
         parent, base = os.path.split(folder)
         os.makedirs(parent, exist_ok=True)
@@ -300,7 +368,8 @@ def write_columnar(
         try:
             _write_columnar_files(fs, tmp, data, meta)
             if os.path.exists(folder) and (overwrite or not os.path.exists(meta_path)):
-                os.rename(folder, old)  # swap out the previous version (or a stale incomplete folder)
+                _replaceable_files(fs, folder, url)  # again, right before the swap
+                os.rename(folder, old)  # swap out the previous version (or an empty folder)
             try:
                 os.rename(tmp, folder)
             except OSError:
@@ -311,10 +380,8 @@ def write_columnar(
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.rmtree(old, ignore_errors=True)
         return folder
-    if fs.exists(meta_path):
-        fs.rm(meta_path)
-    if fs.exists(folder):
-        fs.rm(folder, recursive=True)
+    for path in old_files:  # meta.json first: readers never see a complete-looking half-deleted dataset
+        fs.rm(path)
     _write_columnar_files(fs, folder, data, meta)
     return folder
 
@@ -334,6 +401,12 @@ def read_meta(url: str, *, storage_options: dict[str, Any] | None = None) -> dic
             f"{path}: expected format {COLUMNAR_FORMAT!r} version {COLUMNAR_VERSION}, "
             f"found {meta.get('format')!r} version {meta.get('version')!r}"
         )
+    counts = meta.get("counts") if isinstance(meta.get("counts"), dict) else {}
+    for key, value in [("n_users", meta.get("n_users")), ("n_items", meta.get("n_items"))] + [
+        (f"counts.{s}", counts.get(s)) for s in SPLITS
+    ]:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise DataError(f"{path}: {key} must be a non-negative integer, found {value!r}")
     return meta
 
 
@@ -341,6 +414,21 @@ def is_columnar(url: str, *, storage_options: dict[str, Any] | None = None) -> b
     """Whether ``url`` holds a complete columnar dataset (has ``meta.json``)."""
     fs, folder = open_fs(url, storage_options)
     return fs.exists(posixpath.join(folder, META_FILE))
+
+
+def _id_column(table: Any, column: str, path: str, n: int) -> np.ndarray:
+    """Column ``column`` of a split's parquet table as int64, checked to hold ids in ``[0, n)`` (``n`` from meta)."""
+    import pyarrow as pa
+
+    col = table.column(column)
+    if not pa.types.is_integer(col.type) or col.null_count:
+        raise DataError(
+            f"{path}: column {column!r} must hold integer ids without nulls, found type {col.type} "
+            f"with {col.null_count} null(s)"
+        )
+    ids = col.to_numpy().astype(np.int64, copy=False)  # uint64 ids >= 2**63 wrap to negatives: rejected below
+    check_id_range(ids, column, path, n, f"{META_FILE} says n_{column}s = {n}")
+    return ids
 
 
 def read_columnar(
@@ -361,14 +449,14 @@ def read_columnar(
             table = pq.read_table(f)
         if table.column_names[:2] != ["user", "item"]:
             raise DataError(f"{path}: expected columns ['user', 'item'], found {table.column_names}")
-        users = table.column("user").to_numpy().astype(np.int64, copy=False)
-        items = table.column("item").to_numpy().astype(np.int64, copy=False)
+        users = _id_column(table, "user", path, meta["n_users"])
+        items = _id_column(table, "item", path, meta["n_items"])
         if users.shape[0] != meta["counts"][s]:
             raise DataError(f"{path}: {users.shape[0]} rows but meta.json says {meta['counts'][s]}")
         splits[s] = Interactions(users, items)
     features: dict[str, np.ndarray] = {}
     for m in _select(modalities, list(meta["modalities"]), url):
-        path = posixpath.join(folder, "features", f"{m}.npy")
+        path = posixpath.join(folder, FEATURES_DIR, f"{m}.npy")
         features[m] = check_features(_load_npy(fs, path), m, path, int(meta["n_items"]))
     data = RecData(
         meta["name"],

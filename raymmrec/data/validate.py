@@ -20,11 +20,12 @@ REQUIRED_COLUMNS = ("userID", "itemID", "x_label")
 _MAX_LISTED = 5
 
 
-def _few(values: np.ndarray | list) -> str:
-    """At most a handful of values for an error message, with a count of the rest."""
+def _few(values: np.ndarray | list, total: int | None = None) -> str:
+    """At most a handful of values for an error message, with a count of the rest (of ``total``, if given)."""
     values = list(values)
+    total = len(values) if total is None else total
     shown = ", ".join(str(v) for v in values[:_MAX_LISTED])
-    return shown + (f", ... ({len(values) - _MAX_LISTED} more)" if len(values) > _MAX_LISTED else "")
+    return shown + (f", ... ({total - _MAX_LISTED} more)" if total > _MAX_LISTED else "")
 
 
 def check_inter_columns(columns: list[str], file: str, *, need_rating: bool = False) -> None:
@@ -39,21 +40,25 @@ def check_inter_columns(columns: list[str], file: str, *, need_rating: bool = Fa
 
 
 def parse_int_column(values: pd.Series, column: str, file: str) -> np.ndarray:
-    """Return ``values`` as int64, raising on the first non-integer or negative entry (with its line number)."""
-    if pd.api.types.is_integer_dtype(values.dtype):
+    """Return ``values`` as int64, raising on the first non-integer, negative or beyond-int64 entry (with its line)."""
+    if pd.api.types.is_unsigned_integer_dtype(values.dtype):  # pandas reads 2**63 and above as uint64
+        raw = values.to_numpy()
+        bad = np.flatnonzero(raw > np.iinfo(np.int64).max)
+        arr = raw.astype(np.int64)
+    elif pd.api.types.is_integer_dtype(values.dtype):
         arr = values.to_numpy(dtype=np.int64)
         bad = np.flatnonzero(arr < 0)
     else:
         num = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
         with np.errstate(invalid="ignore"):
-            bad = np.flatnonzero(~np.isfinite(num) | (num != np.round(num)) | (num < 0))
+            bad = np.flatnonzero(~np.isfinite(num) | (num != np.round(num)) | (num < 0) | (num >= 2.0**63))
         arr = None if bad.size else num.astype(np.int64)
     if bad.size:
         row = int(bad[0])
         value = values.iloc[row]
         shown = repr(value) if isinstance(value, str) else str(value)
         raise DataError(
-            f"{file}: column {column!r} must hold non-negative integers; line {row + 2} has "
+            f"{file}: column {column!r} must hold non-negative integers below 2**63; line {row + 2} has "
             f"{shown} ({bad.size} bad row(s) in total)"
         )
     assert arr is not None
@@ -70,20 +75,48 @@ def check_labels(labels: np.ndarray, file: str) -> None:
         )
 
 
+def _first_missing(distinct: np.ndarray, limit: int = _MAX_LISTED) -> list[int]:
+    """The first ``limit`` non-negative integers below ``distinct[-1]`` missing from sorted unique ``distinct``."""
+    step = np.diff(distinct, prepend=-1)
+    out: list[int] = []
+    for pos in np.flatnonzero(step > 1)[:limit]:
+        start = int(distinct[pos] - step[pos]) + 1
+        out.extend(range(start, min(int(distinct[pos]), start + limit - len(out))))
+        if len(out) >= limit:
+            break
+    return out
+
+
 def check_dense(ids: np.ndarray, column: str, file: str) -> int:
-    """Raise unless the ids cover ``0..max`` without gaps; return ``max + 1`` (0 for no ids)."""
+    """Raise unless the (non-negative) ids cover ``0..max`` without gaps; return ``max + 1`` (0 for no ids).
+
+    Memory stays proportional to the number of ids, not to the largest id (a corrupt id such as 10**12
+    gives this error, not a huge allocation).
+    """
     if ids.size == 0:
         return 0
-    n = int(ids.max()) + 1
-    seen = np.zeros(n, dtype=bool)
-    seen[ids] = True
-    if not seen.all():
-        gaps = np.flatnonzero(~seen)
+    top = int(ids.max())
+    if top < ids.size:  # can only be dense if max < number of ids; the mask is then no larger than ``ids``
+        seen = np.zeros(top + 1, dtype=bool)
+        seen[ids] = True
+        if seen.all():
+            return top + 1
+    distinct = np.unique(ids)
+    missing = top + 1 - int(distinct.size)
+    raise DataError(
+        f"{file}: {column} ids must be dense 0..{top} (MMRec sets the count to max+1; {distinct.size} distinct "
+        f"id(s) found), but {missing} id(s) never appear: {_few(_first_missing(distinct), missing)}"
+    )
+
+
+def check_id_range(ids: np.ndarray, column: str, file: str, n: int, expected_by: str) -> None:
+    """Raise unless every id lies in ``[0, n)``; ``expected_by`` says where ``n`` comes from (e.g. ``meta.json``)."""
+    bad = np.flatnonzero((ids < 0) | (ids >= n))
+    if bad.size:
         raise DataError(
-            f"{file}: {column} ids must be dense 0..{n - 1} (MMRec sets the count to max+1), but "
-            f"{gaps.size} id(s) never appear: {_few(gaps)}"
+            f"{file}: column {column!r} must hold ids in [0, {n}) ({expected_by}), but row {int(bad[0])} "
+            f"(0-based) has {int(ids[bad[0]])} ({bad.size} bad row(s) in total)"
         )
-    return n
 
 
 def check_features(features: np.ndarray, modality: str, file: str, n_items: int | None = None) -> np.ndarray:

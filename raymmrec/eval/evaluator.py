@@ -52,6 +52,21 @@ def _gather_rows(indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tenso
     return row, col
 
 
+def _check_finite(scores: torch.Tensor, r: torch.Tensor, c: torch.Tensor, users: torch.Tensor) -> None:
+    """Raise FloatingPointError if ``scores`` [B × I] has NaN/inf outside the masked (training) entries ``(r, c)``."""
+    bad = ~torch.isfinite(scores)
+    bad[r, c] = False  # training items are set to -inf anyway, whatever the model gave them
+    bad_users = torch.nonzero(bad.any(dim=1)).squeeze(1)
+    if bad_users.numel():
+        first = int(bad_users[0])
+        item = int(torch.nonzero(bad[first])[0, 0])
+        raise FloatingPointError(
+            f"model scores contain NaN/inf for {bad_users.numel()} of the {users.numel()} users in an evaluation "
+            f"batch (first: user {int(users[first])}, item {item}, score {float(scores[first, item])}); expected "
+            "finite scores for every item outside the user's training items (did training diverge?)"
+        )
+
+
 class Evaluator:
     """Full-ranking top-K evaluator for one split.
 
@@ -119,7 +134,7 @@ class Evaluator:
 
         ``score_fn(users [B]) -> scores [B × I]`` is called under no_grad with users on ``.device``;
         the returned tensor is modified in place (training items set to -inf), so it must not alias
-        state the caller keeps.
+        state the caller keeps. NaN or ±inf for any other item raises ``FloatingPointError``.
         """
         users = self.users if users is None else torch.as_tensor(users, dtype=torch.int64).to(self.device)
         out = torch.empty(users.numel(), len(self.names), dtype=torch.float64)
@@ -136,6 +151,8 @@ class Evaluator:
             if int(ub.min()) < 0 or int(ub.max()) >= self.n_users or bool((st["n_gt"][ub] == 0).any()):
                 raise ValueError("metric_sums got users without ground truth in this split; use .users / shard_users()")
             r, c = _gather_rows(st["tr_ptr"], st["tr_idx"], ub)
+            if not bool(torch.isfinite(scores).all()):  # one reduction per block; details only when it fails
+                _check_finite(scores, r, c, ub)
             scores[r, c] = float("-inf")
             _, top = topk_ordered(scores, self.kmax)  # [B × min(Kmax, I)]
             r, c = _gather_rows(st["gt_ptr"], st["gt_idx"], ub)
