@@ -1,7 +1,8 @@
-"""Registry of recommender models by name.
+"""Registries of models and training objectives by name.
 
-A model module declares ``@register("bm3")`` on its class; :func:`get_model` imports every
-module under ``raymmrec.models`` once, so adding a method is adding one file.
+A model module declares ``@register("bm3")`` on its class and an objective module
+``@register_objective("bpr")``; the getters import every module under ``raymmrec.models`` and
+``raymmrec.objectives`` once, so adding a method or an objective is adding one file.
 """
 
 from __future__ import annotations
@@ -12,48 +13,75 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 
 if TYPE_CHECKING:
     from raymmrec.models.base import Recommender
+    from raymmrec.objectives.base import Objective
 
-_MODELS: dict[str, type["Recommender"]] = {}
-_LOADED = False
 T = TypeVar("T")
+_REGISTRIES: dict[str, dict[str, type]] = {"model": {}, "objective": {}}
+_PACKAGES = {"model": "raymmrec.models", "objective": "raymmrec.objectives"}
+_LOADED: set[str] = set()
 
 
-def register(name: str) -> Callable[[T], T]:
-    """Class decorator: register a :class:`Recommender` under ``name`` (lower case)."""
-
+def _register(kind: str, name: str) -> Callable[[T], T]:
     def wrap(cls: T) -> T:
+        table = _REGISTRIES[kind]
         key = name.lower()
-        if key in _MODELS and _MODELS[key] is not cls:
-            raise ValueError(f"model name {key!r} is registered twice ({_MODELS[key].__name__}, {cls.__name__})")
-        _MODELS[key] = cls  # type: ignore[assignment]
+        if key in table and table[key] is not cls:
+            raise ValueError(f"{kind} name {key!r} is registered twice ({table[key].__name__}, {cls.__name__})")
+        table[key] = cls  # type: ignore[assignment]
         cls.name = key  # type: ignore[attr-defined]
         return cls
 
     return wrap
 
 
-def _load_all() -> None:
-    global _LOADED
-    if _LOADED:
-        return
-    import raymmrec.models as pkg
+def register(name: str) -> Callable[[T], T]:
+    """Class decorator: register a :class:`Recommender` under ``name`` (lower case)."""
+    return _register("model", name)
 
+
+def register_objective(name: str) -> Callable[[T], T]:
+    """Class decorator: register an :class:`~raymmrec.objectives.base.Objective` under ``name``."""
+    return _register("objective", name)
+
+
+def _load_all(kind: str) -> None:
+    if kind in _LOADED:
+        return
+    pkg = importlib.import_module(_PACKAGES[kind])
     for info in pkgutil.iter_modules(pkg.__path__):
         if not info.name.startswith("_") and info.name != "base":
             importlib.import_module(f"{pkg.__name__}.{info.name}")
-    _LOADED = True
+    _LOADED.add(kind)
+
+
+def _get(kind: str, name: str) -> type:
+    _load_all(kind)
+    try:
+        return _REGISTRIES[kind][name.lower()]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRIES[kind]))
+        plural = {"model": "methods", "objective": "objectives"}[kind]
+        raise KeyError(f"unknown {kind if kind == 'objective' else 'method'} {name!r}; "
+                       f"registered {plural}: {known}") from None
 
 
 def get_model(name: str) -> type["Recommender"]:
     """The model class registered as ``name``; a clear error lists the known names."""
-    _load_all()
-    try:
-        return _MODELS[name.lower()]
-    except KeyError:
-        raise KeyError(f"unknown method {name!r}; registered methods: {', '.join(model_names())}") from None
+    return _get("model", name)
+
+
+def get_objective(name: str) -> type["Objective"]:
+    """The objective class registered as ``name``; a clear error lists the known names."""
+    return _get("objective", name)
 
 
 def model_names() -> list[str]:
     """Sorted names of all registered models."""
-    _load_all()
-    return sorted(_MODELS)
+    _load_all("model")
+    return sorted(_REGISTRIES["model"])
+
+
+def objective_names() -> list[str]:
+    """Sorted names of all registered objectives."""
+    _load_all("objective")
+    return sorted(_REGISTRIES["objective"])

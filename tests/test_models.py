@@ -9,9 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from _tiny import tiny_data
+from raymmrec.dist import DistContext
 from raymmrec.models.base import Batch, build_config
+from raymmrec.objectives.base import build_objective
+from raymmrec.prepared import prepare
 from raymmrec.registry import get_model, model_names
-from raymmrec.train.run import build_graph
+from raymmrec.train.build import build_graph
 from raymmrec.train.sampling import NegativeSampler, epoch_generator
 
 METHODS = model_names()
@@ -19,20 +22,33 @@ METHODS = model_names()
 
 @pytest.fixture(scope="module")
 def graph():
-    return build_graph(tiny_data(), torch.device("cpu"))
+    data = tiny_data()
+    return build_graph(data, torch.device("cpu"), prepare(data, {"adj": ("norm_adj", {})}))
+
+
+class Trainable:
+    """A model with its default objective: ``loss(batch)`` is what the loop minimises."""
+
+    def __init__(self, method: str, graph, **overrides) -> None:
+        cls = get_model(method)
+        torch.manual_seed(0)
+        cfg = build_config(cls, overrides)
+        self.model = cls(cfg, graph)
+        self.objective = build_objective(cls, cfg)
+
+    def loss(self, batch: Batch):
+        return self.objective(self.model(batch), batch, DistContext())
 
 
 def make(method: str, graph, **overrides):
-    cls = get_model(method)
-    torch.manual_seed(0)
-    return cls(build_config(cls, overrides), graph)
+    return Trainable(method, graph, **overrides)
 
 
 def a_batch(graph, n: int = 64, seed: int = 0) -> Batch:
     g = epoch_generator(seed, 0)
     idx = torch.randint(graph.train_users.numel(), (n,), generator=g)
     users, items = graph.train_users[idx], graph.train_items[idx]
-    neg = NegativeSampler(graph.n_items, graph.train_users, graph.train_items).sample(users, g)
+    neg = NegativeSampler.from_pairs(graph.n_items, graph.train_users, graph.train_items).sample(users, g)
     return Batch(users, items, neg)
 
 
@@ -60,8 +76,9 @@ def test_config_is_typed_and_documented(method):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_loss_gradients_and_scores(method, graph):
-    model = make(method, graph)
-    out = model(a_batch(graph))
+    t = make(method, graph)
+    model = t.model
+    out = t.loss(a_batch(graph))
     assert torch.isfinite(out.total) and out.total.ndim == 0
     assert set(out.parts) and all(torch.isfinite(v) for v in out.parts.values())
     out.total.backward()
@@ -74,13 +91,13 @@ def test_loss_gradients_and_scores(method, graph):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_model_learns_a_fixed_batch(method, graph):
-    model = make(method, graph)
+    t = make(method, graph)
     batch = a_batch(graph, n=128)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    opt = torch.optim.Adam(t.model.parameters(), lr=1e-2)
     first = None
     for _ in range(60):
         opt.zero_grad()
-        loss = model(batch).total
+        loss = t.loss(batch).total
         loss.backward()
         opt.step()
         first = first if first is not None else loss.item()
@@ -88,7 +105,7 @@ def test_model_learns_a_fixed_batch(method, graph):
 
 
 def test_state_dict_moves_and_graph_is_not_saved(graph):
-    model = make("bm3", graph)
+    model = make("bm3", graph).model
     assert not any("adj" in k for k in model.state_dict())
     model.to(torch.float64)
     assert model.adj.dtype == torch.float64
@@ -119,9 +136,10 @@ def dense_bm3_loss(model, batch: Batch) -> torch.Tensor:
 
 @pytest.mark.parametrize("n_layers", [1, 2])
 def test_bm3_matches_dense_full_table_reference(graph, n_layers):
-    model = make("bm3", graph, dropout=0.0, n_layers=n_layers)
+    t = make("bm3", graph, dropout=0.0, n_layers=n_layers)
+    model = t.model
     batch = a_batch(graph, n=50)
-    ours = model(batch).total
+    ours = t.loss(batch).total
     grads = torch.autograd.grad(ours, list(model.parameters()))
     ref = dense_bm3_loss(model, batch)
     ref_grads = torch.autograd.grad(ref, list(model.parameters()))
@@ -131,12 +149,13 @@ def test_bm3_matches_dense_full_table_reference(graph, n_layers):
 
 
 def test_bm3_dropout_only_touches_targets(graph):
-    model = make("bm3", graph, dropout=0.5)
+    t = make("bm3", graph, dropout=0.5)
+    model = t.model
     batch = a_batch(graph)
     torch.manual_seed(1)
-    a = model(batch).total
+    a = t.loss(batch).total
     torch.manual_seed(2)
-    b = model(batch).total
+    b = t.loss(batch).total
     assert not torch.isclose(a, b)  # dropout is active in training mode
     s1 = model.scorer()(torch.arange(5))
     s2 = model.scorer()(torch.arange(5))

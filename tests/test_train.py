@@ -15,6 +15,8 @@ from raymmrec.train.loop import Callback
 from raymmrec.train.run import run
 from raymmrec.train.sampling import NegativeSampler, epoch_batches, epoch_generator
 
+NegativeSampler = NegativeSampler.from_pairs  # noqa: F811 - the tests below build samplers from pairs
+
 
 def test_negatives_avoid_training_items_and_unseen_items():
     users = torch.tensor([0, 0, 0, 1, 1, 2])
@@ -58,17 +60,24 @@ def test_training_beats_chance_and_writes_outputs(tmp_path):
     folder = tmp_path / "r"
     results = json.loads((folder / "results.json").read_text())
     assert results["test"]["recall@10"] == pytest.approx(state.best_test["recall@10"])
-    assert (folder / "ckpt" / "best.pt").exists() and any((folder / "tb").iterdir())
+    assert (folder / "best.pt").exists() and any((folder / "tb").iterdir())
     payload = load_checkpoint(folder / "ckpt" / "latest.pt")  # weights_only=True
-    assert payload["state"]["epoch"] == 15 and "optimizer" in payload and "rng" in payload
-    assert payload["config"]["method"] == "lightgcn"
+    assert payload["state"]["epoch"] == 15 and "optimizer" in payload and payload["world_size"] == 1
+    assert payload["config"]["method"] == "lightgcn" and payload["config"]["model"]["n_layers"] == 3
 
 
-def test_early_stopping_counts_patience(tmp_path):
+def test_early_stopping_follows_mmrec(tmp_path):
+    """MMRec stops when evaluations without improvement *exceed* the patience (cur_step > max_step)."""
     spec = spec_for(tmp_path, epochs=100, patience=3)
     spec.train.lr = 0.0  # nothing improves after the first evaluation
     state = run(spec, progress=False, data=tiny_data())
-    assert state.stopped_early and state.best_epoch == 0 and state.epoch == 4
+    # evaluation 0 is the best; evaluations 1..4 do not improve; the 4th exceeds patience 3
+    assert state.stopped_early and state.best_epoch == 0 and state.epoch == 5
+    spec = spec_for(tmp_path / "e2", epochs=100, patience=2, eval_every=2)
+    spec.train.lr = 0.0
+    state = run(spec, progress=False, data=tiny_data())
+    # patience counts evaluations, not epochs: evaluations at epochs 1, 3, 5, 7; stop after the 4th
+    assert state.stopped_early and state.best_epoch == 1 and state.epoch == 8
 
 
 class Kill(Callback):
@@ -80,8 +89,18 @@ class Kill(Callback):
             raise KeyboardInterrupt("simulated kill")
 
 
+class Recorder(Callback):
+    """The epochs this process actually ran."""
+
+    def __init__(self) -> None:
+        self.epochs: list[int] = []
+
+    def on_epoch_end(self, trainer, state, logs) -> None:
+        self.epochs.append(int(logs["epoch"]))
+
+
 @pytest.mark.parametrize("method", ["bm3", "lightgcn"])
-def test_resume_after_kill_matches_uninterrupted(tmp_path, method):
+def test_resume_after_kill_matches_uninterrupted(tmp_path, method, capsys):
     data = tiny_data()
     full = run(spec_for(tmp_path / "a", method, epochs=6, patience=50), progress=False, data=data)
     spec = spec_for(tmp_path / "b", method, epochs=6, patience=50)
@@ -89,7 +108,12 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, method):
     with pytest.raises(KeyboardInterrupt):
         run(spec, progress=False, data=data, extra_callbacks=[Kill(3)])
     assert load_checkpoint(tmp_path / "b" / "r" / "ckpt" / "latest.pt")["state"]["epoch"] == 3
-    resumed = run(spec, progress=False, data=data)
+    capsys.readouterr()
+    seen = Recorder()
+    resumed = run(spec, progress=True, data=data, extra_callbacks=[seen])
+    # Only a resume runs epochs 3..5 alone and says so; a restart from scratch would run 0..5.
+    assert seen.epochs == [3, 4, 5]
+    assert "resuming from" in capsys.readouterr().out
     assert resumed.best_test == full.best_test and resumed.best_epoch == full.best_epoch
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
     a = load_checkpoint(tmp_path / "a" / "r" / "ckpt" / "latest.pt")["model"]
@@ -98,9 +122,49 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, method):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
 
+def test_resume_ignores_device_resident_rng_state(tmp_path):
+    """A checkpoint read onto a GPU used to put its RNG state there, and set_rng_state refused it.
+
+    Here the saved RNG state sits on a non-CPU device (meta, as a CUDA one would on a CPU box);
+    the resume must not touch it: the loop reseeds from (seed, epoch) every epoch.
+    """
+    data = tiny_data()
+    spec = spec_for(tmp_path, "bpr", epochs=4, patience=50)
+    with pytest.raises(KeyboardInterrupt):
+        run(spec, progress=False, data=data, extra_callbacks=[Kill(2)])
+    path = tmp_path / "r" / "ckpt" / "latest.pt"
+    payload = load_checkpoint(path)
+    payload["rng"] = {"torch": torch.get_rng_state().to("meta")}
+    save_checkpoint(path, payload)
+    seen = Recorder()
+    state = run(spec, progress=False, data=data, extra_callbacks=[seen])
+    assert seen.epochs == [2, 3] and state.epoch == 4
+
+
+def test_resume_refuses_other_settings_and_formats(tmp_path):
+    data = tiny_data()
+    run(spec_for(tmp_path, "bpr", epochs=1), progress=False, data=data)
+    with pytest.raises(ValueError, match=r"train.lr 0.01 -> 0.02"):
+        run(spec_for(tmp_path, "bpr", epochs=2, lr=0.02), progress=False, data=data)
+    with pytest.raises(ValueError, match=r"model.reg_weight"):
+        other = spec_for(tmp_path, "bpr", epochs=2)
+        other.model = {"reg_weight": 0.5}
+        run(other, progress=False, data=data)
+    # a longer epoch cap or patience continues the same experiment
+    seen = Recorder()
+    run(spec_for(tmp_path, "bpr", epochs=2, patience=9), progress=False, data=data, extra_callbacks=[seen])
+    assert seen.epochs == [1]
+    path = tmp_path / "r" / "ckpt" / "latest.pt"
+    payload = load_checkpoint(path)
+    payload["format_version"] = 1
+    save_checkpoint(path, payload)
+    with pytest.raises(ValueError, match="checkpoint format 1"):
+        run(spec_for(tmp_path, "bpr", epochs=3), progress=False, data=data)
+
+
 def test_resume_refuses_a_different_experiment(tmp_path):
     run(spec_for(tmp_path, "bpr", epochs=1), progress=False, data=tiny_data())
-    with pytest.raises(ValueError, match="different method"):
+    with pytest.raises(ValueError, match="method 'bpr' -> 'lightgcn'"):
         run(spec_for(tmp_path, "lightgcn", epochs=1), progress=False, data=tiny_data())
 
 
@@ -139,6 +203,5 @@ def test_cli_trains_and_prints_table(tmp_path, capsys):
     assert (tmp_path / "bpr-synthetic-tiny-seed999" / "results.json").exists()
     out = capsys.readouterr().out
     assert "best epoch" in out and "recall@20" in out and "test" in out
-    with pytest.raises(SystemExit):
-        cli_main(["train", "--method", "bpr", "train.nope=1"])
+    assert cli_main(["train", "--method", "bpr", "train.nope=1"]) == 2
     assert "unknown config key" in capsys.readouterr().err

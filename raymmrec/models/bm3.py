@@ -11,6 +11,8 @@ only the batch of observed (user, item) pairs. Details that are easy to get wron
 * targets are dropout-perturbed copies of the same forward pass, under no-grad, never through
   the predictor; the modality "mask" target is the projected feature itself;
 * ``L_reg = (‖H_U‖_F + ‖H_I‖_F) / n_items`` over the full final tables, not squared;
+* the losses live in the ``bm3`` objective (:mod:`raymmrec.objectives.bm3`); the model hands it
+  online and target views by name;
 * score(u, i) = p(h_u) · p(h_i), recomputed without dropout.
 
 Only the rows a batch touches are projected and dropped out (unique users/items, so duplicates
@@ -26,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from raymmrec.models.base import Batch, LossOutput, RecGraph, Recommender, propagate_mean, xavier_embedding
+from raymmrec.models.base import Batch, ModelOutput, RecGraph, Recommender, propagate_mean, xavier_embedding
 from raymmrec.registry import register
 
 
@@ -39,25 +41,25 @@ class BM3Config:
     cl_weight: float = 2.0  # weight of L_align + L_mask
 
 
-def cos_loss(online: Tensor, target: Tensor) -> Tensor:
-    """Mean over the batch of ``1 - cos(online, target)``."""
-    return 1.0 - F.cosine_similarity(online, target, dim=-1).mean()
-
-
 @register("bm3")
 class BM3(Recommender):
     """Self-supervised multimodal recommender without negative sampling."""
 
     config_cls = BM3Config
-    needs_negatives = False
+    default_objective = "bm3"
+    provides = frozenset({"bm3"})
     static_tensors = ("adj",)
+
+    @classmethod
+    def prepared_inputs(cls, cfg: BM3Config) -> dict:
+        return {"adj": ("norm_adj", {})}
 
     def __init__(self, cfg: BM3Config, graph: RecGraph) -> None:
         super().__init__(cfg, graph)
         if not 0.0 <= cfg.dropout < 1.0:
             raise ValueError(f"BM3 dropout must be in [0, 1), got {cfg.dropout}")
         d = cfg.embedding_size
-        self.adj = graph.norm_adj
+        self.adj = graph.prepared["adj"]
         self.user_emb = xavier_embedding(graph.n_users, d)
         self.item_emb = xavier_embedding(graph.n_items, d)
         self.modalities = sorted(graph.features)
@@ -75,7 +77,7 @@ class BM3(Recommender):
         h = propagate_mean(self.adj, ego, self.cfg.n_layers)
         return h[: self.n_users], h[self.n_users :] + self.item_emb.weight
 
-    def forward(self, batch: Batch) -> LossOutput:
+    def forward(self, batch: Batch) -> ModelOutput:
         cfg = self.cfg
         hu, hi = self.propagate()
         users, u_inv = torch.unique(batch.users, return_inverse=True)
@@ -84,23 +86,15 @@ class BM3(Recommender):
         with torch.no_grad():
             u_tgt = F.dropout(u, cfg.dropout, training=True)[u_inv]
             i_tgt = F.dropout(i, cfg.dropout, training=True)[i_inv]
-        u_on, i_on = self.predictor(u)[u_inv], self.predictor(i)[i_inv]
-        rec = cos_loss(u_on, i_tgt) + cos_loss(i_on, u_tgt)
-
-        align = hu.new_zeros(())
-        mask = hu.new_zeros(())
+        views = {"u_online": self.predictor(u)[u_inv], "i_online": self.predictor(i)[i_inv],
+                 "u_target": u_tgt, "i_target": i_tgt}
         for m in self.modalities:
             h_m = self.proj[m](self.feat[m][items])
             with torch.no_grad():
-                m_tgt = F.dropout(h_m, cfg.dropout, training=True)[i_inv]
-            m_on = self.predictor(h_m)[i_inv]
-            align = align + cos_loss(m_on, i_tgt)
-            mask = mask + cos_loss(m_on, m_tgt)
-
-        reg = (hu.norm() + hi.norm()) / self.n_items
-        total = rec + cfg.cl_weight * (align + mask) + cfg.reg_weight * reg
-        parts = {"rec": rec, "align": align, "mask": mask, "reg": reg}
-        return LossOutput(total, {k: v.detach() for k, v in parts.items()})
+                views[f"m:{m}_target"] = F.dropout(h_m, cfg.dropout, training=True)[i_inv]
+            views[f"m:{m}_online"] = self.predictor(h_m)[i_inv]
+        views["reg"] = (hu.norm() + hi.norm()) / self.n_items
+        return ModelOutput(extra=views)
 
     def scoring_embeddings(self) -> tuple[Tensor, Tensor]:
         hu, hi = self.propagate()

@@ -2,8 +2,8 @@
 
 Reference: He et al., "LightGCN: Simplifying and Powering Graph Convolution Network for
 Recommendation", SIGIR 2020, https://arxiv.org/abs/2002.02126. Full-graph propagation
-(``torch.sparse`` CSR SpMM) every step; the readout is the mean over layers 0..L; the
-regulariser is MMRec's EmbLoss on the batch's layer-0 (ego) embeddings.
+(``torch.sparse`` CSR SpMM) every step; the readout is the mean over layers 0..L. Trained by the
+``bpr`` objective, whose EmbLoss acts on the batch's layer-0 (ego) embeddings.
 """
 
 from __future__ import annotations
@@ -13,16 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from raymmrec.models.base import (
-    Batch,
-    LossOutput,
-    RecGraph,
-    Recommender,
-    bpr_loss,
-    propagate_mean,
-    xavier_embedding,
-)
-from raymmrec.models.bpr import emb_loss
+from raymmrec.models.base import Batch, ModelOutput, RecGraph, Recommender, propagate_mean, xavier_embedding
 from raymmrec.registry import register
 
 
@@ -38,12 +29,15 @@ class LightGCN(Recommender):
     """score(u, i) = h_u · h_i with H = mean_l Â^l E."""
 
     config_cls = LightGCNConfig
-    needs_negatives = True
     static_tensors = ("adj",)
+
+    @classmethod
+    def prepared_inputs(cls, cfg: LightGCNConfig) -> dict:
+        return {"adj": ("norm_adj", {})}
 
     def __init__(self, cfg: LightGCNConfig, graph: RecGraph) -> None:
         super().__init__(cfg, graph)
-        self.adj = graph.norm_adj
+        self.adj = graph.prepared["adj"]
         self.user_emb = xavier_embedding(graph.n_users, cfg.embedding_size)
         self.item_emb = xavier_embedding(graph.n_items, cfg.embedding_size)
 
@@ -52,15 +46,13 @@ class LightGCN(Recommender):
         h = propagate_mean(self.adj, ego, self.cfg.n_layers)
         return h[: self.n_users], h[self.n_users :]
 
-    def forward(self, batch: Batch) -> LossOutput:
-        assert batch.neg_items is not None, "LightGCN needs negative items"
+    def forward(self, batch: Batch) -> ModelOutput:
         hu, hi = self.propagate()
-        u, p, n = hu[batch.users], hi[batch.pos_items], hi[batch.neg_items]
-        rank = bpr_loss((u * p).sum(-1), (u * n).sum(-1))
-        reg = self.cfg.reg_weight * emb_loss(
-            self.user_emb(batch.users), self.item_emb(batch.pos_items), self.item_emb(batch.neg_items)
-        )
-        return LossOutput(rank + reg, {"bpr": rank.detach(), "reg": reg.detach()})
+        neg = batch.neg_items
+        ego = (self.user_emb(batch.users), self.item_emb(batch.pos_items))
+        if neg is not None:
+            ego = (*ego, self.item_emb(neg))
+        return ModelOutput(hu[batch.users], hi[batch.pos_items], None if neg is None else hi[neg], ego=ego)
 
     def scoring_embeddings(self) -> tuple[Tensor, Tensor]:
         return self.propagate()

@@ -3,8 +3,8 @@
 Reference: He & McAuley, "VBPR: Visual Bayesian Personalized Ranking from Implicit Feedback",
 AAAI 2016, https://arxiv.org/abs/1510.01784. As in MMRec, all modality features are
 concatenated and projected by one linear layer to ``embedding_size``; an item is
-``[γ_i ; W f_i]`` and a user is one ``2·embedding_size`` vector. The regulariser is MMRec's
-EmbLoss on the batch's user, positive and negative representations.
+``[γ_i ; W f_i]`` and a user is one ``2·embedding_size`` vector. Trained by the ``bpr``
+objective, whose EmbLoss acts on the batch's user, positive and negative representations.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from raymmrec.models.base import Batch, LossOutput, RecGraph, Recommender, bpr_loss, xavier_embedding
-from raymmrec.models.bpr import emb_loss
+from raymmrec.models.base import Batch, ModelOutput, RecGraph, Recommender, xavier_embedding
 from raymmrec.registry import register
 
 
@@ -30,7 +29,6 @@ class VBPR(Recommender):
     """score(u, i) = θ_u · [γ_i ; W f_i]."""
 
     config_cls = VBPRConfig
-    needs_negatives = True
     static_tensors = ("content",)
 
     def __init__(self, cfg: VBPRConfig, graph: RecGraph) -> None:
@@ -47,15 +45,13 @@ class VBPR(Recommender):
     def item_table(self, items: Tensor | None = None) -> Tensor:
         ids = self.item_emb.weight if items is None else self.item_emb(items)
         feats = self.content if items is None else self.content[items]
-        return torch.cat([ids, self.item_linear(feats)], dim=1)
+        return torch.cat([ids, self.item_linear(feats)], dim=-1)
 
-    def forward(self, batch: Batch) -> LossOutput:
-        assert batch.neg_items is not None, "VBPR needs negative items"
+    def forward(self, batch: Batch) -> ModelOutput:
         u = self.user_emb(batch.users)
-        p, n = self.item_table(batch.pos_items), self.item_table(batch.neg_items)
-        rank = bpr_loss((u * p).sum(-1), (u * n).sum(-1))
-        reg = self.cfg.reg_weight * emb_loss(u, p, n)
-        return LossOutput(rank + reg, {"bpr": rank.detach(), "reg": reg.detach()})
+        p = self.item_table(batch.pos_items)
+        n = None if batch.neg_items is None else self.item_table(batch.neg_items)
+        return ModelOutput(u, p, n, ego=(u, p) if n is None else (u, p, n))
 
     def scoring_embeddings(self) -> tuple[Tensor, Tensor]:
         return self.user_emb.weight, self.item_table()

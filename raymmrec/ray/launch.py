@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import time
@@ -21,10 +22,13 @@ import pyarrow as pa
 
 from raymmrec.cli import add_run_arguments, spec_from_args
 from raymmrec.config import RunSpec
-from raymmrec.data import RecData
+from raymmrec.data import RecData, arrow_filesystem, is_columnar, train_parquet_path
 from raymmrec.ray import storage as st
-from raymmrec.train.loop import TrainState
-from raymmrec.train.run import check_same_run, load_data, results_dict, results_table
+from raymmrec.train.artifacts import CONFIG, RESULTS, TB, results_dict, results_table, write_json
+from raymmrec.train.build import check_same_run, load_data, prepared_inputs, resolved_config
+from raymmrec.train.loop import TrainingDiverged, TrainState
+
+RAY_CHECKPOINT_EVERY = 5  # default epochs between resumable checkpoints under Ray (best weights: every improvement)
 
 
 class ClusterError(RuntimeError):
@@ -39,27 +43,37 @@ class ScalingArgs:
     max_failures: int = 2
     storage_path: str | None = None  # default: the spec's output_dir (absolute)
     wait_for_resources: bool = False  # on an autoscaling cluster, let Ray scale up instead of failing
+    allow_local_paths: bool = False  # multi-node cluster with a shared mount at the same local path
 
 
-def train_dataset(data: RecData, num_workers: int, seed: int) -> Any:
-    """Training pairs as a Ray Dataset of ``num_workers`` equal blocks (user, item int64).
+def columnar_source(spec: RunSpec) -> str | None:
+    """The columnar folder whose ``train.parquet`` holds this run's training pairs as they are, if any."""
+    d = spec.data
+    if d.rating_threshold is not None or d.kcore is not None:
+        return None  # filters re-index ids: the pairs exist only after loading
+    if d.source == "ml100k":
+        from raymmrec.data import ml100k_path
 
-    Blocks are a seeded random partition; when the row count is not a multiple of the worker
-    count, a few rows are repeated so that no worker's shard is truncated by the equal split.
+        return str(ml100k_path())
+    if not d.source.startswith("synthetic") and is_columnar(d.source):
+        return d.source
+    return None
+
+
+def train_dataset(spec: RunSpec, data: RecData) -> Any:
+    """Training pairs as a Ray Dataset (user, item int64), read on the cluster where possible.
+
+    A columnar dataset (local or s3) is read with ``read_parquet`` by Ray's own tasks, so the pairs
+    never pass through the driver; other sources (MMRec folders, filters, synthetic data) are
+    loaded and checked on the driver first and handed over from there.
     """
     import ray.data
 
-    n = len(data.train)
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(n)
-    pad = (-n) % num_workers
-    if pad:
-        perm = np.concatenate([perm, rng.choice(n, size=pad, replace=False)])
-    tables = [
-        pa.table({"user": data.train.users[part], "item": data.train.items[part]})
-        for part in np.array_split(perm, num_workers)
-    ]
-    return ray.data.from_arrow(tables)
+    folder = columnar_source(spec)
+    if folder is not None:
+        fs, path = arrow_filesystem(train_parquet_path(folder))
+        return ray.data.read_parquet(path, filesystem=fs, columns=["user", "item"])
+    return ray.data.from_arrow(pa.table({"user": data.train.users, "item": data.train.items}))
 
 
 def _cluster_check(args: ScalingArgs, cpus_per_worker: float) -> None:
@@ -91,6 +105,18 @@ def default_cpus_per_worker(num_workers: int) -> float:
     return float(min(4.0, max(0.25, math.floor(share * 4) / 4)))
 
 
+def _local_paths_on_cluster(storage: str, spec: RunSpec) -> None:
+    """Refuse local storage or data paths once the cluster has more than one node."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    local = [f"{what} {path!r}" for what, path in (("storage path", storage), ("data", spec.data.source))
+             if not st.is_remote(path) and os.path.isabs(path)]
+    if len(nodes) > 1 and local:
+        raise ClusterError(f"the cluster has {len(nodes)} nodes but {' and '.join(local)} is a local path that "
+                           "other nodes cannot see; use s3:// (or a shared mount with --allow-local-paths)")
+
+
 def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True, verbose: bool = False,
            inject_fault: dict[str, Any] | None = None) -> TrainState:
     """Train ``spec`` with Ray Train; returns the best-epoch state reported by rank 0."""
@@ -99,33 +125,43 @@ def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True, verbose: 
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    config = resolved_config(spec)  # bad methods and options fail here, before Ray starts
     storage = args.storage_path or os.path.abspath(spec.output_dir)
     if not st.is_remote(spec.data.source) and os.path.exists(spec.data.source):
-        # Workers run in another directory: hand them an absolute path (shared storage or
-        # s3:// is needed anyway once workers sit on other nodes).
+        # Workers run in another directory: hand them an absolute path.
         spec.data.source = os.path.abspath(spec.data.source)
     name = spec.resolved_run_name
     st.check_writable(storage)
-    check_previous_run(st.join(storage, name), spec)
+    run_root = st.join(storage, name)
+    check_previous_run(run_root, config)
     t0 = time.perf_counter()
     data = load_data(spec)  # validates the dataset early, on the driver, with a clear error
-    if progress:
-        print(f"[raymmrec] {data.summary()} (loaded in {time.perf_counter() - t0:.1f}s)", flush=True)
+    say = (lambda msg: print(f"[raymmrec] {msg}", flush=True)) if progress else (lambda msg: None)
+    prepared = prepared_inputs(spec, data, say)
+    say(f"{data.summary()} (loaded in {time.perf_counter() - t0:.1f}s)")
     if not ray.is_initialized():
-        ray.init(log_to_driver=True)
-    if not verbose:  # Ray Data's per-epoch progress bars would drown the per-epoch metric lines
-        ray.data.DataContext.get_current().enable_progress_bars = False
+        ray.init(log_to_driver=True, logging_level=logging.INFO if verbose else logging.WARNING)
+    if not args.allow_local_paths:
+        _local_paths_on_cluster(storage, spec)
+    ctx = ray.data.DataContext.get_current()
+    if not verbose:  # Ray Data's progress bars and per-execution INFO lines would drown the epoch lines
+        ctx.enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
     cpus = args.cpus_per_worker or default_cpus_per_worker(args.num_workers)
     _cluster_check(args, cpus)
     storage_path, storage_fs = st.pyarrow_filesystem(storage)
-    run_root = st.join(storage, name)
-    tb_remote = st.join(run_root, "tb") if st.is_remote(storage) else None
+    remote = st.is_remote(storage)
+    write_json(st.join(run_root, CONFIG), config)
+    every = spec.train.checkpoint_every if spec.train.checkpoint_every is not None else RAY_CHECKPOINT_EVERY
     loop_config: dict[str, Any] = {
         "spec": spec.to_dict(),
         "progress": progress,
         "verbose": verbose,
-        "tb_local_dir": None if tb_remote else os.path.join(storage_path, name, "tb"),
-        "tb_remote_dir": tb_remote,
+        "prepared": ray.put(prepared),
+        "run_root": run_root,
+        "checkpoint_every": every,
+        "tb_local_dir": None if remote else os.path.join(storage_path, name, TB),
+        "tb_remote_dir": st.join(run_root, TB) if remote else None,
     }
     if inject_fault:
         loop_config["inject_fault"] = inject_fault
@@ -140,26 +176,29 @@ def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True, verbose: 
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
         ),
-        datasets={"train": train_dataset(data, args.num_workers, spec.train.seed)},
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        datasets={"train": train_dataset(spec, data)},
+        dataset_config=ray.train.DataConfig(datasets_to_split=[]),  # every worker reads all pairs once
     )
+    del data, prepared  # the workers hold their own copies
     result = trainer.fit()
     if result.error is not None:
         raise result.error
-    state = state_from_metrics(result.metrics or {})
-    _write_results(run_root, state)
+    metrics = result.metrics or {}
+    if "diverged" in metrics:
+        raise TrainingDiverged(str(metrics["diverged"]))
+    state = state_from_metrics(metrics)
+    write_json(st.join(run_root, RESULTS), results_dict(state))
     if progress:
         print(results_table(state, spec.eval.ks), flush=True)
         print(f"[raymmrec] run folder: {run_root}", flush=True)
     return state
 
 
-def check_previous_run(run_root: str, spec: RunSpec) -> None:
-    """Refuse to resume a run folder that holds another experiment (different method/model/data)."""
+def check_previous_run(run_root: str, config: dict[str, Any]) -> None:
+    """Refuse to resume a run folder that holds another experiment (resolved configs differ)."""
     fs, root = st.filesystem(run_root)
-    configs = sorted(fs.glob(f"{root}/checkpoint_*/config.json"))
-    if configs:
-        check_same_run(json.loads(fs.cat_file(configs[-1])), spec, f"run folder {run_root}")
+    if fs.exists(f"{root}/{CONFIG}"):
+        check_same_run(json.loads(fs.cat_file(f"{root}/{CONFIG}")), config, f"run folder {run_root}")
 
 
 def _train_fn():  # noqa: ANN202 - imported lazily so the driver does not need the worker deps
@@ -178,16 +217,6 @@ def state_from_metrics(m: dict[str, Any]) -> TrainState:
     )
 
 
-def _write_results(run_root: str, state: TrainState) -> None:
-    fs, root = st.filesystem(run_root)
-    fs.makedirs(root, exist_ok=True)
-    body = json.dumps(results_dict(state), indent=2).encode()
-    tmp = f"{root}/.results.json.tmp"
-    with fs.open(tmp, "wb") as f:
-        f.write(body)
-    fs.mv(tmp, f"{root}/results.json")
-
-
 def add_scaling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers (data-parallel ranks)")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL); default CPU (gloo)")
@@ -196,6 +225,8 @@ def add_scaling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage-path", default=None, help="local folder or s3:// URL for checkpoints and logs")
     p.add_argument("--wait-for-resources", action="store_true",
                    help="don't fail fast when the cluster is too small (autoscaling clusters)")
+    p.add_argument("--allow-local-paths", action="store_true",
+                   help="allow local storage/data paths on a multi-node cluster (a shared mount on every node)")
 
 
 def main(default_method: str, argv: list[str] | None = None) -> int:
@@ -216,7 +247,7 @@ def main(default_method: str, argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         p.error(str(e))
     scaling = ScalingArgs(a.num_workers, a.use_gpu, a.cpus_per_worker, a.max_failures, a.storage_path,
-                          a.wait_for_resources)
+                          a.wait_for_resources, a.allow_local_paths)
     try:
         launch(spec, scaling, progress=not a.no_progress, verbose=a.verbose)
     except (ValueError, st.StorageError, ClusterError, FileNotFoundError) as e:  # DataError is a ValueError

@@ -1,14 +1,17 @@
-"""Core callbacks: progress bar, TensorBoard scalars, resumable checkpoints."""
+"""Core callbacks: progress bar, TensorBoard scalars, best weights, resumable checkpoints."""
 
 from __future__ import annotations
 
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tqdm.auto import tqdm
 
-from raymmrec.train.checkpoint import rng_state, save_checkpoint
+from raymmrec.train.artifacts import BEST, best_payload, join, write_bytes
+from raymmrec.train.build import checkpoint_payload
+from raymmrec.train.checkpoint import save_checkpoint
 from raymmrec.train.loop import Callback, Trainer, TrainState, unwrap
 
 
@@ -70,33 +73,46 @@ class TensorBoardCallback(Callback):
             self.writer.close()
 
 
-def checkpoint_payload(trainer: Trainer, state: TrainState, config: dict[str, Any]) -> dict[str, Any]:
-    """Everything needed to resume: weights, optimizer, RNG, loop state and the run config."""
-    return {
-        "model": unwrap(trainer.model).state_dict(),
-        "optimizer": trainer.optimizer.state_dict(),
-        "state": state.to_dict(),
-        "rng": rng_state(),
-        "config": config,
-    }
+class BestWeightsCallback(Callback):
+    """``best.pt`` in the run folder (local or URL) on every improvement of the validation metric.
+
+    Remote writes run on a background thread (one at a time; a newer best waits for the previous
+    upload), so an upload never stalls training; :meth:`on_fit_end` waits for the last one.
+    """
+
+    def __init__(self, run_dir: str | Path, config: dict[str, Any], background: bool = False) -> None:
+        self.target = join(run_dir, BEST)
+        self.config = config
+        self.pool = ThreadPoolExecutor(max_workers=1) if background else None
+        self.pending: Future | None = None
+
+    def on_epoch_end(self, trainer: Trainer, state: TrainState, logs: dict[str, float]) -> None:
+        if state.best_epoch != int(logs["epoch"]):
+            return
+        data = best_payload(unwrap(trainer.model), state.best_epoch, self.config)  # snapshot now
+        if self.pool is None:
+            write_bytes(self.target, data)
+            return
+        if self.pending is not None:
+            self.pending.result()
+        self.pending = self.pool.submit(write_bytes, self.target, data)
+
+    def on_fit_end(self, trainer: Trainer, state: TrainState) -> None:
+        if self.pending is not None:
+            self.pending.result()
+        if self.pool is not None:
+            self.pool.shutdown()
 
 
 class CheckpointCallback(Callback):
-    """``latest.pt`` every ``every`` epochs and ``best.pt`` (weights) on improvement, atomically."""
+    """The resumable ``latest.pt`` every ``every`` epochs and at the end, atomically."""
 
-    def __init__(self, folder: str | Path, config: dict[str, Any], every: int = 1,
-                 on_save: Callable[[Path], None] | None = None) -> None:
+    def __init__(self, folder: str | Path, config: dict[str, Any], every: int = 1) -> None:
         self.folder = Path(folder)
         self.config = config
         self.every = every
-        self.on_save = on_save
 
     def on_epoch_end(self, trainer: Trainer, state: TrainState, logs: dict[str, float]) -> None:
-        if state.best_epoch == int(logs["epoch"]):
-            save_checkpoint(self.folder / "best.pt", {"model": unwrap(trainer.model).state_dict(),
-                                                      "epoch": state.best_epoch, "config": self.config})
         done = state.stopped_early or state.epoch >= trainer.epochs
         if self.every and (state.epoch % self.every == 0 or done):
             save_checkpoint(self.folder / "latest.pt", checkpoint_payload(trainer, state, self.config))
-            if self.on_save is not None:
-                self.on_save(self.folder / "latest.pt")

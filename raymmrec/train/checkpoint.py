@@ -1,4 +1,8 @@
-"""Atomic, pickle-free checkpoints: plain dicts of tensors and numbers, loaded ``weights_only``."""
+"""Atomic, pickle-free checkpoints: plain dicts of tensors and numbers, loaded ``weights_only``.
+
+No RNG state is saved: the loop reseeds batch order, negatives and dropout from (seed, epoch) at
+the start of every epoch, so a resumed run replays exactly without it.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +14,7 @@ from typing import Any
 import torch
 
 
-def rng_state() -> dict[str, Any]:
-    """Torch RNG states (CPU and every CUDA device) as tensors."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+FORMAT_VERSION = 2  # bumped when the payload's layout changes; older files are refused
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
@@ -41,12 +34,24 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
         raise
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint`; never unpickles arbitrary objects."""
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` onto the CPU; never unpickles objects.
+
+    Always CPU: ``load_state_dict`` copies weights and optimizer state to wherever the model
+    lives, and nothing here may end up on a device that expects a CPU tensor.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with the file name
         raise ValueError(f"checkpoint {path} could not be loaded safely (weights_only=True): {e}") from e
+
+
+def check_format(payload: dict[str, Any], where: str) -> None:
+    """Refuse a checkpoint of another format version (or none: written before versions existed)."""
+    version = payload.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{where} has checkpoint format {version!r}, this raymmrec reads format "
+                         f"{FORMAT_VERSION}; start a new run (another run_name) or use the matching version")

@@ -1,9 +1,13 @@
 """One training loop for every model, with evaluation, early stopping and callbacks.
 
 The :class:`Trainer` is given its pieces (dependency injection): the model (possibly wrapped
-by DDP), the optimizer, a function producing an epoch's batches and a function evaluating the
-model. The single-process runner (:mod:`raymmrec.train.run`) and the Ray layer only differ in
-which pieces they pass in.
+by DDP), the objective, the optimizer (and an optional per-epoch scheduler), a function producing
+an epoch's batches and a function evaluating the model. :mod:`raymmrec.train.build` makes the
+pieces from a spec; the single-process runner and the Ray worker only differ in which wrapper,
+evaluator and callbacks they pass in.
+
+Early stopping follows MMRec: ``patience`` counts *evaluations* without a strictly better
+validation metric, and training stops when that count exceeds it (MMRec's ``cur_step > max_step``).
 """
 
 from __future__ import annotations
@@ -16,8 +20,13 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from raymmrec.dist import DistContext
 from raymmrec.models.base import Batch, Recommender
 from raymmrec.train.sampling import dropout_seed
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or infinite (on any rank: every rank raises at the same step)."""
 
 BatchFn = Callable[[int], Iterable[Batch]]
 EvalFn = Callable[[Recommender], dict[str, dict[str, float]]]
@@ -39,7 +48,7 @@ class TrainState:
     best_epoch: int = -1
     best_valid: dict[str, float] = field(default_factory=dict)
     best_test: dict[str, float] = field(default_factory=dict)
-    bad_epochs: int = 0
+    bad_evals: int = 0  # evaluations since the last improvement
     stopped_early: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -66,7 +75,7 @@ class Trainer:
 
     Example::
 
-        trainer = Trainer(model, opt, batches, evaluate, epochs=100, patience=20, seed=0)
+        trainer = Trainer(model, objective, opt, batches, evaluate, epochs=100, patience=20, seed=0)
         state = trainer.fit()
         print(state.best_test["recall@20"])
     """
@@ -74,6 +83,7 @@ class Trainer:
     def __init__(
         self,
         model: nn.Module,
+        objective: Callable[..., Any],
         optimizer: torch.optim.Optimizer,
         batches: BatchFn,
         evaluate: EvalFn,
@@ -85,10 +95,13 @@ class Trainer:
         eval_every: int = 1,
         callbacks: list[Callback] | None = None,
         device: torch.device | str = "cpu",
-        rank: int = 0,
+        ctx: DistContext | None = None,
+        scheduler: Any = None,
     ) -> None:
         self.model = model
+        self.objective = objective
         self.optimizer = optimizer
+        self.scheduler = scheduler
         self.batches = batches
         self.evaluate = evaluate
         self.epochs = epochs
@@ -98,14 +111,14 @@ class Trainer:
         self.eval_every = max(1, eval_every)
         self.callbacks = callbacks or []
         self.device = torch.device(device)
-        self.rank = rank
+        self.ctx = ctx or DistContext()
 
     def _run_epoch(self, epoch: int) -> dict[str, float]:
         model = self.model
         model.train()
-        unwrap(model).pre_epoch(epoch)
         # Dropout and other in-model randomness: reseeded per epoch, so resuming is exact.
-        torch.manual_seed(dropout_seed(self.seed, epoch, self.rank))
+        torch.manual_seed(dropout_seed(self.seed, epoch, self.ctx.rank))
+        unwrap(model).on_epoch_start(epoch, self.ctx)
         sums: dict[str, torch.Tensor] = {}
         n_batches = 0
         data_s = 0.0
@@ -118,12 +131,8 @@ class Trainer:
                 break
             batch = batch.to(self.device)
             self.optimizer.zero_grad(set_to_none=True)
-            out = model(batch)
-            if not torch.isfinite(out.total):
-                raise FloatingPointError(
-                    f"loss became {out.total.item()} at epoch {epoch}, batch {n_batches}; "
-                    "try a lower learning rate or regularisation weight"
-                )
+            out = self.objective(model(batch), batch, self.ctx)
+            self._check_finite(out.total, epoch, n_batches)
             out.total.backward()
             self.optimizer.step()
             sums["loss"] = sums.get("loss", 0) + out.total.detach()
@@ -134,6 +143,16 @@ class Trainer:
         logs["time/data_s"] = data_s  # shuffling, negative sampling, fetching shards
         return logs
 
+    def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
+        """Raise on every rank at once when the loss is not finite on any rank."""
+        bad = (~torch.isfinite(loss.detach())).to(torch.float32).reshape(1)
+        if self.ctx.distributed:
+            bad = self.ctx.all_reduce_sum(bad)
+        if bool(bad.item()):
+            where = f" on {int(bad.item())} of {self.ctx.world_size} ranks" if self.ctx.distributed else ""
+            raise TrainingDiverged(f"loss became NaN or infinite at epoch {epoch}, batch {step}{where}; "
+                                   "try a lower learning rate or regularisation weight")
+
     def fit(self, state: TrainState | None = None) -> TrainState:
         """Train from ``state`` (a fresh one by default) until the cap or early stop."""
         state = state or TrainState()
@@ -143,6 +162,8 @@ class Trainer:
             epoch = state.epoch
             t0 = time.perf_counter()
             logs = self._run_epoch(epoch)
+            if self.scheduler is not None:
+                self.scheduler.step()
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             logs["time/train_s"] = time.perf_counter() - t0
@@ -168,10 +189,10 @@ class Trainer:
             raise KeyError(f"validation metric {self.valid_metric!r} not computed; have {sorted(valid)}")
         score = valid[self.valid_metric]
         if score > state.best_score:
-            state.best_score, state.best_epoch, state.bad_epochs = score, epoch, 0
+            state.best_score, state.best_epoch, state.bad_evals = score, epoch, 0
             state.best_valid = dict(valid)
             state.best_test = dict(results.get("test", {}))
         else:
-            state.bad_epochs += 1
-            if state.bad_epochs >= self.patience:
+            state.bad_evals += 1
+            if state.bad_evals > self.patience:  # MMRec: stop when cur_step > max_step
                 state.stopped_early = True

@@ -1,0 +1,81 @@
+"""What a loss or a per-epoch hook may know about the other ranks: the distributed context.
+
+Plain ``torch.distributed`` (no Ray), so the same code runs in one process (``world_size == 1``:
+every collective is the identity) and under DDP started by Ray Train or by a test.
+
+DDP *averages* gradients over ranks. A loss is exact under DDP when the average over ranks of
+each rank's gradient equals the gradient of the single-process loss on the global batch; the
+helpers below build such per-rank surrogates:
+
+* :meth:`DistContext.batch_mean` of per-row losses: ``world * sum_local / global_rows``;
+* :meth:`DistContext.global_norm` of a row-sharded table: the Frobenius norm over all ranks'
+  rows, differentiable with respect to this rank's rows only;
+* :meth:`DistContext.all_gather` with gradients, for in-batch statistics (uniformity terms).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Rank and world size of this process; ``DistContext()`` is the single-process context."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @classmethod
+    def current(cls) -> "DistContext":
+        """The context of the initialised default process group, or the single-process one."""
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size())
+        return cls()
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def all_reduce_sum(self, t: Tensor) -> Tensor:
+        """Sum of ``t`` over ranks (no gradient); ``t`` itself in one process."""
+        if not self.distributed:
+            return t
+        out = t.detach().clone()
+        dist.all_reduce(out)
+        return out
+
+    def global_sum(self, t: Tensor) -> Tensor:
+        """Sum over ranks whose value is global but whose gradient flows to this rank's ``t`` only."""
+        if not self.distributed:
+            return t
+        return t + (self.all_reduce_sum(t) - t.detach())
+
+    def batch_mean(self, per_row: Tensor, global_rows: int) -> Tensor:
+        """Per-rank surrogate of the mean of ``per_row`` over the global batch (exact under DDP).
+
+        ``per_row`` holds this rank's rows; ``global_rows`` is the row count over all ranks.
+        The value is this rank's share scaled by ``world_size`` (DDP divides by it again).
+        """
+        return per_row.sum() * (self.world_size / global_rows)
+
+    def global_norm(self, rows: Tensor) -> Tensor:
+        """Frobenius norm of the table whose rows are split over the ranks."""
+        return self.global_sum(rows.pow(2).sum()).clamp_min(1e-24).sqrt()
+
+    def all_gather(self, t: Tensor) -> Tensor:
+        """Concatenate ``t`` (same shape on every rank) over ranks along dim 0, with gradients."""
+        if not self.distributed:
+            return t
+        from torch.distributed.nn.functional import all_gather
+
+        return torch.cat(all_gather(t), dim=0)
+
+    def broadcast_(self, t: Tensor, src: int = 0) -> Tensor:
+        """Overwrite ``t`` in place with rank ``src``'s value (keeps per-epoch state in sync)."""
+        if self.distributed:
+            dist.broadcast(t, src)
+        return t

@@ -1,0 +1,118 @@
+"""Prepared inputs: tensors a model needs beyond its weights, built once per dataset and parameters.
+
+A model names what it needs (``Recommender.prepared_inputs``: ``{"adj": ("norm_adj", {})}``); a
+builder registered here makes it from the training data; :func:`prepare` caches the result under
+``<cache>/prepared/<content hash>.pt``, where the hash covers the training pairs, the features a
+builder reads, the builder's name, version and parameters. The single-process runner calls
+:func:`prepare` once; under Ray the driver calls it once and hands the tensors to every worker, so
+no rank ever builds them in a model constructor, and a resumed run finds them in the cache.
+
+Sparse tensors are stored as their CSR parts and the file is loaded with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from raymmrec.data import RecData
+from raymmrec.train.checkpoint import load_checkpoint, save_checkpoint
+
+
+@dataclass(frozen=True)
+class Builder:
+    fn: Callable[..., Tensor]
+    version: int = 1
+    uses_features: bool = False
+
+
+_BUILDERS: dict[str, Builder] = {}
+
+
+def register_builder(name: str, version: int = 1, uses_features: bool = False) -> Callable:
+    """Decorator: register ``fn(data: RecData, **params) -> Tensor`` as a prepared-input builder."""
+
+    def wrap(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        _BUILDERS[name] = Builder(fn, version, uses_features)
+        return fn
+
+    return wrap
+
+
+@register_builder("norm_adj")
+def _norm_adj(data: RecData) -> Tensor:
+    """The symmetric-normalised user-item adjacency of the training pairs (CSR, U+I square)."""
+    from raymmrec.graph import normalized_adjacency
+
+    return normalized_adjacency(data.n_users, data.n_items, data.train.users, data.train.items)
+
+
+@register_builder("item_knn", uses_features=True)
+def _item_knn(data: RecData, k: int = 10, weights: dict[str, float] | None = None) -> Tensor:
+    """Item-item cosine top-k graph of each modality, mixed with ``weights`` (default equal)."""
+    from raymmrec.graph import mixed_knn_graph
+
+    return mixed_knn_graph(data.features, weights=weights, k=k)
+
+
+def data_fingerprint(data: RecData, with_features: bool) -> str:
+    """SHA-256 of the training pairs (and the feature matrices when ``with_features``)."""
+    h = hashlib.sha256()
+    h.update(f"{data.n_users},{data.n_items}".encode())
+    for arr in (data.train.users, data.train.items):
+        h.update(np.ascontiguousarray(arr, dtype=np.int64).tobytes())
+    if with_features:
+        for m in sorted(data.features):
+            h.update(m.encode())
+            h.update(np.ascontiguousarray(data.features[m], dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+def cache_key(data: RecData, builder: str, params: dict[str, Any]) -> str:
+    b = _get(builder)
+    head = json.dumps({"builder": builder, "version": b.version, "params": params}, sort_keys=True)
+    return hashlib.sha256((head + data_fingerprint(data, b.uses_features)).encode()).hexdigest()[:32]
+
+
+def _get(builder: str) -> Builder:
+    if builder not in _BUILDERS:
+        raise KeyError(f"unknown prepared-input builder {builder!r}; known: {', '.join(sorted(_BUILDERS))}")
+    return _BUILDERS[builder]
+
+
+def _to_payload(t: Tensor) -> dict[str, Any]:
+    if t.layout == torch.sparse_csr:
+        return {"csr": [t.crow_indices(), t.col_indices(), t.values()], "shape": list(t.shape)}
+    return {"dense": t}
+
+
+def _from_payload(p: dict[str, Any]) -> Tensor:
+    if "csr" in p:
+        crow, col, val = p["csr"]
+        return torch.sparse_csr_tensor(crow, col, val, size=tuple(p["shape"]), check_invariants=False)
+    return p["dense"]
+
+
+def prepare(data: RecData, requests: dict[str, tuple[str, dict[str, Any]]],
+            cache_dir: str | Path | None = None, log: Callable[[str], None] | None = None) -> dict[str, Tensor]:
+    """Build (or load from the cache) every requested input; ``{name: tensor}`` on the CPU."""
+    out: dict[str, Tensor] = {}
+    for name, (builder, params) in requests.items():
+        fn = _get(builder).fn
+        path = None if cache_dir is None else Path(cache_dir) / "prepared" / f"{builder}-{cache_key(data, builder, params)}.pt"
+        if path is not None and path.is_file():
+            out[name] = _from_payload(load_checkpoint(path)["tensor"])
+            continue
+        if log:
+            log(f"building prepared input {name!r} ({builder}, {params or 'defaults'})")
+        out[name] = fn(data, **params)
+        if path is not None:
+            save_checkpoint(path, {"tensor": _to_payload(out[name]), "builder": builder, "params": params})
+    return out

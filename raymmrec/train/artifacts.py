@@ -1,0 +1,145 @@
+"""What a finished run leaves behind, identical for one process and for Ray, and how to load it.
+
+A run folder (local path or URL) holds::
+
+    config.json     the resolved config (defaults filled)
+    best.pt         weights at the best validation evaluation (+ epoch, config); load_trained reads it
+    results.json    validation and test metrics at that evaluation
+    tb/             TensorBoard scalars
+    ckpt/latest.pt  the resumable checkpoint (Ray: checkpoint_*/latest.pt, managed by Ray Train)
+
+Example::
+
+    trained = load_trained("runs/bm3-lfm2k-seed999")       # or "s3://bucket/runs/bm3-baby"
+    scores = trained.model.scorer()(torch.tensor([3, 17]))  # 2 × n_items
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from raymmrec.config import RunSpec, spec_from_dict
+from raymmrec.data.io import open_fs
+from raymmrec.eval import METRICS
+from raymmrec.train.checkpoint import FORMAT_VERSION, check_format
+from raymmrec.train.loop import TrainState
+
+CONFIG, BEST, RESULTS, TB = "config.json", "best.pt", "results.json", "tb"
+
+
+def is_url(path: str) -> bool:
+    return "://" in str(path) and not str(path).startswith("file://")
+
+
+def join(base: str | Path, *parts: str) -> str:
+    return "/".join([str(base).rstrip("/"), *parts])
+
+
+def write_bytes(target: str | Path, data: bytes) -> None:
+    """Write ``data`` to a local path (temporary file, then rename) or a URL (one object put)."""
+    target = str(target)
+    if is_url(target):
+        fs, path = open_fs(target)
+        with fs.open(path, "wb") as f:
+            f.write(data)
+        return
+    path = Path(target.removeprefix("file://"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_bytes(source: str | Path) -> bytes:
+    source = str(source)
+    if is_url(source):
+        fs, path = open_fs(source)
+        if not fs.exists(path):
+            raise FileNotFoundError(f"{source} does not exist")
+        return fs.cat_file(path)
+    path = Path(source.removeprefix("file://"))
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    return path.read_bytes()
+
+
+def write_json(target: str | Path, obj: Any) -> None:
+    write_bytes(target, json.dumps(obj, indent=2).encode())
+
+
+def best_payload(model: torch.nn.Module, epoch: int, config: dict[str, Any]) -> bytes:
+    """Serialised best weights (state dict on CPU, epoch, resolved config)."""
+    buf = io.BytesIO()
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"format_version": FORMAT_VERSION, "model": state, "epoch": epoch, "config": config}, buf)
+    return buf.getvalue()
+
+
+def results_dict(state: TrainState) -> dict[str, Any]:
+    """What ``results.json`` holds: metrics at the best validation evaluation."""
+    return {"best_epoch": state.best_epoch, "valid": state.best_valid, "test": state.best_test,
+            "epochs_run": state.epoch, "stopped_early": state.stopped_early}
+
+
+def results_table(state: TrainState, ks: list[int]) -> str:
+    """Plain-text table of validation and test metrics at the best validation epoch."""
+    cols = [f"{n}@{k}" for k in ks for n in METRICS]
+    width = max(len(c) for c in cols) + 1
+    lines = [f"best epoch {state.best_epoch} (of {state.epoch} run)",
+             "split  " + "".join(c.rjust(width) for c in cols)]
+    for split, metrics in (("valid", state.best_valid), ("test", state.best_test)):
+        lines.append(split.ljust(7) + "".join(f"{metrics.get(c, float('nan')):{width}.4f}" for c in cols))
+    return "\n".join(lines)
+
+
+@dataclass
+class Trained:
+    """A trained model rebuilt from a run folder, with its data and spec."""
+
+    spec: RunSpec
+    config: dict[str, Any]
+    model: Any  # Recommender, in eval mode
+    data: Any  # RecData
+    epoch: int  # the epoch the weights come from (best validation)
+    device: torch.device
+
+
+def load_trained(run: str | Path, device: str = "auto") -> Trained:
+    """Rebuild the best model of a finished (or running) run from its folder or URL.
+
+    Reads ``config.json`` and ``best.pt`` (``weights_only``), reloads the run's dataset and
+    prepared inputs, and loads the weights, on ``device`` (``auto``: CUDA when available).
+    """
+    from raymmrec.train.build import build, resolve_device
+
+    run = str(run).rstrip("/")
+    try:
+        config = json.loads(read_bytes(join(run, CONFIG)))
+        raw = read_bytes(join(run, BEST))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{run} is not a finished run folder: {e} (it needs {CONFIG} and {BEST})") from None
+    try:
+        payload = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file name
+        raise ValueError(f"{join(run, BEST)} could not be loaded safely (weights_only=True): {e}") from None
+    check_format(payload, join(run, BEST))
+    spec = spec_from_dict({k: v for k, v in config.items()})
+    dev = resolve_device(device)
+    pieces = build(spec, device=dev, release_features=True)
+    pieces.model.load_state_dict(payload["model"])
+    pieces.model.eval()
+    return Trained(spec, config, pieces.model, pieces.data, int(payload["epoch"]), dev)

@@ -1,0 +1,205 @@
+"""Build every piece of a run from a :class:`RunSpec`: the one place a run is wired.
+
+Both execution paths call :func:`build` (data, graph, prepared inputs, model, objective,
+optimizer, sampler, evaluators) and :func:`make_trainer`; they differ only in what they hand in
+(a DDP wrapper, a sharded evaluator, their callbacks). Running the pieces lives elsewhere:
+:mod:`raymmrec.train.run` in one process, :mod:`raymmrec.ray.train_fn` on each Ray worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from raymmrec.config import RunSpec
+from raymmrec.data import RecData, cache_root, load_dataset
+from raymmrec.dist import DistContext
+from raymmrec.eval import Evaluator
+from raymmrec.models.base import RecGraph, Recommender, build_config
+from raymmrec.objectives.base import Objective, build_objective
+from raymmrec.prepared import prepare
+from raymmrec.registry import get_model
+from raymmrec.train.checkpoint import FORMAT_VERSION, check_format
+from raymmrec.train.loop import Callback, EvalFn, Trainer, TrainState, unwrap
+from raymmrec.train.sampling import NegativeSampler, canonical_pairs, epoch_batches, epoch_generator
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; anything else must name an available device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available on this machine")
+    return dev
+
+
+def load_data(spec: RunSpec) -> RecData:
+    d = spec.data
+    return load_dataset(d.source, modalities=d.modalities, rating_threshold=d.rating_threshold, kcore=d.kcore)
+
+
+def check_spec(spec: RunSpec) -> tuple[type[Recommender], Any, type[Objective]]:
+    """Resolve method, model options and objective, or raise one clear error (no data loaded)."""
+    cls = get_model(spec.method)
+    cfg = build_config(cls, spec.model)
+    objective = build_objective(cls, cfg, getattr(spec, "objective", None))
+    return cls, cfg, type(objective)
+
+
+def resolved_config(spec: RunSpec) -> dict[str, Any]:
+    """``spec.to_dict()`` with the model options and objective filled with their defaults."""
+    cls, cfg, objective = check_spec(spec)
+    out = spec.to_dict()
+    out["model"] = dataclasses.asdict(cfg)
+    out["objective"] = objective.name
+    return out
+
+
+def prepared_inputs(spec: RunSpec, data: RecData, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The model's prepared inputs, from the cache next to the datasets' (built there if absent)."""
+    cls, cfg, _ = check_spec(spec)
+    return prepare(data, cls.prepared_inputs(cfg), cache_root(), log)
+
+
+def build_graph(data: RecData, device: torch.device, prepared: dict[str, Any] | None = None) -> RecGraph:
+    users, items = canonical_pairs(torch.as_tensor(data.train.users), torch.as_tensor(data.train.items),
+                                   data.n_items)
+    feats = {m: torch.as_tensor(a, dtype=torch.float32).to(device) for m, a in data.features.items()}
+    prep = {k: v.to(device) for k, v in (prepared or {}).items()}
+    return RecGraph(data.n_users, data.n_items, feats, users, items, prep)
+
+
+@dataclass
+class Pieces:
+    """Everything a run trains and evaluates with; made by :func:`build`."""
+
+    spec: RunSpec
+    config: dict[str, Any]  # resolved config (defaults filled): what checkpoints and config.json hold
+    data: RecData
+    graph: RecGraph
+    model: Recommender
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    sampler: NegativeSampler | None
+    evaluators: dict[str, Evaluator]
+    device: torch.device
+    ctx: DistContext
+
+
+def build(spec: RunSpec, *, device: torch.device | None = None, data: RecData | None = None,
+          prepared: dict[str, Any] | None = None, ctx: DistContext | None = None,
+          release_features: bool = False) -> Pieces:
+    """Data, graph, model, objective, optimizer, sampler and evaluators for ``spec``.
+
+    ``prepared`` are the model's prepared inputs when the caller already has them (a Ray worker
+    receives them from the driver); otherwise they come from the cache. ``release_features``
+    drops the data's and the graph's feature copies once the model holds what it needs.
+    """
+    device = device or resolve_device(spec.train.device)
+    cls, cfg, _ = check_spec(spec)
+    objective = build_objective(cls, cfg, getattr(spec, "objective", None))
+    data = data or load_data(spec)
+    if prepared is None:
+        prepared = prepare(data, cls.prepared_inputs(cfg), cache_root())
+    graph = build_graph(data, device, prepared)
+    torch.manual_seed(spec.train.seed)  # identical initial weights on every rank and every rerun
+    model = cls(cfg, graph).to(device)
+    optimizer, scheduler = cls.configure_optimizer(list(model.parameters()), spec.train)
+    sampler = None
+    if objective.needs_negatives:
+        sampler = NegativeSampler.from_pairs(data.n_items, graph.train_users, graph.train_items,
+                                             num_negatives=getattr(spec.train, "num_negatives", 1))
+    evaluators = {
+        split: Evaluator(data.n_items, data.train, data.split(split), ks=tuple(spec.eval.ks),
+                         max_batch_elems=spec.eval.max_batch_elems, device=device)
+        for split in ("valid", "test")
+    }
+    if release_features:
+        graph.features = {}
+        data.features = {}
+    config = resolved_config(spec)
+    return Pieces(spec, config, data, graph, model, objective, optimizer, scheduler, sampler, evaluators,
+                  device, ctx or DistContext())
+
+
+def batch_fn(p: Pieces) -> Callable[[int], Any]:
+    """This rank's share of every global batch of an epoch (one code path for every run)."""
+    t = p.spec.train
+    users, items = p.graph.train_users, p.graph.train_items
+
+    def batches(epoch: int):  # noqa: ANN202
+        return epoch_batches(users, items, t.batch_size, epoch_generator(t.seed, epoch), p.sampler,
+                             p.ctx.rank, p.ctx.world_size)
+
+    return batches
+
+
+def local_evaluate(evaluators: dict[str, Evaluator]) -> EvalFn:
+    def evaluate(model: Recommender) -> dict[str, dict[str, float]]:
+        score = model.scorer()
+        return {split: ev.evaluate(score) for split, ev in evaluators.items()}
+
+    return evaluate
+
+
+def make_trainer(p: Pieces, evaluate: EvalFn, callbacks: list[Callback], model: torch.nn.Module | None = None) -> Trainer:
+    """The core :class:`Trainer` over ``p`` (``model``: a DDP wrapper of ``p.model`` if distributed)."""
+    t = p.spec.train
+    return Trainer(model or p.model, p.objective, p.optimizer, batch_fn(p), evaluate, epochs=t.epochs,
+                   patience=t.patience, seed=t.seed, valid_metric=p.spec.eval.valid_metric,
+                   eval_every=t.eval_every, callbacks=callbacks, device=p.device, ctx=p.ctx, scheduler=p.scheduler)
+
+
+def checkpoint_payload(trainer: Trainer, state: TrainState, config: dict[str, Any]) -> dict[str, Any]:
+    """Everything needed to resume: weights, optimizer (and schedule), loop state, config, world size."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "model": unwrap(trainer.model).state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": None if trainer.scheduler is None else trainer.scheduler.state_dict(),
+        "state": state.to_dict(),
+        "config": config,
+        "world_size": trainer.ctx.world_size,
+    }
+
+
+def check_same_run(saved: dict[str, Any], config: dict[str, Any], where: str) -> None:
+    """Refuse to resume into a different experiment: resolved configs must agree.
+
+    Compared: method, objective, model options (defaults filled), data, and the training and
+    evaluation settings that change results (seed, lr, batch size, weight decay, negatives, metric,
+    ks); the epoch cap, patience, device and checkpointing may change between sessions.
+    """
+    old = saved
+    free = {"epochs", "patience", "device", "checkpoint_every", "eval_every"}
+    diffs = []
+    for section in ("method", "objective", "model", "data", "train", "eval"):
+        a, b = old.get(section), config.get(section)
+        if section == "train":
+            a = {k: v for k, v in (a or {}).items() if k not in free}
+            b = {k: v for k, v in (b or {}).items() if k not in free}
+        if a != b:
+            if isinstance(a, dict) and isinstance(b, dict):
+                keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+                diffs.append(", ".join(f"{section}.{k} {a.get(k)!r} -> {b.get(k)!r}" for k in keys))
+            else:
+                diffs.append(f"{section} {a!r} -> {b!r}")
+    if diffs:
+        raise ValueError(f"{where} belongs to a different experiment ({'; '.join(diffs)}); "
+                         "choose another run_name or output_dir")
+
+
+def restore(p: Pieces, payload: dict[str, Any], where: str) -> TrainState:
+    """Check a checkpoint against this run and load weights and optimizer; returns the loop state."""
+    check_format(payload, where)
+    check_same_run(payload["config"], p.config, where)
+    p.model.load_state_dict(payload["model"])
+    p.optimizer.load_state_dict(payload["optimizer"])
+    if p.scheduler is not None and payload.get("scheduler") is not None:
+        p.scheduler.load_state_dict(payload["scheduler"])
+    return TrainState.from_dict(payload["state"])
