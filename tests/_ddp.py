@@ -1,0 +1,55 @@
+"""Helpers of the DDP gradient test, importable by spawned processes (tests/ is on their sys.path)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from _tiny import tiny_data
+from raymmrec.dist import DistContext
+from raymmrec.models.base import Batch, build_config
+from raymmrec.objectives.base import build_objective
+from raymmrec.prepared import prepare
+from raymmrec.registry import get_model
+from raymmrec.train.build import build_graph
+from raymmrec.train.sampling import NegativeSampler, epoch_generator
+
+OPTIONS = {"bm3": {"dropout": 0.0}}  # target dropout is random per rank; exactness is about the losses
+
+
+def global_batch(graph, n: int, num_negatives: int) -> Batch:
+    g = epoch_generator(5, 0)
+    idx = torch.randint(graph.train_users.numel(), (n,), generator=g)
+    users, items = graph.train_users[idx], graph.train_items[idx]
+    sampler = NegativeSampler.from_pairs(graph.n_items, graph.train_users, graph.train_items,
+                                         num_negatives=num_negatives)
+    return Batch(users, items, sampler.sample(users, g))
+
+
+def gradients(method: str, rank: int, world: int, n: int, num_negatives: int) -> dict[str, torch.Tensor]:
+    """Parameter gradients after one backward on this rank's share of a fixed global batch."""
+    data = tiny_data()
+    cls = get_model(method)
+    cfg = build_config(cls, OPTIONS.get(method, {}))
+    graph = build_graph(data, torch.device("cpu"), prepare(data, cls.prepared_inputs(cfg)))
+    torch.manual_seed(0)
+    model = cls(cfg, graph)
+    objective = build_objective(cls, cfg)
+    full = global_batch(graph, n, num_negatives)
+    share = Batch(full.users[rank::world], full.pos_items[rank::world], full.neg_items[rank::world], global_rows=n)
+    ctx = DistContext(rank, world)
+    wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    objective(wrapped(share), share, ctx).total.backward()
+    return {k: p.grad.detach().clone() for k, p in model.named_parameters()}
+
+
+def worker(rank: int, world: int, port: int, methods: list[str], n: int, num_negatives: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        grads = {m: gradients(m, rank, world, n, num_negatives) for m in methods}
+        if rank == 0:
+            torch.save(grads, out)
+    finally:
+        torch.distributed.destroy_process_group()
