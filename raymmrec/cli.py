@@ -1,7 +1,9 @@
 """Command line: ``raymmrec train --method bm3 --data ml100k [--config run.yaml] [key=value ...]``.
 
-Overrides use the config's sections, e.g. ``train.epochs=50 model.reg_weight=0.01
+Overrides use the config's sections, e.g. ``train.epochs=50 model.reg_weight=1e-4
 data.modalities=[text,audio_whisper]``. ``raymmrec methods`` lists the registered methods.
+Mistakes in the config or the data end the command with one line ``error: ...`` (exit code 2);
+``--verbose`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import argparse
 import sys
 
 from raymmrec.config import RunSpec, load_spec
+from raymmrec.errors import run_main
 
 
 def add_run_arguments(p: argparse.ArgumentParser, default_method: str | None = None) -> None:
@@ -21,10 +24,13 @@ def add_run_arguments(p: argparse.ArgumentParser, default_method: str | None = N
     p.add_argument("--output-dir", default=None, help="folder for run folders (default: runs)")
     p.add_argument("--run-name", default=None, help="run folder name; reusing one resumes that run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
+    p.add_argument("--verbose", action="store_true",
+                   help="tracebacks with error messages (with Ray: also Ray Train's INFO logs and progress bars)")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
 
 
 def spec_from_args(args: argparse.Namespace) -> RunSpec:
+    """The validated spec of ``add_run_arguments``' flags; raises ``ConfigError`` (a ``ValueError``)."""
     overrides = list(args.overrides)
     for flag, key in (("data", "data.source"), ("epochs", "train.epochs"), ("device", "train.device"),
                       ("output_dir", "output_dir"), ("run_name", "run_name")):
@@ -48,10 +54,12 @@ def main(argv: list[str] | None = None) -> int:
             doc = (get_model(name).__module__ and sys.modules[get_model(name).__module__].__doc__ or "").strip()
             print(f"{name:10s} {doc.splitlines()[0] if doc else ''}")
         return 0
-    try:
-        spec = spec_from_args(args)
-    except (ValueError, FileNotFoundError) as e:
-        parser.error(str(e))
+    return run_main(lambda: train(args), verbose=args.verbose)
+
+
+def train(args: argparse.Namespace) -> int:
+    """``raymmrec train``: build and check the spec first, then train in this process."""
+    spec = spec_from_args(args)
     from raymmrec.train.run import results_table, run
 
     state = run(spec, progress=not args.no_progress)

@@ -1,0 +1,128 @@
+"""The command line reports user errors as one line ``error: ...`` (exit 2), tracebacks only with --verbose."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from raymmrec.cli import add_run_arguments, spec_from_args
+
+
+def raymmrec(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "raymmrec", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for needle in needles:
+        assert needle in lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def malformed_folder(tmp_path):
+    """An MMRec folder whose .inter file lacks the x_label column."""
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "bad.inter").write_text("userID\titemID\trating\ttimestamp\n0\t0\t1\t1\n1\t1\t1\t2\n")
+    np.save(folder / "text_feat.npy", np.zeros((2, 4), dtype=np.float32))
+    return folder
+
+
+def test_malformed_dataset_is_one_error_line(tmp_path, malformed_folder):
+    proc = raymmrec("train", "--method", "bpr", "--data", str(malformed_folder), "--output-dir", str(tmp_path / "runs"),
+                    cwd=tmp_path)
+    assert_one_line_error(proc, "bad.inter", "x_label")
+    verbose = raymmrec("train", "--method", "bpr", "--data", str(malformed_folder), "--verbose",
+                       "--output-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert verbose.returncode == 2
+    assert "Traceback" in verbose.stderr
+    assert verbose.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_bad_option_missing_folder_and_unknown_method_are_one_error_line(tmp_path):
+    line = assert_one_line_error(raymmrec("train", "--method", "bpr", "train.batch_size=0", cwd=tmp_path))
+    assert line == "error: train.batch_size: expected an integer >= 1, got 0"
+    assert_one_line_error(raymmrec("train", "--method", "bpr", "--data", str(tmp_path / "no-such-folder"),
+                                   cwd=tmp_path), "no-such-folder")
+    assert_one_line_error(raymmrec("train", "--method", "bm4", cwd=tmp_path), "method", "'bm4'")
+    assert not (tmp_path / "runs").exists()  # nothing ran
+
+
+def test_cli_main_returns_2_for_a_bad_option(capsys):
+    from raymmrec.cli import main
+
+    assert main(["train", "--method", "bpr", "train.batch_size=0"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: train.batch_size: expected an integer >= 1, got 0\n"
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    add_run_arguments(p, default_method="bpr")
+    return p.parse_args(argv)
+
+
+def test_run_arguments_keep_string_values_and_accept_verbose():
+    args = parse(["--run-name", "2024-01-01", "--output-dir", "010", "--verbose", "train.lr=1e-3"])
+    assert args.verbose
+    spec = spec_from_args(args)
+    assert spec.run_name == "2024-01-01" and spec.resolved_run_name == "2024-01-01"
+    assert spec.output_dir == "010" and spec.train.lr == pytest.approx(1e-3)
+    json.dumps(spec.to_dict())
+    assert not parse([]).verbose
+
+
+def raiser(exc: BaseException):
+    def fn() -> int:
+        raise exc
+    return fn
+
+
+class StorageProblem(Exception):
+    pass
+
+
+def user_error(message: str) -> Exception:
+    from raymmrec.errors import UserError
+
+    class BucketGone(UserError):  # other layers subclass UserError
+        pass
+
+    return BucketGone(message)
+
+
+@pytest.mark.parametrize("make, line", [
+    (lambda: ValueError("train.lr: expected a number > 0, got 0"), "error: train.lr: expected a number > 0, got 0"),
+    (lambda: KeyError("unknown method 'bm4'; registered: bm3"), "error: unknown method 'bm4'; registered: bm3"),
+    (lambda: FloatingPointError("loss is NaN at epoch 3"), "error: loss is NaN at epoch 3"),
+    (lambda: FileNotFoundError("config file x.yaml does not exist"), "error: config file x.yaml does not exist"),
+    (lambda: user_error("bucket s3://b is gone\nretry later"), "error: bucket s3://b is gone retry later"),
+])
+def test_run_main_reports_expected_errors_on_one_line(capsys, make, line):
+    from raymmrec.errors import run_main
+
+    assert run_main(raiser(make()), verbose=False) == 2
+    assert capsys.readouterr().err == line + "\n"
+    assert run_main(raiser(make()), verbose=True) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback") and err.endswith(line + "\n")
+
+
+def test_run_main_interrupt_exit_codes_and_bugs(capsys):
+    from raymmrec.errors import run_main
+
+    assert run_main(raiser(KeyboardInterrupt()), verbose=False) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+    assert run_main(lambda: None) == 0 and run_main(lambda: 3) == 3
+    with pytest.raises(StorageProblem):  # not a user error: a bug keeps its traceback
+        run_main(raiser(StorageProblem("boom")))
