@@ -1,12 +1,12 @@
-"""Ray Train layer: 2 workers, sharded evaluation, fault tolerance, resume, job submit, S3, bad input."""
+"""Ray Train layer: 1 worker = one process, 2 workers, artefacts, fault tolerance, resume, NaN, job submit, S3."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,17 +14,20 @@ import torch
 
 from conftest import SECRET
 from raymmrec.config import load_spec
+from raymmrec.train.artifacts import load_trained
+from raymmrec.train.build import build, local_evaluate
 from raymmrec.train.checkpoint import load_checkpoint
-from raymmrec.train.run import build_setup, local_evaluate
+from raymmrec.train.loop import TrainingDiverged
+from raymmrec.train.run import run
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tiny_spec(out: Path, method: str = "bm3", epochs: int = 3, name: str = "r"):
+def tiny_spec(out: Path, method: str = "bm3", epochs: int = 3, name: str = "r", *extra: str):
     return load_spec(method, overrides=[f"output_dir={out}", f"run_name={name}", "data.source=synthetic:tiny",
                                         f"train.epochs={epochs}", "train.batch_size=64", "train.lr=0.01",
-                                        "train.patience=50"])
+                                        "train.patience=50", *extra])
 
 
 def scaling(**kw):
@@ -51,7 +54,7 @@ def two_worker_run(ray_cluster, tmp_path_factory):
     return spec, state, out
 
 
-def test_two_workers_report_checkpoint_and_tensorboard(two_worker_run):
+def test_two_workers_leave_every_artefact(two_worker_run):
     spec, state, out = two_worker_run
     run_root = out / "r"
     assert state.epoch == 4 and 0 <= state.best_epoch < 4
@@ -60,30 +63,66 @@ def test_two_workers_report_checkpoint_and_tensorboard(two_worker_run):
     assert results["test"] == pytest.approx(state.best_test)
     payload = latest_payload(run_root)
     assert payload["state"]["epoch"] == 4 and payload["config"]["method"] == "lightgcn"
+    assert payload["world_size"] == 2
+    assert json.loads((run_root / "config.json").read_text())["model"]["n_layers"] == 3  # defaults filled
     assert list((run_root / "tb").glob("events.out.tfevents.*")), "rank-0 TensorBoard events missing"
+
+
+def test_best_weights_rebuild_the_reported_model(two_worker_run):
+    """best.pt is the model behind the reported test metrics: re-evaluating it gives them back."""
+    spec, state, out = two_worker_run
+    trained = load_trained(out / "r", device="cpu")
+    assert trained.epoch == state.best_epoch
+    p = build(trained.spec, device=torch.device("cpu"))
+    again = local_evaluate(p.evaluators)(trained.model)
+    for k, v in state.best_test.items():
+        assert again["test"][k] == pytest.approx(v, abs=1e-9), k
 
 
 def test_sharded_evaluation_equals_single_process(two_worker_run):
     """The last epoch's metrics were all-reduced over 2 workers; recompute them in one process."""
     spec, state, out = two_worker_run
     payload = latest_payload(out / "r")
-    setup = build_setup(spec, torch.device("cpu"))
-    setup.model.load_state_dict(payload["model"])
-    single = local_evaluate(setup.evaluators)(setup.model)
+    p = build(spec, device=torch.device("cpu"))
+    p.model.load_state_dict(payload["model"])
+    single = local_evaluate(p.evaluators)(p.model)
     last = payload["state"]["history"][-1]
     for split in ("valid", "test"):
         for k, v in single[split].items():
             assert last[f"{split}/{k}"] == pytest.approx(v, abs=1e-12), f"{split}/{k}"
 
 
+def test_one_worker_reproduces_the_single_process_run(ray_cluster, tmp_path):
+    from raymmrec.ray.launch import launch
+
+    single = run(tiny_spec(tmp_path / "a", "bm3", 4), progress=False)
+    ray_one = launch(tiny_spec(tmp_path / "b", "bm3", 4), scaling(num_workers=1, cpus_per_worker=1), progress=False)
+    hist = latest_payload(tmp_path / "b" / "r")["state"]["history"]
+    assert [h["loss"] for h in hist] == [h["loss"] for h in single.history]
+    assert ray_one.best_test == single.best_test and ray_one.best_epoch == single.best_epoch
+
+
+def test_two_workers_share_the_global_batch(ray_cluster, two_worker_run, tmp_path):
+    """Same global batches as one process (pairs reshuffled over workers every epoch): same losses
+    up to float summation order, same number of steps."""
+    spec, state, out = two_worker_run
+    single = run(tiny_spec(tmp_path, "lightgcn", 4), progress=False)
+    hist = latest_payload(out / "r")["state"]["history"]
+    for a, b in zip(hist, single.history):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+
+
 def test_killed_worker_resumes_to_identical_metrics(ray_cluster, tmp_path):
     from raymmrec.ray.launch import launch
 
-    clean = launch(tiny_spec(tmp_path / "a", epochs=5), scaling(), progress=False)
+    clean = launch(tiny_spec(tmp_path / "a", "bm3", 5, "r", "train.checkpoint_every=1"), scaling(), progress=False)
     marker = tmp_path / "killed-once"
-    faulty = launch(tiny_spec(tmp_path / "b", epochs=5), scaling(), progress=False,
+    faulty = launch(tiny_spec(tmp_path / "b", "bm3", 5, "r", "train.checkpoint_every=1"), scaling(), progress=False,
                     inject_fault={"rank": 1, "epoch": 3, "marker": str(marker)})
     assert marker.exists(), "the fault was never injected"
+    # rank 1 died at the end of epoch 3, before its report: the recovery resumed once, from the last
+    # checkpoint committed by then (epoch 1 or 2: uploads are asynchronous); a restart would say []
+    assert len(faulty.resumes) == 1 and 1 <= faulty.resumes[0] <= 3 and clean.resumes == []
     assert faulty.best_epoch == clean.best_epoch
     for k, v in clean.best_test.items():
         assert round(faulty.best_test[k], 4) == round(v, 4), k
@@ -92,25 +131,39 @@ def test_killed_worker_resumes_to_identical_metrics(ray_cluster, tmp_path):
 def test_same_name_resumes_the_run(ray_cluster, tmp_path):
     from raymmrec.ray.launch import launch
 
-    launch(tiny_spec(tmp_path, "bpr", epochs=2), scaling(num_workers=1, cpus_per_worker=1), progress=False)
-    second = launch(tiny_spec(tmp_path, "bpr", epochs=4), scaling(num_workers=1, cpus_per_worker=1),
-                    progress=False)
-    payload = latest_payload(tmp_path / "r")
-    hist = payload["state"]["history"]
+    one = scaling(num_workers=1, cpus_per_worker=1)
+    first = launch(tiny_spec(tmp_path, "bpr", 2), one, progress=False)
+    second = launch(tiny_spec(tmp_path, "bpr", 4), one, progress=False)
+    assert first.resumes == [] and second.resumes == [2]  # a restart from scratch would say []
+    hist = latest_payload(tmp_path / "r")["state"]["history"]
     assert second.epoch == 4 and [int(h["epoch"]) for h in hist] == [0, 1, 2, 3]
-    t0 = time.time()
-    with pytest.raises(ValueError, match="different method"):
-        launch(tiny_spec(tmp_path, "lightgcn", epochs=4), scaling(num_workers=1, cpus_per_worker=1), progress=False)
-    assert time.time() - t0 < 30
+    with pytest.raises(ValueError, match="method 'bpr' -> 'lightgcn'"):
+        launch(tiny_spec(tmp_path, "lightgcn", 4), one, progress=False)
+
+
+def test_nan_loss_stops_every_rank_without_retries(ray_cluster, tmp_path):
+    from raymmrec.ray.launch import launch
+
+    spec = tiny_spec(tmp_path, "bpr", 5, "r", "train.lr=1e30", "model.reg_weight=1e30")
+    with pytest.raises(TrainingDiverged, match="NaN or infinite at epoch"):
+        launch(spec, scaling(max_failures=2), progress=False)
+
+
+def test_bad_options_fail_on_the_driver_before_ray_starts(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = [sys.executable, str(ROOT / "jobs" / "train_bm3.py"), "--smoke-test", "--output-dir", str(tmp_path),
+           "model.dropout=2", "model.nope=1"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "nope" in out.stderr and "Traceback" not in out.stderr
+    assert "Ray" not in out.stdout + out.stderr  # no local Ray was started
 
 
 def test_too_many_workers_fails_fast(ray_cluster, tmp_path):
     from raymmrec.ray.launch import ClusterError, launch
 
-    t0 = time.time()
     with pytest.raises(ClusterError, match="cannot place.*64 workers"):
         launch(tiny_spec(tmp_path), scaling(num_workers=64, cpus_per_worker=1), progress=False)
-    assert time.time() - t0 < 30
 
 
 def test_missing_dataset_and_unreachable_storage_fail_fast(tmp_path):
@@ -122,12 +175,10 @@ def test_missing_dataset_and_unreachable_storage_fail_fast(tmp_path):
     spec.data.source = str(tmp_path / "no-such-dataset")
     with pytest.raises(DataError, match="no-such-dataset"):
         launch(spec, scaling(), progress=False)
-    t0 = time.time()
     with pytest.raises(StorageError, match="storage path '.*file-that-is-a-file/sub' is not writable"):
         bad = tmp_path / "file-that-is-a-file"
         bad.write_text("x")
         launch(tiny_spec(tmp_path), scaling(storage_path=str(bad) + "/sub"), progress=False)
-    assert time.time() - t0 < 30
 
 
 def test_unreachable_s3_endpoint_fails_fast(monkeypatch, tmp_path):
@@ -136,10 +187,8 @@ def test_unreachable_s3_endpoint_fails_fast(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
-    t0 = time.time()
     with pytest.raises(StorageError, match="s3://nowhere/runs"):
         check_writable("s3://nowhere/runs", timeout_s=10)
-    assert time.time() - t0 < 15
 
 
 def test_s3_dataset_and_checkpoints(ray_cluster, s3_bucket, tmp_path, capfd):
@@ -160,6 +209,10 @@ def test_s3_dataset_and_checkpoints(ray_cluster, s3_bucket, tmp_path, capfd):
     assert any(f.endswith("latest.pt") for f in files), files
     assert any("/tb/events.out.tfevents" in f for f in files), files
     assert json.loads(fs.cat(f"{s3_bucket}/runs/s3run/results.json"))["epochs_run"] == 2
+    trained = load_trained(f"s3://{s3_bucket}/runs/s3run", device="cpu")  # best.pt + config.json from S3
+    assert trained.epoch == state.best_epoch and trained.spec.data.source == url
+    import time
+
     time.sleep(2)  # let worker logs reach the driver
     out, err = capfd.readouterr()
     assert "worker(s) on cpu" in out + err  # worker logs did reach this process's output

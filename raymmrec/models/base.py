@@ -9,7 +9,6 @@ user and item tables whose dot products rank items at evaluation time.
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
@@ -17,7 +16,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import Tensor, nn
 
-from raymmrec.config import coerce_value
+from raymmrec.config import validate_options
 
 
 @dataclass
@@ -100,10 +99,20 @@ class ModelOutput:
 
 @dataclass
 class LossOutput:
-    """The scalar to minimise plus its named parts (each becomes a TensorBoard scalar)."""
+    """The scalar to minimise plus its named parts (each becomes a TensorBoard scalar).
+
+    ``total`` is this rank's surrogate: its gradient, averaged by DDP, is the global gradient.
+    ``parts`` hold this rank's *contribution* to each part of the global loss (they sum to the
+    global value over ranks; in one process they are the values), and ``value`` that of the total.
+    """
 
     total: Tensor
     parts: dict[str, Tensor]
+    value: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.value is None:
+            self.value = self.total.detach()
 
 
 class Recommender(nn.Module, ABC):
@@ -187,19 +196,8 @@ class Recommender(nn.Module, ABC):
 
 
 def build_config(cls: type[Recommender], overrides: dict[str, Any] | None) -> Any:
-    """The model's typed config with ``overrides`` applied; unknown keys are an error."""
-    cfg_cls = cls.config_cls
-    overrides = dict(overrides or {})
-    known = {f.name: f for f in dataclasses.fields(cfg_cls)}
-    unknown = sorted(set(overrides) - set(known))
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {unknown} for method {cls.name!r}; valid options: {sorted(known)}"
-        )
-    defaults = cfg_cls()
-    for key, value in list(overrides.items()):
-        overrides[key] = coerce_value(value, getattr(defaults, key), f"model.{key}")
-    return cfg_cls(**overrides)
+    """The model's typed config with ``overrides`` applied; unknown keys and bad values are errors."""
+    return validate_options(cls.config_cls, overrides, "model")
 
 
 def xavier_embedding(n: int, dim: int) -> nn.Embedding:

@@ -38,8 +38,10 @@ class BM3Loss(Objective):
         for m in sorted(k[: -len("_online")] for k in x if k.startswith("m:") and k.endswith("_online")):
             align = align + cos_term(ctx, x[f"{m}_online"], x["i_target"], n)
             mask = mask + cos_term(ctx, x[f"{m}_online"], x[f"{m}_target"], n)
-        reg = x["reg"]
-        total = rec + self.cfg.cl_weight * (align + mask) + self.cfg.reg_weight * reg
-        w = ctx.world_size
-        parts = {"rec": rec / w, "align": align / w, "mask": mask / w, "reg": reg}
-        return LossOutput(total, {k: v.detach() for k, v in parts.items()})
+        reg = x["reg"]  # full tables: the same on every rank
+        cl, rw = self.cfg.cl_weight, self.cfg.reg_weight
+        total = rec + cl * (align + mask) + rw * reg
+        n = ctx.world_size
+        parts = {k: v.detach() / n for k, v in {"rec": rec, "align": align, "mask": mask, "reg": reg}.items()}
+        value = parts["rec"] + cl * (parts["align"] + parts["mask"]) + rw * parts["reg"]
+        return LossOutput(total, parts, value)

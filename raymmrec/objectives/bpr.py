@@ -42,5 +42,6 @@ class BPRLoss(Objective):
             per_row = per_row.mean(1)
         rank = ctx.batch_mean(per_row, batch.global_rows)
         reg, reg_value = emb_loss(ctx, out.ego, batch.global_rows)
-        w = self.cfg.reg_weight
-        return LossOutput(rank + w * reg, {"bpr": rank.detach() / ctx.world_size, "reg": w * reg_value})
+        w, n = self.cfg.reg_weight, ctx.world_size
+        parts = {"bpr": rank.detach() / n, "reg": w * reg_value / n}  # this rank's shares of the values
+        return LossOutput(rank + w * reg, parts, parts["bpr"] + parts["reg"])

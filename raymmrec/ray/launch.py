@@ -23,15 +23,16 @@ import pyarrow as pa
 from raymmrec.cli import add_run_arguments, spec_from_args
 from raymmrec.config import RunSpec
 from raymmrec.data import RecData, arrow_filesystem, is_columnar, train_parquet_path
+from raymmrec.errors import UserError, run_main
 from raymmrec.ray import storage as st
-from raymmrec.train.artifacts import CONFIG, RESULTS, TB, results_dict, results_table, write_json
+from raymmrec.train.artifacts import CONFIG, DIVERGED, RESULTS, TB, results_dict, results_table, write_json
 from raymmrec.train.build import check_same_run, load_data, prepared_inputs, resolved_config
 from raymmrec.train.loop import TrainingDiverged, TrainState
 
 RAY_CHECKPOINT_EVERY = 5  # default epochs between resumable checkpoints under Ray (best weights: every improvement)
 
 
-class ClusterError(RuntimeError):
+class ClusterError(UserError, RuntimeError):
     """The cluster cannot host the requested workers."""
 
 
@@ -152,6 +153,9 @@ def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True, verbose: 
     storage_path, storage_fs = st.pyarrow_filesystem(storage)
     remote = st.is_remote(storage)
     write_json(st.join(run_root, CONFIG), config)
+    fs, root = st.filesystem(run_root)
+    if fs.exists(f"{root}/{DIVERGED}"):
+        fs.rm(f"{root}/{DIVERGED}")
     every = spec.train.checkpoint_every if spec.train.checkpoint_every is not None else RAY_CHECKPOINT_EVERY
     loop_config: dict[str, Any] = {
         "spec": spec.to_dict(),
@@ -184,8 +188,8 @@ def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True, verbose: 
     if result.error is not None:
         raise result.error
     metrics = result.metrics or {}
-    if "diverged" in metrics:
-        raise TrainingDiverged(str(metrics["diverged"]))
+    if fs.exists(f"{root}/{DIVERGED}"):
+        raise TrainingDiverged(json.loads(fs.cat_file(f"{root}/{DIVERGED}"))["error"])
     state = state_from_metrics(metrics)
     write_json(st.join(run_root, RESULTS), results_dict(state))
     if progress:
@@ -212,6 +216,7 @@ def state_from_metrics(m: dict[str, Any]) -> TrainState:
     return TrainState(
         epoch=int(m.get("epochs_run", 0)), best_score=float(m.get("best_score", float("nan"))),
         best_epoch=int(m.get("best_epoch", -1)), stopped_early=bool(m.get("stopped_early", False)),
+        resumes=list(m.get("resumed_at", [])),
         best_valid={k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("best_valid/")},
         best_test={k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("best_test/")},
     )
@@ -229,28 +234,27 @@ def add_scaling_arguments(p: argparse.ArgumentParser) -> None:
                    help="allow local storage/data paths on a multi-node cluster (a shared mount on every node)")
 
 
-def main(default_method: str, argv: list[str] | None = None) -> int:
-    """Entry point of the ``jobs/train_<method>.py`` scripts."""
-    p = argparse.ArgumentParser(description=f"Train {default_method} with Ray Train (data-parallel).")
+def main(default_method: str | None = None, argv: list[str] | None = None) -> int:
+    """Entry point of ``jobs/train.py`` (``--method X``) and the ``jobs/train_<method>.py`` scripts."""
+    what = default_method or "a registered method (--method)"
+    p = argparse.ArgumentParser(description=f"Train {what} with Ray Train (data-parallel).")
     add_run_arguments(p, default_method=default_method)
     add_scaling_arguments(p)
-    p.add_argument("--verbose", action="store_true", help="Ray Train's INFO logs and Ray Data progress bars")
     p.add_argument("--smoke-test", action="store_true", help="2 epochs on synthetic:tiny (checks the setup)")
     a = p.parse_args(argv)
+    if a.method is None:
+        p.error("--method is required (see `raymmrec methods`)")
     if a.device is not None:
         p.error("--device applies to single-process runs (raymmrec train); with Ray use --use-gpu")
     if a.smoke_test:
         a.data = a.data or "synthetic:tiny"
         a.epochs = a.epochs or 2
-    try:
+
+    def go() -> int:
         spec = spec_from_args(a)
-    except (ValueError, FileNotFoundError) as e:
-        p.error(str(e))
-    scaling = ScalingArgs(a.num_workers, a.use_gpu, a.cpus_per_worker, a.max_failures, a.storage_path,
-                          a.wait_for_resources, a.allow_local_paths)
-    try:
+        scaling = ScalingArgs(a.num_workers, a.use_gpu, a.cpus_per_worker, a.max_failures, a.storage_path,
+                              a.wait_for_resources, a.allow_local_paths)
         launch(spec, scaling, progress=not a.no_progress, verbose=a.verbose)
-    except (ValueError, st.StorageError, ClusterError, FileNotFoundError) as e:  # DataError is a ValueError
-        print(f"error: {e}", flush=True)
-        return 2
-    return 0
+        return 0
+
+    return run_main(go, verbose=a.verbose)

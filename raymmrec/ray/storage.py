@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from raymmrec.data.io import arrow_filesystem, open_fs
+from raymmrec.errors import UserError
 
 
-class StorageError(RuntimeError):
+class StorageError(UserError, RuntimeError):
     """The storage path cannot be used (unreachable, not writable, bad URL)."""
 
 

@@ -31,6 +31,7 @@ from raymmrec.data import Interactions
 from raymmrec.dist import DistContext
 from raymmrec.eval import Evaluator
 from raymmrec.models.base import Recommender
+from raymmrec.train.artifacts import DIVERGED, join, write_json
 from raymmrec.train.build import build, checkpoint_payload, load_data, make_trainer, restore
 from raymmrec.train.callbacks import BestWeightsCallback, ProgressCallback, TensorBoardCallback
 from raymmrec.train.checkpoint import load_checkpoint, save_checkpoint
@@ -81,7 +82,8 @@ class RayReportCallback(Callback):
     def on_epoch_end(self, trainer: Trainer, state: TrainState, logs: dict[str, float]) -> None:
         metrics: dict[str, Any] = {k: float(v) for k, v in logs.items()}
         metrics.update({"best_epoch": state.best_epoch, "best_score": state.best_score,
-                        "stopped_early": state.stopped_early, "epochs_run": state.epoch})
+                        "stopped_early": state.stopped_early, "epochs_run": state.epoch,
+                        "resumed_at": list(state.resumes)})
         metrics.update({f"best_test/{k}": v for k, v in state.best_test.items()})
         metrics.update({f"best_valid/{k}": v for k, v in state.best_valid.items()})
         done = state.stopped_early or state.epoch >= trainer.epochs
@@ -171,8 +173,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     trainer = make_trainer(p, sharded_evaluate(p.evaluators, ctx, device), callbacks, model=model)
     try:
         trainer.fit(state)
-    except TrainingDiverged as e:  # every rank raises at the same step; a retry would diverge again
-        ray.train.report({"diverged": str(e)})
+    except TrainingDiverged as e:  # every rank raises at the same step; a retry would diverge again,
+        if ctx.rank == 0:  # so every rank returns normally and the driver reports the reason
+            write_json(join(config["run_root"], DIVERGED), {"error": str(e)})
 
 
 class _FaultInjector(Callback):

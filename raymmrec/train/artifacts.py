@@ -33,6 +33,7 @@ from raymmrec.train.checkpoint import FORMAT_VERSION, check_format
 from raymmrec.train.loop import TrainState
 
 CONFIG, BEST, RESULTS, TB = "config.json", "best.pt", "results.json", "tb"
+DIVERGED = "diverged.json"  # written by rank 0 when the loss became NaN (Ray runs); read by the driver
 
 
 def is_url(path: str) -> bool:
@@ -92,7 +93,7 @@ def best_payload(model: torch.nn.Module, epoch: int, config: dict[str, Any]) -> 
 def results_dict(state: TrainState) -> dict[str, Any]:
     """What ``results.json`` holds: metrics at the best validation evaluation."""
     return {"best_epoch": state.best_epoch, "valid": state.best_valid, "test": state.best_test,
-            "epochs_run": state.epoch, "stopped_early": state.stopped_early}
+            "epochs_run": state.epoch, "stopped_early": state.stopped_early, "resumed_at": state.resumes}
 
 
 def results_table(state: TrainState, ks: list[int]) -> str:

@@ -202,4 +202,6 @@ def restore(p: Pieces, payload: dict[str, Any], where: str) -> TrainState:
     p.optimizer.load_state_dict(payload["optimizer"])
     if p.scheduler is not None and payload.get("scheduler") is not None:
         p.scheduler.load_state_dict(payload["scheduler"])
-    return TrainState.from_dict(payload["state"])
+    state = TrainState.from_dict(payload["state"])
+    state.resumes.append(state.epoch)
+    return state

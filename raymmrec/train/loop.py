@@ -51,6 +51,7 @@ class TrainState:
     bad_evals: int = 0  # evaluations since the last improvement
     stopped_early: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
+    resumes: list[int] = field(default_factory=list)  # epochs at which this run was resumed
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,10 +136,14 @@ class Trainer:
             self._check_finite(out.total, epoch, n_batches)
             out.total.backward()
             self.optimizer.step()
-            sums["loss"] = sums.get("loss", 0) + out.total.detach()
+            sums["loss"] = sums.get("loss", 0) + out.value
             for k, v in out.parts.items():
                 sums[f"loss/{k}"] = sums.get(f"loss/{k}", 0) + v
             n_batches += 1
+        if self.ctx.distributed and sums:  # each rank holds its share of the global values
+            keys = sorted(sums)
+            total = self.ctx.all_reduce_sum(torch.stack([torch.as_tensor(sums[k], dtype=torch.float64) for k in keys]))
+            sums = dict(zip(keys, total.unbind()))
         logs = {k: float(v) / max(n_batches, 1) for k, v in sums.items()}
         logs["time/data_s"] = data_s  # shuffling, negative sampling, fetching shards
         return logs
