@@ -34,7 +34,8 @@ from bench_train import (add_common_arguments, environment, make_spec, stats, ti
 import torch  # noqa: E402
 
 from raymmrec.train.checkpoint import load_checkpoint  # noqa: E402
-from raymmrec.train.run import build_setup, load_data, resolve_device  # noqa: E402
+from bench_train import build_setup  # noqa: E402
+from raymmrec.train.build import load_data, resolve_device  # noqa: E402
 
 
 def single_process(spec, warmup: int, epochs: int, eval_repeats: int) -> dict:

@@ -3,7 +3,7 @@
     python benchmarks/bench_train.py --method bm3 --data synthetic:baby [--epochs-measured 5] \
         [--device auto|cpu|cuda] [--warmup 1] [--eval-repeats 5] [train.batch_size=4096 model.n_layers=2 ...]
 
-Builds the run exactly as ``raymmrec.train.run`` does (``build_setup`` + ``batch_fn``), then times
+Builds the run exactly as ``raymmrec.train.run`` does (``raymmrec.train.build``), then times
 ``Trainer._run_epoch`` (the per-epoch code of ``Trainer.fit``; CUDA is synchronised before each clock
 read), and times evaluation in its three parts: ``model.scorer()``, then each split's
 ``Evaluator.evaluate(score)``. Prints a human-readable report and, last, one JSON line.
@@ -30,8 +30,14 @@ import torch  # noqa: E402
 
 from raymmrec.config import RunSpec, load_spec  # noqa: E402
 from raymmrec.registry import get_model  # noqa: E402
+from raymmrec.train.build import Pieces as Setup  # noqa: E402
+from raymmrec.train.build import build, load_data, local_evaluate, resolve_device  # noqa: E402
+from raymmrec.train.build import make_trainer as _make_trainer  # noqa: E402
 from raymmrec.train.loop import Trainer  # noqa: E402
-from raymmrec.train.run import Setup, batch_fn, build_setup, load_data, local_evaluate, resolve_device  # noqa: E402
+
+
+def build_setup(spec: RunSpec, device: torch.device, data: Any = None) -> Setup:
+    return build(spec, device=device, data=data)
 
 LFM2K_MODALITIES = ["text", "audio_whisper"]
 
@@ -81,10 +87,7 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
 
 
 def make_trainer(setup: Setup) -> Trainer:
-    t = setup.spec.train
-    return Trainer(setup.model, setup.optimizer, batch_fn(setup), local_evaluate(setup.evaluators),
-                   epochs=t.epochs, patience=t.patience, seed=t.seed, valid_metric=setup.spec.eval.valid_metric,
-                   eval_every=t.eval_every, device=setup.device)
+    return _make_trainer(setup, local_evaluate(setup.evaluators), [])
 
 
 def time_epochs(setup: Setup, warmup: int, measured: int, log: bool = True) -> tuple[list[float], dict[str, float]]:

@@ -1,4 +1,6 @@
-"""Command line: ``raymmrec train --method bm3 --data ml100k [--config run.yaml] [key=value ...]``.
+"""Command line: ``raymmrec train|recommend|evaluate|methods``.
+
+``raymmrec train --method bm3 --data ml100k [--config run.yaml] [key=value ...]``.
 
 Overrides use the config's sections, e.g. ``train.epochs=50 model.reg_weight=1e-4
 data.modalities=[text,audio_whisper]``. ``raymmrec methods`` lists the registered methods.
@@ -46,7 +48,20 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     add_run_arguments(sub.add_parser("train", help="train and evaluate one method in this process"))
     sub.add_parser("methods", help="list registered methods")
+    for name, what in (("recommend", "print users' top-K items from a trained run"),
+                       ("evaluate", "re-evaluate a trained run's best model on its dataset's splits")):
+        q = sub.add_parser(name, help=what)
+        q.add_argument("--run", required=True, help="run folder or URL (holds config.json and best.pt)")
+        q.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+        q.add_argument("--verbose", action="store_true", help="show the traceback of an error")
+        if name == "recommend":
+            q.add_argument("--users", required=True, help="comma-separated user ids, e.g. 3,17")
+            q.add_argument("--k", type=int, default=20, help="items per user (default 20)")
     args = parser.parse_args(argv)
+    if args.command == "recommend":
+        return run_main(lambda: recommend(args), verbose=args.verbose)
+    if args.command == "evaluate":
+        return run_main(lambda: evaluate(args), verbose=args.verbose)
     if args.command == "methods":
         from raymmrec.registry import get_model, model_names
 
@@ -65,6 +80,39 @@ def train(args: argparse.Namespace) -> int:
     state = run(spec, progress=not args.no_progress)
     if args.no_progress:  # run() already printed the table otherwise
         print(results_table(state, spec.eval.ks))
+    return 0
+
+
+def recommend(args: argparse.Namespace) -> int:
+    """``raymmrec recommend``: each user's top-K item ids (and names), training items excluded."""
+    from raymmrec.recommend import item_names, parse_users, top_k
+    from raymmrec.train.artifacts import load_trained
+
+    trained = load_trained(args.run, device=args.device)
+    users = parse_users(args.users, trained.data.n_users)
+    items, scores = top_k(trained, users, args.k)
+    names = item_names(trained) or {}
+    print(f"# {trained.spec.method} on {trained.spec.data.source}, weights of epoch {trained.epoch}")
+    print("user\trank\titem\tscore" + ("\tname" if names else ""))
+    for u, row, srow in zip(users.tolist(), items.tolist(), scores.tolist()):
+        for r, (i, s) in enumerate(zip(row, srow), start=1):
+            print(f"{u}\t{r}\t{i}\t{s:.4f}" + (f"\t{names.get(i, '')[:80]}" if names else ""))
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """``raymmrec evaluate``: validation and test metrics of a run's best weights."""
+    from raymmrec.recommend import evaluate as evaluate_trained
+    from raymmrec.train.artifacts import load_trained
+
+    trained = load_trained(args.run, device=args.device)
+    ks = trained.spec.eval.ks
+    results = evaluate_trained(trained, ks)
+    cols = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg")]
+    print(f"# {trained.spec.method} on {trained.spec.data.source}, weights of epoch {trained.epoch}")
+    print("split " + "".join(c.rjust(11) for c in cols))
+    for split, metrics in results.items():
+        print(split.ljust(6) + "".join(f"{metrics[c]:11.4f}" for c in cols))
     return 0
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -34,6 +35,8 @@ class Builder:
 
 
 _BUILDERS: dict[str, Builder] = {}
+# torch warns once per process that sparse CSR is "beta"; message passing has used it for years.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 
 def register_builder(name: str, version: int = 1, uses_features: bool = False) -> Callable:
