@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +78,20 @@ def train_dataset(spec: RunSpec, data: RecData) -> Any:
     return ray.data.from_arrow(pa.table({"user": data.train.users, "item": data.train.items}))
 
 
+def torch_threads(num_workers: int, cpus_per_worker: float) -> int:
+    """Torch threads per worker: the node's cores shared by its workers on a one-node cluster.
+
+    Ray sets OMP_NUM_THREADS to the worker's CPU resource, which on a small machine leaves cores
+    idle: the CPU resource is kept low only so that Ray Data's start-up read can be scheduled.
+    """
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) == 1:
+        return max(1, int(nodes[0]["Resources"].get("CPU", 1)) // num_workers)
+    return max(1, int(cpus_per_worker))
+
+
 def _cluster_check(args: ScalingArgs, cpus_per_worker: float) -> None:
     import ray
 
@@ -135,13 +150,19 @@ def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True, verbose: 
     st.check_writable(storage)
     run_root = st.join(storage, name)
     check_previous_run(run_root, config)
-    t0 = time.perf_counter()
-    data = load_data(spec)  # validates the dataset early, on the driver, with a clear error
     say = (lambda msg: print(f"[raymmrec] {msg}", flush=True)) if progress else (lambda msg: None)
-    prepared = prepared_inputs(spec, data, say)
-    say(f"{data.summary()} (loaded in {time.perf_counter() - t0:.1f}s)")
-    if not ray.is_initialized():
-        ray.init(log_to_driver=True, logging_level=logging.INFO if verbose else logging.WARNING)
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # The driver checks the dataset and builds the prepared inputs while a local Ray starts.
+        loading = pool.submit(lambda: (lambda d: (d, prepared_inputs(spec, d, say)))(load_data(spec)))
+        if not ray.is_initialized():
+            try:
+                ray.init(log_to_driver=True, logging_level=logging.INFO if verbose else logging.WARNING)
+            except BaseException:
+                loading.cancel()
+                raise
+        data, prepared = loading.result()  # a bad dataset raises its DataError here
+    say(f"{data.summary()} (ready in {time.perf_counter() - t0:.1f}s)")
     if not args.allow_local_paths:
         _local_paths_on_cluster(storage, spec)
     ctx = ray.data.DataContext.get_current()
@@ -150,6 +171,7 @@ def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True, verbose: 
         logging.getLogger("ray.data").setLevel(logging.WARNING)
     cpus = args.cpus_per_worker or default_cpus_per_worker(args.num_workers)
     _cluster_check(args, cpus)
+    threads = torch_threads(args.num_workers, cpus)
     storage_path, storage_fs = st.pyarrow_filesystem(storage)
     remote = st.is_remote(storage)
     write_json(st.join(run_root, CONFIG), config)
@@ -164,6 +186,7 @@ def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True, verbose: 
         "prepared": ray.put(prepared),
         "run_root": run_root,
         "checkpoint_every": every,
+        "threads": threads,
         "tb_local_dir": None if remote else os.path.join(storage_path, name, TB),
         "tb_remote_dir": st.join(run_root, TB) if remote else None,
     }

@@ -71,7 +71,12 @@ def read_pairs(shard: Any) -> Interactions:
 
 
 class RayReportCallback(Callback):
-    """Report metrics every epoch; rank 0 attaches a checkpoint every ``every`` epochs (async upload)."""
+    """Report metrics and a checkpoint (rank 0, async upload) every ``every`` epochs and at the end.
+
+    Not every epoch: Ray Train V2's controller takes one report per worker every 2 s (its poll
+    interval) through a queue of one, so per-epoch reports of sub-second epochs stall training.
+    TensorBoard still gets every epoch; Ray (and Tune) see the metrics at each checkpoint.
+    """
 
     def __init__(self, config: dict[str, Any], rank: int, every: int, on_checkpoint: Any = None) -> None:
         self.config = config
@@ -87,7 +92,9 @@ class RayReportCallback(Callback):
         metrics.update({f"best_test/{k}": v for k, v in state.best_test.items()})
         metrics.update({f"best_valid/{k}": v for k, v in state.best_valid.items()})
         done = state.stopped_early or state.epoch >= trainer.epochs
-        if self.rank == 0 and (state.epoch % self.every == 0 or done):
+        if not (state.epoch % self.every == 0 or done):  # the same decision on every rank
+            return
+        if self.rank == 0:
             if self.on_checkpoint is not None:
                 self.on_checkpoint()
             tmp = tempfile.mkdtemp(prefix="raymmrec-ckpt-")  # Ray deletes it after the upload
@@ -139,6 +146,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     tctx = ray.train.get_context()
     ctx = DistContext(tctx.get_world_rank(), tctx.get_world_size())
     device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(int(config.get("threads", 1)))
     t0 = time.perf_counter()
     data = load_data(spec)
     data.train = read_pairs(ray.train.get_dataset_shard("train"))
