@@ -234,3 +234,17 @@ def test_ray_job_submit(ray_cluster, tmp_path):
     results = json.loads((tmp_path / "job" / "results.json").read_text())
     assert results["epochs_run"] == 2 and "recall@20" in results["test"]
     assert list((tmp_path / "job").glob("checkpoint_*/latest.pt"))
+
+
+def test_local_paths_refused_on_a_multi_node_cluster(monkeypatch, tmp_path):
+    import ray
+
+    from raymmrec.ray.launch import ClusterError, _local_paths_on_cluster
+
+    spec = tiny_spec(tmp_path)
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}, {"Alive": True}])
+    with pytest.raises(ClusterError, match="2 nodes but storage path .* is a local path"):
+        _local_paths_on_cluster(str(tmp_path), spec)
+    _local_paths_on_cluster("s3://bucket/runs", spec)  # remote storage, built-in data: fine
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}])
+    _local_paths_on_cluster(str(tmp_path), spec)  # one node: local paths are fine

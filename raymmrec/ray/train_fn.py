@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import ray
+import ray.data
 import ray.train
 import ray.train.torch
 import torch
@@ -142,6 +143,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Entry point of each Ray Train worker; ``config = {"spec": RunSpec.to_dict(), ...}``."""
     if not config.get("verbose", False):
         _quiet_report_logs()
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # "Dataset ... execution finished"
     spec = spec_from_dict(config["spec"])
     tctx = ray.train.get_context()
     ctx = DistContext(tctx.get_world_rank(), tctx.get_world_size())

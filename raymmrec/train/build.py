@@ -42,21 +42,24 @@ def load_data(spec: RunSpec) -> RecData:
     return load_dataset(d.source, modalities=d.modalities, rating_threshold=d.rating_threshold, kcore=d.kcore)
 
 
-def check_spec(spec: RunSpec) -> tuple[type[Recommender], Any, type[Objective]]:
+def check_spec(spec: RunSpec) -> tuple[type[Recommender], Any, Objective]:
     """Resolve method, model options and objective, or raise one clear error (no data loaded)."""
     cls = get_model(spec.method)
     cfg = build_config(cls, spec.model)
-    objective = build_objective(cls, cfg, getattr(spec, "objective", None))
-    return cls, cfg, type(objective)
+    return cls, cfg, build_objective(cls, cfg, spec.objective)
 
 
-def resolved_config(spec: RunSpec) -> dict[str, Any]:
-    """``spec.to_dict()`` with the model options and objective filled with their defaults."""
-    cls, cfg, objective = check_spec(spec)
+def _resolved(spec: RunSpec, cfg: Any, objective: Objective) -> dict[str, Any]:
     out = spec.to_dict()
     out["model"] = dataclasses.asdict(cfg)
     out["objective"] = objective.name
     return out
+
+
+def resolved_config(spec: RunSpec) -> dict[str, Any]:
+    """``spec.to_dict()`` with the model options and objective filled with their defaults."""
+    _, cfg, objective = check_spec(spec)
+    return _resolved(spec, cfg, objective)
 
 
 def prepared_inputs(spec: RunSpec, data: RecData, log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -101,8 +104,7 @@ def build(spec: RunSpec, *, device: torch.device | None = None, data: RecData | 
     drops the data's and the graph's feature copies once the model holds what it needs.
     """
     device = device or resolve_device(spec.train.device)
-    cls, cfg, _ = check_spec(spec)
-    objective = build_objective(cls, cfg, getattr(spec, "objective", None))
+    cls, cfg, objective = check_spec(spec)
     data = data or load_data(spec)
     if prepared is None:
         prepared = prepare(data, cls.prepared_inputs(cfg), cache_root())
@@ -113,7 +115,7 @@ def build(spec: RunSpec, *, device: torch.device | None = None, data: RecData | 
     sampler = None
     if objective.needs_negatives:
         sampler = NegativeSampler.from_pairs(data.n_items, graph.train_users, graph.train_items,
-                                             num_negatives=getattr(spec.train, "num_negatives", 1))
+                                             num_negatives=spec.train.num_negatives)
     evaluators = {
         split: Evaluator(data.n_items, data.train, data.split(split), ks=tuple(spec.eval.ks),
                          max_batch_elems=spec.eval.max_batch_elems, device=device)
@@ -122,8 +124,7 @@ def build(spec: RunSpec, *, device: torch.device | None = None, data: RecData | 
     if release_features:
         graph.features = {}
         data.features = {}
-    config = resolved_config(spec)
-    return Pieces(spec, config, data, graph, model, objective, optimizer, scheduler, sampler, evaluators,
+    return Pieces(spec, _resolved(spec, cfg, objective), data, graph, model, objective, optimizer, scheduler, sampler, evaluators,
                   device, ctx or DistContext())
 
 

@@ -38,8 +38,7 @@ def run(spec: RunSpec, *, progress: bool = True, extra_callbacks: list[Callback]
             print(f"resuming from {ckpt} at epoch {state.epoch}", flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / CONFIG, pieces.config)
-    every = getattr(spec.train, "checkpoint_every", None)
-    every = 1 if every is None else every
+    every = 1 if spec.train.checkpoint_every is None else spec.train.checkpoint_every
     callbacks: list[Callback] = [
         ProgressCallback(spec.eval.valid_metric, enabled=progress),
         TensorBoardCallback(run_dir / TB),
