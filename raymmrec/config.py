@@ -277,7 +277,7 @@ class TrainSpec(_Spec):
     batch_size: int = Field(2048, ge=1)  # global batch size (split across workers when distributed)
     lr: float = Field(1e-3, gt=0)  # Adam learning rate
     weight_decay: float = Field(0.0, ge=0)  # Adam weight decay (the BM3 reference trainer passes none)
-    patience: int = Field(20, ge=0)  # stop after this many epochs without a strictly better valid metric
+    patience: int = Field(20, ge=0)  # evaluations without a strictly better valid metric; stop when exceeded
     seed: int = Field(999, ge=0)  # seeds model init, shuffling, negatives and dropout
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     eval_every: int = Field(1, ge=1)  # evaluate every N epochs

@@ -15,7 +15,7 @@ from raymmrec.registry import get_model
 from raymmrec.train.build import build_graph
 from raymmrec.train.sampling import NegativeSampler, epoch_generator
 
-OPTIONS = {"bm3": {"dropout": 0.0}}  # target dropout is random per rank; exactness is about the losses
+OPTIONS: dict[str, dict] = {}  # defaults, BM3's dropout included: every rank draws the same table-wide masks
 
 
 def global_batch(graph, n: int, num_negatives: int) -> Batch:
@@ -53,3 +53,37 @@ def worker(rank: int, world: int, port: int, methods: list[str], n: int, num_neg
             torch.save(grads, out)
     finally:
         torch.distributed.destroy_process_group()
+
+
+def eval_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Sharded evaluation where only the last rank's users get NaN scores: every rank must stop."""
+    import datetime
+
+    from raymmrec.eval import Evaluator
+    from raymmrec.train.build import sharded_evaluate
+    from raymmrec.train.loop import TrainingDiverged
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=30))
+    data = tiny_data()
+    ev = Evaluator(data.n_items, data.train, data.valid, ks=(5,))
+    poisoned = set(ev.shard_users(world - 1, world).tolist())
+
+    class Model:
+        def scorer(self):
+            def score(users):
+                s = torch.rand(len(users), data.n_items)
+                s[torch.tensor([int(u) in poisoned for u in users])] = float("nan")
+                return s
+            return score
+
+    try:
+        sharded_evaluate({"valid": ev}, DistContext(rank, world), torch.device("cpu"))(Model())
+        outcome = "finished"
+    except TrainingDiverged as e:
+        outcome = f"diverged: {e}"
+    except Exception as e:  # noqa: BLE001 - a timeout in the collective shows up here
+        outcome = f"{type(e).__name__}: {e}"
+    with open(f"{out}.{rank}", "w") as f:
+        f.write(outcome)
+    torch.distributed.destroy_process_group()

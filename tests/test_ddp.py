@@ -26,3 +26,13 @@ def test_ddp_gradients_equal_single_process(tmp_path, world, num_negatives):
         for name, g in single.items():
             torch.testing.assert_close(ddp[method][name], g, rtol=1e-4, atol=1e-6,
                                        msg=lambda m: f"{method} {name} (world {world}): {m}")
+
+
+def test_non_finite_scores_on_one_rank_stop_every_rank(tmp_path):
+    from _ddp import eval_worker
+
+    out = tmp_path / "outcome"
+    mp.spawn(eval_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    outcomes = [(tmp_path / f"outcome.{r}").read_text() for r in range(2)]
+    assert all(o.startswith("diverged:") for o in outcomes), outcomes
+    assert "NaN" in outcomes[1]

@@ -15,9 +15,11 @@ only the batch of observed (user, item) pairs. Details that are easy to get wron
   online and target views by name;
 * score(u, i) = p(h_u) · p(h_i), recomputed without dropout.
 
-Only the rows a batch touches are projected and dropped out (unique users/items, so duplicates
-share one dropout mask exactly as with full-table dropout); gradients are identical to
-projecting the whole table, at a fraction of the cost for 4096-d image features.
+Only the rows a batch touches are projected (unique users/items); gradients are identical to
+projecting the whole table, at a fraction of the cost for 4096-d image features. Dropout masks are
+drawn for the *whole* user and item tables and indexed by the batch's rows (duplicates share one
+mask, as with full-table dropout): every rank of a DDP run draws the same masks from the same
+per-epoch seed, so N workers compute what one process computes on the global batch.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from raymmrec.models.base import Batch, ModelOutput, RecGraph, Recommender, propagate_mean, xavier_embedding
@@ -77,21 +78,26 @@ class BM3(Recommender):
         h = propagate_mean(self.adj, ego, self.cfg.n_layers)
         return h[: self.n_users], h[self.n_users :] + self.item_emb.weight
 
+    def _mask(self, n_rows: int, rows: Tensor) -> Tensor:
+        """Inverted-dropout mask rows ``rows`` of a table-wide ``n_rows × D`` draw (same on every rank)."""
+        p = self.cfg.dropout
+        full = torch.rand(n_rows, self.cfg.embedding_size, device=rows.device)
+        return (full[rows] >= p).to(full.dtype) / (1.0 - p)
+
     def forward(self, batch: Batch) -> ModelOutput:
-        cfg = self.cfg
         hu, hi = self.propagate()
         users, u_inv = torch.unique(batch.users, return_inverse=True)
         items, i_inv = torch.unique(batch.pos_items, return_inverse=True)
         u, i = hu[users], hi[items]
         with torch.no_grad():
-            u_tgt = F.dropout(u, cfg.dropout, training=True)[u_inv]
-            i_tgt = F.dropout(i, cfg.dropout, training=True)[i_inv]
+            u_tgt = (u * self._mask(self.n_users, users))[u_inv]
+            i_tgt = (i * self._mask(self.n_items, items))[i_inv]
         views = {"u_online": self.predictor(u)[u_inv], "i_online": self.predictor(i)[i_inv],
                  "u_target": u_tgt, "i_target": i_tgt}
         for m in self.modalities:
             h_m = self.proj[m](self.feat[m][items])
             with torch.no_grad():
-                views[f"m:{m}_target"] = F.dropout(h_m, cfg.dropout, training=True)[i_inv]
+                views[f"m:{m}_target"] = (h_m * self._mask(self.n_items, items))[i_inv]
             views[f"m:{m}_online"] = self.predictor(h_m)[i_inv]
         views["reg"] = (hu.norm() + hi.norm()) / self.n_items
         return ModelOutput(extra=views)

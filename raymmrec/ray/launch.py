@@ -127,7 +127,7 @@ def _local_paths_on_cluster(storage: str, spec: RunSpec) -> None:
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     local = [f"{what} {path!r}" for what, path in (("storage path", storage), ("data", spec.data.source))
-             if not st.is_remote(path) and os.path.isabs(path)]
+             if not st.is_remote(path) and (os.path.isabs(path) or os.path.exists(path))]
     if len(nodes) > 1 and local:
         raise ClusterError(f"the cluster has {len(nodes)} nodes but {' and '.join(local)} is a local path that "
                            "other nodes cannot see; use s3:// (or a shared mount with --allow-local-paths)")
@@ -142,7 +142,12 @@ def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True, verbose: 
     from ray.train.torch import TorchTrainer
 
     config = resolved_config(spec)  # bad methods and options fail here, before Ray starts
-    storage = args.storage_path or os.path.abspath(spec.output_dir)
+    if spec.train.checkpoint_every == 0:
+        raise ValueError("train.checkpoint_every: expected an integer >= 1 under Ray (metrics reach Ray with "
+                         "each checkpoint); 0 (never) applies to single-process runs")
+    storage = args.storage_path or spec.output_dir
+    if not st.is_remote(storage):  # workers run in their own directories: hand them an absolute path
+        storage = os.path.abspath(storage.removeprefix("file://"))
     if not st.is_remote(spec.data.source) and os.path.exists(spec.data.source):
         # Workers run in another directory: hand them an absolute path.
         spec.data.source = os.path.abspath(spec.data.source)
@@ -222,8 +227,12 @@ def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True, verbose: 
 
 
 def check_previous_run(run_root: str, config: dict[str, Any]) -> None:
-    """Refuse to resume a run folder that holds another experiment (resolved configs differ)."""
+    """Refuse a run folder that holds another experiment (resolved configs differ) or a run of the
+    single-process path (its ``ckpt/latest.pt`` is not a Ray checkpoint: resuming would restart it)."""
     fs, root = st.filesystem(run_root)
+    if fs.exists(f"{root}/ckpt/latest.pt"):
+        raise ValueError(f"run folder {run_root} holds a single-process run (ckpt/latest.pt); resume it with "
+                         "`raymmrec train` or choose another --run-name")
     if fs.exists(f"{root}/{CONFIG}"):
         check_same_run(json.loads(fs.cat_file(f"{root}/{CONFIG}")), config, f"run folder {run_root}")
 

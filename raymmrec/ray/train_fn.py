@@ -25,42 +25,20 @@ import ray.data
 import ray.train
 import ray.train.torch
 import torch
-import torch.distributed as dist
 
 from raymmrec.config import spec_from_dict
 from raymmrec.data import Interactions
 from raymmrec.dist import DistContext
-from raymmrec.eval import Evaluator
-from raymmrec.models.base import Recommender
-from raymmrec.train.artifacts import DIVERGED, join, write_json
-from raymmrec.train.build import build, checkpoint_payload, load_data, make_trainer, restore
+from raymmrec.train.artifacts import DIVERGED, adopt_best, join, read_best, write_json
+from raymmrec.train.build import build, checkpoint_payload, load_data, make_trainer, restore, sharded_evaluate
 from raymmrec.train.callbacks import BestWeightsCallback, ProgressCallback, TensorBoardCallback
 from raymmrec.train.checkpoint import load_checkpoint, save_checkpoint
-from raymmrec.train.loop import Callback, EvalFn, Trainer, TrainingDiverged, TrainState
+from raymmrec.train.loop import Callback, Trainer, TrainingDiverged, TrainState
 
 CKPT_FILE = "latest.pt"
 # Ray Train patches print() in workers to both tee to stdout and log it, which doubles every line;
 # writing to the process's real stdout gives one line, still streamed to the driver.
 OUT = sys.__stdout__
-
-
-def sharded_evaluate(evaluators: dict[str, Evaluator], ctx: DistContext, device: torch.device) -> EvalFn:
-    """Each rank ranks its share of users; metric sums and user counts are all-reduced."""
-
-    def evaluate(model: Recommender) -> dict[str, dict[str, float]]:
-        score = model.scorer()
-        out = {}
-        for split, ev in evaluators.items():
-            users = ev.shard_users(ctx.rank, ctx.world_size)
-            sums = ev.metric_sums(score, users).to(torch.float64)
-            packed = torch.cat([sums.cpu(), torch.tensor([float(len(users))], dtype=torch.float64)]).to(device)
-            if ctx.distributed:
-                dist.all_reduce(packed)
-            packed = packed.cpu()
-            out[split] = ev.finalize(packed[:-1], int(packed[-1].item()))
-        return out
-
-    return evaluate
 
 
 def read_pairs(shard: Any) -> Interactions:
@@ -161,6 +139,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if ckpt is not None:
         with ckpt.as_directory() as d:
             state = restore(p, load_checkpoint(Path(d) / CKPT_FILE), f"checkpoint of run {spec.resolved_run_name!r}")
+        adopt_best(state, read_best(config["run_root"]))  # every rank: the same early-stopping state
         if ctx.rank == 0:
             print(f"[raymmrec] resuming from checkpoint at epoch {state.epoch}", file=OUT, flush=True)
     model: torch.nn.Module = p.model
@@ -170,15 +149,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         print(f"[raymmrec] {p.data.summary()}; {ctx.world_size} worker(s) on {device}; "
               f"setup {time.perf_counter() - t0:.1f}s", file=OUT, flush=True)
     callbacks: list[Callback] = []
-    tb = None
+    before_checkpoint: list = []
     if ctx.rank == 0:
         callbacks.append(ProgressCallback(spec.eval.valid_metric, enabled=config.get("progress", True), stream=OUT))
         tb = SyncedTensorBoard(config.get("tb_local_dir") or tempfile.mkdtemp(prefix="raymmrec-tb-"),
                                config.get("tb_remote_dir"))
-        callbacks.append(tb)
-        callbacks.append(BestWeightsCallback(config["run_root"], p.config, background=True))
+        best = BestWeightsCallback(config["run_root"], p.config, background=True)
+        callbacks += [tb, best]
+        before_checkpoint = [tb.sync, best.wait]  # a checkpoint never claims a best that is not stored
     callbacks.append(RayReportCallback(p.config, ctx.rank, config["checkpoint_every"],
-                                       on_checkpoint=None if tb is None else tb.sync))
+                                       on_checkpoint=lambda: [f() for f in before_checkpoint]))
     fault = config.get("inject_fault")  # testing hook: {"rank": r, "epoch": e, "marker": path}
     if fault:
         callbacks.insert(0, _FaultInjector(ctx.rank, **fault))

@@ -82,12 +82,34 @@ def write_json(target: str | Path, obj: Any) -> None:
     write_bytes(target, json.dumps(obj, indent=2).encode())
 
 
-def best_payload(model: torch.nn.Module, epoch: int, config: dict[str, Any]) -> bytes:
-    """Serialised best weights (state dict on CPU, epoch, resolved config)."""
+def best_payload(model: torch.nn.Module, state: TrainState, config: dict[str, Any]) -> bytes:
+    """Serialised best weights (state dict on CPU), their epoch, score and metrics, resolved config."""
     buf = io.BytesIO()
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"format_version": FORMAT_VERSION, "model": state, "epoch": epoch, "config": config}, buf)
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"format_version": FORMAT_VERSION, "model": weights, "epoch": state.best_epoch,
+                "score": state.best_score, "valid": state.best_valid, "test": state.best_test, "config": config}, buf)
     return buf.getvalue()
+
+
+def read_best(run: str | Path) -> dict[str, Any] | None:
+    """The ``best.pt`` payload of a run folder (``weights_only``), or None where there is none yet."""
+    try:
+        raw = read_bytes(join(run, BEST))
+    except FileNotFoundError:
+        return None
+    return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+
+
+def adopt_best(state: TrainState, best: dict[str, Any] | None) -> None:
+    """After a resume, take over a ``best.pt`` written after the checkpoint (between checkpoints).
+
+    Its weights are the run's best so far; the replay of that epoch then counts as the best again
+    (:meth:`Trainer._update_best`), so ``best.pt`` and ``results.json`` always describe one model.
+    """
+    if best is None or best.get("format_version") != FORMAT_VERSION or int(best["epoch"]) < state.epoch:
+        return
+    state.best_epoch, state.best_score = int(best["epoch"]), float(best["score"])
+    state.best_valid, state.best_test = dict(best["valid"]), dict(best["test"])
 
 
 def results_dict(state: TrainState) -> dict[str, Any]:

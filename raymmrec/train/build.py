@@ -23,7 +23,7 @@ from raymmrec.objectives.base import Objective, build_objective
 from raymmrec.prepared import prepare
 from raymmrec.registry import get_model
 from raymmrec.train.checkpoint import FORMAT_VERSION, check_format
-from raymmrec.train.loop import Callback, EvalFn, Trainer, TrainState, unwrap
+from raymmrec.train.loop import Callback, EvalFn, Trainer, TrainingDiverged, TrainState, unwrap
 from raymmrec.train.sampling import NegativeSampler, canonical_pairs, epoch_batches, epoch_generator
 
 
@@ -144,6 +144,35 @@ def local_evaluate(evaluators: dict[str, Evaluator]) -> EvalFn:
     def evaluate(model: Recommender) -> dict[str, dict[str, float]]:
         score = model.scorer()
         return {split: ev.evaluate(score) for split, ev in evaluators.items()}
+
+    return evaluate
+
+
+def sharded_evaluate(evaluators: dict[str, Evaluator], ctx: DistContext, device: torch.device) -> EvalFn:
+    """Each rank ranks its share of users; metric sums and user counts are all-reduced (exact).
+
+    Non-finite scores on any rank stop every rank at once with :class:`TrainingDiverged` (a rank
+    that raised alone would leave the others waiting in the all-reduce).
+    """
+
+    def evaluate(model: Recommender) -> dict[str, dict[str, float]]:
+        score = model.scorer()
+        out = {}
+        for split, ev in evaluators.items():
+            users = ev.shard_users(ctx.rank, ctx.world_size)
+            error = ""
+            try:
+                sums = ev.metric_sums(score, users).to(torch.float64).cpu()
+            except FloatingPointError as e:
+                error, sums = str(e), None
+            bad = ctx.all_reduce_sum(torch.tensor([float(bool(error))], device=device)).item()
+            if bad:
+                raise TrainingDiverged(error or f"model scores contain NaN/inf on {int(bad)} of "
+                                                f"{ctx.world_size} ranks at evaluation ({split})")
+            packed = torch.cat([sums, torch.tensor([float(len(users))], dtype=torch.float64)]).to(device)
+            packed = ctx.all_reduce_sum(packed).cpu()
+            out[split] = ev.finalize(packed[:-1], int(packed[-1].item()))
+        return out
 
     return evaluate
 

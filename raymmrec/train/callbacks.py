@@ -89,7 +89,7 @@ class BestWeightsCallback(Callback):
     def on_epoch_end(self, trainer: Trainer, state: TrainState, logs: dict[str, float]) -> None:
         if state.best_epoch != int(logs["epoch"]):
             return
-        data = best_payload(unwrap(trainer.model), state.best_epoch, self.config)  # snapshot now
+        data = best_payload(unwrap(trainer.model), state, self.config)  # snapshot now
         if self.pool is None:
             write_bytes(self.target, data)
             return
@@ -97,9 +97,14 @@ class BestWeightsCallback(Callback):
             self.pending.result()
         self.pending = self.pool.submit(write_bytes, self.target, data)
 
-    def on_fit_end(self, trainer: Trainer, state: TrainState) -> None:
+    def wait(self) -> None:
+        """Block until the last background write is done (before a checkpoint claims that best)."""
         if self.pending is not None:
             self.pending.result()
+            self.pending = None
+
+    def on_fit_end(self, trainer: Trainer, state: TrainState) -> None:
+        self.wait()
         if self.pool is not None:
             self.pool.shutdown()
 

@@ -118,7 +118,7 @@ class Trainer:
         model = self.model
         model.train()
         # Dropout and other in-model randomness: reseeded per epoch, so resuming is exact.
-        torch.manual_seed(dropout_seed(self.seed, epoch, self.ctx.rank))
+        torch.manual_seed(dropout_seed(self.seed, epoch))
         unwrap(model).on_epoch_start(epoch, self.ctx)
         sums: dict[str, torch.Tensor] = {}
         n_batches = 0
@@ -193,7 +193,8 @@ class Trainer:
         if self.valid_metric not in valid:
             raise KeyError(f"validation metric {self.valid_metric!r} not computed; have {sorted(valid)}")
         score = valid[self.valid_metric]
-        if score > state.best_score:
+        # epoch == best_epoch: replaying the epoch of a best.pt adopted on resume (artifacts.adopt_best)
+        if score > state.best_score or epoch == state.best_epoch:
             state.best_score, state.best_epoch, state.bad_evals = score, epoch, 0
             state.best_valid = dict(valid)
             state.best_test = dict(results.get("test", {}))

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from raymmrec.config import RunSpec
 from raymmrec.data import RecData
-from raymmrec.train.artifacts import CONFIG, RESULTS, TB, results_dict, results_table, write_json
+from raymmrec.train.artifacts import (CONFIG, RESULTS, TB, adopt_best, read_best, results_dict, results_table,
+                                      write_json)
 from raymmrec.train.build import build, local_evaluate, make_trainer, restore
 from raymmrec.train.callbacks import BestWeightsCallback, CheckpointCallback, ProgressCallback, TensorBoardCallback
 from raymmrec.train.checkpoint import load_checkpoint
@@ -32,8 +33,12 @@ def run(spec: RunSpec, *, progress: bool = True, extra_callbacks: list[Callback]
         print(f"method {spec.method} ({pieces.objective.name} objective) on {pieces.device}; setup took "
               f"{time.perf_counter() - t0:.1f}s; run folder {run_dir}", flush=True)
     state = None
+    if any(run_dir.glob("checkpoint_*")) and not ckpt.exists():
+        raise ValueError(f"run folder {run_dir} holds a Ray run (checkpoint_*); resume it with jobs/train.py "
+                         "or choose another run_name")
     if ckpt.exists():
         state = restore(pieces, load_checkpoint(ckpt), str(ckpt))
+        adopt_best(state, read_best(run_dir))
         if progress:
             print(f"resuming from {ckpt} at epoch {state.epoch}", flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -33,9 +33,13 @@ def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
     return g
 
 
-def dropout_seed(seed: int, epoch: int, rank: int = 0) -> int:
-    """Seed of the global torch RNG (dropout and other in-model randomness) for one epoch and rank."""
-    return derive_seed(seed, epoch, 1, rank)
+def dropout_seed(seed: int, epoch: int) -> int:
+    """Seed of the global torch RNG (dropout and other in-model randomness) for one epoch.
+
+    The same on every rank: a model that draws its randomness for whole tables (not per batch
+    row) then makes the same draws on N ranks as in one process.
+    """
+    return derive_seed(seed, epoch, 1)
 
 
 @dataclass
