@@ -286,7 +286,9 @@ def main(default_method: str | None = None, argv: list[str] | None = None) -> in
         spec = spec_from_args(a)
         scaling = ScalingArgs(a.num_workers, a.use_gpu, a.cpus_per_worker, a.max_failures, a.storage_path,
                               a.wait_for_resources, a.allow_local_paths)
-        launch(spec, scaling, progress=not a.no_progress, verbose=a.verbose)
+        state = launch(spec, scaling, progress=not a.no_progress, verbose=a.verbose)
+        if a.no_progress:  # launch() already printed the table otherwise
+            print(results_table(state, spec.eval.ks), flush=True)
         return 0
 
     return run_main(go, verbose=a.verbose)
