@@ -123,6 +123,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _quiet_report_logs()
         ray.data.DataContext.get_current().enable_progress_bars = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # "Dataset ... execution finished"
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "Progress bars disabled"
     spec = spec_from_dict(config["spec"])
     tctx = ray.train.get_context()
     ctx = DistContext(tctx.get_world_rank(), tctx.get_world_size())
