@@ -205,3 +205,38 @@ def test_cli_trains_and_prints_table(tmp_path, capsys):
     assert "best epoch" in out and "recall@20" in out and "test" in out
     assert cli_main(["train", "--method", "bpr", "train.nope=1"]) == 2
     assert "unknown config key" in capsys.readouterr().err
+
+
+def test_a_best_written_after_the_checkpoint_is_adopted_on_resume():
+    """best.pt newer than the checkpoint (written between checkpoints) stays the run's best, with its
+    metrics, so results.json and best.pt describe one model even if the replay is not bit-exact."""
+    from raymmrec.train.artifacts import adopt_best
+    from raymmrec.train.checkpoint import FORMAT_VERSION
+    from raymmrec.train.loop import Trainer, TrainState
+
+    state = TrainState(epoch=10, best_score=0.5, best_epoch=9, best_valid={"recall@20": 0.5})
+    newer = {"format_version": FORMAT_VERSION, "epoch": 11, "score": 0.7, "valid": {"recall@20": 0.7},
+             "test": {"recall@20": 0.6}}
+    adopt_best(state, dict(newer, epoch=8))  # older than the checkpoint: the checkpoint's best stands
+    assert state.best_epoch == 9
+    adopt_best(state, newer)
+    assert (state.best_epoch, state.best_score, state.best_test) == (11, 0.7, {"recall@20": 0.6})
+    trainer = Trainer(None, None, None, None, None, epochs=20, patience=5, seed=0)
+    trainer._update_best(state, 10, {"valid": {"recall@20": 0.6}, "test": {}})
+    assert state.best_epoch == 11 and state.bad_evals == 1
+    # the replay of epoch 11 scores a little lower (GPU kernels are not bit-exact): it is the best again
+    trainer._update_best(state, 11, {"valid": {"recall@20": 0.69}, "test": {"recall@20": 0.59}})
+    assert state.best_epoch == 11 and state.bad_evals == 0 and state.best_test == {"recall@20": 0.59}
+
+
+def test_single_process_and_ray_runs_refuse_each_others_folders(tmp_path):
+    from raymmrec.ray.launch import check_previous_run
+
+    spec = spec_for(tmp_path, "bpr", epochs=1)
+    run(spec, progress=False, data=tiny_data())
+    with pytest.raises(ValueError, match="holds a single-process run"):
+        check_previous_run(str(tmp_path / "r"), {})
+    ray_run = tmp_path / "ray"
+    (ray_run / "r" / "checkpoint_2026-01-01").mkdir(parents=True)
+    with pytest.raises(ValueError, match="holds a Ray run"):
+        run(spec_for(ray_run, "bpr", epochs=1), progress=False, data=tiny_data())
