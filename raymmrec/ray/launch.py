@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 
 from raymmrec.cli import add_run_arguments, spec_from_args
-from raymmrec.config import RunSpec
-from raymmrec.data import RecData, arrow_filesystem, is_columnar, train_parquet_path
+from raymmrec.config import RunSpec, spec_from_dict
+from raymmrec.data import arrow_filesystem, is_columnar, train_parquet_path
 from raymmrec.errors import UserError, run_main
 from raymmrec.ray import storage as st
 from raymmrec.train.artifacts import CONFIG, DIVERGED, RESULTS, TB, results_dict, results_table, write_json
@@ -49,33 +48,39 @@ class ScalingArgs:
 
 
 def columnar_source(spec: RunSpec) -> str | None:
-    """The columnar folder whose ``train.parquet`` holds this run's training pairs as they are, if any."""
+    """The user's columnar folder whose ``train.parquet`` holds this run's pairs as they are, if any.
+
+    Built-in datasets are not read this way: their cache lies on whichever node built it.
+    """
     d = spec.data
     if d.rating_threshold is not None or d.kcore is not None:
         return None  # filters re-index ids: the pairs exist only after loading
-    if d.source == "ml100k":
-        from raymmrec.data import ml100k_path
-
-        return str(ml100k_path())
-    if not d.source.startswith("synthetic") and is_columnar(d.source):
-        return d.source
-    return None
+    if d.source in ("ml100k",) or d.source.startswith("synthetic") or not is_columnar(d.source):
+        return None
+    return d.source
 
 
-def train_dataset(spec: RunSpec, data: RecData) -> Any:
-    """Training pairs as a Ray Dataset (user, item int64), read on the cluster where possible.
+def train_dataset(columnar: str | None, pairs_ref: Any) -> Any:
+    """Training pairs as a Ray Dataset (user, item int64), read on the cluster.
 
-    A columnar dataset (local or s3) is read with ``read_parquet`` by Ray's own tasks, so the pairs
-    never pass through the driver; other sources (MMRec folders, filters, synthetic data) are
-    loaded and checked on the driver first and handed over from there.
+    A columnar dataset (local or s3) is read with ``read_parquet`` by Ray's own tasks; other sources
+    (MMRec folders, filters, synthetic data) come from the Arrow table that the loading task left in
+    the object store. Either way the pairs never pass through the driver.
     """
     import ray.data
 
-    folder = columnar_source(spec)
-    if folder is not None:
-        fs, path = arrow_filesystem(train_parquet_path(folder))
+    if columnar is not None:
+        fs, path = arrow_filesystem(train_parquet_path(columnar))
         return ray.data.read_parquet(path, filesystem=fs, columns=["user", "item"])
-    return ray.data.from_arrow(pa.table({"user": data.train.users, "item": data.train.items}))
+    return ray.data.from_arrow_refs([pairs_ref])
+
+
+def _load_and_prepare(spec_dict: dict[str, Any], want_pairs: bool) -> tuple[str, dict[str, Any], Any]:
+    """(Ray task) load and check the dataset, build the model's prepared inputs (cached on that node)."""
+    spec = spec_from_dict(spec_dict)
+    data = load_data(spec)
+    pairs = pa.table({"user": data.train.users, "item": data.train.items}) if want_pairs else None
+    return data.summary(), prepared_inputs(spec, data), pairs
 
 
 def torch_threads(num_workers: int, cpus_per_worker: float) -> int:
@@ -141,6 +146,9 @@ def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True, verbose: 
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    if not st.is_remote(spec.data.source) and os.path.exists(spec.data.source):
+        # Workers run in another directory: hand them an absolute path.
+        spec.data.source = os.path.abspath(spec.data.source)
     config = resolved_config(spec)  # bad methods and options fail here, before Ray starts
     if spec.train.checkpoint_every == 0:
         raise ValueError("train.checkpoint_every: expected an integer >= 1 under Ray (metrics reach Ray with "
@@ -148,26 +156,24 @@ def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True, verbose: 
     storage = args.storage_path or spec.output_dir
     if not st.is_remote(storage):  # workers run in their own directories: hand them an absolute path
         storage = os.path.abspath(storage.removeprefix("file://"))
-    if not st.is_remote(spec.data.source) and os.path.exists(spec.data.source):
-        # Workers run in another directory: hand them an absolute path.
-        spec.data.source = os.path.abspath(spec.data.source)
     name = spec.resolved_run_name
     st.check_writable(storage)
     run_root = st.join(storage, name)
     check_previous_run(run_root, config)
     say = (lambda msg: print(f"[raymmrec] {msg}", flush=True)) if progress else (lambda msg: None)
+    if not ray.is_initialized():
+        ray.init(log_to_driver=True, logging_level=logging.INFO if verbose else logging.WARNING)
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        # The driver checks the dataset and builds the prepared inputs while a local Ray starts.
-        loading = pool.submit(lambda: (lambda d: (d, prepared_inputs(spec, d, say)))(load_data(spec)))
-        if not ray.is_initialized():
-            try:
-                ray.init(log_to_driver=True, logging_level=logging.INFO if verbose else logging.WARNING)
-            except BaseException:
-                loading.cancel()
-                raise
-        data, prepared = loading.result()  # a bad dataset raises its DataError here
-    say(f"{data.summary()} (ready in {time.perf_counter() - t0:.1f}s)")
+    # The dataset is checked and the prepared inputs built once, by a task on the cluster: the data
+    # never has to fit the driver, and the workers receive the prepared inputs from the object store.
+    columnar = columnar_source(spec)
+    task = ray.remote(num_returns=3, num_cpus=1)(_load_and_prepare)
+    summary_ref, prepared_ref, pairs_ref = task.remote(spec.to_dict(), columnar is None)
+    try:
+        summary = ray.get(summary_ref)
+    except ray.exceptions.RayTaskError as e:  # a bad dataset: its DataError, not a remote traceback
+        raise (e.cause if isinstance(e.cause, Exception) else e) from None
+    say(f"{summary} (checked and prepared on the cluster in {time.perf_counter() - t0:.1f}s)")
     if not args.allow_local_paths:
         _local_paths_on_cluster(storage, spec)
     ctx = ray.data.DataContext.get_current()
@@ -188,7 +194,7 @@ def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True, verbose: 
         "spec": spec.to_dict(),
         "progress": progress,
         "verbose": verbose,
-        "prepared": ray.put(prepared),
+        "prepared": prepared_ref,
         "run_root": run_root,
         "checkpoint_every": every,
         "threads": threads,
@@ -208,10 +214,9 @@ def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True, verbose: 
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
         ),
-        datasets={"train": train_dataset(spec, data)},
+        datasets={"train": train_dataset(columnar, pairs_ref)},
         dataset_config=ray.train.DataConfig(datasets_to_split=[]),  # every worker reads all pairs once
     )
-    del data, prepared  # the workers hold their own copies
     result = trainer.fit()
     if result.error is not None:
         raise result.error
