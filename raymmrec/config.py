@@ -36,7 +36,7 @@ from pydantic_core import ErrorDetails
 
 from raymmrec.errors import ConfigError
 
-__all__ = ["ConfigError", "DataSpec", "EvalSpec", "RunSpec", "TrainSpec", "coerce_value", "load_spec",
+__all__ = ["ConfigError", "DataSpec", "EvalSpec", "RunSpec", "TrainSpec", "load_spec",
            "spec_from_dict", "validate_options"]
 
 _STRICT = ConfigDict(strict=True, arbitrary_types_allowed=True)
@@ -220,11 +220,6 @@ def _check_value(value: Any, hint: Any, key: str) -> Any:
         return adapter.validate_python(_prepare(value, hint))
     except ValidationError as e:
         raise ConfigError(_errors_line(e, hint, key)) from None
-
-
-def coerce_value(value: Any, default: Any, where: str) -> Any:
-    """Convert a YAML/CLI value to the type of ``default`` (any value when the default is None)."""
-    return _check_value(value, Any if default is None else type(default), where)
 
 
 def validate_options(cfg_cls: type, options: dict[str, Any] | None, where: str = "model") -> Any:

@@ -14,14 +14,14 @@ from typing import Any
 
 from raymmrec.data.io import arrow_filesystem, open_fs
 from raymmrec.errors import UserError
+from raymmrec.train.artifacts import is_url as is_remote
+from raymmrec.train.artifacts import join
+
+__all__ = ["StorageError", "check_writable", "filesystem", "is_remote", "join", "pyarrow_filesystem", "upload_dir"]
 
 
 class StorageError(UserError, RuntimeError):
     """The storage path cannot be used (unreachable, not writable, bad URL)."""
-
-
-def is_remote(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
 
 
 def _options(path: str) -> dict[str, Any] | None:
@@ -82,6 +82,3 @@ def upload_dir(local: str, remote: str) -> None:
             target = f"{root}/{name}" if rel == "." else f"{root}/{rel}/{name}"
             fs.put_file(os.path.join(dirpath, name), target)
 
-
-def join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts])
