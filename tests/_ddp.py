@@ -52,7 +52,19 @@ def worker(rank: int, world: int, port: int, methods: list[str], n: int, num_neg
         if rank == 0:
             torch.save(grads, out)
     finally:
-        torch.distributed.destroy_process_group()
+        shutdown()
+
+
+def shutdown() -> None:
+    """Tear the group down cleanly: every rank done, DDP wrappers (reference cycles) freed first.
+
+    A DDP reducer collected after its process group is destroyed aborts the process at exit.
+    """
+    import gc
+
+    torch.distributed.barrier()
+    gc.collect()
+    torch.distributed.destroy_process_group()
 
 
 def eval_worker(rank: int, world: int, port: int, out: str) -> None:
@@ -86,4 +98,4 @@ def eval_worker(rank: int, world: int, port: int, out: str) -> None:
         outcome = f"{type(e).__name__}: {e}"
     with open(f"{out}.{rank}", "w") as f:
         f.write(outcome)
-    torch.distributed.destroy_process_group()
+    shutdown()

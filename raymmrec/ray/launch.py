@@ -70,7 +70,7 @@ def train_dataset(columnar: str | None, pairs_ref: Any) -> Any:
 
     if columnar is not None:
         fs, path = arrow_filesystem(train_parquet_path(columnar))
-        return ray.data.read_parquet(path, filesystem=fs, columns=["user", "item"])
+        return ray.data.read_parquet(path, filesystem=fs).select_columns(["user", "item"])
     return ray.data.from_arrow_refs([pairs_ref])
 
 

@@ -69,8 +69,9 @@ def prepared_inputs(spec: RunSpec, data: RecData, log: Callable[[str], None] | N
 
 
 def build_graph(data: RecData, device: torch.device, prepared: dict[str, Any] | None = None) -> RecGraph:
-    users, items = canonical_pairs(torch.as_tensor(data.train.users), torch.as_tensor(data.train.items),
-                                   data.n_items)
+    # a copy: pairs read through Ray Data arrive as read-only arrays
+    users, items = canonical_pairs(torch.tensor(data.train.users, dtype=torch.long),
+                                   torch.tensor(data.train.items, dtype=torch.long), data.n_items)
     feats = {m: torch.as_tensor(a, dtype=torch.float32).to(device) for m, a in data.features.items()}
     prep = {k: v.to(device) for k, v in (prepared or {}).items()}
     return RecGraph(data.n_users, data.n_items, feats, users, items, prep)
