@@ -42,11 +42,12 @@ def top_k(trained: Trained, users: Tensor, k: int) -> tuple[Tensor, Tensor]:
         raise UserError(f"--k: expected an integer >= 1, got {k}")
     data = trained.data
     scores = trained.model.scorer()(users.to(trained.device)).float().cpu()
-    train = data.train
-    seen = torch.isin(torch.as_tensor(train.users), users)
-    rows = torch.searchsorted(users.sort().values, torch.as_tensor(train.users)[seen])
+    train_users = torch.tensor(data.train.users, dtype=torch.long)  # copies: the arrays may be read-only
+    train_items = torch.tensor(data.train.items, dtype=torch.long)
+    seen = torch.isin(train_users, users)
+    rows = torch.searchsorted(users.sort().values, train_users[seen])
     order = users.argsort()
-    scores[order[rows], torch.as_tensor(train.items)[seen]] = float("-inf")
+    scores[order[rows], train_items[seen]] = float("-inf")
     k = min(k, data.n_items)
     best = scores.topk(k, dim=1)
     return best.indices, best.values
