@@ -240,3 +240,22 @@ def test_single_process_and_ray_runs_refuse_each_others_folders(tmp_path):
     (ray_run / "r" / "checkpoint_2026-01-01").mkdir(parents=True)
     with pytest.raises(ValueError, match="holds a Ray run"):
         run(spec_for(ray_run, "bpr", epochs=1), progress=False, data=tiny_data())
+
+
+def test_resume_adopts_a_newer_best_pt(tmp_path):
+    """run() hands best.pt to the resume: a best newer than the checkpoint (here planted) stays the
+    best, and the replay of its epoch takes its place; without it, lr=0 would keep epoch 0."""
+    import io
+
+    data = tiny_data()
+    spec = spec_for(tmp_path, "bpr", epochs=7, patience=50)
+    spec.train.lr = 0.0  # nothing improves after epoch 0
+    with pytest.raises(KeyboardInterrupt):
+        run(spec, progress=False, data=data, extra_callbacks=[Kill(3)])
+    best = tmp_path / "r" / "best.pt"
+    payload = torch.load(io.BytesIO(best.read_bytes()), weights_only=True)
+    payload.update(epoch=5, score=2.0)  # as if epoch 5 had improved before the process died
+    torch.save(payload, best)
+    state = run(spec, progress=False, data=data)
+    assert state.best_epoch == 5
+    assert torch.load(best, weights_only=True)["epoch"] == 5

@@ -82,15 +82,19 @@ def _load_and_prepare(spec_dict: dict[str, Any], want_pairs: bool) -> tuple[str,
     return data.summary(), prepared_inputs(spec, data), pairs
 
 
+def _alive_nodes() -> list[dict[str, Any]]:
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
 def torch_threads(num_workers: int, cpus_per_worker: float) -> int:
     """Torch threads per worker: the node's cores shared by its workers on a one-node cluster.
 
     Ray sets OMP_NUM_THREADS to the worker's CPU resource, which on a small machine leaves cores
     idle: the CPU resource is kept low only so that Ray Data's start-up read can be scheduled.
     """
-    import ray
-
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    nodes = _alive_nodes()
     if len(nodes) == 1:
         return max(1, int(nodes[0]["Resources"].get("CPU", 1)) // num_workers)
     return max(1, int(cpus_per_worker))
@@ -127,9 +131,7 @@ def default_cpus_per_worker(num_workers: int) -> float:
 
 def _local_paths_on_cluster(storage: str, spec: RunSpec) -> None:
     """Refuse local storage or data paths once the cluster has more than one node."""
-    import ray
-
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    nodes = _alive_nodes()
     local = [f"{what} {path!r}" for what, path in (("storage path", storage), ("data", spec.data.source))
              if not st.is_remote(path) and (os.path.isabs(path) or os.path.exists(path))]
     if len(nodes) > 1 and local:

@@ -1,8 +1,8 @@
 """What every Ray Train worker runs: the pieces of :func:`raymmrec.train.build.build`, under DDP.
 
 Each worker receives the training pairs through Ray Data (the whole, unsplit dataset, read once
-at start-up), loads the evaluation splits and features once, gets the prepared inputs the driver
-built (object store), and runs the core :class:`~raymmrec.train.loop.Trainer`. Every epoch, the
+at start-up), loads the evaluation splits and features once, gets the prepared inputs that the
+driver's loading task built (object store), and runs the core :class:`~raymmrec.train.loop.Trainer`. Every epoch, the
 pairs are shuffled by (seed, epoch) and rank ``r`` takes its interleaved share of each global
 batch (:func:`raymmrec.train.sampling.epoch_batches`), so pairs move across workers every epoch
 and one worker replays the single-process run exactly. Evaluation shards users and all-reduces
@@ -29,7 +29,7 @@ import torch
 from raymmrec.config import spec_from_dict
 from raymmrec.data import Interactions
 from raymmrec.dist import DistContext
-from raymmrec.train.artifacts import DIVERGED, adopt_best, join, read_best, write_json
+from raymmrec.train.artifacts import DIVERGED, join, read_best, write_json
 from raymmrec.train.build import build, checkpoint_payload, load_data, make_trainer, restore, sharded_evaluate
 from raymmrec.train.callbacks import BestWeightsCallback, ProgressCallback, TensorBoardCallback
 from raymmrec.train.checkpoint import load_checkpoint, save_checkpoint
@@ -99,11 +99,8 @@ class SyncedTensorBoard(TensorBoardCallback):
             upload_dir(self.logdir, self.remote_dir)
 
     def on_fit_end(self, trainer: Trainer, state: TrainState) -> None:
+        self.sync()
         super().on_fit_end(trainer, state)
-        if self.remote_dir:
-            from raymmrec.ray.storage import upload_dir
-
-            upload_dir(self.logdir, self.remote_dir)
 
 
 def _quiet_report_logs() -> None:
@@ -139,8 +136,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            state = restore(p, load_checkpoint(Path(d) / CKPT_FILE), f"checkpoint of run {spec.resolved_run_name!r}")
-        adopt_best(state, read_best(config["run_root"]))  # every rank: the same early-stopping state
+            # every rank reads best.pt too: the same early-stopping state everywhere
+            state = restore(p, load_checkpoint(Path(d) / CKPT_FILE), f"checkpoint of run {spec.resolved_run_name!r}",
+                            best=read_best(config["run_root"]))
         if ctx.rank == 0:
             print(f"[raymmrec] resuming from checkpoint at epoch {state.epoch}", file=OUT, flush=True)
     model: torch.nn.Module = p.model

@@ -92,12 +92,16 @@ def best_payload(model: torch.nn.Module, state: TrainState, config: dict[str, An
 
 
 def read_best(run: str | Path) -> dict[str, Any] | None:
-    """The ``best.pt`` payload of a run folder (``weights_only``), or None where there is none yet."""
+    """The ``best.pt`` payload of a run folder (``weights_only``, on the CPU), or None where there is none yet."""
+    path = join(run, BEST)
     try:
-        raw = read_bytes(join(run, BEST))
+        raw = read_bytes(path)
     except FileNotFoundError:
         return None
-    return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    try:
+        return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file name
+        raise ValueError(f"{path} could not be loaded safely (weights_only=True): {e}") from None
 
 
 def adopt_best(state: TrainState, best: dict[str, Any] | None) -> None:
@@ -152,15 +156,13 @@ def load_trained(run: str | Path, device: str = "auto") -> Trained:
     run = str(run).rstrip("/")
     try:
         config = json.loads(read_bytes(join(run, CONFIG)))
-        raw = read_bytes(join(run, BEST))
+        payload = read_best(run)
+        if payload is None:
+            raise FileNotFoundError(f"{join(run, BEST)} does not exist")
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{run} is not a finished run folder: {e} (it needs {CONFIG} and {BEST})") from None
-    try:
-        payload = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file name
-        raise ValueError(f"{join(run, BEST)} could not be loaded safely (weights_only=True): {e}") from None
     check_format(payload, join(run, BEST))
-    spec = spec_from_dict({k: v for k, v in config.items()})
+    spec = spec_from_dict(config)
     dev = resolve_device(device)
     pieces = build(spec, device=dev, release_features=True)
     pieces.model.load_state_dict(payload["model"])

@@ -22,6 +22,7 @@ from raymmrec.models.base import RecGraph, Recommender, build_config
 from raymmrec.objectives.base import Objective, build_objective
 from raymmrec.prepared import prepare
 from raymmrec.registry import get_model
+from raymmrec.train.artifacts import adopt_best
 from raymmrec.train.checkpoint import FORMAT_VERSION, check_format
 from raymmrec.train.loop import Callback, EvalFn, Trainer, TrainingDiverged, TrainState, unwrap
 from raymmrec.train.sampling import NegativeSampler, canonical_pairs, epoch_batches, epoch_generator
@@ -101,7 +102,7 @@ def build(spec: RunSpec, *, device: torch.device | None = None, data: RecData | 
     """Data, graph, model, objective, optimizer, sampler and evaluators for ``spec``.
 
     ``prepared`` are the model's prepared inputs when the caller already has them (a Ray worker
-    receives them from the driver); otherwise they come from the cache. ``release_features``
+    receives them from the driver's loading task); otherwise they come from the cache. ``release_features``
     drops the data's and the graph's feature copies once the model holds what it needs.
     """
     device = device or resolve_device(spec.train.device)
@@ -125,8 +126,8 @@ def build(spec: RunSpec, *, device: torch.device | None = None, data: RecData | 
     if release_features:
         graph.features = {}
         data.features = {}
-    return Pieces(spec, _resolved(spec, cfg, objective), data, graph, model, objective, optimizer, scheduler, sampler, evaluators,
-                  device, ctx or DistContext())
+    return Pieces(spec, _resolved(spec, cfg, objective), data, graph, model, objective, optimizer, scheduler,
+                  sampler, evaluators, device, ctx or DistContext())
 
 
 def batch_fn(p: Pieces) -> Callable[[int], Any]:
@@ -225,8 +226,11 @@ def check_same_run(saved: dict[str, Any], config: dict[str, Any], where: str) ->
                          "choose another run_name or output_dir")
 
 
-def restore(p: Pieces, payload: dict[str, Any], where: str) -> TrainState:
-    """Check a checkpoint against this run and load weights and optimizer; returns the loop state."""
+def restore(p: Pieces, payload: dict[str, Any], where: str, best: dict[str, Any] | None = None) -> TrainState:
+    """Check a checkpoint against this run and load weights and optimizer; returns the loop state.
+
+    ``best``: the run's ``best.pt`` payload, adopted when it is newer than the checkpoint.
+    """
     check_format(payload, where)
     check_same_run(payload["config"], p.config, where)
     p.model.load_state_dict(payload["model"])
@@ -235,4 +239,5 @@ def restore(p: Pieces, payload: dict[str, Any], where: str) -> TrainState:
         p.scheduler.load_state_dict(payload["scheduler"])
     state = TrainState.from_dict(payload["state"])
     state.resumes.append(state.epoch)
+    adopt_best(state, best)
     return state

@@ -11,8 +11,7 @@ from pathlib import Path
 
 from raymmrec.config import RunSpec
 from raymmrec.data import RecData
-from raymmrec.train.artifacts import (CONFIG, RESULTS, TB, adopt_best, read_best, results_dict, results_table,
-                                      write_json)
+from raymmrec.train.artifacts import CONFIG, RESULTS, TB, read_best, results_dict, results_table, write_json
 from raymmrec.train.build import build, local_evaluate, make_trainer, restore
 from raymmrec.train.callbacks import BestWeightsCallback, CheckpointCallback, ProgressCallback, TensorBoardCallback
 from raymmrec.train.checkpoint import load_checkpoint
@@ -37,8 +36,7 @@ def run(spec: RunSpec, *, progress: bool = True, extra_callbacks: list[Callback]
         raise ValueError(f"run folder {run_dir} holds a Ray run (checkpoint_*); resume it with jobs/train.py "
                          "or choose another run_name")
     if ckpt.exists():
-        state = restore(pieces, load_checkpoint(ckpt), str(ckpt))
-        adopt_best(state, read_best(run_dir))
+        state = restore(pieces, load_checkpoint(ckpt), str(ckpt), best=read_best(run_dir))
         if progress:
             print(f"resuming from {ckpt} at epoch {state.epoch}", flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
