@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from raymmrec.models.base import Batch, ModelOutput, RecGraph, Recommender, propagate_mean, xavier_embedding
 from raymmrec.registry import register
+from raymmrec.search import Grid, IntRange, LogUniform, SearchSpaces, Uniform
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,14 @@ class BM3(Recommender):
     """Self-supervised multimodal recommender without negative sampling."""
 
     config_cls = BM3Config
+    search_spaces = SearchSpaces(
+        # BM3 README / MMRec configs/model/BM3.yaml: 8 runs
+        paper={"model.n_layers": Grid((1, 2)), "model.dropout": Grid((0.3, 0.5)),
+               "model.reg_weight": Grid((0.1, 0.01))},
+        wide={"model.n_layers": IntRange(1, 3), "model.dropout": Uniform(0.1, 0.8),
+              "model.reg_weight": LogUniform(1e-3, 1.0), "model.cl_weight": LogUniform(0.5, 8.0),
+              "train.lr": LogUniform(1e-4, 1e-2)},
+    )
     default_objective = "bm3"
     provides = frozenset({"bm3"})
     static_tensors = ("adj",)

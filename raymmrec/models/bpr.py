@@ -13,6 +13,7 @@ from torch import Tensor
 
 from raymmrec.models.base import Batch, ModelOutput, RecGraph, Recommender, xavier_embedding
 from raymmrec.registry import register
+from raymmrec.search import Grid, LogUniform, SearchSpaces
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,11 @@ class BPR(Recommender):
     """ID-only matrix factorisation; score(u, i) = e_u · e_i."""
 
     config_cls = BPRConfig
+    search_spaces = SearchSpaces(
+        # MMRec configs/model/BPR.yaml: 7 runs
+        paper={"model.reg_weight": Grid((2.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5))},
+        wide={"model.reg_weight": LogUniform(1e-6, 2.0), "train.lr": LogUniform(1e-4, 1e-2)},
+    )
 
     def __init__(self, cfg: BPRConfig, graph: RecGraph) -> None:
         super().__init__(cfg, graph)

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from raymmrec.models.base import Batch, ModelOutput, RecGraph, Recommender, propagate_mean, xavier_embedding
 from raymmrec.registry import register
+from raymmrec.search import Grid, IntRange, LogUniform, SearchSpaces
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,13 @@ class LightGCN(Recommender):
     """score(u, i) = h_u · h_i with H = mean_l Â^l E."""
 
     config_cls = LightGCNConfig
+    search_spaces = SearchSpaces(
+        # MMRec configs/model/LightGCN.yaml: 4 x 5 = 20 runs
+        paper={"model.n_layers": Grid((1, 2, 3, 4)),
+               "model.reg_weight": Grid((1e-2, 1e-3, 1e-4, 1e-5, 1e-6))},
+        wide={"model.n_layers": IntRange(1, 4), "model.reg_weight": LogUniform(1e-7, 1e-1),
+              "train.lr": LogUniform(1e-4, 1e-2)},
+    )
     static_tensors = ("adj",)
 
     @classmethod

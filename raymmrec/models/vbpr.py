@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from raymmrec.models.base import Batch, ModelOutput, RecGraph, Recommender, xavier_embedding
 from raymmrec.registry import register
+from raymmrec.search import Grid, LogUniform, SearchSpaces
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,11 @@ class VBPR(Recommender):
     """score(u, i) = θ_u · [γ_i ; W f_i]."""
 
     config_cls = VBPRConfig
+    search_spaces = SearchSpaces(
+        # MMRec configs/model/VBPR.yaml: 7 runs
+        paper={"model.reg_weight": Grid((2.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5))},
+        wide={"model.reg_weight": LogUniform(1e-6, 2.0), "train.lr": LogUniform(1e-4, 1e-2)},
+    )
     static_tensors = ("content",)
 
     def __init__(self, cfg: VBPRConfig, graph: RecGraph) -> None:
