@@ -1,6 +1,8 @@
-"""Command line: ``raymmrec train|recommend|evaluate|methods``.
+"""Command line: ``raymmrec train|tune|reproduce|recommend|evaluate|methods``.
 
 ``raymmrec train --method bm3 --data ml100k [--config run.yaml] [key=value ...]``.
+``raymmrec tune --method bm3 --data lfm2k [--grid paper|wide] [--samples N]`` (Ray Tune).
+``raymmrec reproduce --methods bpr,lightgcn,vbpr,bm3 --data lfm2k,dbbook`` (Ray Tune, one table).
 
 Overrides use the config's sections, e.g. ``train.epochs=50 model.reg_weight=1e-4
 data.modalities=[text,audio_whisper]``. ``raymmrec methods`` lists the registered methods.
@@ -42,12 +44,27 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
     return load_spec(method=args.method, yaml_path=args.config, overrides=overrides)
 
 
+_RAY_COMMANDS = {"tune": "sweep a method's hyperparameters with Ray Tune (see `raymmrec tune --help`)",
+                 "reproduce": "paper grids of several methods on several datasets, one comparison table"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "tune":  # the Ray commands parse their own arguments
+        from raymmrec.ray.tune import tune_main
+
+        return tune_main(argv[1:], prog="raymmrec tune")
+    if argv and argv[0] == "reproduce":
+        from raymmrec.ray.reproduce import main as reproduce_main
+
+        return reproduce_main(argv[1:], prog="raymmrec reproduce")
     parser = argparse.ArgumentParser(prog="raymmrec", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     add_run_arguments(sub.add_parser("train", help="train and evaluate one method in this process"))
     sub.add_parser("methods", help="list registered methods")
+    for name, what in _RAY_COMMANDS.items():
+        sub.add_parser(name, help=what, add_help=False)
     for name, what in (("recommend", "print users' top-K items from a trained run"),
                        ("evaluate", "re-evaluate a trained run's best model on its dataset's splits")):
         q = sub.add_parser(name, help=what)

@@ -9,7 +9,7 @@ Typical use::
 Everything here is plain numpy/pandas/pyarrow/fsspec; nothing imports Ray.
 """
 
-from raymmrec.data.builtin import BUILTIN_NAMES, DEFAULT_SEED, cache_root, load_dataset, ml100k_path
+from raymmrec.data.builtin import BUILTIN_NAMES, DEFAULT_SEED, cache_root, load_dataset, ml100k_path, resolve_source
 from raymmrec.data.filters import filter_recdata
 from raymmrec.data.io import (
     arrow_filesystem,
@@ -28,6 +28,7 @@ from raymmrec.data.synthetic import PRESETS, SyntheticSpec, generate_synthetic, 
 from raymmrec.data.validate import validate_recdata
 
 __all__ = [
+    "resolve_source",
     "BUILTIN_NAMES",
     "DEFAULT_SEED",
     "INTER_COLUMNS",

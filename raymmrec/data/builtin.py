@@ -177,6 +177,26 @@ def _unknown(spec: str, why: str) -> DataError:
     )
 
 
+DATA_PATH_ENV = "RAYMMREC_DATA_PATH"
+
+
+def resolve_source(spec: str) -> str:
+    """A bare dataset name found in a folder of ``$RAYMMREC_DATA_PATH`` (``:``-separated) as that path.
+
+    Built-in names, paths and URLs come back unchanged, so ``--data lfm2k`` works wherever the
+    user keeps their datasets (``RAYMMREC_DATA_PATH=~/datasets``).
+    """
+    spec = str(spec)
+    if spec in BUILTIN_NAMES or spec.startswith("synthetic") or "://" in spec or os.sep in spec \
+            or os.path.exists(spec):
+        return spec
+    for folder in filter(None, os.environ.get(DATA_PATH_ENV, "").split(os.pathsep)):
+        candidate = os.path.join(os.path.expanduser(folder), spec)
+        if os.path.isdir(candidate):
+            return os.path.abspath(candidate)
+    return spec
+
+
 def load_dataset(
     spec: str,
     *,
@@ -199,7 +219,7 @@ def load_dataset(
         seed: seed of the synthetic generator and of ml100k's split.
         storage_options: extra fsspec options for URLs (S3 reads ``AWS_*`` environment variables by default).
     """
-    spec = str(spec)
+    spec = resolve_source(spec)
     if spec == "ml100k":
         data = read_columnar(str(ml100k_path(cache_dir, seed)), modalities=modalities)
     elif spec == "synthetic" or spec.startswith("synthetic:"):
@@ -223,5 +243,7 @@ def load_dataset(
                 storage_options=storage_options,
             )
     else:
-        raise _unknown(spec, f"unknown dataset {spec!r}")
+        where = os.environ.get(DATA_PATH_ENV)
+        raise _unknown(spec, f"unknown dataset {spec!r}" + (f" (not found in {DATA_PATH_ENV}={where})" if where
+                                                             else f" (set {DATA_PATH_ENV} to find it by name)"))
     return filter_recdata(data, rating_threshold=rating_threshold, kcore=kcore)

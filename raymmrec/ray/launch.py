@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from raymmrec.cli import add_run_arguments, spec_from_args
 from raymmrec.config import RunSpec, spec_from_dict
-from raymmrec.data import arrow_filesystem, is_columnar, train_parquet_path
+from raymmrec.data import arrow_filesystem, is_columnar, resolve_source, train_parquet_path
 from raymmrec.errors import UserError, run_main
 from raymmrec.ray import storage as st
 from raymmrec.train.artifacts import CONFIG, DIVERGED, RESULTS, TB, results_dict, results_table, write_json
@@ -140,13 +140,17 @@ def _local_paths_on_cluster(storage: str, spec: RunSpec) -> None:
 
 
 def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True, verbose: bool = False,
-           inject_fault: dict[str, Any] | None = None) -> TrainState:
-    """Train ``spec`` with Ray Train; returns the best-epoch state reported by rank 0."""
+           inject_fault: dict[str, Any] | None = None, train_callbacks: list[Any] | None = None) -> TrainState:
+    """Train ``spec`` with Ray Train; returns the best-epoch state reported by rank 0.
+
+    ``train_callbacks`` go to Ray Train's ``RunConfig`` (a Tune trial passes ``TuneReportCallback``).
+    """
     import ray
     import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    spec.data.source = resolve_source(spec.data.source)  # a name found on $RAYMMREC_DATA_PATH
     if not st.is_remote(spec.data.source) and os.path.exists(spec.data.source):
         # Workers run in another directory: hand them an absolute path.
         spec.data.source = os.path.abspath(spec.data.source)
@@ -214,6 +218,7 @@ def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True, verbose: 
             failure_config=ray.train.FailureConfig(max_failures=args.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
+            callbacks=train_callbacks,
         ),
         datasets={"train": train_dataset(columnar, pairs_ref)},
         dataset_config=ray.train.DataConfig(datasets_to_split=[]),  # every worker reads all pairs once

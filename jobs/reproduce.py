@@ -1,0 +1,15 @@
+"""Paper grids of several methods on several datasets through Ray Tune, and one comparison table.
+
+ray job submit --working-dir . -- python jobs/reproduce.py --methods bpr,lightgcn,vbpr,bm3 \
+    --data s3://bucket/lfm2k,s3://bucket/dbbook --storage-path s3://bucket/reproduce data.rating_threshold=1
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from raymmrec.ray.reproduce import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(prog="jobs/reproduce.py"))

@@ -1,0 +1,545 @@
+"""Hyperparameter sweeps with Ray Tune: a method's search space, trials across the cluster, a
+winner selected on validation, and what a user reads afterwards.
+
+``sweep(spec, SweepArgs(grid="paper"))`` runs the method's space (``raymmrec.search``) through a
+``ray.tune.Tuner`` over a *function* trainable (the current API; no ``Tuner(trainer)``):
+
+* a trial with one worker trains in its Tune actor with the core runner
+  (:func:`raymmrec.train.run.run`), reporting every epoch with ``ray.tune.report``;
+* a trial with several workers builds a ``TorchTrainer`` (:func:`raymmrec.ray.launch.launch`) whose
+  rank-0 reports reach Tune through ``TuneReportCallback``.
+
+Either way the trial's run folder is ``<storage>/<sweep>/<trial>/`` and holds what a training run
+leaves (``config.json``, ``best.pt``, ``results.json``, ``tb/``), so ``raymmrec evaluate --run`` works
+on any trial. The sweep folder gets ``trials.csv`` / ``trials.md`` (every trial), ``best_config.yaml``
+(accepted by ``raymmrec train --config``), ``best/`` (the winner's weights), ``plots/*.png`` and
+``summary.json``. Rerunning the same command restores the sweep (``Tuner.restore``): finished trials
+are kept, unfinished ones resume from their run folder's checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import yaml
+
+from raymmrec.config import ConfigError, RunSpec, spec_from_dict
+from raymmrec.data import resolve_source
+from raymmrec.errors import UserError
+from raymmrec.ray import storage as st
+from raymmrec.search import (Choice, Grid, IntRange, LogUniform, Space, Uniform, apply_point, check_space,
+                             grid_size, is_grid, search_space, short_name)
+from raymmrec.train.artifacts import BEST, CONFIG, RESULTS, read_bytes, write_bytes, write_json
+
+__all__ = ["SweepArgs", "SweepResult", "sweep", "trials_table"]
+
+SUMMARY, TRIALS_CSV, TRIALS_MD, BEST_YAML, SWEEP_JSON = (
+    "summary.json", "trials.csv", "trials.md", "best_config.yaml", "sweep.json")
+TEST_SELECTION_LABEL = "selected on TEST (MMRec's protocol: leaks the test split into model selection)"
+
+
+@dataclass
+class SweepArgs:
+    grid: str = "paper"  # paper (the authors' grid) | wide (random space)
+    samples: int | None = None  # paper: repetitions of the grid (1); wide: number of trials (16)
+    max_concurrent: int | None = None  # trials at once (default: what the cluster's CPUs or GPUs allow)
+    cpus_per_trial: float | None = None  # default: the cluster's CPUs shared by the concurrent trials
+    gpus_per_trial: float = 0.0  # fractions share a GPU between trials
+    workers_per_trial: int = 1  # > 1: each trial is a data-parallel Ray Train run
+    scheduler: str | None = None  # asha | fifo (default: asha for wide, fifo for paper)
+    select: str = "valid"  # valid | test (MMRec's protocol, labelled as such everywhere)
+    storage_path: str | None = None  # local folder or s3:// URL (default: the spec's output_dir)
+    name: str | None = None  # sweep folder name (default: sweep-<method>-<data>-<grid>)
+    top_curves: int = 5  # learning curves plotted for the best N trials
+    progress: bool = True
+
+
+@dataclass
+class SweepResult:
+    root: str  # the sweep folder (local path or URL)
+    best: dict[str, Any]  # the winner's row of the trials table
+    rows: list[dict[str, Any]]  # every trial
+    wall_s: float
+    selected_by: str
+
+
+def _tune_domain(dom: Any) -> Any:
+    from ray import tune
+
+    if isinstance(dom, Grid):
+        return tune.grid_search(list(dom.values))
+    if isinstance(dom, Choice):
+        return tune.choice(list(dom.values))
+    if isinstance(dom, Uniform):
+        return tune.uniform(dom.low, dom.high)
+    if isinstance(dom, LogUniform):
+        return tune.loguniform(dom.low, dom.high)
+    if isinstance(dom, IntRange):
+        return tune.randint(dom.low, dom.high + 1)
+    raise TypeError(f"unknown search domain {dom!r}")
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def trial_label(config: dict[str, Any]) -> str:
+    """``n_layers=1,dropout=0.3,reg_weight=0.1``: what a trial's name says about its config."""
+    return ",".join(f"{short_name(k)}={_fmt(v)}" for k, v in sorted(config.items()))
+
+
+def _trial_dirname(trial: Any) -> str:
+    return f"{trial.trial_id}_{trial_label(trial.config)}"[:120].replace("/", "_")
+
+
+def _metric_key(select: str, metric: str) -> str:
+    return f"best_{select}/{metric}"
+
+
+def flat_metrics(state: Any, logs: dict[str, float]) -> dict[str, Any]:
+    """What a trial reports each epoch: the epoch's logs and the best-so-far summary."""
+    m: dict[str, Any] = {k: float(v) for k, v in logs.items()}
+    m.update({"best_epoch": state.best_epoch, "epochs_run": state.epoch, "stopped_early": state.stopped_early})
+    m.update({f"best_test/{k}": v for k, v in state.best_test.items()})
+    m.update({f"best_valid/{k}": v for k, v in state.best_valid.items()})
+    return m
+
+
+def _one_process_trial(config: dict[str, Any], base: dict[str, Any], data: Any, threads: int, run_root: str) -> None:
+    """(Tune trial) train one configuration in this actor; the run folder is ``<run_root>/<trial dir>``."""
+    import ray
+    import torch
+    from ray import tune
+
+    from raymmrec.train.loop import Callback
+    from raymmrec.train.run import run
+
+    ctx = tune.get_context()
+    trial_name = os.path.basename(ctx.get_trial_dir().rstrip("/"))
+    spec = apply_point(spec_from_dict(base), config)
+    remote = st.is_remote(run_root)
+    if remote:  # train in the actor's working directory; upload the run folder at the end
+        spec.output_dir = os.path.abspath("raymmrec-runs")
+    else:
+        spec.output_dir = run_root
+    spec.run_name = trial_name
+    torch.set_num_threads(threads)
+
+    class Report(Callback):
+        def on_epoch_end(self, trainer: Any, state: Any, logs: dict[str, float]) -> None:
+            tune.report(flat_metrics(state, logs))
+
+    loaded = ray.get(data["ref"])
+    run(spec, progress=False, extra_callbacks=[Report()], data=loaded)
+    if remote:
+        st.upload_dir(os.path.join(spec.output_dir, trial_name), st.join(run_root, trial_name))
+
+
+def _ray_train_trial(config: dict[str, Any], base: dict[str, Any], run_root: str, scaling: dict[str, Any]) -> None:
+    """(Tune trial) one configuration as a data-parallel Ray Train run, reporting to Tune."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from raymmrec.ray.launch import ScalingArgs, launch
+
+    spec = apply_point(spec_from_dict(base), config)
+    spec.run_name = os.path.basename(tune.get_context().get_trial_dir().rstrip("/"))
+    args = ScalingArgs(storage_path=run_root, wait_for_resources=True, allow_local_paths=True, **scaling)
+    launch(spec, args, progress=False, train_callbacks=[TuneReportCallback()])
+
+
+class _Progress:
+    """Tune callback: one line whenever the sweep's state changes (done / running / pending, best so far)."""
+
+    def __new__(cls, *a: Any, **k: Any) -> Any:  # built on ray.tune.Callback, imported lazily
+        from ray.tune import Callback
+
+        class Progress(Callback):
+            def __init__(self, total: int, key: str, label: str, enabled: bool) -> None:
+                self.total, self.key, self.label, self.enabled = total, key, label, enabled
+                self.best: tuple[float, str] | None = None
+                self.t0 = time.perf_counter()
+                self.last_counts = ""
+                self.last_line = ""
+                self.last_time = -math.inf
+
+            def _say(self, trials: list[Any]) -> None:
+                """A line when a trial starts or ends; a better best alone is shown at most every 30 s."""
+                if not self.enabled:
+                    return
+                states = [t.status for t in trials]
+                done = sum(s in ("TERMINATED", "ERROR") for s in states)
+                running = states.count("RUNNING")
+                pending = max(0, self.total - done - running)
+                counts = f"{done}/{self.total} done, {running} running, {pending} pending"
+                line = counts + (f"; best {self.label} {self.best[0]:.4f} ({self.best[1]})" if self.best else "")
+                now = time.perf_counter()
+                if line != self.last_line and (counts != self.last_counts or now - self.last_time >= 30):
+                    self.last_counts, self.last_line, self.last_time = counts, line, now
+                    print(f"[sweep {now - self.t0:6.0f}s] {line}", flush=True)
+
+            def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict, **info: Any) -> None:
+                value = result.get(self.key)
+                if value is not None and math.isfinite(value) and (self.best is None or value > self.best[0]):
+                    self.best = (float(value), trial_label(trial.config))
+                self._say(trials)
+
+            def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+                self._say(trials)
+
+            def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+                self._say(trials)
+
+            def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+                self._say(trials)
+
+        return Progress(*a, **k)
+
+
+def _cluster_cpus_gpus() -> tuple[float, float]:
+    import ray
+
+    res = ray.cluster_resources()
+    return float(res.get("CPU", 1.0)), float(res.get("GPU", 0.0))
+
+
+def _resources(args: SweepArgs, n_trials: int) -> tuple[dict[str, float], int, int]:
+    """(per-trial resources, max concurrent trials, torch threads per trial)."""
+    cpus, gpus = _cluster_cpus_gpus()
+    if args.workers_per_trial > 1:  # the trial's driver function only waits; its workers hold the resources
+        concurrent = args.max_concurrent or 1
+        return {"cpu": 0.01}, concurrent, 1
+    if args.max_concurrent:
+        concurrent = args.max_concurrent
+    elif args.gpus_per_trial > 0:
+        concurrent = max(1, int(gpus / args.gpus_per_trial)) if gpus else 1
+    else:
+        concurrent = max(1, int(cpus // (args.cpus_per_trial or 1)))
+    concurrent = min(concurrent, n_trials)
+    if args.cpus_per_trial:
+        cpu = args.cpus_per_trial
+    elif args.gpus_per_trial > 0:  # GPU trials: a CPU each, so that any GPU node (or an autoscaled one) fits them
+        cpu = 1.0
+    else:
+        cpu = max(0.25, math.floor(cpus / concurrent * 4) / 4)
+    res = {"cpu": cpu}
+    if args.gpus_per_trial > 0:
+        res["gpu"] = args.gpus_per_trial
+    threads = max(1, int(cpus // concurrent)) if len(_alive()) == 1 else max(1, int(cpu))
+    return res, concurrent, threads
+
+
+def _alive() -> list[dict[str, Any]]:
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def _load_task(spec_dict: dict[str, Any]) -> Any:
+    from raymmrec.train.build import load_data
+
+    return load_data(spec_from_dict(spec_dict))
+
+
+def _check_args(args: SweepArgs) -> None:
+    if args.select not in ("valid", "test"):
+        raise ConfigError(f"select: expected valid or test, got {args.select!r}")
+    if args.scheduler not in (None, "asha", "fifo"):
+        raise ConfigError(f"scheduler: expected asha or fifo, got {args.scheduler!r}")
+    if args.samples is not None and args.samples < 1:
+        raise ConfigError(f"samples: expected an integer >= 1, got {args.samples}")
+    if args.workers_per_trial < 1:
+        raise ConfigError(f"workers_per_trial: expected an integer >= 1, got {args.workers_per_trial}")
+
+
+def default_name(spec: RunSpec, grid: str) -> str:
+    src = os.path.basename(spec.data.source.rstrip("/")).replace(":", "-") or "data"
+    return f"sweep-{spec.method}-{src}-{grid}"
+
+
+def sweep(spec: RunSpec, args: SweepArgs, *, space: Space | None = None) -> SweepResult:
+    """Run ``spec.method``'s ``args.grid`` space (or ``space``) through Ray Tune; see the module doc."""
+    import ray
+    from ray import tune
+
+    from raymmrec.train.build import resolved_config
+
+    _check_args(args)
+    spec.data.source = resolve_source(spec.data.source)  # a name found on $RAYMMREC_DATA_PATH
+    if not st.is_remote(spec.data.source) and os.path.exists(spec.data.source):
+        spec.data.source = os.path.abspath(spec.data.source)
+    space = space if space is not None else search_space(spec.method, args.grid)
+    check_space(spec, space)
+    resolved_config(spec)  # a bad base config fails here, before Ray starts
+    grid_only = is_grid(space)
+    samples = args.samples or (1 if grid_only else 16)
+    n_trials = grid_size(space) * samples
+    scheduler_name = args.scheduler or ("fifo" if grid_only else "asha")
+    metric = spec.eval.valid_metric
+    key = _metric_key(args.select, metric)
+    storage = args.storage_path or spec.output_dir
+    if not st.is_remote(storage):
+        storage = os.path.abspath(storage.removeprefix("file://"))
+    name = args.name or default_name(spec, args.grid)
+    root = st.join(storage, name)
+    st.check_writable(storage)
+    # what makes two sweeps the same experiment (where run folders go and their names do not)
+    identity = {"base": {k: v for k, v in spec.to_dict().items() if k not in ("output_dir", "run_name")}, "space": {k: repr(v) for k, v in space.items()}, "samples": samples,
+                "scheduler": scheduler_name, "workers_per_trial": args.workers_per_trial}
+    _check_same_sweep(root, identity)
+    say = (lambda msg: print(f"[raymmrec] {msg}", flush=True)) if args.progress else (lambda msg: None)
+    if not ray.is_initialized():
+        ray.init(logging_level=logging.WARNING, log_to_driver=False)
+    if args.progress:  # our progress lines replace Tune's status tables and banners
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    resources, concurrent, threads = _resources(args, n_trials)
+    base = spec.to_dict()
+    base["train"]["checkpoint_every"] = spec.train.checkpoint_every  # None stays the runner's default
+    if args.workers_per_trial > 1:
+        scaling = {"num_workers": args.workers_per_trial, "use_gpu": args.gpus_per_trial > 0,
+                   "cpus_per_worker": args.cpus_per_trial}
+        trainable = tune.with_parameters(_ray_train_trial, base=base, run_root=root, scaling=scaling)
+    else:
+        t0 = time.perf_counter()
+        data_ref = ray.remote(num_cpus=1)(_load_task).remote(spec.to_dict())
+        ray.wait([data_ref])
+        try:
+            ray.get(data_ref)
+        except ray.exceptions.RayTaskError as e:  # a bad dataset: its one-line error
+            raise (e.cause if isinstance(e.cause, Exception) else e) from None
+        say(f"dataset checked in {time.perf_counter() - t0:.1f}s; {n_trials} trials, {concurrent} at a time, "
+            f"{resources} each")
+        trainable = tune.with_parameters(_one_process_trial, base=base, data={"ref": data_ref},
+                                         threads=threads, run_root=root)
+    trainable = tune.with_resources(trainable, resources)
+    label = f"{args.select} {metric}"
+    progress = _Progress(n_trials, key, label + (" [test selection]" if args.select == "test" else ""),
+                         args.progress)
+    storage_path, storage_fs = st.pyarrow_filesystem(storage)
+    param_space = {k: _tune_domain(d) for k, d in space.items()}
+    t_start = time.perf_counter()
+    if tune.Tuner.can_restore(root if not st.is_remote(root) else st.join(storage_path, name),
+                              storage_filesystem=storage_fs):
+        say(f"restoring sweep {root}: finished trials are kept")
+        tuner = tune.Tuner.restore(root if storage_fs is None else f"{storage_path}/{name}", trainable,
+                                   resume_unfinished=True, resume_errored=True, param_space=param_space,
+                                   storage_filesystem=storage_fs)
+        # Tune does not persist callbacks: give the restored run its progress display again
+        try:
+            tuner._local_tuner._run_config.callbacks = [progress]
+        except AttributeError:  # Tune's internals moved: restore without the progress lines
+            pass
+    else:
+        write_json(st.join(root, SWEEP_JSON), identity)
+        scheduler = None
+        if scheduler_name == "asha":
+            from ray.tune.schedulers import ASHAScheduler
+
+            scheduler = ASHAScheduler(time_attr="training_iteration", max_t=spec.train.epochs,
+                                      grace_period=min(10, spec.train.epochs), reduction_factor=3)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                metric=key, mode="max", num_samples=samples, max_concurrent_trials=concurrent,
+                scheduler=scheduler, trial_name_creator=lambda t: trial_label(t.config),
+                trial_dirname_creator=_trial_dirname),
+            run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
+                                      verbose=0, callbacks=[progress],
+                                      failure_config=tune.FailureConfig(max_failures=1)),
+        )
+    grid = tuner.fit()
+    wall = time.perf_counter() - t_start
+    rows, curves = _collect(grid, space, metric, spec.eval.ks, spec.train.epochs)
+    if not rows:
+        raise UserError(f"sweep {root}: no trial reported a result")
+    result = _write_outputs(root, spec, space, rows, curves, args, key, metric, wall, scheduler_name)
+    if args.progress:
+        say(f"{len(rows)} trials in {wall / 60:.1f} min; winner ({result.selected_by}): {result.best['trial']}")
+        print(trials_table(rows, space, metric, args.select, limit=10), flush=True)
+        say(f"sweep folder: {root}")
+    return result
+
+
+def _check_same_sweep(root: str, identity: dict[str, Any]) -> None:
+    """Refuse to restore a sweep folder that holds another sweep (different base config or space)."""
+    fs, path = st.filesystem(root)
+    if not fs.exists(f"{path}/{SWEEP_JSON}"):
+        return
+    old = json.loads(fs.cat_file(f"{path}/{SWEEP_JSON}"))
+    diffs = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+    if diffs:
+        raise UserError(f"sweep folder {root} holds a different sweep (differs in {', '.join(diffs)}); "
+                        "choose another --name or remove the folder")
+
+
+def _status(m: dict[str, Any], epochs: int, error: Any) -> str:
+    if error is not None:
+        return "error"
+    if m.get("stopped_early") or int(m.get("epochs_run", 0)) >= epochs:
+        return "finished"
+    return "stopped (ASHA)"
+
+
+def _collect(grid: Any, space: Space, metric: str, ks: list[int], epochs: int) -> tuple[list[dict], dict[str, Any]]:
+    """One row per trial (config, status, metrics at its best validation epoch) and learning curves."""
+    rows, curves = [], {}
+    for r in grid:
+        m = r.metrics or {}
+        config = r.config or {}
+        name = os.path.basename(str(r.path).rstrip("/"))
+        row: dict[str, Any] = {"trial": trial_label(config), "dir": name}
+        row.update({short_name(k): config.get(k) for k in space})
+        row["status"] = _status(m, epochs, r.error)
+        row["best_epoch"] = m.get("best_epoch")
+        row["epochs_run"] = m.get("epochs_run")
+        for split in ("valid", "test"):
+            for k in ks:
+                for name_ in ("recall", "ndcg"):
+                    row[f"{split} {name_}@{k}"] = m.get(f"best_{split}/{name_}@{k}")
+        row["minutes"] = round(float(m.get("time_total_s", float("nan"))) / 60, 2)
+        rows.append(row)
+        df = r.metrics_dataframe
+        col = f"valid/{metric}"
+        if df is not None and col in df.columns and "epoch" in df.columns:
+            curves[row["trial"]] = df[["epoch", col]].dropna().to_numpy().tolist()
+    return rows, curves
+
+
+def _sort_key(select: str, metric: str):  # noqa: ANN202
+    """Best first by ``<select> <metric>``; ties broken by the other metric at the same cut-off,
+    then by trial directory (creation order), so the winner does not depend on completion order."""
+    name, _, k = metric.partition("@")
+    other = f"{select} {'ndcg' if name == 'recall' else 'recall'}@{k}"
+
+    def value(v: Any) -> float:
+        return -float(v) if v is not None and math.isfinite(float(v)) else math.inf
+
+    def key(row: dict[str, Any]) -> tuple[float, float, str]:
+        return value(row.get(f"{select} {metric}")), value(row.get(other)), str(row.get("dir", ""))
+    return key
+
+
+def trials_table(rows: list[dict[str, Any]], space: Space, metric: str, select: str, limit: int | None = None,
+                 markdown: bool = False) -> str:
+    """Every trial (or the best ``limit``), best first by ``<select> <metric>``."""
+    ordered = sorted(rows, key=_sort_key(select, metric))[:limit]
+    cols = ["#", *[short_name(k) for k in space], "status", "best_epoch",
+            f"valid {metric}", f"test {metric}"]
+    k = metric.split("@")[1]
+    other = "ndcg" if metric.startswith("recall") else "recall"
+    cols += [f"valid {other}@{k}", f"test {other}@{k}", "minutes"]
+
+    def cell(row: dict[str, Any], c: str, i: int) -> str:
+        if c == "#":
+            return str(i + 1)
+        v = row.get(c)
+        if isinstance(v, float):
+            return f"{v:.4f}" if c != "minutes" and not c.startswith(tuple(short_name(s) for s in space)) else _fmt(v)
+        return "" if v is None else str(v)
+
+    table = [[cell(r, c, i) for c in cols] for i, r in enumerate(ordered)]
+    if markdown:
+        lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in table]
+        return "\n".join(lines)
+    widths = [max(len(c), *(len(r[j]) for r in table)) for j, c in enumerate(cols)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(cols, widths))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in table]
+    return "\n".join(lines)
+
+
+def _write_outputs(root: str, spec: RunSpec, space: Space, rows: list[dict[str, Any]], curves: dict[str, Any],
+                   args: SweepArgs, key: str, metric: str, wall: float, scheduler: str) -> SweepResult:
+    import pandas as pd
+
+    from raymmrec.plots import plot_curves, plot_metric_vs_params
+
+    ranked = sorted(rows, key=_sort_key(args.select, metric))
+    best = ranked[0]
+    selected_by = f"{args.select} {metric}" if args.select == "valid" else f"{metric} {TEST_SELECTION_LABEL}"
+    write_bytes(st.join(root, TRIALS_CSV), pd.DataFrame(ranked).to_csv(index=False).encode())
+    md = (f"# Sweep {os.path.basename(root)}: {spec.method} on {spec.data.source}\n\n"
+          f"{len(rows)} trials, {scheduler} scheduling, {wall / 60:.1f} min; winner selected by {selected_by}.\n\n"
+          + trials_table(rows, space, metric, args.select, markdown=True) + "\n")
+    write_bytes(st.join(root, TRIALS_MD), md.encode())
+    point = {k: best[short_name(k)] for k in space}
+    best_spec = apply_point(spec, point)
+    best_spec.run_name = None
+    header = (f"# best configuration of sweep {os.path.basename(root)} ({spec.method}), selected by {selected_by}\n"
+              f"# valid {metric} {best.get('valid ' + metric)}, test {metric} {best.get('test ' + metric)}\n"
+              f"# train it: raymmrec train --config best_config.yaml\n")
+    write_bytes(st.join(root, BEST_YAML), (header + yaml.safe_dump(best_spec.to_dict(), sort_keys=False)).encode())
+    for fname in (BEST, CONFIG, RESULTS):  # the winner's weights, loadable with --run <sweep>/best
+        try:
+            write_bytes(st.join(root, "best", fname), read_bytes(st.join(root, best["dir"], fname)))
+        except FileNotFoundError:
+            pass
+    title = f"{spec.method} on {os.path.basename(spec.data.source.rstrip('/'))}"
+    if args.select == "test":
+        title += " [selected on TEST]"
+    for fname, png in (("metric_vs_params.png", plot_metric_vs_params(rows, space, metric, title)),
+                       ("learning_curves.png", plot_curves(curves, ranked[:args.top_curves], metric, title))):
+        if png is not None:
+            write_bytes(st.join(root, "plots", fname), png)
+    summary = {"method": spec.method, "data": spec.data.source, "grid": args.grid, "scheduler": scheduler,
+               "trials": len(rows), "wall_s": round(wall, 1), "selected_by": selected_by, "metric": metric,
+               "best": best, "sweep_args": asdict(args)}
+    write_json(st.join(root, SUMMARY), summary)
+    return SweepResult(root, best, ranked, wall, selected_by)
+
+
+# ---------------------------------------------------------------------------------------------
+# command line: `raymmrec tune` and jobs/tune.py
+
+
+def add_sweep_arguments(p: Any, *, grid_default: str = "paper") -> None:
+    p.add_argument("--grid", default=grid_default, choices=["paper", "wide"],
+                   help="paper: the authors' grid; wide: a random space searched with ASHA")
+    p.add_argument("--samples", type=int, default=None,
+                   help="paper: repetitions of the grid (1); wide: number of sampled trials (16)")
+    p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: fits the cluster)")
+    p.add_argument("--cpus-per-trial", type=float, default=None, help="CPU resource per trial (or per worker)")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial; fractions share a GPU")
+    p.add_argument("--workers-per-trial", type=int, default=1,
+                   help=">1: each trial is a data-parallel Ray Train run with this many workers")
+    p.add_argument("--scheduler", choices=["asha", "fifo"], default=None,
+                   help="asha stops bad trials early (default for --grid wide); fifo runs every trial to the end")
+    p.add_argument("--select", choices=["valid", "test"], default="valid",
+                   help="pick the winner on validation (default) or on test as MMRec does (labelled as such)")
+    p.add_argument("--storage-path", default=None, help="local folder or s3:// URL (default: --output-dir)")
+
+
+def sweep_args_from(a: Any) -> SweepArgs:
+    return SweepArgs(grid=a.grid, samples=a.samples, max_concurrent=a.max_concurrent,
+                     cpus_per_trial=a.cpus_per_trial, gpus_per_trial=a.gpus_per_trial,
+                     workers_per_trial=a.workers_per_trial, scheduler=a.scheduler, select=a.select,
+                     storage_path=a.storage_path, name=getattr(a, "name", None),
+                     progress=not getattr(a, "no_progress", False))
+
+
+def tune_main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """``raymmrec tune`` and ``jobs/tune.py``: one method's search space through Ray Tune."""
+    import argparse
+
+    from raymmrec.cli import add_run_arguments, spec_from_args
+    from raymmrec.errors import run_main
+
+    p = argparse.ArgumentParser(prog=prog, description="Sweep a method's hyperparameters with Ray Tune; the "
+                                "winner is selected on validation and its config, weights, tables and plots "
+                                "are written to the sweep folder.")
+    add_run_arguments(p, default_method="bm3")
+    add_sweep_arguments(p)
+    p.add_argument("--name", default=None, help="sweep folder name; rerunning with the same name resumes it")
+    a = p.parse_args(argv)
+    if a.device is not None:
+        p.error("--device applies to single-process runs; use --gpus-per-trial")
+    if a.run_name is not None:
+        p.error("--run-name names one run; a sweep names its trials itself (use --name for the sweep folder)")
+    return run_main(lambda: (sweep(spec_from_args(a), sweep_args_from(a)), 0)[1], verbose=a.verbose)

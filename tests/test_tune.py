@@ -1,0 +1,165 @@
+"""Ray Tune sweeps: outputs, selection on validation, resume after a killed driver, reproduce, Train trials."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from raymmrec.config import load_spec
+from raymmrec.search import Grid
+
+pytestmark = pytest.mark.ray
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["data.source=synthetic:tiny", "train.batch_size=64", "train.lr=0.01", "train.patience=50"]
+SPACE = {"model.n_layers": Grid((1, 2)), "model.reg_weight": Grid((0.1, 0.01))}
+
+
+def trial_dirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and (p / "params.json").exists())
+
+
+@pytest.fixture(scope="module")
+def bm3_sweep(ray_cluster, tmp_path_factory):
+    from raymmrec.ray.tune import SweepArgs, sweep
+
+    out = tmp_path_factory.mktemp("sweep")
+    spec = load_spec("bm3", overrides=[*TINY, "train.epochs=3", f"output_dir={out}"])
+    res = sweep(spec, SweepArgs(max_concurrent=2, name="s", progress=False), space=SPACE)
+    return spec, res, out / "s"
+
+
+def test_every_trial_leaves_a_run_folder_named_by_its_config(bm3_sweep):
+    _, res, root = bm3_sweep
+    dirs = trial_dirs(root)
+    assert len(dirs) == 4 and len(res.rows) == 4
+    for d in dirs:
+        assert {"config.json", "best.pt", "results.json", "tb"} <= {p.name for p in d.iterdir()}, d
+        cfg = json.loads((d / "config.json").read_text())
+        assert f"n_layers={cfg['model']['n_layers']}" in d.name and "reg_weight=" in d.name
+
+
+def test_winner_is_the_best_validation_trial_and_its_files_are_written(bm3_sweep):
+    spec, res, root = bm3_sweep
+    from_runs = {d.name: json.loads((d / "results.json").read_text()) for d in trial_dirs(root)}
+    best_valid = max(r["valid"]["recall@20"] for r in from_runs.values())
+    assert res.best["valid recall@20"] == pytest.approx(best_valid)
+    assert res.best["test recall@20"] == pytest.approx(from_runs[res.best["dir"]]["test"]["recall@20"])
+    assert "valid recall@20" in res.selected_by
+    csv = (root / "trials.csv").read_text().splitlines()
+    assert len(csv) == 5 and csv[1].split(",")[0] == res.best["trial"]
+    assert "selected by valid recall@20" in (root / "trials.md").read_text()
+    for png in ("metric_vs_params.png", "learning_curves.png"):
+        assert (root / "plots" / png).read_bytes()[:4] == b"\x89PNG"
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["trials"] == 4 and summary["best"]["dir"] == res.best["dir"]
+
+
+def test_best_config_trains_to_the_winning_trial(bm3_sweep, tmp_path):
+    from raymmrec.train.run import run
+
+    _, res, root = bm3_sweep
+    spec = load_spec(yaml_path=root / "best_config.yaml", overrides=[f"output_dir={tmp_path}"])
+    assert spec.model["n_layers"] == res.best["n_layers"] and spec.model["reg_weight"] == res.best["reg_weight"]
+    torch.set_num_threads(1)  # as the trial ran
+    state = run(spec, progress=False)
+    assert state.best_valid["recall@20"] == pytest.approx(res.best["valid recall@20"], abs=1e-6)
+
+
+def test_best_weights_are_the_winners(bm3_sweep):
+    from raymmrec.recommend import evaluate
+    from raymmrec.train.artifacts import load_trained
+
+    _, res, root = bm3_sweep
+    trained = load_trained(str(root / "best"))
+    test = evaluate(trained, [20])["test"]
+    assert test["recall@20"] == pytest.approx(res.best["test recall@20"], abs=1e-6)
+
+
+def test_selection_on_test_is_labelled_everywhere(ray_cluster, tmp_path):
+    from raymmrec.ray.tune import SweepArgs, sweep
+
+    spec = load_spec("bpr", overrides=[*TINY, "train.epochs=2", f"output_dir={tmp_path}"])
+    res = sweep(spec, SweepArgs(select="test", name="t", progress=False),
+                space={"model.reg_weight": Grid((0.1, 1e-4))})
+    root = tmp_path / "t"
+    assert res.best["test recall@20"] == max(r["test recall@20"] for r in res.rows)
+    for name in ("trials.md", "summary.json", "best_config.yaml"):
+        assert "selected on TEST" in (root / name).read_text(), name
+
+
+def _tune_cmd(out: Path) -> list[str]:
+    return [sys.executable, "-m", "raymmrec", "tune", "--method", "bpr", "--max-concurrent", "1",
+            "--output-dir", str(out), "--name", "k", "--epochs", "40", *TINY]
+
+
+def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_cluster, tmp_path):
+    root = tmp_path / "k"
+    proc = subprocess.Popen(_tune_cmd(tmp_path), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    finished: dict[Path, int] = {}
+    while time.time() < deadline and proc.poll() is None:
+        done = list(root.glob("*/results.json")) if root.exists() else []
+        if len(done) >= 3:
+            finished = {p: p.stat().st_mtime_ns for p in done}
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.1)
+    proc.wait(timeout=60)
+    assert finished, "the sweep ended before three trials had finished: " + proc.stdout.read().decode()[-2000:]
+    out = subprocess.run(_tune_cmd(tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "restoring sweep" in out.stdout
+    dirs = trial_dirs(root)
+    assert len(dirs) == 7, [d.name for d in dirs]  # bpr's paper grid: no trial created twice
+    assert all((d / "results.json").exists() for d in dirs)
+    for p, mtime in finished.items():
+        assert p.stat().st_mtime_ns == mtime, f"{p.parent.name} ran again after the restore"
+    assert len((root / "trials.csv").read_text().splitlines()) == 8
+
+
+def test_reproduce_writes_the_comparison_table_and_resumes(ray_cluster, tmp_path):
+    from raymmrec.ray.reproduce import reproduce
+    from raymmrec.ray.tune import SweepArgs
+
+    args = SweepArgs(grid="wide", samples=2, scheduler="fifo", progress=False)
+    root = str(tmp_path / "rep")
+    summary = reproduce(["bpr", "lightgcn"], ["synthetic:tiny"], [*TINY[1:], "train.epochs=2"], args, root)
+    table = (tmp_path / "rep" / "table.md").read_text()
+    assert "| bpr |" in table and "| lightgcn |" in table and table.count("**") == 2 * 4
+    assert set(summary["results"]["synthetic-tiny"]) == {"bpr", "lightgcn"}
+    for m in ("bpr", "lightgcn"):
+        assert load_spec(yaml_path=tmp_path / "rep" / "configs" / f"synthetic-tiny-{m}.yaml").method == m
+    assert (tmp_path / "rep" / "table.tex").exists() and (tmp_path / "rep" / "table.csv").exists()
+    before = {d: len(trial_dirs(tmp_path / "rep" / f"synthetic-tiny-{d}")) for d in ("bpr", "lightgcn")}
+    again = reproduce(["bpr", "lightgcn"], ["synthetic:tiny"], [*TINY[1:], "train.epochs=2"], args, root)
+    assert again["results"] == summary["results"]
+    assert before == {d: len(trial_dirs(tmp_path / "rep" / f"synthetic-tiny-{d}")) for d in ("bpr", "lightgcn")}
+
+
+def test_trials_with_several_workers_run_ray_train(ray_cluster, tmp_path):
+    from raymmrec.ray.tune import SweepArgs, sweep
+
+    spec = load_spec("lightgcn", overrides=[*TINY, "train.epochs=2", "train.checkpoint_every=1",
+                                            f"output_dir={tmp_path}"])
+    res = sweep(spec, SweepArgs(workers_per_trial=2, cpus_per_trial=0.5, name="w", progress=False),
+                space={"model.reg_weight": Grid((0.1,))})
+    (d,) = trial_dirs(tmp_path / "w")
+    assert list(d.glob("checkpoint_*/latest.pt")), "no Ray Train checkpoint in the trial folder"
+    results = json.loads((d / "results.json").read_text())
+    assert results["epochs_run"] == 2
+    assert res.best["test recall@20"] == pytest.approx(results["test"]["recall@20"])
+
+
+def test_tune_cli_errors_are_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "raymmrec", "tune", "--method", "nope", "--output-dir", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.strip().startswith("error: method") and "Traceback" not in out.stderr
