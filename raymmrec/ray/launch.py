@@ -172,7 +172,8 @@ def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True, verbose: 
     # The dataset is checked and the prepared inputs built once, by a task on the cluster: the data
     # never has to fit the driver, and the workers receive the prepared inputs from the object store.
     columnar = columnar_source(spec)
-    task = ray.remote(num_returns=3, num_cpus=1)(_load_and_prepare)
+    # "DEFAULT": outside any placement group (a Tune trial that calls launch() would capture it)
+    task = ray.remote(num_returns=3, num_cpus=1)(_load_and_prepare).options(scheduling_strategy="DEFAULT")
     summary_ref, prepared_ref, pairs_ref = task.remote(spec.to_dict(), columnar is None)
     try:
         summary = ray.get(summary_ref)

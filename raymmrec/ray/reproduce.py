@@ -89,7 +89,7 @@ def reproduce(methods: list[str], datasets: list[str], overrides: list[str], arg
         write_bytes(st.join(root, "configs", f"{label}-{m}.yaml"), read_bytes(st.join(res.root, BEST_YAML)))
     wall = time.perf_counter() - t0
     sel = "validation" if args.select == "valid" else TEST_SELECTION_LABEL
-    note = (f"Test metrics of each method's paper-grid winner, selected on {sel} {load_spec().eval.valid_metric}; "
+    note = (f"Test metrics of each method's {args.grid}-space winner, selected on {sel} {load_spec().eval.valid_metric}; "
             f"best per column marked. {len(specs)} sweeps in {wall / 60:.1f} min (this invocation).")
     for fmt in ("md", "csv", "tex"):
         write_bytes(st.join(root, f"table.{fmt}"), comparison(results, fmt, note).encode())

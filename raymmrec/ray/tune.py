@@ -94,8 +94,15 @@ def trial_label(config: dict[str, Any]) -> str:
     return ",".join(f"{short_name(k)}={_fmt(v)}" for k, v in sorted(config.items()))
 
 
+def run_folder_name(trial_id: str, config: dict[str, Any]) -> str:
+    """A trial's folder: its id and config. The run folder always has this name; Tune's own files
+    go there too, except after a restore of a trial that had started but was not yet recorded in
+    Tune's experiment state, which Tune logs to a suffixed copy while the run resumes here."""
+    return f"{trial_id}_{trial_label(config)}"[:120].replace("/", "_")
+
+
 def _trial_dirname(trial: Any) -> str:
-    return f"{trial.trial_id}_{trial_label(trial.config)}"[:120].replace("/", "_")
+    return run_folder_name(trial.trial_id, trial.config)
 
 
 def _metric_key(select: str, metric: str) -> str:
@@ -120,8 +127,7 @@ def _one_process_trial(config: dict[str, Any], base: dict[str, Any], data: Any, 
     from raymmrec.train.loop import Callback
     from raymmrec.train.run import run
 
-    ctx = tune.get_context()
-    trial_name = os.path.basename(ctx.get_trial_dir().rstrip("/"))
+    trial_name = run_folder_name(tune.get_context().get_trial_id(), config)
     spec = apply_point(spec_from_dict(base), config)
     remote = st.is_remote(run_root)
     if remote:  # train in the actor's working directory; upload the run folder at the end
@@ -135,6 +141,8 @@ def _one_process_trial(config: dict[str, Any], base: dict[str, Any], data: Any, 
         def on_epoch_end(self, trainer: Any, state: Any, logs: dict[str, float]) -> None:
             tune.report(flat_metrics(state, logs))
 
+    if _report_finished(st.join(run_root, trial_name)):
+        return
     loaded = ray.get(data["ref"])
     run(spec, progress=False, extra_callbacks=[Report()], data=loaded)
     if remote:
@@ -149,9 +157,33 @@ def _ray_train_trial(config: dict[str, Any], base: dict[str, Any], run_root: str
     from raymmrec.ray.launch import ScalingArgs, launch
 
     spec = apply_point(spec_from_dict(base), config)
-    spec.run_name = os.path.basename(tune.get_context().get_trial_dir().rstrip("/"))
+    spec.run_name = run_folder_name(tune.get_context().get_trial_id(), config)
+    if _report_finished(st.join(run_root, spec.run_name)):
+        return
     args = ScalingArgs(storage_path=run_root, wait_for_resources=True, allow_local_paths=True, **scaling)
     launch(spec, args, progress=False, train_callbacks=[TuneReportCallback()])
+
+
+def _report_finished(run_folder: str) -> bool:
+    """Report a trial whose run already finished (``results.json`` is written last) and return True.
+
+    Tune snapshots its experiment state every few seconds, so after a killed driver it may start
+    again a trial that had finished in the last seconds; that trial reports its recorded result
+    instead of training (its files are left as they are).
+    """
+    from ray import tune
+
+    try:
+        res = json.loads(read_bytes(st.join(run_folder, RESULTS)))
+    except FileNotFoundError:
+        return False
+    metrics: dict[str, Any] = {"best_epoch": res["best_epoch"], "epochs_run": res["epochs_run"],
+                               "stopped_early": res["stopped_early"], "epoch": res["epochs_run"] - 1,
+                               "recorded": True}
+    for split in ("valid", "test"):
+        metrics.update({f"best_{split}/{k}": v for k, v in res[split].items()})
+    tune.report(metrics)
+    return True
 
 
 class _Progress:
@@ -296,6 +328,8 @@ def sweep(spec: RunSpec, args: SweepArgs, *, space: Space | None = None) -> Swee
     say = (lambda msg: print(f"[raymmrec] {msg}", flush=True)) if args.progress else (lambda msg: None)
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING, log_to_driver=False)
+    # snapshot Tune's experiment state every 2 s (default 10): fewer finished trials restarted after a kill
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     if args.progress:  # our progress lines replace Tune's status tables and banners
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     resources, concurrent, threads = _resources(args, n_trials)
@@ -393,8 +427,8 @@ def _collect(grid: Any, space: Space, metric: str, ks: list[int], epochs: int) -
     for r in grid:
         m = r.metrics or {}
         config = r.config or {}
-        name = os.path.basename(str(r.path).rstrip("/"))
-        row: dict[str, Any] = {"trial": trial_label(config), "dir": name}
+        trial_id = m.get("trial_id") or "_".join(os.path.basename(str(r.path).rstrip("/")).split("_")[:2])
+        row: dict[str, Any] = {"trial": trial_label(config), "dir": run_folder_name(trial_id, config)}
         row.update({short_name(k): config.get(k) for k in space})
         row["status"] = _status(m, epochs, r.error)
         row["best_epoch"] = m.get("best_epoch")

@@ -73,7 +73,9 @@ def build_graph(data: RecData, device: torch.device, prepared: dict[str, Any] | 
     # a copy: pairs read through Ray Data arrive as read-only arrays
     users, items = canonical_pairs(torch.tensor(data.train.users, dtype=torch.long),
                                    torch.tensor(data.train.items, dtype=torch.long), data.n_items)
-    feats = {m: torch.as_tensor(a, dtype=torch.float32).to(device) for m, a in data.features.items()}
+    # features from the object store (a Tune trial's shared dataset) are read-only: copy those
+    feats = {m: torch.as_tensor(a if a.flags.writeable else a.copy(), dtype=torch.float32).to(device)
+             for m, a in data.features.items()}
     prep = {k: v.to(device) for k, v in (prepared or {}).items()}
     return RecGraph(data.n_users, data.n_items, feats, users, items, prep)
 
