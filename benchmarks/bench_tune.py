@@ -57,12 +57,14 @@ def main() -> int:
     p.add_argument("--storage", default="runs/bench-tune")
     p.add_argument("--name", default=None, help="sweep folder (default: a fresh one per invocation)")
     p.add_argument("--skip-sequential", action="store_true")
+    p.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs per trial (default: 1 on a GPU machine)")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args()
     if not os.path.exists(a.data) and "://" not in a.data and not a.data.startswith(("synthetic", "ml100k")):
         print(f"dataset {a.data} not found", file=sys.stderr)
         return 2
-    spec = load_spec(method=a.method, overrides=[*a.overrides, f"data.source={os.path.abspath(a.data)}"])
+    source = os.path.abspath(a.data) if os.path.exists(a.data) else a.data  # names and URLs as given
+    spec = load_spec(method=a.method, overrides=[*a.overrides, f"data.source={source}"])
     points = grid_points(search_space(a.method, "paper"))
     print(f"{a.method} paper grid: {len(points)} points on {a.data}; {os.cpu_count()} cores", flush=True)
     seq_s, seq_rows = (None, [])
@@ -72,7 +74,8 @@ def main() -> int:
     from raymmrec.ray.tune import SweepArgs, sweep
 
     name = a.name or f"{a.method}-{Path(a.data).name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    res = sweep(spec, SweepArgs(grid="paper", max_concurrent=a.max_concurrent, storage_path=a.storage, name=name))
+    res = sweep(spec, SweepArgs(grid="paper", max_concurrent=a.max_concurrent, storage_path=a.storage, name=name,
+                                   gpus_per_trial=a.gpus_per_trial))
     best_seq = max(seq_rows, key=lambda r: (r["valid"], r["valid_ndcg@20"])) if seq_rows else None
     print(f"\nsweep ({a.max_concurrent} concurrent): {res.wall_s / 60:.1f} min"
           + (f"; sequential: {seq_s / 60:.1f} min; speed-up {seq_s / res.wall_s:.2f}x" if seq_s else ""))

@@ -75,8 +75,9 @@ def plot_metric_vs_params(rows: list[dict[str, Any]], space: dict[str, Any], met
 
 def plot_curves(curves: dict[str, list[list[float]]], top: list[dict[str, Any]], metric: str,
                 title: str) -> bytes | None:
-    """Validation ``metric`` per epoch of the ``top`` trials (rows with a ``trial`` label)."""
-    drawn = [(r["trial"], curves[r["trial"]]) for r in top if curves.get(r["trial"])]
+    """Validation ``metric`` per epoch of the ``top`` trials (rows with ``dir``, the key of ``curves``,
+    and ``trial``, the label)."""
+    drawn = [(r["trial"], curves[r["dir"]]) for r in top if curves.get(r["dir"])]
     if not drawn:
         return None
     fig, (ax,) = _figure(1, width=7.0, height=4.0)

@@ -72,17 +72,49 @@ def test_comparison_table_marks_the_best_per_column():
     tex = comparison(res, "tex")
     assert "\\textbf{0.3000}" in tex and "\\textbf{0.2000}" in tex and tex.count("\\textbf") == 4
     csv = comparison(res, "csv").splitlines()
-    assert csv[1].startswith("a,bpr,0.100000,0.300000") and csv[1].endswith(",recall@20 ndcg@20")
+    assert csv[1].startswith("a,bpr,0.100000,0.300000") and csv[1].endswith(",recall@20 ndcg@20,validation")
 
 
 def test_plots_are_png():
     from raymmrec.plots import plot_curves, plot_metric_vs_params
 
     space = {"model.reg_weight": Grid((1e-1, 1e-4)), "model.n_layers": Grid((1, 2))}
-    rows = [{"trial": f"t{i}", "reg_weight": r, "n_layers": n, "valid recall@20": 0.1 * i, "test recall@20": 0.1}
+    rows = [{"trial": f"t{i}", "dir": f"d{i}", "reg_weight": r, "n_layers": n, "valid recall@20": 0.1 * i, "test recall@20": 0.1}
             for i, (r, n) in enumerate([(1e-1, 1), (1e-4, 2)])]
     png = plot_metric_vs_params(rows, space, "recall@20", "x")
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    curves = {"t0": [[0, 0.1], [1, 0.2]], "t1": [[0, 0.1]]}
+    curves = {"d0": [[0, 0.1], [1, 0.2]], "d1": [[0, 0.1]]}
     assert plot_curves(curves, rows, "recall@20", "x")[:4] == b"\x89PNG"
     assert plot_curves({}, rows, "recall@20", "x") is None
+
+
+def test_comparison_table_skips_missing_and_nan_values():
+    from raymmrec.ray.reproduce import comparison
+
+    nan = float("nan")
+    res = {"a": {"bpr": {"recall@10": nan, "recall@20": 0.3}, "bm3": {"recall@10": 0.2, "recall@20": 0.0}}}
+    md = comparison(res, "md")
+    assert "| bpr | - | **0.3000** | - | - |" in md
+    assert "| bm3 | **0.2000** | 0.0000 | - | - |" in md
+
+
+def test_an_errored_trial_never_wins_and_selection_is_recorded(tmp_path):
+    import csv
+
+    from raymmrec.ray.tune import SweepArgs, _write_outputs
+
+    spec = load_spec(method="bpr")
+    space = {"model.reg_weight": Grid((0.1, 0.01, 0.001))}
+
+    def row(i: int, reg: float, valid: float | None, status: str) -> dict:
+        return {"trial": f"reg_weight={reg}", "dir": f"t{i}", "reg_weight": reg, "status": status,
+                "valid recall@20": valid, "valid ndcg@20": valid, "test recall@20": valid, "test ndcg@20": valid}
+
+    rows = [row(0, 0.1, 0.9, "error"), row(1, 0.01, 0.3, "finished"), row(2, 0.001, 0.3, "stopped (ASHA)")]
+    res = _write_outputs(str(tmp_path), spec, space, rows, {}, SweepArgs(), "best_valid/recall@20", "recall@20",
+                         12.0, "fifo")
+    assert res.best["dir"] == "t1"  # the errored trial is ranked first but cannot win; the tie goes to t1
+    with open(tmp_path / "trials.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [r["dir"] for r in table] == ["t0", "t1", "t2"] and {r["selected_by"] for r in table} == {"valid recall@20"}
+    assert load_spec(yaml_path=tmp_path / "best_config.yaml").model["reg_weight"] == 0.01

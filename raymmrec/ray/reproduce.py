@@ -11,6 +11,7 @@ are read back, an interrupted one restores and finishes its missing trials.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import time
 from typing import Any
@@ -29,27 +30,32 @@ def dataset_label(source: str) -> str:
     return os.path.basename(source.rstrip("/")).replace(":", "-") or source
 
 
-def comparison(results: dict[str, dict[str, dict[str, float]]], fmt: str, note: str = "") -> str:
+def comparison(results: dict[str, dict[str, dict[str, float]]], fmt: str, note: str = "",
+               selection: str = "validation") -> str:
     """``results[dataset][method][metric]`` as a table in ``fmt`` (md | tex | csv); best per column marked."""
     datasets = list(results)
     methods = list(dict.fromkeys(m for d in datasets for m in results[d]))
-    best = {(d, c): max((results[d][m].get(c, float("-inf")) for m in results[d]), default=None)
+    def value(d: str, m: str, c: str) -> float | None:
+        v = results[d].get(m, {}).get(c)
+        return None if v is None or not math.isfinite(v) else v
+
+    best = {(d, c): max((v for m in results[d] if (v := value(d, m, c)) is not None), default=None)
             for d in datasets for c in COLUMNS}
 
     def cell(d: str, m: str, c: str, bold: tuple[str, str]) -> str:
-        v = results[d].get(m, {}).get(c)
+        v = value(d, m, c)
         if v is None:
             return "-"
         text = f"{v:.4f}"
         return f"{bold[0]}{text}{bold[1]}" if v == best[(d, c)] else text
 
     if fmt == "csv":
-        lines = ["dataset,method," + ",".join(COLUMNS) + ",best_in"]
+        lines = ["dataset,method," + ",".join(COLUMNS) + ",best_in,selected_on"]
         for d in datasets:
             for m in methods:
-                vals = [results[d].get(m, {}).get(c) for c in COLUMNS]
+                vals = [value(d, m, c) for c in COLUMNS]
                 marks = " ".join(c for c, v in zip(COLUMNS, vals) if v is not None and v == best[(d, c)])
-                lines.append(f"{d},{m}," + ",".join("" if v is None else f"{v:.6f}" for v in vals) + f",{marks}")
+                lines.append(f"{d},{m}," + ",".join("" if v is None else f"{v:.6f}" for v in vals) + f",{marks},{selection}")
         return "\n".join(lines) + "\n"
     cols = [f"{d} {c.replace('recall', 'R').replace('ndcg', 'N')}" for d in datasets for c in COLUMNS]
     if fmt == "md":
@@ -84,19 +90,21 @@ def reproduce(methods: list[str], datasets: list[str], overrides: list[str], arg
             print(f"[reproduce] {i}/{len(specs)}: {m} on {label}", flush=True)
         one = SweepArgs(**{**args.__dict__, "storage_path": root, "name": f"{label}-{m}"})
         res = sweep(spec, one)
-        results.setdefault(label, {})[m] = {c: float(res.best.get(f"test {c}") or float("nan")) for c in COLUMNS}
+        results.setdefault(label, {})[m] = {c: float(v) for c in COLUMNS if (v := res.best.get(f"test {c}")) is not None}
         times[f"{label}-{m}"] = round(res.wall_s, 1)
         write_bytes(st.join(root, "configs", f"{label}-{m}.yaml"), read_bytes(st.join(res.root, BEST_YAML)))
     wall = time.perf_counter() - t0
     sel = "validation" if args.select == "valid" else TEST_SELECTION_LABEL
-    note = (f"Test metrics of each method's {args.grid}-space winner, selected on {sel} {load_spec().eval.valid_metric}; "
+    metric = specs[0][2].eval.valid_metric
+    selection = "validation" if args.select == "valid" else "TEST (MMRec protocol)"
+    note = (f"Test metrics of each method's {args.grid}-space winner, selected on {sel} {metric}; "
             f"best per column marked. {len(specs)} sweeps in {wall / 60:.1f} min (this invocation).")
     for fmt in ("md", "csv", "tex"):
-        write_bytes(st.join(root, f"table.{fmt}"), comparison(results, fmt, note).encode())
+        write_bytes(st.join(root, f"table.{fmt}"), comparison(results, fmt, note, selection).encode())
     from raymmrec.plots import plot_table_bars
 
     png = plot_table_bars({d: {m: v["recall@20"] for m, v in r.items()} for d, r in results.items()},
-                          "recall@20", "test Recall@20 of each paper-grid winner")
+                          "recall@20", f"test Recall@20 of each {args.grid}-space winner, selected on {selection}")
     if png is not None:
         write_bytes(st.join(root, "table_recall20.png"), png)
     summary = {"methods": methods, "datasets": datasets, "overrides": overrides, "select": args.select,

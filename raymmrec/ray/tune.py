@@ -14,7 +14,8 @@ leaves (``config.json``, ``best.pt``, ``results.json``, ``tb/``), so ``raymmrec 
 on any trial. The sweep folder gets ``trials.csv`` / ``trials.md`` (every trial), ``best_config.yaml``
 (accepted by ``raymmrec train --config``), ``best/`` (the winner's weights), ``plots/*.png`` and
 ``summary.json``. Rerunning the same command restores the sweep (``Tuner.restore``): finished trials
-are kept, unfinished ones resume from their run folder's checkpoint.
+are kept; unfinished ones resume from their run folder's checkpoint on local or shared storage, and
+start again on s3 (a one-process trial trains in its actor's folder and uploads its run at the end).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -50,7 +52,7 @@ class SweepArgs:
     samples: int | None = None  # paper: repetitions of the grid (1); wide: number of trials (16)
     max_concurrent: int | None = None  # trials at once (default: what the cluster's CPUs or GPUs allow)
     cpus_per_trial: float | None = None  # default: the cluster's CPUs shared by the concurrent trials
-    gpus_per_trial: float = 0.0  # fractions share a GPU between trials
+    gpus_per_trial: float | None = None  # default: 1 where the cluster has GPUs, else 0; fractions share a GPU
     workers_per_trial: int = 1  # > 1: each trial is a data-parallel Ray Train run
     scheduler: str | None = None  # asha | fifo (default: asha for wide, fifo for paper)
     select: str = "valid"  # valid | test (MMRec's protocol, labelled as such everywhere)
@@ -135,18 +137,31 @@ def _one_process_trial(config: dict[str, Any], base: dict[str, Any], data: Any, 
     else:
         spec.output_dir = run_root
     spec.run_name = trial_name
+    if not ray.get_gpu_ids():  # a trial given no GPU must not take one that another trial holds
+        spec.train.device = "cpu"
     torch.set_num_threads(threads)
 
     class Report(Callback):
         def on_epoch_end(self, trainer: Any, state: Any, logs: dict[str, float]) -> None:
-            tune.report(flat_metrics(state, logs))
+            if state.best_valid:  # from the first evaluation on: every report carries the selection metric
+                tune.report(flat_metrics(state, logs))
 
     if _report_finished(st.join(run_root, trial_name)):
         return
     loaded = ray.get(data["ref"])
-    run(spec, progress=False, extra_callbacks=[Report()], data=loaded)
-    if remote:
-        st.upload_dir(os.path.join(spec.output_dir, trial_name), st.join(run_root, trial_name))
+    try:
+        run(spec, progress=False, extra_callbacks=[Report()], data=loaded)
+    finally:  # also when ASHA stops the trial (Tune ends it from inside tune.report)
+        if remote:
+            local = os.path.join(spec.output_dir, trial_name)
+            results = os.path.join(local, RESULTS)
+            held = results + ".held"
+            if os.path.exists(results):  # results.json last: it marks a finished upload
+                os.replace(results, held)
+            st.upload_dir(local, st.join(run_root, trial_name))
+            if os.path.exists(held):
+                write_bytes(st.join(run_root, trial_name, RESULTS), Path(held).read_bytes())
+                os.replace(held, results)
 
 
 def _ray_train_trial(config: dict[str, Any], base: dict[str, Any], run_root: str, scaling: dict[str, Any]) -> None:
@@ -242,8 +257,10 @@ def _cluster_cpus_gpus() -> tuple[float, float]:
 
 
 def _resources(args: SweepArgs, n_trials: int) -> tuple[dict[str, float], int, int]:
-    """(per-trial resources, max concurrent trials, torch threads per trial)."""
+    """(per-trial resources, max concurrent trials, torch threads per trial); sets ``args.gpus_per_trial``."""
     cpus, gpus = _cluster_cpus_gpus()
+    if args.gpus_per_trial is None:  # one GPU per trial on a GPU cluster
+        args.gpus_per_trial = 1.0 if gpus > 0 else 0.0
     if args.workers_per_trial > 1:  # the trial's driver function only waits; its workers hold the resources
         concurrent = args.max_concurrent or 1
         return {"cpu": 0.01}, concurrent, 1
@@ -311,6 +328,9 @@ def sweep(spec: RunSpec, args: SweepArgs, *, space: Space | None = None) -> Swee
     resolved_config(spec)  # a bad base config fails here, before Ray starts
     grid_only = is_grid(space)
     samples = args.samples or (1 if grid_only else 16)
+    if grid_only and samples > 1:  # repetitions of a grid differ by seed (as MMRec's seed list does)
+        space = {**space, "train.seed": Grid(tuple(spec.train.seed + i for i in range(samples)))}
+        samples = 1
     n_trials = grid_size(space) * samples
     scheduler_name = args.scheduler or ("fifo" if grid_only else "asha")
     metric = spec.eval.valid_metric
@@ -330,6 +350,8 @@ def sweep(spec: RunSpec, args: SweepArgs, *, space: Space | None = None) -> Swee
         ray.init(logging_level=logging.WARNING, log_to_driver=False)
     # snapshot Tune's experiment state every 2 s (default 10): fewer finished trials restarted after a kill
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    # a Ray Train trial's first reports may precede its first evaluation (no selection metric yet)
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     if args.progress:  # our progress lines replace Tune's status tables and banners
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     resources, concurrent, threads = _resources(args, n_trials)
@@ -364,7 +386,7 @@ def sweep(spec: RunSpec, args: SweepArgs, *, space: Space | None = None) -> Swee
         tuner = tune.Tuner.restore(root if storage_fs is None else f"{storage_path}/{name}", trainable,
                                    resume_unfinished=True, resume_errored=True, param_space=param_space,
                                    storage_filesystem=storage_fs)
-        # Tune does not persist callbacks: give the restored run its progress display again
+        # the pickled Tuner holds the first run's progress callback: give it this run's (same totals, fresh clock)
         try:
             tuner._local_tuner._run_config.callbacks = [progress]
         except AttributeError:  # Tune's internals moved: restore without the progress lines
@@ -375,8 +397,11 @@ def sweep(spec: RunSpec, args: SweepArgs, *, space: Space | None = None) -> Swee
         if scheduler_name == "asha":
             from ray.tune.schedulers import ASHAScheduler
 
-            scheduler = ASHAScheduler(time_attr="training_iteration", max_t=spec.train.epochs,
-                                      grace_period=min(10, spec.train.epochs), reduction_factor=3)
+            # rungs in epochs (not reports: a Ray Train trial reports every checkpoint_every epochs);
+            # trials that reach the last epoch end by themselves and write their results
+            scheduler = ASHAScheduler(time_attr="epochs_run", max_t=spec.train.epochs,
+                                      grace_period=min(10, spec.train.epochs), reduction_factor=3,
+                                      stop_last_trials=False)
         tuner = tune.Tuner(
             trainable,
             param_space=param_space,
@@ -391,8 +416,13 @@ def sweep(spec: RunSpec, args: SweepArgs, *, space: Space | None = None) -> Swee
     grid = tuner.fit()
     wall = time.perf_counter() - t_start
     rows, curves = _collect(grid, space, metric, spec.eval.ks, spec.train.epochs)
-    if not rows:
-        raise UserError(f"sweep {root}: no trial reported a result")
+    ok = [r for r in rows if r["status"] != "error" and r.get(f"{args.select} {metric}") is not None]
+    if not ok:
+        first = next((r.get("error") for r in rows if r.get("error")), "no trial reported a result")
+        raise UserError(f"sweep {root}: every trial failed; the first error: {first}")
+    failed = len(rows) - len(ok)
+    if failed:
+        say(f"{failed} of {len(rows)} trials failed (status 'error' in trials.csv); the winner is chosen among the rest")
     result = _write_outputs(root, spec, space, rows, curves, args, key, metric, wall, scheduler_name)
     if args.progress:
         say(f"{len(rows)} trials in {wall / 60:.1f} min; winner ({result.selected_by}): {result.best['trial']}")
@@ -431,18 +461,18 @@ def _collect(grid: Any, space: Space, metric: str, ks: list[int], epochs: int) -
         row: dict[str, Any] = {"trial": trial_label(config), "dir": run_folder_name(trial_id, config)}
         row.update({short_name(k): config.get(k) for k in space})
         row["status"] = _status(m, epochs, r.error)
+        if r.error is not None:
+            row["error"] = " ".join(str(r.error).split())[-300:]
         row["best_epoch"] = m.get("best_epoch")
         row["epochs_run"] = m.get("epochs_run")
-        for split in ("valid", "test"):
-            for k in ks:
-                for name_ in ("recall", "ndcg"):
-                    row[f"{split} {name_}@{k}"] = m.get(f"best_{split}/{name_}@{k}")
+        for split in ("valid", "test"):  # every metric at every cut-off, e.g. "valid recall@20"
+            row.update({f"{split} {k.split('/', 1)[1]}": v for k, v in m.items() if k.startswith(f"best_{split}/")})
         row["minutes"] = round(float(m.get("time_total_s", float("nan"))) / 60, 2)
         rows.append(row)
         df = r.metrics_dataframe
         col = f"valid/{metric}"
         if df is not None and col in df.columns and "epoch" in df.columns:
-            curves[row["trial"]] = df[["epoch", col]].dropna().to_numpy().tolist()
+            curves[row["dir"]] = df[["epoch", col]].dropna().to_numpy().tolist()
     return rows, curves
 
 
@@ -496,11 +526,20 @@ def _write_outputs(root: str, spec: RunSpec, space: Space, rows: list[dict[str, 
     from raymmrec.plots import plot_curves, plot_metric_vs_params
 
     ranked = sorted(rows, key=_sort_key(args.select, metric))
-    best = ranked[0]
+    best = next(r for r in ranked if r["status"] != "error")  # sweep() made sure one exists
     selected_by = f"{args.select} {metric}" if args.select == "valid" else f"{metric} {TEST_SELECTION_LABEL}"
-    write_bytes(st.join(root, TRIALS_CSV), pd.DataFrame(ranked).to_csv(index=False).encode())
+    previous = 0.0
+    try:  # a restored sweep: add the earlier invocations' time
+        previous = float(json.loads(read_bytes(st.join(root, SUMMARY))).get("wall_s_total", 0.0))
+    except (FileNotFoundError, ValueError):
+        pass
+    total = previous + wall
+    frame = pd.DataFrame(ranked)
+    frame["selected_by"] = selected_by  # every row says how the winner (row 1) was chosen
+    write_bytes(st.join(root, TRIALS_CSV), frame.to_csv(index=False).encode())
     md = (f"# Sweep {os.path.basename(root)}: {spec.method} on {spec.data.source}\n\n"
-          f"{len(rows)} trials, {scheduler} scheduling, {wall / 60:.1f} min; winner selected by {selected_by}.\n\n"
+          f"{len(rows)} trials, {scheduler} scheduling, {total / 60:.1f} min of sweep time; "
+          f"winner selected by {selected_by}.\n\n"
           + trials_table(rows, space, metric, args.select, markdown=True) + "\n")
     write_bytes(st.join(root, TRIALS_MD), md.encode())
     point = {k: best[short_name(k)] for k in space}
@@ -511,10 +550,13 @@ def _write_outputs(root: str, spec: RunSpec, space: Space, rows: list[dict[str, 
               f"# train it: raymmrec train --config best_config.yaml\n")
     write_bytes(st.join(root, BEST_YAML), (header + yaml.safe_dump(best_spec.to_dict(), sort_keys=False)).encode())
     for fname in (BEST, CONFIG, RESULTS):  # the winner's weights, loadable with --run <sweep>/best
+        target = st.join(root, "best", fname)
         try:
-            write_bytes(st.join(root, "best", fname), read_bytes(st.join(root, best["dir"], fname)))
-        except FileNotFoundError:
-            pass
+            write_bytes(target, read_bytes(st.join(root, best["dir"], fname)))
+        except FileNotFoundError:  # e.g. no results.json for a trial ASHA stopped: drop an older winner's
+            fs, path = st.filesystem(target)
+            if fs.exists(path):
+                fs.rm(path)
     title = f"{spec.method} on {os.path.basename(spec.data.source.rstrip('/'))}"
     if args.select == "test":
         title += " [selected on TEST]"
@@ -523,7 +565,8 @@ def _write_outputs(root: str, spec: RunSpec, space: Space, rows: list[dict[str, 
         if png is not None:
             write_bytes(st.join(root, "plots", fname), png)
     summary = {"method": spec.method, "data": spec.data.source, "grid": args.grid, "scheduler": scheduler,
-               "trials": len(rows), "wall_s": round(wall, 1), "selected_by": selected_by, "metric": metric,
+               "trials": len(rows), "failed": sum(r["status"] == "error" for r in rows), "wall_s": round(wall, 1),
+               "wall_s_total": round(total, 1), "selected_by": selected_by, "metric": metric,
                "best": best, "sweep_args": asdict(args)}
     write_json(st.join(root, SUMMARY), summary)
     return SweepResult(root, best, ranked, wall, selected_by)
@@ -540,7 +583,8 @@ def add_sweep_arguments(p: Any, *, grid_default: str = "paper") -> None:
                    help="paper: repetitions of the grid (1); wide: number of sampled trials (16)")
     p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: fits the cluster)")
     p.add_argument("--cpus-per-trial", type=float, default=None, help="CPU resource per trial (or per worker)")
-    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial; fractions share a GPU")
+    p.add_argument("--gpus-per-trial", type=float, default=None,
+                   help="GPUs per trial; fractions share a GPU (default: 1 on a cluster with GPUs, else 0)")
     p.add_argument("--workers-per-trial", type=int, default=1,
                    help=">1: each trial is a data-parallel Ray Train run with this many workers")
     p.add_argument("--scheduler", choices=["asha", "fifo"], default=None,
