@@ -65,6 +65,28 @@ def _item_knn(data: RecData, k: int = 10, weights: dict[str, float] | None = Non
     return mixed_knn_graph(data.features, weights=weights, k=k)
 
 
+@register_builder("dct_features", uses_features=True)
+def _dct_features(data: RecData, modalities: list[str] | None = None) -> Tensor:
+    """LIRDRec's multimodal transformation: ``[DCT(x_m1) ‖ DCT(x_m2) ‖ …]``, float32 ``[I, Σ d_m]``.
+
+    DCT is the orthonormal DCT-II over each modality's feature axis (``scipy.fft.dct(type=2,
+    norm="ortho")``, the same transform as the reference's ``torch_dct`` with ortho normalisation),
+    computed in float64 and stored as float32. ``modalities`` gives the blocks in order; ``None``
+    means all of the dataset's modalities in sorted (alphabetical) order, so ``image`` before
+    ``text``, as in the reference's ``[DCT(x_v) ‖ DCT(x_t)]``.
+    """
+    from scipy.fft import dct
+
+    valid = sorted(data.features)
+    names = valid if modalities is None else list(modalities)
+    unknown = [m for m in names if m not in data.features]
+    if not names or unknown or len(set(names)) != len(names):
+        why = f"unknown {unknown}" if unknown else ("duplicates" if names else "none given")
+        raise ValueError(f"dct_features modalities {names} ({why}); the dataset has: {', '.join(valid) or 'none'}")
+    blocks = [dct(np.asarray(data.features[m], dtype=np.float64), type=2, norm="ortho", axis=1) for m in names]
+    return torch.from_numpy(np.concatenate(blocks, axis=1).astype(np.float32))
+
+
 def data_fingerprint(data: RecData, with_features: bool) -> str:
     """SHA-256 of the training pairs (and the feature matrices when ``with_features``)."""
     h = hashlib.sha256()
