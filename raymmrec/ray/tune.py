@@ -46,6 +46,10 @@ SUMMARY, TRIALS_CSV, TRIALS_MD, BEST_YAML, SWEEP_JSON = (
 TEST_SELECTION_LABEL = "selected on TEST (MMRec's protocol: leaks the test split into model selection)"
 
 
+class SweepInterrupted(UserError, RuntimeError):
+    """The sweep stopped before every trial ended; rerunning the same command resumes it."""
+
+
 @dataclass
 class SweepArgs:
     grid: str = "paper"  # paper (the authors' grid) | wide (random space)
@@ -415,6 +419,10 @@ def sweep(spec: RunSpec, args: SweepArgs, *, space: Space | None = None) -> Swee
         )
     grid = tuner.fit()
     wall = time.perf_counter() - t_start
+    done = grid.num_terminated + grid.num_errors
+    if done < n_trials:  # Ctrl-C (Tune stops gracefully and returns) or a lost driver connection
+        raise SweepInterrupted(f"sweep {root} stopped with {done} of {n_trials} trials done and no winner chosen; "
+                               "rerun the same command to resume it")
     rows, curves = _collect(grid, space, metric, spec.eval.ks, spec.train.epochs)
     ok = [r for r in rows if r["status"] != "error" and r.get(f"{args.select} {metric}") is not None]
     if not ok:
