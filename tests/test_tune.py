@@ -202,3 +202,16 @@ def test_wide_space_uses_asha_and_stops_weak_trials(ray_cluster, tmp_path):
     stopped = [r for r in res.rows if r["status"] == "stopped (ASHA)"]
     # one trial at a time: every trial after the first that is below the rung's top third at epoch 10 stops
     assert stopped and all(r["epochs_run"] < 30 for r in stopped)
+
+
+def test_tune_job_under_ray_job_submit(ray_cluster, tmp_path):
+    cmd = ["ray", "job", "submit", "--address", ray_cluster["dashboard"], "--working-dir", str(ROOT),
+           "--runtime-env-json", json.dumps({"excludes": ["runs", ".git", "*.egg-info"]}),
+           "--", sys.executable, "jobs/tune.py", "--method", "bpr", "--output-dir", str(tmp_path), "--name", "job",
+           "--epochs", "2", *TINY]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "winner (valid recall@20)" in out.stdout
+    with open(tmp_path / "job" / "trials.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 7  # bpr's paper grid
+    assert (tmp_path / "job" / "best" / "best.pt").exists()

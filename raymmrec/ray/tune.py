@@ -538,7 +538,8 @@ def _write_outputs(root: str, spec: RunSpec, space: Space, rows: list[dict[str, 
     selected_by = f"{args.select} {metric}" if args.select == "valid" else f"{metric} {TEST_SELECTION_LABEL}"
     previous = 0.0
     try:  # a restored sweep: add the earlier invocations' time
-        previous = float(json.loads(read_bytes(st.join(root, SUMMARY))).get("wall_s_total", 0.0))
+        old = json.loads(read_bytes(st.join(root, SUMMARY)))
+        previous = float(old.get("wall_s_total", old.get("wall_s", 0.0)))
     except (FileNotFoundError, ValueError):
         pass
     total = previous + wall
