@@ -14,13 +14,12 @@ import argparse
 import math
 import os
 import time
-from typing import Any
 
 
 from raymmrec.config import load_spec
 from raymmrec.data import resolve_source
 from raymmrec.ray import storage as st
-from raymmrec.ray.tune import BEST_YAML, TEST_SELECTION_LABEL, SweepArgs, add_sweep_arguments, sweep
+from raymmrec.ray.tune import BEST_YAML, TEST_SELECTION_LABEL, SweepArgs, add_sweep_arguments, sweep, sweep_args_from
 from raymmrec.train.artifacts import read_bytes, write_bytes, write_json
 
 COLUMNS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
@@ -133,9 +132,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     methods = [m.strip().lower() for m in a.methods.split(",") if m.strip()]
     datasets = [d.strip() for d in a.data.split(",") if d.strip()]
     name = a.name or f"reproduce-{'_'.join(methods)}-{'_'.join(dataset_label(d) for d in datasets)}"
-    args = SweepArgs(grid=a.grid, samples=a.samples, max_concurrent=a.max_concurrent, cpus_per_trial=a.cpus_per_trial,
-                     gpus_per_trial=a.gpus_per_trial, workers_per_trial=a.workers_per_trial, scheduler=a.scheduler,
-                     select=a.select, progress=not a.no_progress)
+    args = sweep_args_from(a)  # each sweep's name and storage are set by reproduce()
     root = st.join(a.storage_path or a.output_dir, name)
     if not st.is_remote(root):
         root = os.path.abspath(root)

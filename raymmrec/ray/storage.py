@@ -73,12 +73,19 @@ def check_writable(path: str, timeout_s: float = 20.0) -> None:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def upload_dir(local: str, remote: str) -> None:
-    """Copy every file under ``local`` to ``remote`` (overwriting); used for TensorBoard logs."""
+def upload_dir(local: str, remote: str, last: str | None = None) -> None:
+    """Copy every file under ``local`` to ``remote`` (overwriting); the top-level file ``last``, if
+    present, goes after all others (a marker that the upload is complete)."""
     fs, root = filesystem(remote)
+    deferred = None
     for dirpath, _, files in os.walk(local):
         rel = os.path.relpath(dirpath, local)
         for name in files:
+            if rel == "." and name == last:
+                deferred = os.path.join(dirpath, name)
+                continue
             target = f"{root}/{name}" if rel == "." else f"{root}/{rel}/{name}"
             fs.put_file(os.path.join(dirpath, name), target)
+    if deferred is not None:
+        fs.put_file(deferred, f"{root}/{last}")
 

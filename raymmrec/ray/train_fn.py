@@ -29,7 +29,7 @@ import torch
 from raymmrec.config import spec_from_dict
 from raymmrec.data import Interactions
 from raymmrec.dist import DistContext
-from raymmrec.train.artifacts import DIVERGED, join, read_best, write_json
+from raymmrec.train.artifacts import DIVERGED, join, read_best, report_metrics, write_json
 from raymmrec.train.build import build, checkpoint_payload, load_data, make_trainer, restore, sharded_evaluate
 from raymmrec.train.callbacks import BestWeightsCallback, ProgressCallback, TensorBoardCallback
 from raymmrec.train.checkpoint import load_checkpoint, save_checkpoint
@@ -64,12 +64,7 @@ class RayReportCallback(Callback):
         self.on_checkpoint = on_checkpoint
 
     def on_epoch_end(self, trainer: Trainer, state: TrainState, logs: dict[str, float]) -> None:
-        metrics: dict[str, Any] = {k: float(v) for k, v in logs.items()}
-        metrics.update({"best_epoch": state.best_epoch, "best_score": state.best_score,
-                        "stopped_early": state.stopped_early, "epochs_run": state.epoch,
-                        "resumed_at": list(state.resumes)})
-        metrics.update({f"best_test/{k}": v for k, v in state.best_test.items()})
-        metrics.update({f"best_valid/{k}": v for k, v in state.best_valid.items()})
+        metrics = report_metrics(state, logs)
         done = state.stopped_early or state.epoch >= trainer.epochs
         if not (state.epoch % self.every == 0 or done):  # the same decision on every rank
             return

@@ -26,7 +26,6 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -35,9 +34,11 @@ from raymmrec.config import ConfigError, RunSpec, spec_from_dict
 from raymmrec.data import resolve_source
 from raymmrec.errors import UserError
 from raymmrec.ray import storage as st
+from raymmrec.ray.launch import get_or_raise_cause, torch_threads
 from raymmrec.search import (Choice, Grid, IntRange, LogUniform, Space, Uniform, apply_point, check_space,
                              grid_size, is_grid, search_space, short_name)
-from raymmrec.train.artifacts import BEST, CONFIG, RESULTS, read_bytes, write_bytes, write_json
+from raymmrec.train.artifacts import BEST, CONFIG, RESULTS, read_bytes, report_metrics, write_bytes, write_json
+from raymmrec.train.loop import TrainState
 
 __all__ = ["SweepArgs", "SweepResult", "sweep", "trials_table"]
 
@@ -115,15 +116,6 @@ def _metric_key(select: str, metric: str) -> str:
     return f"best_{select}/{metric}"
 
 
-def flat_metrics(state: Any, logs: dict[str, float]) -> dict[str, Any]:
-    """What a trial reports each epoch: the epoch's logs and the best-so-far summary."""
-    m: dict[str, Any] = {k: float(v) for k, v in logs.items()}
-    m.update({"best_epoch": state.best_epoch, "epochs_run": state.epoch, "stopped_early": state.stopped_early})
-    m.update({f"best_test/{k}": v for k, v in state.best_test.items()})
-    m.update({f"best_valid/{k}": v for k, v in state.best_valid.items()})
-    return m
-
-
 def _one_process_trial(config: dict[str, Any], base: dict[str, Any], data: Any, threads: int, run_root: str) -> None:
     """(Tune trial) train one configuration in this actor; the run folder is ``<run_root>/<trial dir>``."""
     import ray
@@ -148,7 +140,7 @@ def _one_process_trial(config: dict[str, Any], base: dict[str, Any], data: Any, 
     class Report(Callback):
         def on_epoch_end(self, trainer: Any, state: Any, logs: dict[str, float]) -> None:
             if state.best_valid:  # from the first evaluation on: every report carries the selection metric
-                tune.report(flat_metrics(state, logs))
+                tune.report(report_metrics(state, logs))
 
     if _report_finished(st.join(run_root, trial_name)):
         return
@@ -156,16 +148,8 @@ def _one_process_trial(config: dict[str, Any], base: dict[str, Any], data: Any, 
     try:
         run(spec, progress=False, extra_callbacks=[Report()], data=loaded)
     finally:  # also when ASHA stops the trial (Tune ends it from inside tune.report)
-        if remote:
-            local = os.path.join(spec.output_dir, trial_name)
-            results = os.path.join(local, RESULTS)
-            held = results + ".held"
-            if os.path.exists(results):  # results.json last: it marks a finished upload
-                os.replace(results, held)
-            st.upload_dir(local, st.join(run_root, trial_name))
-            if os.path.exists(held):
-                write_bytes(st.join(run_root, trial_name, RESULTS), Path(held).read_bytes())
-                os.replace(held, results)
+        if remote:  # results.json last: it marks a finished upload (_report_finished)
+            st.upload_dir(os.path.join(spec.output_dir, trial_name), st.join(run_root, trial_name), last=RESULTS)
 
 
 def _ray_train_trial(config: dict[str, Any], base: dict[str, Any], run_root: str, scaling: dict[str, Any]) -> None:
@@ -196,12 +180,9 @@ def _report_finished(run_folder: str) -> bool:
         res = json.loads(read_bytes(st.join(run_folder, RESULTS)))
     except FileNotFoundError:
         return False
-    metrics: dict[str, Any] = {"best_epoch": res["best_epoch"], "epochs_run": res["epochs_run"],
-                               "stopped_early": res["stopped_early"], "epoch": res["epochs_run"] - 1,
-                               "recorded": True}
-    for split in ("valid", "test"):
-        metrics.update({f"best_{split}/{k}": v for k, v in res[split].items()})
-    tune.report(metrics)
+    state = TrainState(epoch=res["epochs_run"], best_epoch=res["best_epoch"], stopped_early=res["stopped_early"],
+                       resumes=list(res.get("resumed_at", [])), best_valid=res["valid"], best_test=res["test"])
+    tune.report(report_metrics(state, {"epoch": res["epochs_run"] - 1, "recorded": 1.0}))
     return True
 
 
@@ -284,20 +265,15 @@ def _resources(args: SweepArgs, n_trials: int) -> tuple[dict[str, float], int, i
     res = {"cpu": cpu}
     if args.gpus_per_trial > 0:
         res["gpu"] = args.gpus_per_trial
-    threads = max(1, int(cpus // concurrent)) if len(_alive()) == 1 else max(1, int(cpu))
-    return res, concurrent, threads
+    return res, concurrent, torch_threads(concurrent, cpu)
 
 
-def _alive() -> list[dict[str, Any]]:
-    import ray
-
-    return [n for n in ray.nodes() if n.get("Alive")]
-
-
-def _load_task(spec_dict: dict[str, Any]) -> Any:
+def _load_task(spec_dict: dict[str, Any]) -> tuple[str, Any]:
+    """(Ray task) load and check the dataset once; (its summary, the data) for the trials."""
     from raymmrec.train.build import load_data
 
-    return load_data(spec_from_dict(spec_dict))
+    data = load_data(spec_from_dict(spec_dict))
+    return data.summary(), data
 
 
 def _check_args(args: SweepArgs) -> None:
@@ -360,19 +336,14 @@ def sweep(spec: RunSpec, args: SweepArgs, *, space: Space | None = None) -> Swee
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     resources, concurrent, threads = _resources(args, n_trials)
     base = spec.to_dict()
-    base["train"]["checkpoint_every"] = spec.train.checkpoint_every  # None stays the runner's default
     if args.workers_per_trial > 1:
         scaling = {"num_workers": args.workers_per_trial, "use_gpu": args.gpus_per_trial > 0,
                    "cpus_per_worker": args.cpus_per_trial}
         trainable = tune.with_parameters(_ray_train_trial, base=base, run_root=root, scaling=scaling)
     else:
         t0 = time.perf_counter()
-        data_ref = ray.remote(num_cpus=1)(_load_task).remote(spec.to_dict())
-        ray.wait([data_ref])
-        try:
-            ray.get(data_ref)
-        except ray.exceptions.RayTaskError as e:  # a bad dataset: its one-line error
-            raise (e.cause if isinstance(e.cause, Exception) else e) from None
+        summary_ref, data_ref = ray.remote(num_cpus=1, num_returns=2)(_load_task).remote(spec.to_dict())
+        get_or_raise_cause(summary_ref)  # a bad dataset: its one-line error
         say(f"dataset checked in {time.perf_counter() - t0:.1f}s; {n_trials} trials, {concurrent} at a time, "
             f"{resources} each")
         trainable = tune.with_parameters(_one_process_trial, base=base, data={"ref": data_ref},
@@ -384,10 +355,10 @@ def sweep(spec: RunSpec, args: SweepArgs, *, space: Space | None = None) -> Swee
     storage_path, storage_fs = st.pyarrow_filesystem(storage)
     param_space = {k: _tune_domain(d) for k, d in space.items()}
     t_start = time.perf_counter()
-    if tune.Tuner.can_restore(root if not st.is_remote(root) else st.join(storage_path, name),
-                              storage_filesystem=storage_fs):
+    experiment = st.join(storage_path, name)  # the sweep folder as Tune addresses it (no scheme)
+    if tune.Tuner.can_restore(experiment, storage_filesystem=storage_fs):
         say(f"restoring sweep {root}: finished trials are kept")
-        tuner = tune.Tuner.restore(root if storage_fs is None else f"{storage_path}/{name}", trainable,
+        tuner = tune.Tuner.restore(experiment, trainable,
                                    resume_unfinished=True, resume_errored=True, param_space=param_space,
                                    storage_filesystem=storage_fs)
         # the pickled Tuner holds the first run's progress callback: give it this run's (same totals, fresh clock)

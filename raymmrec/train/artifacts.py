@@ -122,6 +122,16 @@ def results_dict(state: TrainState) -> dict[str, Any]:
             "epochs_run": state.epoch, "stopped_early": state.stopped_early, "resumed_at": state.resumes}
 
 
+def report_metrics(state: TrainState, logs: dict[str, float]) -> dict[str, Any]:
+    """What a run reports to Ray (Train or Tune) after an epoch: the epoch's logs and the best-so-far summary."""
+    m: dict[str, Any] = {k: float(v) for k, v in logs.items()}
+    m.update({"best_epoch": state.best_epoch, "best_score": state.best_score, "stopped_early": state.stopped_early,
+              "epochs_run": state.epoch, "resumed_at": list(state.resumes)})
+    m.update({f"best_test/{k}": v for k, v in state.best_test.items()})
+    m.update({f"best_valid/{k}": v for k, v in state.best_valid.items()})
+    return m
+
+
 def results_table(state: TrainState, ks: list[int]) -> str:
     """Plain-text table of validation and test metrics at the best validation epoch."""
     cols = [f"{n}@{k}" for k in ks for n in METRICS]
