@@ -82,13 +82,22 @@ def _load_and_prepare(spec_dict: dict[str, Any], want_pairs: bool) -> tuple[str,
     return data.summary(), prepared_inputs(spec, data), pairs
 
 
-def get_or_raise_cause(ref: Any) -> Any:
-    """``ray.get(ref)``; a task's own error (e.g. a bad dataset's one-line DataError) instead of a remote traceback."""
+def get_or_raise_cause(ref: Any, *siblings: Any) -> Any:
+    """``ray.get(ref)``; a task's own error (e.g. a bad dataset's one-line DataError) instead of a remote traceback.
+
+    ``siblings``: the task's other return values, which hold the same error; they are fetched too so
+    that Ray does not print that error again as unhandled when the driver exits.
+    """
     import ray
 
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as e:
+        for other in siblings:
+            try:
+                ray.get(other)
+            except ray.exceptions.RayTaskError:
+                pass
         raise (e.cause if isinstance(e.cause, Exception) else e) from None
 
 
@@ -185,7 +194,7 @@ def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True, verbose: 
     # "DEFAULT": outside any placement group (a Tune trial that calls launch() would capture it)
     task = ray.remote(num_returns=3, num_cpus=1)(_load_and_prepare).options(scheduling_strategy="DEFAULT")
     summary_ref, prepared_ref, pairs_ref = task.remote(spec.to_dict(), columnar is None)
-    summary = get_or_raise_cause(summary_ref)  # a bad dataset: its DataError, not a remote traceback
+    summary = get_or_raise_cause(summary_ref, prepared_ref, pairs_ref)  # a bad dataset: its DataError, not a remote traceback
     say(f"{summary} (checked and prepared on the cluster in {time.perf_counter() - t0:.1f}s)")
     if not args.allow_local_paths:
         _local_paths_on_cluster(storage, spec)

@@ -343,7 +343,7 @@ def sweep(spec: RunSpec, args: SweepArgs, *, space: Space | None = None) -> Swee
     else:
         t0 = time.perf_counter()
         summary_ref, data_ref = ray.remote(num_cpus=1, num_returns=2)(_load_task).remote(spec.to_dict())
-        get_or_raise_cause(summary_ref)  # a bad dataset: its one-line error
+        get_or_raise_cause(summary_ref, data_ref)  # a bad dataset: its one-line error
         say(f"dataset checked in {time.perf_counter() - t0:.1f}s; {n_trials} trials, {concurrent} at a time, "
             f"{resources} each")
         trainable = tune.with_parameters(_one_process_trial, base=base, data={"ref": data_ref},
