@@ -67,12 +67,24 @@ class DistContext:
         return self.global_sum(rows.pow(2).sum()).clamp_min(1e-24).sqrt()
 
     def all_gather(self, t: Tensor) -> Tensor:
-        """Concatenate ``t`` (same shape on every rank) over ranks along dim 0, with gradients."""
+        """Concatenate every rank's rows of ``t`` along dim 0 (rank order), with gradients.
+
+        Ranks may hold different numbers of rows (a global batch rarely splits evenly): the counts
+        are exchanged first and each share is padded to the largest for the collective. The
+        backward sums, over ranks, the gradients that reach this rank's rows, so a loss computed
+        identically on every rank from the gathered rows is exact under DDP *as is* (not scaled).
+        """
         if not self.distributed:
             return t
         from torch.distributed.nn.functional import all_gather
 
-        return torch.cat(all_gather(t), dim=0)
+        count = torch.tensor([t.shape[0]], dtype=torch.int64, device=t.device)
+        counts = [torch.zeros_like(count) for _ in range(self.world_size)]
+        dist.all_gather(counts, count)
+        sizes = [int(c.item()) for c in counts]
+        most = max(sizes)
+        padded = t if t.shape[0] == most else torch.cat([t, t.new_zeros(most - t.shape[0], *t.shape[1:])])
+        return torch.cat([part[:n] for part, n in zip(all_gather(padded.contiguous()), sizes)], dim=0)
 
     def broadcast_(self, t: Tensor, src: int = 0) -> Tensor:
         """Overwrite ``t`` in place with rank ``src``'s value (keeps per-epoch state in sync)."""

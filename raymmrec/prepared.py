@@ -58,10 +58,17 @@ def _norm_adj(data: RecData) -> Tensor:
 
 
 @register_builder("item_knn", uses_features=True)
-def _item_knn(data: RecData, k: int = 10, weights: dict[str, float] | None = None) -> Tensor:
-    """Item-item cosine top-k graph of each modality, mixed with ``weights`` (default equal)."""
-    from raymmrec.graph import mixed_knn_graph
+def _item_knn(data: RecData, k: int = 10, weights: dict[str, float] | None = None,
+              non_text_weight: float | None = None) -> Tensor:
+    """Item-item cosine top-k graph of each modality, mixed with ``weights``.
 
+    Without ``weights``: :func:`~raymmrec.graph.modality_weights` with ``non_text_weight`` when it is
+    given (CM3's and LIRDRec's ``mm_image_weight``), else equal weights.
+    """
+    from raymmrec.graph import mixed_knn_graph, modality_weights
+
+    if weights is None and non_text_weight is not None:
+        weights = modality_weights(list(data.features), non_text_weight)
     return mixed_knn_graph(data.features, weights=weights, k=k)
 
 

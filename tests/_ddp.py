@@ -27,18 +27,22 @@ def global_batch(graph, n: int, num_negatives: int) -> Batch:
     return Batch(users, items, sampler.sample(users, g))
 
 
-def gradients(method: str, rank: int, world: int, n: int, num_negatives: int) -> dict[str, torch.Tensor]:
-    """Parameter gradients after one backward on this rank's share of a fixed global batch."""
+def setup(method: str, rank: int, world: int, n: int, num_negatives: int):  # noqa: ANN201
+    """Model, objective, this rank's share of the fixed global batch, and the context."""
     data = tiny_data()
     cls = get_model(method)
     cfg = build_config(cls, OPTIONS.get(method, {}))
     graph = build_graph(data, torch.device("cpu"), prepare(data, cls.prepared_inputs(cfg)))
     torch.manual_seed(0)
     model = cls(cfg, graph)
-    objective = build_objective(cls, cfg)
     full = global_batch(graph, n, num_negatives)
     share = Batch(full.users[rank::world], full.pos_items[rank::world], full.neg_items[rank::world], global_rows=n)
-    ctx = DistContext(rank, world)
+    return model, build_objective(cls, cfg), share, DistContext(rank, world)
+
+
+def gradients(method: str, rank: int, world: int, n: int, num_negatives: int) -> dict[str, torch.Tensor]:
+    """Parameter gradients after one backward on this rank's share of a fixed global batch."""
+    model, objective, share, ctx = setup(method, rank, world, n, num_negatives)
     wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     objective(wrapped(share), share, ctx).total.backward()
     return {k: p.grad.detach().clone() for k, p in model.named_parameters()}
@@ -99,3 +103,24 @@ def eval_worker(rank: int, world: int, port: int, out: str) -> None:
     with open(f"{out}.{rank}", "w") as f:
         f.write(outcome)
     shutdown()
+
+
+def loss_parts(method: str, rank: int, world: int, n: int) -> dict[str, torch.Tensor]:
+    """This rank's shares of the loss parts on its slice of the fixed global batch."""
+    model, objective, share, ctx = setup(method, rank, world, n, 1)
+    with torch.no_grad():
+        out = objective(model(share), share, ctx)
+    return {k: v.detach().reshape(()) for k, v in out.parts.items()}
+
+
+def parts_worker(rank: int, world: int, port: int, method: str, n: int, out: str) -> None:
+    """Sum every rank's share of each loss part; rank 0 saves the global values."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        parts = loss_parts(method, rank, world, n)
+        total = {k: DistContext(rank, world).all_reduce_sum(v) for k, v in parts.items()}
+        if rank == 0:
+            torch.save(total, out)
+    finally:
+        shutdown()

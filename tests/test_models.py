@@ -23,7 +23,11 @@ METHODS = model_names()
 @pytest.fixture(scope="module")
 def graph():
     data = tiny_data()
-    return build_graph(data, torch.device("cpu"), prepare(data, {"adj": ("norm_adj", {})}))
+    requests = {}  # every input any registered method asks for with its defaults
+    for method in METHODS:
+        cls = get_model(method)
+        requests.update(cls.prepared_inputs(build_config(cls, {})))
+    return build_graph(data, torch.device("cpu"), prepare(data, requests))
 
 
 class Trainable:

@@ -132,6 +132,25 @@ def knn_graph(features: torch.Tensor | np.ndarray, k: int = 10, block_size: int 
     return _csr(crow, cols, vals, (n, n), x.device)
 
 
+def modality_weights(names: list[str] | tuple[str, ...], non_text_weight: float = 0.1) -> dict[str, float]:
+    """Default mixing weights of per-modality item-item graphs for any set of modalities.
+
+    The authors of CM3 and LIRDRec mix an image graph and a text graph as ``0.1 / 0.9``
+    (``mm_image_weight``). Generalised: when the modalities include ``text`` and at least one other,
+    the non-text modalities share ``non_text_weight`` equally and ``text`` gets the rest (lfm2k's
+    text + audio: audio 0.1, text 0.9); otherwise every modality gets the same weight.
+    """
+    names = sorted(names)
+    if not names:
+        raise ValueError("an item-item graph needs at least one modality; the dataset has none")
+    if not 0.0 <= non_text_weight <= 1.0:
+        raise ValueError(f"the non-text modalities' share must be in [0, 1], got {non_text_weight}")
+    others = [m for m in names if m != "text"]
+    if "text" not in names or not others:
+        return {m: 1.0 / len(names) for m in names}
+    return {"text": 1.0 - non_text_weight, **{m: non_text_weight / len(others) for m in others}}
+
+
 def mixed_knn_graph(
     features: Mapping[str, torch.Tensor | np.ndarray],
     weights: Mapping[str, float] | None = None,

@@ -135,6 +135,9 @@ class Recommender(nn.Module, ABC):
     default_objective: ClassVar[str] = "bpr"
     provides: ClassVar[frozenset[str]] = frozenset({"pairwise"})  # output kinds objectives may require
     static_tensors: ClassVar[tuple[str, ...]] = ()
+    #: True when an item's score depends on its features, so items never seen in training (cold-start
+    #: items, ``data.cold_items``) get meaningful scores; False: their cold-start metrics are not computed.
+    scores_cold_items: ClassVar[bool] = False
 
     def __init__(self, cfg: Any, graph: RecGraph) -> None:
         super().__init__()
@@ -177,6 +180,14 @@ class Recommender(nn.Module, ABC):
     def scoring_embeddings(self) -> tuple[Tensor, Tensor]:
         """Final ``U × D`` user and ``I × D`` item tables; score(u, i) = their dot product."""
 
+    def epoch_logs(self) -> dict[str, float]:
+        """Scalars about the model's own state, logged after every training epoch as ``model/<key>``.
+
+        They go wherever the epoch's losses go (TensorBoard, the Ray Train report), e.g. LIRDRec's
+        per-modality user fusion weights. Called on every rank; return the same values on each.
+        """
+        return {}
+
     def on_epoch_start(self, epoch: int, ctx: Any) -> None:
         """Hook run before each training epoch (epoch counts from 0), after seeding.
 
@@ -207,11 +218,16 @@ def xavier_embedding(n: int, dim: int) -> nn.Embedding:
     return emb
 
 
-def propagate_mean(adj: Tensor, ego: Tensor, n_layers: int) -> Tensor:
-    """LightGCN propagation: mean over layers 0..L of ``Â^l · ego`` (``N × D``)."""
+def propagate_sum(adj: Tensor, ego: Tensor, n_layers: int) -> Tensor:
+    """LightGCN propagation with the *sum* readout (CM3, LIRDRec): ``sum over l = 0..L of Â^l · ego``."""
     acc = ego
     h = ego
     for _ in range(n_layers):
         h = torch.sparse.mm(adj, h)
         acc = acc + h
-    return acc / (n_layers + 1)
+    return acc
+
+
+def propagate_mean(adj: Tensor, ego: Tensor, n_layers: int) -> Tensor:
+    """LightGCN propagation: mean over layers 0..L of ``Â^l · ego`` (``N × D``)."""
+    return propagate_sum(adj, ego, n_layers) / (n_layers + 1)

@@ -146,6 +146,7 @@ class Trainer:
             sums = dict(zip(keys, total.unbind()))
         logs = {k: float(v) / max(n_batches, 1) for k, v in sums.items()}
         logs["time/data_s"] = data_s  # shuffling, negative sampling, fetching shards
+        logs.update({f"model/{k}": float(v) for k, v in unwrap(model).epoch_logs().items()})
         return logs
 
     def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:

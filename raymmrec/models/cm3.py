@@ -1,0 +1,109 @@
+"""CM3: Calibrating Multimodal Recommendation (Zhou, Wang, Shen; arXiv 2508.01226, 2025).
+
+Reference code: enoche/CM3 (``src/models/cm3.py``); spec: METHODS.md §3. The graph model is shared
+with LIRDRec (:mod:`raymmrec.models.feature_graph`); CM3's branches are one per modality (the
+modality encoders) plus a fused branch ``MIX``, and its loss is the ``cm3`` objective
+(:mod:`raymmrec.objectives.cm3`): alignment plus user uniformity plus *calibrated* item uniformity.
+
+* **Fusion.** ``MIX`` is a spherical Bézier curve through the modalities' projections
+  ``normalize(g_m x_m)`` (``g_m``: ``Linear(d_m → D)``, Xavier-normal) at a parameter drawn per
+  item, on every training forward, from ``Beta(alpha, alpha)`` (:func:`raymmrec.fusion.fuse`); for
+  two modalities it is one slerp, which is all the published code implements. Modalities enter
+  the curve in sorted order.
+* **Users** weight their branches by ``softmax(Θ_u)``, a free ``U × B`` table of logits.
+* **Scores** are dot products of the un-normalised final tables, as published; the loss works on
+  the normalised ones.
+
+Deviations from the published code, each with an option that restores it:
+
+* scoring uses a fresh forward in eval mode with the mixing parameter at its mean (0.5), not the
+  tables cached by the epoch's last training batch (``eval_from_last_batch=True``: stale by one
+  step, with that batch's random draws); ``sample_at_eval=True`` draws at evaluation too;
+* the slerp is numerically safe at (anti)parallel vectors (the published ``1e-8`` clamp is below
+  float32 resolution, so identical vectors give NaN there);
+* the published grid's ``weight_decay`` is left out: its trainer never passes it to Adam;
+* any number of modalities, not image + text only; with three or more the fusion is a Bézier
+  curve of degree ``m - 1`` (the paper's intent; the code has two modalities).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from raymmrec.fusion import fuse
+from raymmrec.models.base import Batch, ModelOutput, RecGraph
+from raymmrec.models.feature_graph import FeatureGraphModel, xavier_normal_table
+from raymmrec.registry import register
+from raymmrec.search import Grid, IntRange, LogUniform, SearchSpaces, Uniform
+
+
+@dataclass(frozen=True)
+class CM3Config:
+    embedding_size: int = 64  # width of every branch (embedding_size = feat_embed_dim = 64)
+    n_ui_layers: int = 3  # LightGCN layers, sum readout (grid 3, 4)
+    gamma: float = 0.5  # weight of the two uniformity terms, L = L_align + gamma/2 (L_U + L_I) (grid 0.5, 0.9)
+    alpha: float = 0.5  # Beta(alpha, alpha) shape of the fusion parameter (grid 0.1, 0.5, 0.9)
+    max_sim: float = 0.8  # upper clamp of the calibrating similarity (grid 0.8, 1.0)
+    min_sim: float = 0.0  # lower clamp of the calibrating similarity
+    temperature: float = 2.0  # t of the uniformity kernels exp(-t d^2)
+    knn_k: int = 10  # neighbours per item in the item-item graph (the item itself included)
+    mm_image_weight: float = 0.1  # share of the non-text modalities' graphs (text gets the rest)
+    mm_weights: dict[str, float] | None = None  # explicit per-modality graph weights (sum 1)
+    eval_from_last_batch: bool = False  # published scoring: the last training batch's tables
+    sample_at_eval: bool = False  # published: random fusion draws at evaluation too
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.min_sim <= self.max_sim <= 1.0):
+            raise ValueError(f"need 0 <= min_sim <= max_sim <= 1, got {self.min_sim}, {self.max_sim}")
+        if self.alpha <= 0 or self.temperature <= 0 or self.gamma < 0:
+            raise ValueError(f"alpha and temperature must be > 0 and gamma >= 0, "
+                             f"got {self.alpha}, {self.temperature}, {self.gamma}")
+
+
+@register("cm3")
+class CM3(FeatureGraphModel):
+    """Feature-first graph recommender trained by alignment and calibrated uniformity."""
+
+    config_cls = CM3Config
+    default_objective = "cm3"
+    provides = frozenset({"pairwise", "cm3"})
+    search_spaces = SearchSpaces(
+        # enoche/CM3 configs: n_ui_layers x gamma x max_sim x alpha = 24 distinct runs
+        # (its weight_decay {0, 1e-6} is ignored by the published trainer, so it is left out)
+        paper={"model.n_ui_layers": Grid((3, 4)), "model.gamma": Grid((0.5, 0.9)),
+               "model.max_sim": Grid((0.8, 1.0)), "model.alpha": Grid((0.1, 0.5, 0.9))},
+        wide={"model.n_ui_layers": IntRange(1, 4), "model.gamma": Uniform(0.1, 1.5),
+              "model.max_sim": Uniform(0.5, 1.0), "model.alpha": LogUniform(0.05, 2.0),
+              "train.lr": LogUniform(1e-4, 1e-2)},
+    )
+
+    def __init__(self, cfg: CM3Config, graph: RecGraph) -> None:
+        super().__init__(cfg, graph, extra_branches=["mix"])
+        d = cfg.embedding_size
+        self.fusion_proj = nn.ModuleDict({m: nn.Linear(graph.features[m].shape[1], d) for m in self.modalities})
+        for lin in self.fusion_proj.values():
+            nn.init.xavier_normal_(lin.weight)
+        self.branch_logits = xavier_normal_table(graph.n_users, len(self.branches))
+
+    def mix(self) -> Tensor:
+        """``I × D`` unit rows: the spherical Bézier fusion of the modalities' projections."""
+        points = [F.normalize(self.fusion_proj[m](self.feature(m)), dim=1) for m in self.modalities]
+        return fuse(points, self.cfg.alpha, self.training, sample_at_eval=self.cfg.sample_at_eval)
+
+    def item_branches(self, mix: Tensor | None = None) -> list[Tensor]:
+        mix = self.mix() if mix is None else mix
+        return [*(self.encoders[m](self.feature(m)) for m in self.modalities), mix]
+
+    def user_weights(self, hu: Tensor) -> Tensor:
+        return torch.softmax(self.branch_logits, dim=1)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        mix = self.mix()
+        users, items = self.tables(self.item_branches(mix))
+        neg = batch.neg_items
+        extra = {} if neg is None else {"neg_mix": mix[neg]}
+        return self.batch_output(users, items, batch, **extra)

@@ -1,0 +1,146 @@
+"""What CM3 and LIRDRec share: items represented from their modality features, never by an ID table.
+
+Both methods (METHODS.md §3, §4; enoche/CM3, enoche/LIRDRec) build the same graph model and differ
+in the item branches they feed it, in how a user's branches are weighted, and in the loss:
+
+* **Branches.** Each branch ``b`` has a free user vector ``P_b`` (Xavier-normal) and an item side
+  ``F_b`` computed from the fixed features (one branch per modality, plus CM3's fused ``MIX`` or
+  LIRDRec's shared DCT encoder). The node input is ``[rownorm(P_b ; F_b)]_b``, each branch's rows
+  L2-normalised on their own, so ``(U + I) × (B · D)``.
+* **User-item graph.** LightGCN on Â with the *sum* readout over layers 0..L (not the mean).
+* **Items.** ``i = r_i + Â_mm r_i``: one layer over the item-item multimodal kNN graph, with a
+  residual. Â_mm is a prepared input (per-modality cosine top-k of the raw features, binary,
+  normalised, mixed with ``mm_image_weight`` or ``mm_weights``), built once per dataset and
+  parameters and cached by content hash.
+* **Users.** ``u = [w_b r^b_u]_b`` with per-user branch weights ``w`` (a softmax) from the subclass.
+* **Modality encoders** ``Linear(d_m → 256) → LeakyReLU → Linear(256 → D, no bias)`` with torch's
+  default initialisation, applied to the fixed features (not trainable copies).
+
+Any number of modalities: the branches follow the dataset's modalities in sorted order.
+
+Scoring (a deviation from the published code, documented in each model): by default the tables come
+from a fresh forward in eval mode, which is deterministic. The published code scores with the
+output cached by the epoch's *last training batch*: one optimizer step stale, with that batch's
+random draws. ``eval_from_last_batch=True`` reproduces that; the cache is a buffer, so ``best.pt``
+and checkpoints carry it and a reloaded model scores exactly as it did.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from raymmrec.models.base import Batch, ModelOutput, RecGraph, Recommender, propagate_sum
+
+
+def modality_encoder(d_in: int, d_out: int, hidden: int = 256) -> nn.Sequential:
+    """``Linear(d_in → hidden) → LeakyReLU → Linear(hidden → d_out, no bias)``, default init."""
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.LeakyReLU(), nn.Linear(hidden, d_out, bias=False))
+
+
+def xavier_normal_table(n: int, dim: int) -> nn.Parameter:
+    """An ``n × dim`` free table, Xavier-normal (the authors' choice for user branch vectors)."""
+    return nn.Parameter(nn.init.xavier_normal_(torch.empty(n, dim)))
+
+
+def item_graph_request(cfg: Any) -> tuple[str, dict[str, Any]]:
+    """The prepared-input request of the item-item graph for a config with the shared fields."""
+    if cfg.mm_weights:
+        return "item_knn", {"k": cfg.knn_k, "weights": dict(cfg.mm_weights)}
+    return "item_knn", {"k": cfg.knn_k, "non_text_weight": cfg.mm_image_weight}
+
+
+def check_shared_options(cfg: Any, name: str) -> None:
+    """One-line errors for the options every feature-graph model has."""
+    if cfg.n_ui_layers < 0 or cfg.knn_k < 1 or cfg.embedding_size < 1:
+        raise ValueError(f"{name}: n_ui_layers must be >= 0, knn_k and embedding_size >= 1 "
+                         f"(got {cfg.n_ui_layers}, {cfg.knn_k}, {cfg.embedding_size})")
+    if not 0.0 <= cfg.mm_image_weight <= 1.0:
+        raise ValueError(f"{name}: mm_image_weight must be in [0, 1], got {cfg.mm_image_weight}")
+
+
+class FeatureGraphModel(Recommender):
+    """Base of CM3 and LIRDRec. Subclasses set ``self.branches`` and implement the hooks below.
+
+    Hooks: :meth:`item_branches` (the items' side of every branch, ``I × D`` each, in branch
+    order) and :meth:`user_weights` (``U × B`` branch weights from the propagated user branches).
+    """
+
+    static_tensors = ("adj", "mm_adj")
+    scores_cold_items: ClassVar[bool] = True
+
+    @classmethod
+    def prepared_inputs(cls, cfg: Any) -> dict:
+        return {"adj": ("norm_adj", {}), "mm_adj": item_graph_request(cfg)}
+
+    def __init__(self, cfg: Any, graph: RecGraph, extra_branches: list[str]) -> None:
+        super().__init__(cfg, graph)
+        check_shared_options(cfg, type(self).__name__)
+        if not graph.features:
+            raise ValueError(f"{type(self).__name__} represents items by their modality features; "
+                             "the dataset has none (check data.modalities)")
+        self.modalities = sorted(graph.features)
+        self.branches = [*self.modalities, *extra_branches]
+        d = cfg.embedding_size
+        self.adj = graph.prepared["adj"]
+        self.mm_adj = graph.prepared["mm_adj"]
+        # the fixed features: plain attributes that follow the model across devices, not parameters
+        self.static_tensors = (*type(self).static_tensors, *(f"feat_{m}" for m in self.modalities))
+        for m in self.modalities:
+            setattr(self, f"feat_{m}", graph.features[m])
+        self.encoders = nn.ModuleDict({m: modality_encoder(graph.features[m].shape[1], d) for m in self.modalities})
+        self.user_branch = nn.ParameterDict({b: xavier_normal_table(graph.n_users, d) for b in self.branches})
+        if cfg.eval_from_last_batch:
+            width = len(self.branches) * d
+            self.register_buffer("last_users", torch.zeros(graph.n_users, width))
+            self.register_buffer("last_items", torch.zeros(graph.n_items, width))
+
+    def feature(self, m: str) -> Tensor:
+        return getattr(self, f"feat_{m}")
+
+    # -- hooks ----------------------------------------------------------------------------------
+    def item_branches(self) -> list[Tensor]:
+        """The item side ``F_b`` of every branch (``I × D``), in ``self.branches`` order."""
+        raise NotImplementedError
+
+    def user_weights(self, hu: Tensor) -> Tensor:
+        """``U × B`` branch weights (rows sum to 1) from the propagated users ``hu`` (``U × B × D``)."""
+        raise NotImplementedError
+
+    # -- the shared graph model -----------------------------------------------------------------
+    def tables(self, item_side: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """Final user (``U × B·D``) and item (``I × B·D``) tables, un-normalised, as scored."""
+        item_side = self.item_branches() if item_side is None else item_side
+        cols = [torch.cat([F.normalize(self.user_branch[b], dim=1), F.normalize(f, dim=1)])
+                for b, f in zip(self.branches, item_side)]
+        h = propagate_sum(self.adj, torch.cat(cols, dim=1), self.cfg.n_ui_layers)
+        hu, hi = h[: self.n_users], h[self.n_users :]
+        items = hi + torch.sparse.mm(self.mm_adj, hi)
+        n_b, d = len(self.branches), self.cfg.embedding_size
+        w = self.user_weights(hu.view(self.n_users, n_b, d))
+        users = (hu.view(self.n_users, n_b, d) * w.unsqueeze(-1)).reshape(self.n_users, n_b * d)
+        return users, items
+
+    def remember(self, users: Tensor, items: Tensor) -> None:
+        """Keep the training forward's tables for the published scoring behaviour."""
+        if self.cfg.eval_from_last_batch and self.training:
+            self.last_users.copy_(users.detach())
+            self.last_items.copy_(items.detach())
+
+    def batch_output(self, users: Tensor, items: Tensor, batch: Batch, **extra: Tensor) -> ModelOutput:
+        self.remember(users, items)
+        neg = batch.neg_items
+        return ModelOutput(users[batch.users], items[batch.pos_items], None if neg is None else items[neg],
+                           extra=dict(extra))
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        users, items = self.tables()
+        return self.batch_output(users, items, batch)
+
+    def scoring_embeddings(self) -> tuple[Tensor, Tensor]:
+        if self.cfg.eval_from_last_batch:
+            return self.last_users, self.last_items
+        return self.tables()
