@@ -92,11 +92,12 @@ def main(argv: list[str] | None = None) -> int:
 def train(args: argparse.Namespace) -> int:
     """``raymmrec train``: build and check the spec first, then train in this process."""
     spec = spec_from_args(args)
+    from raymmrec.train.build import run_notes
     from raymmrec.train.run import results_table, run
 
     state = run(spec, progress=not args.no_progress)
     if args.no_progress:  # run() already printed the table otherwise
-        print(results_table(state, spec.eval.ks))
+        print(results_table(state, spec.eval.ks, run_notes(spec)))
     return 0
 
 

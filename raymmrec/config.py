@@ -265,6 +265,9 @@ class DataSpec(_Spec):
     modalities: list[str] | None = None  # subset of the dataset's modalities (None: all)
     rating_threshold: float | None = None  # keep rows with rating >= this (e.g. 1 for dbbook)
     kcore: int | None = Field(None, ge=1)  # iterative k-core filter on users and items
+    # fraction of items held out as cold-start items with all their interactions (0: off); drawn
+    # with the data seed (999), so every training seed sees the same ones; evaluated as split "cold"
+    cold_items: float = Field(0.0, ge=0, lt=1)
 
 
 class TrainSpec(_Spec):

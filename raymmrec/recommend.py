@@ -17,6 +17,7 @@ from torch import Tensor
 
 from raymmrec.errors import UserError
 from raymmrec.eval import Evaluator
+from raymmrec.eval.cold import cold_evaluator
 from raymmrec.train.artifacts import Trained, join, read_bytes
 
 NAME_FILES = ("item_text.tsv", "item_names.tsv")  # itemID <tab> ... <tab> title|name|text
@@ -75,10 +76,16 @@ def item_names(trained: Trained) -> dict[int, str] | None:
 
 
 def evaluate(trained: Trained, ks: list[int] | None = None) -> dict[str, dict[str, float]]:
-    """Validation and test metrics of the trained model (full ranking, training items masked)."""
+    """Validation and test metrics of the trained model (full ranking, training items masked).
+
+    A run with cold-start items (``data.cold_items``) adds ``cold`` when the model can score them.
+    """
     data = trained.data
     ks = ks or trained.spec.eval.ks
     score = trained.model.scorer()
-    return {split: Evaluator(data.n_items, data.train, data.split(split), ks=tuple(ks),
-                             max_batch_elems=trained.spec.eval.max_batch_elems, device=trained.device).evaluate(score)
-            for split in ("valid", "test")}
+    opts = {"ks": tuple(ks), "max_batch_elems": trained.spec.eval.max_batch_elems, "device": trained.device}
+    out = {split: Evaluator(data.n_items, data.train, data.split(split), **opts).evaluate(score)
+           for split in ("valid", "test")}
+    if len(data.cold) and trained.model.scores_cold_items:
+        out["cold"] = cold_evaluator(data, **opts).evaluate(score)
+    return out

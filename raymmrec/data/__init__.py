@@ -22,14 +22,15 @@ from raymmrec.data.io import (
     write_columnar,
     write_mmrec,
 )
-from raymmrec.data.schema import INTER_COLUMNS, SPLITS, DataError, Interactions, RecData
-from raymmrec.data.split import mmrec_split, split_sizes
+from raymmrec.data.schema import COLD, INTER_COLUMNS, SPLITS, DataError, Interactions, RecData
+from raymmrec.data.split import hold_out_cold_items, mmrec_split, split_sizes
 from raymmrec.data.synthetic import PRESETS, SyntheticSpec, generate_synthetic, make_synthetic
 from raymmrec.data.validate import validate_recdata
 
 __all__ = [
     "resolve_source",
     "BUILTIN_NAMES",
+    "COLD",
     "DEFAULT_SEED",
     "INTER_COLUMNS",
     "PRESETS",
@@ -42,6 +43,7 @@ __all__ = [
     "cache_root",
     "filter_recdata",
     "generate_synthetic",
+    "hold_out_cold_items",
     "is_columnar",
     "load_dataset",
     "make_synthetic",

@@ -26,7 +26,7 @@ import pandas as pd
 from raymmrec.data.filters import filter_recdata, frame_to_recdata
 from raymmrec.data.io import META_FILE, open_fs, read_columnar, read_mmrec, write_columnar
 from raymmrec.data.schema import DataError, RecData
-from raymmrec.data.split import mmrec_split
+from raymmrec.data.split import hold_out_cold_items, mmrec_split
 from raymmrec.data.synthetic import PRESETS, generate_synthetic
 
 DEFAULT_SEED = 999  # MMRec's default seed
@@ -203,6 +203,7 @@ def load_dataset(
     modalities: list[str] | tuple[str, ...] | None = None,
     rating_threshold: float | None = None,
     kcore: int | None = None,
+    cold_items: float = 0.0,
     cache_dir: str | os.PathLike[str] | None = None,
     seed: int = DEFAULT_SEED,
     storage_options: dict[str, Any] | None = None,
@@ -215,8 +216,10 @@ def load_dataset(
         modalities: feature modalities to keep (default: all, or ``dataset.yaml``'s list); ``[]`` for none.
         rating_threshold: keep rows with ``rating >= t`` (MMRec folders only; they carry the rating column).
         kcore: iteratively drop users and items with fewer than ``k`` interactions (all splits counted).
+        cold_items: fraction of the (filtered) items held out as cold-start items, with all their
+            interactions, in ``data.cold`` (:func:`~raymmrec.data.split.hold_out_cold_items`, drawn with ``seed``).
         cache_dir: cache for built datasets (default ``$RAYMMREC_CACHE`` or ``~/.cache/raymmrec``).
-        seed: seed of the synthetic generator and of ml100k's split.
+        seed: seed of the synthetic generator, of ml100k's split and of the cold-start items.
         storage_options: extra fsspec options for URLs (S3 reads ``AWS_*`` environment variables by default).
     """
     spec = resolve_source(spec)
@@ -235,15 +238,17 @@ def load_dataset(
             # read_columnar reads meta.json first and raises for an incomplete columnar folder
             data = read_columnar(spec, modalities=modalities, storage_options=storage_options)
         else:
-            return read_mmrec(
+            data = read_mmrec(
                 spec,
                 modalities=modalities,
                 rating_threshold=rating_threshold,
                 kcore=kcore,
                 storage_options=storage_options,
             )
+            return hold_out_cold_items(data, cold_items, seed)
     else:
         where = os.environ.get(DATA_PATH_ENV)
         raise _unknown(spec, f"unknown dataset {spec!r}" + (f" (not found in {DATA_PATH_ENV}={where})" if where
                                                              else f" (set {DATA_PATH_ENV} to find it by name)"))
-    return filter_recdata(data, rating_threshold=rating_threshold, kcore=kcore)
+    data = filter_recdata(data, rating_threshold=rating_threshold, kcore=kcore)
+    return hold_out_cold_items(data, cold_items, seed)

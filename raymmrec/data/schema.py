@@ -10,6 +10,8 @@ import numpy as np
 INTER_COLUMNS = ("userID", "itemID", "rating", "timestamp", "x_label")
 #: ``x_label`` values: 0 = train, 1 = validation, 2 = test.
 SPLITS = ("train", "valid", "test")
+#: The held-out interactions of cold-start items (``data.cold_items``); never stored in a file.
+COLD = "cold"
 
 
 class DataError(ValueError):
@@ -35,7 +37,9 @@ class Interactions:
 class RecData:
     """A dataset ready for training: dense 0-based ids, three splits, one feature matrix per modality.
 
-    ``features[m]`` is float32 ``[n_items, d_m]``; row ``i`` belongs to item ``i``.
+    ``features[m]`` is float32 ``[n_items, d_m]``; row ``i`` belongs to item ``i``. ``cold`` holds
+    every interaction of the items held out as cold-start items (:func:`raymmrec.data.split.hold_out_cold_items`);
+    empty unless ``data.cold_items`` > 0, and then those items have no train/valid/test interaction.
     """
 
     name: str
@@ -45,15 +49,22 @@ class RecData:
     valid: Interactions
     test: Interactions
     features: dict[str, np.ndarray] = field(default_factory=dict)
+    cold: Interactions = field(default_factory=lambda: Interactions(np.zeros(0, np.int64), np.zeros(0, np.int64)))
 
     def split(self, name: str) -> Interactions:
-        if name not in SPLITS:
-            raise KeyError(f"unknown split {name!r}; expected one of {SPLITS}")
+        if name not in (*SPLITS, COLD):
+            raise KeyError(f"unknown split {name!r}; expected one of {(*SPLITS, COLD)}")
         return getattr(self, name)
+
+    def cold_items(self) -> np.ndarray:
+        """Sorted ids of the held-out cold-start items (empty when none are held out)."""
+        return np.unique(self.cold.items)
 
     def summary(self) -> str:
         feats = ", ".join(f"{m} {a.shape[1]}-d" for m, a in self.features.items()) or "none"
         return (
             f"{self.name}: {self.n_users:,} users, {self.n_items:,} items, "
             f"{len(self.train):,}/{len(self.valid):,}/{len(self.test):,} train/valid/test; features: {feats}"
+            + (f"; cold-start: {self.cold_items().size:,} items held out with {len(self.cold):,} interactions"
+               if len(self.cold) else "")
         )

@@ -7,11 +7,18 @@ user with ``n`` interactions assigns:
 * otherwise: ``vt = int(0.2 * n)``, ``valid = vt // 2``, ``test = vt - valid``, the rest train.
 
 Users with fewer than 3 interactions therefore get no training row.
+
+:func:`hold_out_cold_items` then optionally moves every interaction of a random set of items into a
+fourth, ``cold`` split (cold-start evaluation, ``data.cold_items``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+
+from raymmrec.data.schema import DataError, Interactions, RecData
 
 
 def split_sizes(n: np.ndarray | int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -48,3 +55,48 @@ def mmrec_split(users: np.ndarray, seed: int | np.random.Generator) -> np.ndarra
     labels = np.empty_like(sorted_labels)
     labels[order] = sorted_labels
     return labels
+
+
+def hold_out_cold_items(data: RecData, fraction: float, seed: int) -> RecData:
+    """``data`` with ``round(fraction × I')`` random items held out as cold-start items.
+
+    ``I'`` counts the items that have at least one interaction (an item without any would add
+    nothing to evaluate). Every interaction of a chosen item, whatever its split, moves to
+    ``data.cold``; the item table keeps its size and features, so ``n_items`` and item ids are
+    unchanged and models simply never see those items in training. The items are drawn with
+    ``numpy.random.default_rng(seed)`` from the filtered dataset, so one dataset and seed always
+    hold out the same items (the loader passes the data seed, not ``train.seed``: runs with
+    different training seeds share one cold split). Users keep their other interactions, even
+    when none of them is left in training.
+
+    Raises:
+        DataError: ``fraction`` outside [0, 1), a dataset without item features (nothing could
+            score a cold item: neither a model nor the content-kNN baseline), no item drawn, or no
+            train/valid/test pair left.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise DataError(f"data.cold_items: expected a fraction in [0, 1), got {fraction!r}")
+    if fraction == 0.0:
+        return data
+    if not data.features:
+        raise DataError(f"data.cold_items={fraction:g}: {data.name!r} has no item features (data.modalities "
+                        "selects none?); cold-start items can only be scored from their features")
+    splits = {s: data.split(s) for s in ("train", "valid", "test")}
+    seen = np.unique(np.concatenate([p.items for p in splits.values()]))
+    n_cold = int(np.floor(fraction * seen.size + 0.5))
+    if n_cold == 0:
+        raise DataError(f"data.cold_items={fraction:g} holds out no item of {data.name!r} ({seen.size} items "
+                        f"with interactions); use a fraction >= {0.5 / max(seen.size, 1):.3g}")
+    cold = np.sort(np.random.default_rng(seed).permutation(seen)[:n_cold])
+    kept, moved = {}, []
+    for name, part in splits.items():
+        is_cold = np.isin(part.items, cold)
+        kept[name] = Interactions(part.users[~is_cold], part.items[~is_cold])
+        moved.append((part.users[is_cold], part.items[is_cold]))
+        if len(kept[name]) == 0:
+            raise DataError(f"data.cold_items={fraction:g} leaves no {name} interaction in {data.name!r}; "
+                            "use a smaller fraction")
+    users = np.concatenate([u for u, _ in moved])
+    items = np.concatenate([i for _, i in moved])
+    order = np.lexsort((items, users))
+    return dataclasses.replace(data, **kept, cold=Interactions(users[order], items[order]))

@@ -1,7 +1,8 @@
 """MMRec full-ranking evaluator (METHODS.md 1.8), batched, vectorised, and shardable across processes.
 
 For every user with at least one item in the evaluated split: score all items, set the user's
-*training* items to -inf (only those), take one top-max(K) with the tie rule of
+*training* items to -inf (only those; an evaluator given ``candidates`` also sets every
+other item to -inf, see :mod:`raymmrec.eval.cold`), take one top-max(K) with the tie rule of
 :func:`raymmrec.eval.metrics.topk_ordered` (equal scores -> lower item id first), and average the
 per-user metrics over users.
 
@@ -52,10 +53,16 @@ def _gather_rows(indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tenso
     return row, col
 
 
-def _check_finite(scores: torch.Tensor, r: torch.Tensor, c: torch.Tensor, users: torch.Tensor) -> None:
-    """Raise FloatingPointError if ``scores`` [B × I] has NaN/inf outside the masked (training) entries ``(r, c)``."""
+def _check_finite(scores: torch.Tensor, r: torch.Tensor, c: torch.Tensor, users: torch.Tensor,
+                  excluded: torch.Tensor | None = None) -> None:
+    """Raise FloatingPointError if ``scores`` [B × I] has NaN/inf outside the masked entries.
+
+    Masked: the training entries ``(r, c)`` and the ``excluded`` item columns.
+    """
     bad = ~torch.isfinite(scores)
     bad[r, c] = False  # training items are set to -inf anyway, whatever the model gave them
+    if excluded is not None:
+        bad[:, excluded] = False
     bad_users = torch.nonzero(bad.any(dim=1)).squeeze(1)
     if bad_users.numel():
         first = int(bad_users[0])
@@ -78,6 +85,8 @@ class Evaluator:
         max_batch_elems: users are scored in chunks of B with B × I <= max_batch_elems.
         device: device of ``.users`` and of the users passed to ``score_fn``; default CPU.
             Scores returned on another device are handled there (index structures are copied once).
+        candidates: item ids that may be ranked (default: all); every other item is set to -inf
+            like a training item. Cold-start evaluation ranks the held-out items only.
 
     Attributes:
         users: sorted int64 [U] users with >= 1 ground-truth item.
@@ -92,6 +101,7 @@ class Evaluator:
         ks: Sequence[int] = (10, 20, 50),
         max_batch_elems: int = 2**25,
         device: torch.device | str | None = None,
+        candidates: np.ndarray | Sequence[int] | None = None,
     ) -> None:
         self.ks = tuple(int(k) for k in ks)
         if not self.ks or min(self.ks) < 1:
@@ -107,6 +117,12 @@ class Evaluator:
         gt_ptr, gt_idx = _csr_by_user(truth, n_users, self.n_items)
         n_gt = gt_ptr[1:] - gt_ptr[:-1]
         self._cpu = {"tr_ptr": tr_ptr, "tr_idx": tr_idx, "gt_ptr": gt_ptr, "gt_idx": gt_idx, "n_gt": n_gt}
+        if candidates is not None:
+            keep = np.zeros(self.n_items, dtype=bool)
+            keep[np.asarray(candidates, dtype=np.int64)] = True
+            if not keep[gt_idx.numpy()].all():
+                raise ValueError("candidates must include every ground-truth item of the evaluated split")
+            self._cpu["excluded"] = torch.from_numpy(np.flatnonzero(~keep))
         self._cache: dict[torch.device, dict[str, torch.Tensor]] = {}
         self.users = torch.nonzero(n_gt > 0).squeeze(1).to(self.device)
 
@@ -151,9 +167,12 @@ class Evaluator:
             if int(ub.min()) < 0 or int(ub.max()) >= self.n_users or bool((st["n_gt"][ub] == 0).any()):
                 raise ValueError("metric_sums got users without ground truth in this split; use .users / shard_users()")
             r, c = _gather_rows(st["tr_ptr"], st["tr_idx"], ub)
+            excluded = st.get("excluded")
             if not bool(torch.isfinite(scores).all()):  # one reduction per block; details only when it fails
-                _check_finite(scores, r, c, ub)
+                _check_finite(scores, r, c, ub, excluded)
             scores[r, c] = float("-inf")
+            if excluded is not None:
+                scores[:, excluded] = float("-inf")
             _, top = topk_ordered(scores, self.kmax)  # [B × min(Kmax, I)]
             r, c = _gather_rows(st["gt_ptr"], st["gt_idx"], ub)
             truth = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)

@@ -5,6 +5,11 @@ AAAI 2016, https://arxiv.org/abs/1510.01784. As in MMRec, all modality features 
 concatenated and projected by one linear layer to ``embedding_size``; an item is
 ``[γ_i ; W f_i]`` and a user is one ``2·embedding_size`` vector. Trained by the ``bpr``
 objective, whose EmbLoss acts on the batch's user, positive and negative representations.
+
+Because ``W f_i`` comes from the item's features, VBPR scores cold-start items
+(``scores_cold_items``): for an item never seen in training (neither as a positive nor as a
+sampled negative) the projection ``W`` is learned from other items, while its ID half ``γ_i``
+is untrained, still its random initialisation.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class VBPR(Recommender):
         wide={"model.reg_weight": LogUniform(1e-6, 2.0), "train.lr": LogUniform(1e-4, 1e-2)},
     )
     static_tensors = ("content",)
+    scores_cold_items = True  # the projected features W f_i; γ_i of a cold item is untrained
 
     def __init__(self, cfg: VBPRConfig, graph: RecGraph) -> None:
         super().__init__(cfg, graph)

@@ -23,9 +23,10 @@ from raymmrec.cli import add_run_arguments, spec_from_args
 from raymmrec.config import RunSpec, spec_from_dict
 from raymmrec.data import arrow_filesystem, is_columnar, resolve_source, train_parquet_path
 from raymmrec.errors import UserError, run_main
+from raymmrec.eval.cold import COLD_SPLITS
 from raymmrec.ray import storage as st
 from raymmrec.train.artifacts import CONFIG, DIVERGED, RESULTS, TB, results_dict, results_table, write_json
-from raymmrec.train.build import check_same_run, load_data, prepared_inputs, resolved_config
+from raymmrec.train.build import check_same_run, load_data, prepared_inputs, resolved_config, run_notes
 from raymmrec.train.loop import TrainingDiverged, TrainState
 
 RAY_CHECKPOINT_EVERY = 5  # default epochs between resumable checkpoints under Ray (best weights: every improvement)
@@ -54,6 +55,8 @@ def columnar_source(spec: RunSpec) -> str | None:
     d = spec.data
     if d.rating_threshold is not None or d.kcore is not None:
         return None  # filters re-index ids: the pairs exist only after loading
+    if d.cold_items > 0:
+        return None  # train.parquet still holds the pairs of the held-out cold-start items
     if d.source in ("ml100k",) or d.source.startswith("synthetic") or not is_columnar(d.source):
         return None
     return d.source
@@ -247,9 +250,10 @@ def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True, verbose: 
     if fs.exists(f"{root}/{DIVERGED}"):
         raise TrainingDiverged(json.loads(fs.cat_file(f"{root}/{DIVERGED}"))["error"])
     state = state_from_metrics(metrics)
-    write_json(st.join(run_root, RESULTS), results_dict(state))
+    notes = run_notes(spec)
+    write_json(st.join(run_root, RESULTS), results_dict(state, notes))
     if progress:
-        print(results_table(state, spec.eval.ks), flush=True)
+        print(results_table(state, spec.eval.ks, notes), flush=True)
         print(f"[raymmrec] run folder: {run_root}", flush=True)
     return state
 
@@ -272,8 +276,15 @@ def _train_fn():  # noqa: ANN202 - imported lazily so the driver does not need t
 
 
 def state_from_metrics(m: dict[str, Any]) -> TrainState:
-    """Rebuild the best-epoch summary from rank 0's last reported metrics."""
+    """Rebuild the best-epoch summary from rank 0's last reported metrics.
+
+    The best epoch's cold-start metrics (``best_cold/...``) become that epoch's one ``history``
+    entry, where :func:`~raymmrec.train.artifacts.best_extras` reads them.
+    """
+    extras = {key.removeprefix("best_"): v for key, v in m.items() if key.split("/")[0] in
+              {f"best_{split}" for split in COLD_SPLITS}}
     return TrainState(
+        history=[{"epoch": int(m.get("best_epoch", -1)), **extras}] if extras else [],
         epoch=int(m.get("epochs_run", 0)), best_score=float(m.get("best_score", float("nan"))),
         best_epoch=int(m.get("best_epoch", -1)), stopped_early=bool(m.get("stopped_early", False)),
         resumes=list(m.get("resumed_at", [])),
@@ -316,7 +327,7 @@ def main(default_method: str | None = None, argv: list[str] | None = None) -> in
                               a.wait_for_resources, a.allow_local_paths)
         state = launch(spec, scaling, progress=not a.no_progress, verbose=a.verbose)
         if a.no_progress:  # launch() already printed the table otherwise
-            print(results_table(state, spec.eval.ks), flush=True)
+            print(results_table(state, spec.eval.ks, run_notes(spec)), flush=True)
         return 0
 
     return run_main(go, verbose=a.verbose)

@@ -142,6 +142,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if ctx.rank == 0:
         print(f"[raymmrec] {p.data.summary()}; {ctx.world_size} worker(s) on {device}; "
               f"setup {time.perf_counter() - t0:.1f}s", file=OUT, flush=True)
+        for split, note in p.notes.items():
+            print(f"[raymmrec] {split}: {note}", file=OUT, flush=True)
     callbacks: list[Callback] = []
     before_checkpoint: list = []
     if ctx.rank == 0:
@@ -156,7 +158,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     fault = config.get("inject_fault")  # testing hook: {"rank": r, "epoch": e, "marker": path}
     if fault:
         callbacks.insert(0, _FaultInjector(ctx.rank, **fault))
-    trainer = make_trainer(p, sharded_evaluate(p.evaluators, ctx, device), callbacks, model=model)
+    trainer = make_trainer(p, sharded_evaluate(p.evaluators, ctx, device, p.fixed_results), callbacks, model=model)
     try:
         trainer.fit(state)
     except TrainingDiverged as e:  # every rank raises at the same step; a retry would diverge again,

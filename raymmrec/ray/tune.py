@@ -33,6 +33,7 @@ import yaml
 from raymmrec.config import ConfigError, RunSpec, spec_from_dict
 from raymmrec.data import resolve_source
 from raymmrec.errors import UserError
+from raymmrec.eval.cold import COLD_SPLITS
 from raymmrec.ray import storage as st
 from raymmrec.ray.launch import get_or_raise_cause, torch_threads
 from raymmrec.search import (Choice, Grid, IntRange, LogUniform, Space, Uniform, apply_point, check_space,
@@ -180,8 +181,11 @@ def _report_finished(run_folder: str) -> bool:
         res = json.loads(read_bytes(st.join(run_folder, RESULTS)))
     except FileNotFoundError:
         return False
+    # the recorded cold-start metrics (a dict; a note is a string) as the best epoch's history entry
+    extras = {f"{split}/{k}": v for split in COLD_SPLITS if isinstance(res.get(split), dict) for k, v in res[split].items()}
     state = TrainState(epoch=res["epochs_run"], best_epoch=res["best_epoch"], stopped_early=res["stopped_early"],
-                       resumes=list(res.get("resumed_at", [])), best_valid=res["valid"], best_test=res["test"])
+                       resumes=list(res.get("resumed_at", [])), best_valid=res["valid"], best_test=res["test"],
+                       history=[{"epoch": res["best_epoch"], **extras}])
     tune.report(report_metrics(state, {"epoch": res["epochs_run"] - 1, "recorded": 1.0}))
     return True
 

@@ -4,7 +4,7 @@ A run folder (local path or URL) holds::
 
     config.json     the resolved config (defaults filled)
     best.pt         weights at the best validation evaluation (+ epoch, config); load_trained reads it
-    results.json    validation and test metrics at that evaluation
+    results.json    validation and test metrics at that evaluation (and cold-start ones, see best_extras)
     tb/             TensorBoard scalars
     ckpt/latest.pt  the resumable checkpoint (Ray: checkpoint_*/latest.pt, managed by Ray Train)
 
@@ -29,6 +29,7 @@ import torch
 from raymmrec.config import RunSpec, spec_from_dict
 from raymmrec.data.io import open_fs
 from raymmrec.eval import METRICS
+from raymmrec.eval.cold import COLD_SPLITS
 from raymmrec.train.checkpoint import FORMAT_VERSION, check_format
 from raymmrec.train.loop import TrainState
 
@@ -116,10 +117,35 @@ def adopt_best(state: TrainState, best: dict[str, Any] | None) -> None:
     state.best_valid, state.best_test = dict(best["valid"]), dict(best["test"])
 
 
-def results_dict(state: TrainState) -> dict[str, Any]:
-    """What ``results.json`` holds: metrics at the best validation evaluation."""
-    return {"best_epoch": state.best_epoch, "valid": state.best_valid, "test": state.best_test,
-            "epochs_run": state.epoch, "stopped_early": state.stopped_early, "resumed_at": state.resumes}
+def best_extras(state: TrainState) -> dict[str, dict[str, float]]:
+    """Metrics of the evaluations besides valid and test (``cold``, ``cold_knn``) at the best epoch.
+
+    The loop keeps only valid and test as ``best_*``; every evaluated split is in that epoch's
+    ``history`` entry as ``<split>/<metric>``, so they are read from there (selection stays on
+    validation). Empty when the best epoch is not in the history.
+    """
+    for entry in reversed(state.history):
+        if int(entry.get("epoch", -1)) == state.best_epoch:
+            out: dict[str, dict[str, float]] = {}
+            for key, value in entry.items():
+                split, _, metric = key.partition("/")
+                if split in COLD_SPLITS and metric:
+                    out.setdefault(split, {})[metric] = value
+            return {split: out[split] for split in COLD_SPLITS if split in out}
+    return {}
+
+
+def results_dict(state: TrainState, notes: dict[str, str] | None = None) -> dict[str, Any]:
+    """What ``results.json`` holds: metrics at the best validation evaluation.
+
+    ``notes`` (:func:`raymmrec.train.build.run_notes`) stand in for metrics that were not computed,
+    e.g. ``"cold": "bpr has no feature path for items; ..."``.
+    """
+    out: dict[str, Any] = {"best_epoch": state.best_epoch, "valid": state.best_valid, "test": state.best_test}
+    cold = {**best_extras(state), **(notes or {})}
+    out.update({split: cold[split] for split in COLD_SPLITS if split in cold})
+    out.update({"epochs_run": state.epoch, "stopped_early": state.stopped_early, "resumed_at": state.resumes})
+    return out
 
 
 def report_metrics(state: TrainState, logs: dict[str, float]) -> dict[str, Any]:
@@ -129,17 +155,21 @@ def report_metrics(state: TrainState, logs: dict[str, float]) -> dict[str, Any]:
               "epochs_run": state.epoch, "resumed_at": list(state.resumes)})
     m.update({f"best_test/{k}": v for k, v in state.best_test.items()})
     m.update({f"best_valid/{k}": v for k, v in state.best_valid.items()})
+    m.update({f"best_{split}/{k}": v for split, metrics in best_extras(state).items() for k, v in metrics.items()})
     return m
 
 
-def results_table(state: TrainState, ks: list[int]) -> str:
-    """Plain-text table of validation and test metrics at the best validation epoch."""
+def results_table(state: TrainState, ks: list[int], notes: dict[str, str] | None = None) -> str:
+    """Plain-text table of the metrics at the best validation epoch (valid, test, cold-start rows)."""
     cols = [f"{n}@{k}" for k in ks for n in METRICS]
     width = max(len(c) for c in cols) + 1
+    rows = [("valid", state.best_valid), ("test", state.best_test), *best_extras(state).items()]
+    label = max(7, *(len(split) + 1 for split, _ in rows))
     lines = [f"best epoch {state.best_epoch} (of {state.epoch} run)",
-             "split  " + "".join(c.rjust(width) for c in cols)]
-    for split, metrics in (("valid", state.best_valid), ("test", state.best_test)):
-        lines.append(split.ljust(7) + "".join(f"{metrics.get(c, float('nan')):{width}.4f}" for c in cols))
+             "split".ljust(label) + "".join(c.rjust(width) for c in cols)]
+    for split, metrics in rows:
+        lines.append(split.ljust(label) + "".join(f"{metrics.get(c, float('nan')):{width}.4f}" for c in cols))
+    lines += [f"{split}: {note}" for split, note in (notes or {}).items()]
     return "\n".join(lines)
 
 

@@ -15,9 +15,10 @@ from typing import Any, Callable
 import torch
 
 from raymmrec.config import RunSpec
-from raymmrec.data import RecData, cache_root, load_dataset
+from raymmrec.data import DEFAULT_SEED, RecData, cache_root, hold_out_cold_items, load_dataset
 from raymmrec.dist import DistContext
 from raymmrec.eval import Evaluator
+from raymmrec.eval.cold import COLD_KNN, cold_evaluator, cold_notes, content_knn_metrics
 from raymmrec.models.base import RecGraph, Recommender, build_config
 from raymmrec.objectives.base import Objective, build_objective
 from raymmrec.prepared import prepare
@@ -40,7 +41,8 @@ def resolve_device(name: str) -> torch.device:
 
 def load_data(spec: RunSpec) -> RecData:
     d = spec.data
-    return load_dataset(d.source, modalities=d.modalities, rating_threshold=d.rating_threshold, kcore=d.kcore)
+    return load_dataset(d.source, modalities=d.modalities, rating_threshold=d.rating_threshold, kcore=d.kcore,
+                        cold_items=d.cold_items)
 
 
 def check_spec(spec: RunSpec) -> tuple[type[Recommender], Any, Objective]:
@@ -48,6 +50,11 @@ def check_spec(spec: RunSpec) -> tuple[type[Recommender], Any, Objective]:
     cls = get_model(spec.method)
     cfg = build_config(cls, spec.model)
     return cls, cfg, build_objective(cls, cfg, spec.objective)
+
+
+def run_notes(spec: RunSpec) -> dict[str, str]:
+    """Per-run notes in place of results (``{"cold": why}``): printed at start, recorded in results.json."""
+    return cold_notes(spec.method, get_model(spec.method).scores_cold_items, spec.data.cold_items)
 
 
 def _resolved(spec: RunSpec, cfg: Any, objective: Objective) -> dict[str, Any]:
@@ -96,6 +103,9 @@ class Pieces:
     evaluators: dict[str, Evaluator]
     device: torch.device
     ctx: DistContext
+    # results computed once, logged with every evaluation: the content-kNN baseline of cold-start items
+    fixed_results: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    notes: dict[str, str] = dataclasses.field(default_factory=dict)  # see run_notes
 
 
 def build(spec: RunSpec, *, device: torch.device | None = None, data: RecData | None = None,
@@ -106,10 +116,16 @@ def build(spec: RunSpec, *, device: torch.device | None = None, data: RecData | 
     ``prepared`` are the model's prepared inputs when the caller already has them (a Ray worker
     receives them from the driver's loading task); otherwise they come from the cache. ``release_features``
     drops the data's and the graph's feature copies once the model holds what it needs.
+
+    With ``data.cold_items`` > 0 (held out by :func:`load_data`, or here when ``data`` comes without
+    them), ``evaluators`` gain ``cold`` if the method scores cold items (else ``notes`` says why) and
+    ``fixed_results`` hold the content-kNN baseline (:mod:`raymmrec.eval.cold`), computed here once.
     """
     device = device or resolve_device(spec.train.device)
     cls, cfg, objective = check_spec(spec)
     data = data or load_data(spec)
+    if spec.data.cold_items > 0 and not len(data.cold):  # handed in without load_data's hold-out
+        data = hold_out_cold_items(data, spec.data.cold_items, DEFAULT_SEED)
     if prepared is None:
         prepared = prepare(data, cls.prepared_inputs(cfg), cache_root())
     graph = build_graph(data, device, prepared)
@@ -125,11 +141,16 @@ def build(spec: RunSpec, *, device: torch.device | None = None, data: RecData | 
                          max_batch_elems=spec.eval.max_batch_elems, device=device)
         for split in ("valid", "test")
     }
+    notes, fixed = run_notes(spec), {}
+    if len(data.cold):  # cold-start items held out (data.cold_items)
+        if "cold" not in notes:
+            evaluators["cold"] = cold_evaluator(data, spec.eval.ks, spec.eval.max_batch_elems, device)
+        fixed[COLD_KNN] = content_knn_metrics(data, spec.eval.ks, spec.eval.max_batch_elems)
     if release_features:
         graph.features = {}
         data.features = {}
     return Pieces(spec, _resolved(spec, cfg, objective), data, graph, model, objective, optimizer, scheduler,
-                  sampler, evaluators, device, ctx or DistContext())
+                  sampler, evaluators, device, ctx or DistContext(), fixed, notes)
 
 
 def batch_fn(p: Pieces) -> Callable[[int], Any]:
@@ -144,16 +165,21 @@ def batch_fn(p: Pieces) -> Callable[[int], Any]:
     return batches
 
 
-def local_evaluate(evaluators: dict[str, Evaluator]) -> EvalFn:
+def local_evaluate(evaluators: dict[str, Evaluator], fixed: dict[str, dict[str, float]] | None = None) -> EvalFn:
+    """Every split in this process; ``fixed`` results (``Pieces.fixed_results``) are returned with them."""
+
     def evaluate(model: Recommender) -> dict[str, dict[str, float]]:
         score = model.scorer()
-        return {split: ev.evaluate(score) for split, ev in evaluators.items()}
+        return {**{split: ev.evaluate(score) for split, ev in evaluators.items()}, **(fixed or {})}
 
     return evaluate
 
 
-def sharded_evaluate(evaluators: dict[str, Evaluator], ctx: DistContext, device: torch.device) -> EvalFn:
+def sharded_evaluate(evaluators: dict[str, Evaluator], ctx: DistContext, device: torch.device,
+                     fixed: dict[str, dict[str, float]] | None = None) -> EvalFn:
     """Each rank ranks its share of users; metric sums and user counts are all-reduced (exact).
+
+    ``fixed`` results (the same on every rank, e.g. the content-kNN baseline) are returned with them.
 
     Non-finite scores on any rank stop every rank at once with :class:`TrainingDiverged` (a rank
     that raised alone would leave the others waiting in the all-reduce).
@@ -176,7 +202,7 @@ def sharded_evaluate(evaluators: dict[str, Evaluator], ctx: DistContext, device:
             packed = torch.cat([sums, torch.tensor([float(len(users))], dtype=torch.float64)]).to(device)
             packed = ctx.all_reduce_sum(packed).cpu()
             out[split] = ev.finalize(packed[:-1], int(packed[-1].item()))
-        return out
+        return {**out, **(fixed or {})}
 
     return evaluate
 
@@ -211,9 +237,12 @@ def check_same_run(saved: dict[str, Any], config: dict[str, Any], where: str) ->
     """
     old = saved
     free = {"epochs", "patience", "device", "checkpoint_every", "eval_every"}
+    defaults = RunSpec().to_dict()
     diffs = []
     for section in ("method", "objective", "model", "data", "train", "eval"):
         a, b = old.get(section), config.get(section)
+        if section in ("data", "train", "eval"):  # an option added since the run started counts at its default
+            a, b = {**defaults[section], **(a or {})}, {**defaults[section], **(b or {})}
         if section == "train":
             a = {k: v for k, v in (a or {}).items() if k not in free}
             b = {k: v for k, v in (b or {}).items() if k not in free}

@@ -31,6 +31,8 @@ def run(spec: RunSpec, *, progress: bool = True, extra_callbacks: list[Callback]
         print(pieces.data.summary(), flush=True)
         print(f"method {spec.method} ({pieces.objective.name} objective) on {pieces.device}; setup took "
               f"{time.perf_counter() - t0:.1f}s; run folder {run_dir}", flush=True)
+        for split, note in pieces.notes.items():
+            print(f"{split}: {note}", flush=True)
     state = None
     if any(run_dir.glob("checkpoint_*")) and not ckpt.exists():
         raise ValueError(f"run folder {run_dir} holds a Ray run (checkpoint_*); resume it with jobs/train.py "
@@ -49,8 +51,9 @@ def run(spec: RunSpec, *, progress: bool = True, extra_callbacks: list[Callback]
         CheckpointCallback(run_dir / "ckpt", pieces.config, every=every),
         *(extra_callbacks or []),
     ]
-    state = make_trainer(pieces, local_evaluate(pieces.evaluators), callbacks).fit(state)
-    write_json(run_dir / RESULTS, results_dict(state))
+    evaluate = local_evaluate(pieces.evaluators, pieces.fixed_results)
+    state = make_trainer(pieces, evaluate, callbacks).fit(state)
+    write_json(run_dir / RESULTS, results_dict(state, pieces.notes))
     if progress:
-        print(results_table(state, spec.eval.ks), flush=True)
+        print(results_table(state, spec.eval.ks, pieces.notes), flush=True)
     return state
