@@ -17,7 +17,7 @@ from raymmrec.dist import DistContext
 from raymmrec.graph import modality_weights
 from raymmrec.models.base import Batch, build_config
 from raymmrec.objectives.base import build_objective
-from raymmrec.objectives.cm3 import log_mean_offdiag_exp, uniformity
+from raymmrec.objectives.cm3 import distinct_rows, uniformity
 from raymmrec.prepared import prepare
 from raymmrec.registry import get_model
 from raymmrec.train.build import build_graph
@@ -45,7 +45,17 @@ def test_uniformity_equals_the_pairwise_definition():
     z3 = unit([[1, 0], [0, 1], [1, 1]])
     by_hand = math.log((math.exp(-2 * 2) + 2 * math.exp(-2 * (2 - math.sqrt(2)))) / 3)
     assert uniformity(z3, 2.0).item() == pytest.approx(by_hand, rel=1e-12)
-    assert log_mean_offdiag_exp(torch.zeros(1, 1)).item() == 0.0  # one row: no pairs
+    assert uniformity(z3[:1], 2.0).item() == 0.0  # one row: no pairs
+    # distinct rows with multiplicities give the value of the expanded batch
+    ids = torch.tensor([7, 3, 7, 9, 3, 7])
+    rows = unit([[1, 0], [0, 1], [1, 0], [1, 1], [0, 1], [1, 0]])
+    counts, distinct = distinct_rows(ids, rows)
+    assert counts.tolist() == [2, 3, 1] and torch.equal(distinct, rows[[1, 0, 3]])
+    s_ids = torch.tensor([[0.8, 0.2, 0.5], [0.2, 0.8, 0.1], [0.5, 0.1, 0.8]], dtype=torch.float64)
+    which = torch.tensor([1, 0, 1, 2, 0, 1])  # the distinct row of each batch row
+    s6 = s_ids[which][:, which]  # one similarity per pair of ids
+    got = uniformity(distinct, 2.0, s_ids, counts=counts).item()
+    assert got == pytest.approx(loop_uniformity(rows, 2.0, s6.tolist()), rel=1e-10)
 
 
 def test_calibrated_uniformity_weighs_pairs_by_content_similarity():
