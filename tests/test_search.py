@@ -15,6 +15,9 @@ PAPER_GRIDS = {
     "bpr": {"model.reg_weight": (2.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5)},
     "vbpr": {"model.reg_weight": (2.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5)},
     "lightgcn": {"model.n_layers": (1, 2, 3, 4), "model.reg_weight": (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)},
+    # METHODS.md 4(e), weight_decay left out (the published trainer ignores it): 54 distinct runs
+    "lirdrec": {"model.n_ui_layers": (2, 3, 4), "model.mm_image_weight": (0.1, 0.2),
+                "model.reg_weight": (1e-2, 1e-3, 1e-4), "train.lr": (1e-4,), "model.decay_weight": (0.9, 0.95, 0.99)},
 }
 
 
@@ -30,6 +33,10 @@ def test_paper_grid_is_the_authors(method):
 @pytest.mark.parametrize("kind", ["paper", "wide"])
 def test_every_registered_space_is_valid_for_its_method(method, kind):
     check_space(load_spec(method=method), search_space(method, kind))
+
+
+def test_lirdrec_paper_grid_has_54_points():
+    assert grid_size(search_space("lirdrec", "paper")) == 54
 
 
 def test_wide_spaces_sample_rather_than_enumerate():

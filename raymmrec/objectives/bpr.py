@@ -28,6 +28,15 @@ def emb_loss(ctx: DistContext, tables: tuple[Tensor, ...], global_rows: int) -> 
     return total * ctx.world_size, total.detach()
 
 
+def ranking_term(out: ModelOutput, batch: Batch, ctx: DistContext) -> Tensor:
+    """Per-rank surrogate of ``mean softplus(s_neg - s_pos)`` over the global batch (B × S pairs)."""
+    pos, neg = out.scores()
+    per_row = F.softplus(neg - (pos if neg.dim() == 1 else pos.unsqueeze(1)))
+    if per_row.dim() == 2:
+        per_row = per_row.mean(1)
+    return ctx.batch_mean(per_row, batch.global_rows)
+
+
 @register_objective("bpr")
 class BPRLoss(Objective):
     """Pairwise ranking: positives above sampled negatives, plus EmbLoss on the ego tables."""
@@ -36,11 +45,7 @@ class BPRLoss(Objective):
     config_fields = ("reg_weight",)
 
     def __call__(self, out: ModelOutput, batch: Batch, ctx: DistContext) -> LossOutput:
-        pos, neg = out.scores()
-        per_row = F.softplus(neg - (pos if neg.dim() == 1 else pos.unsqueeze(1)))
-        if per_row.dim() == 2:
-            per_row = per_row.mean(1)
-        rank = ctx.batch_mean(per_row, batch.global_rows)
+        rank = ranking_term(out, batch, ctx)
         reg, reg_value = emb_loss(ctx, out.ego, batch.global_rows)
         w, n = self.cfg.reg_weight, ctx.world_size
         parts = {"bpr": rank.detach() / n, "reg": w * reg_value / n}  # this rank's shares of the values
