@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from raymmrec.models.base import Batch, ModelOutput, RecGraph, Recommender, propagate_sum
+from raymmrec.models.base import Batch, ModelOutput, RecGraph, Recommender, fixed_spmm, propagate_sum
 
 
 def modality_encoder(d_in: int, d_out: int, hidden: int = 256) -> nn.Sequential:
@@ -69,7 +69,7 @@ class FeatureGraphModel(Recommender):
     order) and :meth:`user_weights` (``U × B`` branch weights from the propagated user branches).
     """
 
-    static_tensors = ("adj", "mm_adj")
+    static_tensors = ("adj", "mm_adj", "mm_adj_t")
     scores_cold_items: ClassVar[bool] = True
 
     @classmethod
@@ -87,6 +87,7 @@ class FeatureGraphModel(Recommender):
         d = cfg.embedding_size
         self.adj = graph.prepared["adj"]
         self.mm_adj = graph.prepared["mm_adj"]
+        self.mm_adj_t = self.mm_adj.t().to_sparse_csr()  # top-k graphs are not symmetric; transposed once
         # the fixed features: plain attributes that follow the model across devices, not parameters
         self.static_tensors = (*type(self).static_tensors, *(f"feat_{m}" for m in self.modalities))
         for m in self.modalities:
@@ -118,7 +119,7 @@ class FeatureGraphModel(Recommender):
                 for b, f in zip(self.branches, item_side)]
         h = propagate_sum(self.adj, torch.cat(cols, dim=1), self.cfg.n_ui_layers)
         hu, hi = h[: self.n_users], h[self.n_users :]
-        items = hi + torch.sparse.mm(self.mm_adj, hi)
+        items = hi + fixed_spmm(self.mm_adj, hi, self.mm_adj_t)
         n_b, d = len(self.branches), self.cfg.embedding_size
         w = self.user_weights(hu.view(self.n_users, n_b, d))
         users = (hu.view(self.n_users, n_b, d) * w.unsqueeze(-1)).reshape(self.n_users, n_b * d)

@@ -32,27 +32,42 @@ from raymmrec.objectives.base import Objective
 from raymmrec.registry import register_objective
 
 
+class _Gram(torch.autograd.Function):
+    """``z zᵀ`` whose backward is one matrix product, ``(g + gᵀ) z``, instead of autograd's two."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(z)
+        return z @ z.t()
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:  # type: ignore[override]
+        (z,) = ctx.saved_tensors
+        return (g + g.t()) @ z
+
+
 def uniformity(z: Tensor, t: float, calibration: Tensor | None = None, counts: Tensor | None = None) -> Tensor:
     """``log mean over pairs a < b of exp(−t (‖z_a − z_b‖² [− 2 + 2 s_ab]))`` for unit rows ``z``.
 
+    With ``G = z zᵀ`` and ``‖z_a − z_b‖² = 2 − 2 G_ab`` the kernel is ``exp(2t (G_ab − s_ab))``, where
+    ``s = 1`` without calibration. It is evaluated as ``exp(2t (G − s) − shift)`` with ``shift = 0``
+    (plain) or ``2t`` (calibrated), so every entry lies in ``(0, 1]`` (no overflow, no log-sum-exp
+    pass), and ``shift`` is added back after the log.
+
     ``counts``: row ``i`` of ``z`` stands for ``counts[i]`` identical rows of the batch (a user or
     item drawn several times). The pairs are then those of the expanded batch, duplicates included:
-    ``sum over a ≠ b = sum over i, j of c_i c_j k_ij − sum over i of c_i k_ii``, so a batch of
-    2048 rows with 1,200 distinct ids costs a 1,200² kernel, not a 2,048² one. 0 for fewer than 2 rows.
+    ``sum over a ≠ b = cᵀ K c − sum over i of c_i K_ii``, so a batch of 2048 rows with 1,200
+    distinct ids costs a 1,200² kernel, not a 2,048² one. 0 for fewer than 2 rows.
     """
-    sq = (2.0 - 2.0 * (z @ z.t())).clamp_min(0.0)
-    if calibration is not None:
-        sq = sq - 2.0 + 2.0 * calibration
-    k = -t * sq
-    if counts is None:
-        counts = torch.ones(z.shape[0], dtype=z.dtype, device=z.device)
-    n = float(counts.sum())
+    c = torch.ones(z.shape[0], dtype=z.dtype, device=z.device) if counts is None else counts.to(z.dtype)
+    n = float(c.sum())
     if n < 2:
         return z.new_zeros(())
-    log_c = counts.to(z.dtype).log()
-    everything = torch.logsumexp((k + log_c[:, None] + log_c[None, :]).reshape(-1), dim=0)
-    self_pairs = torch.logsumexp(k.diagonal() + log_c, dim=0)  # a = b, including a row with itself
-    return everything + torch.log1p(-torch.exp(self_pairs - everything)) - math.log(n * (n - 1))
+    gram = _Gram.apply(z)
+    shift = 0.0 if calibration is None else 2.0 * t
+    kernel = torch.exp((gram - (1.0 if calibration is None else calibration)) * (2.0 * t) - shift)
+    pairs = torch.dot(kernel @ c, c) - torch.dot(kernel.diagonal(), c)
+    return torch.log(pairs) + shift - math.log(n * (n - 1))
 
 
 def distinct_rows(ids: Tensor, *tables: Tensor) -> tuple[Tensor, ...]:
