@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=10, help="graph: neighbours per item")
     p.add_argument("--seeds", default="0", help="quality: comma-separated seeds")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)
     a.data = a.data or ("synthetic:clothing" if a.what == "graph" else "../shared/data/lfm2k")
     if "://" not in a.data and not a.data.startswith("synthetic") and a.data != "ml100k" and not Path(a.data).is_dir():
         print(f"error: dataset folder {a.data} does not exist on this machine", file=sys.stderr)

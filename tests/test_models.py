@@ -166,3 +166,25 @@ def test_bm3_dropout_only_touches_targets(graph):
     torch.testing.assert_close(s1, s2)  # scoring is deterministic (no dropout)
     hu, hi = model.propagate()
     torch.testing.assert_close(s1, model.predictor(hu[:5]) @ model.predictor(hi).T)
+
+
+def test_fixed_sparse_product_backward_uses_the_given_transpose(graph):
+    from raymmrec.models.base import fixed_spmm
+
+    torch.manual_seed(0)
+    dense = torch.rand(7, 5) * (torch.rand(7, 5) < 0.4)
+    a = dense.to_sparse_csr()
+    x = torch.randn(5, 3, requires_grad=True)
+    g = torch.randn(7, 3)
+    (torch.sparse.mm(a, x) * g).sum().backward()
+    ref = x.grad.clone()
+    x.grad = None
+    out = fixed_spmm(a, x, dense.t().to_sparse_csr())
+    (out * g).sum().backward()
+    torch.testing.assert_close(out, dense @ x)
+    torch.testing.assert_close(x.grad, ref)
+    # the feature-graph models hand the item-item graph's transpose over once
+    model = make("cm3", graph).model
+    torch.testing.assert_close(model.mm_adj_t.to_dense(), model.mm_adj.to_dense().t())
+    adj = model.adj.to_dense()
+    torch.testing.assert_close(adj, adj.t())  # the user-item adjacency is its own transpose
