@@ -45,7 +45,8 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
 
 
 _RAY_COMMANDS = {"tune": "sweep a method's hyperparameters with Ray Tune (see `raymmrec tune --help`)",
-                 "reproduce": "paper grids of several methods on several datasets, one comparison table"}
+                 "reproduce": "paper grids of several methods on several datasets, one comparison table",
+                 "study": "noisy-label and sampler studies of BPR/BPO/NBPO (see `raymmrec study --help`)"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         from raymmrec.ray.tune import tune_main
 
         return tune_main(argv[1:], prog="raymmrec tune")
+    if argv and argv[0] == "study":  # no Ray: runs one after another in this process
+        from raymmrec.study import main as study_main
+
+        return study_main(argv[1:], prog="raymmrec study")
     if argv and argv[0] == "reproduce":
         from raymmrec.ray.reproduce import main as reproduce_main
 

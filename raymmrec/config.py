@@ -27,7 +27,7 @@ import types
 import typing
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from annotated_types import Ge, Gt, Le, Lt, MinLen
@@ -268,6 +268,9 @@ class DataSpec(_Spec):
     # fraction of items held out as cold-start items with all their interactions (0: off); drawn
     # with the data seed (999), so every training seed sees the same ones; evaluated as split "cold"
     cold_items: float = Field(0.0, ge=0, lt=1)
+    # fraction of each user's training positives hidden (dropped from training, not evaluated): they
+    # become unlabelled, i.e. false negatives a sampler may draw (the noisy-label study); data seed
+    hide_positives: float = Field(0.0, ge=0, lt=1)
 
 
 class TrainSpec(_Spec):
@@ -283,6 +286,10 @@ class TrainSpec(_Spec):
     # 1 in one process, 5 under Ray)
     checkpoint_every: int | None = Field(None, ge=0)
     num_negatives: int = Field(1, ge=1)  # sampled negatives per positive (objectives that use them)
+    negative_pool: Literal["train", "all"] = "train"  # negatives from items seen in training, or all items
+    negative_sampler: Literal["uniform", "popularity"] = "uniform"  # popularity: in proportion to training counts
+    optimizer: Literal["adam", "sgd"] = "adam"  # sgd: plain SGD (NBPO's authors' recipe), weight_decay as L2
+    lr_decay: float = Field(1.0, gt=0, le=1)  # lr x lr_decay^(epoch+1): applied before the first epoch too
 
     @field_validator("device")
     @classmethod
@@ -320,6 +327,7 @@ class RunSpec(_Spec):
     output_dir: str = "runs"  # local folder (or URL in the Ray layer) for run folders
     run_name: str | None = None  # default: <method>-<dataset>-<seed>; reusing a name resumes
     objective: str | None = None  # a registered training objective (None: the method's default)
+    objective_options: dict[str, Any] = Field(default_factory=dict)  # the objective's options (e.g. NBPO's)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, JSON-able nested dict; :func:`spec_from_dict` reads it back."""

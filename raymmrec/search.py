@@ -119,7 +119,7 @@ def apply_point(spec: RunSpec, point: dict[str, Any]) -> RunSpec:
     raw = spec.to_dict()
     for key, value in point.items():
         section, _, name = key.partition(".")
-        if not name or section not in ("model", "train", "eval", "data"):
+        if not name or section not in ("model", "train", "eval", "data", "objective_options"):
             raise ConfigError(f"search key {key!r}: expected <section>.<option>, e.g. model.reg_weight")
         raw.setdefault(section, {})[name] = value
     return spec_from_dict(raw)

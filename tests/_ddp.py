@@ -35,9 +35,11 @@ def setup(method: str, rank: int, world: int, n: int, num_negatives: int):  # no
     graph = build_graph(data, torch.device("cpu"), prepare(data, cls.prepared_inputs(cfg)))
     torch.manual_seed(0)
     model = cls(cfg, graph)
+    objective = build_objective(cls, cfg)
+    objective.attach(model, graph.n_users, graph.n_items)  # an objective's own parameters (NBPO's flip model)
     full = global_batch(graph, n, num_negatives)
     share = Batch(full.users[rank::world], full.pos_items[rank::world], full.neg_items[rank::world], global_rows=n)
-    return model, build_objective(cls, cfg), share, DistContext(rank, world)
+    return model, objective, share, DistContext(rank, world)
 
 
 def gradients(method: str, rank: int, world: int, n: int, num_negatives: int) -> dict[str, torch.Tensor]:

@@ -39,6 +39,7 @@ class Trainable:
         cfg = build_config(cls, overrides)
         self.model = cls(cfg, graph)
         self.objective = build_objective(cls, cfg)
+        self.objective.attach(self.model, graph.n_users, graph.n_items)
 
     def loss(self, batch: Batch):
         return self.objective(self.model(batch), batch, DistContext())

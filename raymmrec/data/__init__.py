@@ -23,7 +23,7 @@ from raymmrec.data.io import (
     write_mmrec,
 )
 from raymmrec.data.schema import COLD, INTER_COLUMNS, SPLITS, DataError, Interactions, RecData
-from raymmrec.data.split import hold_out_cold_items, mmrec_split, split_sizes
+from raymmrec.data.split import hide_positives, hold_out_cold_items, mmrec_split, split_sizes
 from raymmrec.data.synthetic import PRESETS, SyntheticSpec, generate_synthetic, make_synthetic
 from raymmrec.data.validate import validate_recdata
 
@@ -43,6 +43,7 @@ __all__ = [
     "cache_root",
     "filter_recdata",
     "generate_synthetic",
+    "hide_positives",
     "hold_out_cold_items",
     "is_columnar",
     "load_dataset",

@@ -50,6 +50,7 @@ class RecData:
     test: Interactions
     features: dict[str, np.ndarray] = field(default_factory=dict)
     cold: Interactions = field(default_factory=lambda: Interactions(np.zeros(0, np.int64), np.zeros(0, np.int64)))
+    hidden_positives: float = 0.0  # fraction of each user's training pairs hidden (data.hide_positives)
 
     def split(self, name: str) -> Interactions:
         if name not in (*SPLITS, COLD):
@@ -67,4 +68,5 @@ class RecData:
             f"{len(self.train):,}/{len(self.valid):,}/{len(self.test):,} train/valid/test; features: {feats}"
             + (f"; cold-start: {self.cold_items().size:,} items held out with {len(self.cold):,} interactions"
                if len(self.cold) else "")
+            + (f"; {self.hidden_positives:.0%} of each user's training positives hidden" if self.hidden_positives else "")
         )

@@ -100,3 +100,28 @@ def hold_out_cold_items(data: RecData, fraction: float, seed: int) -> RecData:
     items = np.concatenate([i for _, i in moved])
     order = np.lexsort((items, users))
     return dataclasses.replace(data, **kept, cold=Interactions(users[order], items[order]))
+
+
+def hide_positives(data: RecData, fraction: float, seed: int) -> RecData:
+    """``data`` with ``round(fraction × n_u)`` random training pairs of each user ``u`` removed.
+
+    The noisy-label study (NBPO): the hidden positives are neither trained on nor evaluated; they
+    become unlabelled items, i.e. false negatives that a negative sampler may draw. Every user
+    keeps at least one training pair. Drawn with ``numpy.random.default_rng(seed)`` (the data seed),
+    so every training seed and every method of a study sees the same hidden pairs; validation and
+    test are untouched, so results at different rates are measured on the same held-out data.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise DataError(f"data.hide_positives: expected a fraction in [0, 1), got {fraction!r}")
+    if fraction == 0.0:
+        return data
+    users, items = data.train.users, data.train.items
+    rng = np.random.default_rng(seed)
+    order = np.lexsort((rng.random(users.size), users))  # grouped by user, random order within
+    sorted_users = users[order]
+    starts = np.flatnonzero(np.r_[True, sorted_users[1:] != sorted_users[:-1]])
+    counts = np.diff(np.r_[starts, sorted_users.size])
+    n_hide = np.minimum(np.floor(fraction * counts + 0.5).astype(np.int64), counts - 1)
+    rank = np.arange(sorted_users.size) - np.repeat(starts, counts)
+    keep = np.sort(order[rank >= np.repeat(n_hide, counts)])
+    return dataclasses.replace(data, train=Interactions(users[keep], items[keep]), hidden_positives=fraction)

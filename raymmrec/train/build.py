@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 
 from raymmrec.config import RunSpec
-from raymmrec.data import DEFAULT_SEED, RecData, cache_root, hold_out_cold_items, load_dataset
+from raymmrec.data import DEFAULT_SEED, RecData, cache_root, hide_positives, hold_out_cold_items, load_dataset
 from raymmrec.dist import DistContext
 from raymmrec.eval import Evaluator
 from raymmrec.eval.cold import COLD_KNN, cold_evaluator, cold_notes, content_knn_metrics
@@ -41,15 +41,16 @@ def resolve_device(name: str) -> torch.device:
 
 def load_data(spec: RunSpec) -> RecData:
     d = spec.data
-    return load_dataset(d.source, modalities=d.modalities, rating_threshold=d.rating_threshold, kcore=d.kcore,
+    data = load_dataset(d.source, modalities=d.modalities, rating_threshold=d.rating_threshold, kcore=d.kcore,
                         cold_items=d.cold_items)
+    return hide_positives(data, d.hide_positives, DEFAULT_SEED)
 
 
 def check_spec(spec: RunSpec) -> tuple[type[Recommender], Any, Objective]:
     """Resolve method, model options and objective, or raise one clear error (no data loaded)."""
     cls = get_model(spec.method)
     cfg = build_config(cls, spec.model)
-    return cls, cfg, build_objective(cls, cfg, spec.objective)
+    return cls, cfg, build_objective(cls, cfg, spec.objective, spec.objective_options)
 
 
 def run_notes(spec: RunSpec) -> dict[str, str]:
@@ -61,6 +62,7 @@ def _resolved(spec: RunSpec, cfg: Any, objective: Objective) -> dict[str, Any]:
     out = spec.to_dict()
     out["model"] = dataclasses.asdict(cfg)
     out["objective"] = objective.name
+    out["objective_options"] = dataclasses.asdict(objective.opts) if objective.opts is not None else {}
     return out
 
 
@@ -85,6 +87,20 @@ def build_graph(data: RecData, device: torch.device, prepared: dict[str, Any] | 
              for m, a in data.features.items()}
     prep = {k: v.to(device) for k, v in (prepared or {}).items()}
     return RecGraph(data.n_users, data.n_items, feats, users, items, prep)
+
+
+def parameter_groups(model: Recommender) -> list[Any]:
+    """The model's parameters, with an attached objective's own in a group without weight decay.
+
+    An objective that owns parameters (NBPO's flip model) regularises them itself; the run's
+    ``train.weight_decay`` is the preference model's.
+    """
+    own = getattr(model, "objective_module", None)
+    if own is None:
+        return list(model.parameters())
+    theirs = {id(p) for p in own.parameters()}
+    return [{"params": [p for p in model.parameters() if id(p) not in theirs]},
+            {"params": list(own.parameters()), "weight_decay": 0.0}]
 
 
 @dataclass
@@ -126,16 +142,22 @@ def build(spec: RunSpec, *, device: torch.device | None = None, data: RecData | 
     data = data or load_data(spec)
     if spec.data.cold_items > 0 and not len(data.cold):  # handed in without load_data's hold-out
         data = hold_out_cold_items(data, spec.data.cold_items, DEFAULT_SEED)
+    if spec.data.hide_positives > 0 and not data.hidden_positives:
+        data = hide_positives(data, spec.data.hide_positives, DEFAULT_SEED)
     if prepared is None:
         prepared = prepare(data, cls.prepared_inputs(cfg), cache_root())
     graph = build_graph(data, device, prepared)
     torch.manual_seed(spec.train.seed)  # identical initial weights on every rank and every rerun
-    model = cls(cfg, graph).to(device)
-    optimizer, scheduler = cls.configure_optimizer(list(model.parameters()), spec.train)
+    model = cls(cfg, graph)
+    objective.attach(model, data.n_users, data.n_items)  # an objective's own parameters (NBPO's flip model)
+    model = model.to(device)
+    optimizer, scheduler = cls.configure_optimizer(parameter_groups(model), spec.train)
     sampler = None
     if objective.needs_negatives:
+        t = spec.train
         sampler = NegativeSampler.from_pairs(data.n_items, graph.train_users, graph.train_items,
-                                             num_negatives=spec.train.num_negatives)
+                                             num_negatives=t.num_negatives, pool=t.negative_pool,
+                                             popularity=t.negative_sampler == "popularity")
     evaluators = {
         split: Evaluator(data.n_items, data.train, data.split(split), ks=tuple(spec.eval.ks),
                          max_batch_elems=spec.eval.max_batch_elems, device=device)
@@ -239,9 +261,9 @@ def check_same_run(saved: dict[str, Any], config: dict[str, Any], where: str) ->
     free = {"epochs", "patience", "device", "checkpoint_every", "eval_every"}
     defaults = RunSpec().to_dict()
     diffs = []
-    for section in ("method", "objective", "model", "data", "train", "eval"):
+    for section in ("method", "objective", "objective_options", "model", "data", "train", "eval"):
         a, b = old.get(section), config.get(section)
-        if section in ("data", "train", "eval"):  # an option added since the run started counts at its default
+        if section in ("data", "train", "eval", "objective_options"):  # an option added since counts at its default
             a, b = {**defaults[section], **(a or {})}, {**defaults[section], **(b or {})}
         if section == "train":
             a = {k: v for k, v in (a or {}).items() if k not in free}

@@ -52,6 +52,9 @@ class NegativeSampler:
         replace: whether one row's S negatives may repeat.
         exclude_train: never return one of the user's training items.
         exclude_items: items never returned (e.g. the items an unlearning request forgets).
+        weights: None for uniform draws over the pool, else each candidate's probability weight
+            (``popularity=True``: its number of training pairs, so an item never seen in training is
+            never drawn, whatever the pool).
 
     Example::
 
@@ -65,11 +68,12 @@ class NegativeSampler:
     num_negatives: int = 1
     replace: bool = True
     exclude_train: bool = True
+    weights: Tensor | None = None
 
     @classmethod
     def from_pairs(cls, n_items: int, train_users: Tensor, train_items: Tensor, *, pool: str = "train",
                    num_negatives: int = 1, replace: bool = True, exclude_train: bool = True,
-                   exclude_items: Tensor | None = None) -> "NegativeSampler":
+                   exclude_items: Tensor | None = None, popularity: bool = False) -> "NegativeSampler":
         if pool not in ("train", "all"):
             raise ValueError(f"negative pool must be 'train' or 'all', got {pool!r}")
         if num_negatives < 1:
@@ -78,9 +82,14 @@ class NegativeSampler:
         cand = torch.unique(train_items.long()) if pool == "train" else torch.arange(n_items)
         if exclude_items is not None and exclude_items.numel():
             cand = cand[~torch.isin(cand, exclude_items.long())]
+        weights = None
+        if popularity:
+            counts = torch.bincount(train_items.long(), minlength=n_items).to(torch.float64)
+            cand = cand[counts[cand] > 0]
+            weights = counts[cand]
         if cand.numel() == 0 or (not replace and cand.numel() < num_negatives):
             raise ValueError(f"negative pool has {cand.numel()} items, fewer than the {num_negatives} needed")
-        return cls(n_items, keys, cand, num_negatives, replace, exclude_train)
+        return cls(n_items, keys, cand, num_negatives, replace, exclude_train, weights)
 
     def is_train_pair(self, users: Tensor, items: Tensor) -> Tensor:
         q = users.long() * self.n_items + items.long()
@@ -97,7 +106,11 @@ class NegativeSampler:
 
     def sample(self, users: Tensor, generator: torch.Generator) -> Tensor:
         s = self.num_negatives
-        draw = lambda n: self.candidates[torch.randint(self.candidates.numel(), (n,), generator=generator)]  # noqa: E731
+        if self.weights is None:
+            draw = lambda n: self.candidates[torch.randint(self.candidates.numel(), (n,), generator=generator)]  # noqa: E731
+        else:
+            draw = lambda n: self.candidates[torch.multinomial(self.weights, n, replacement=True,  # noqa: E731
+                                                               generator=generator)]
         neg = draw(users.numel() * s).view(-1, s)
         bad = self._bad(users, neg)
         for _ in range(1000):
