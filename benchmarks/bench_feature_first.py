@@ -1,6 +1,7 @@
-"""CM3 and LIRDRec (issue 8's targets): epoch speed against BM3, item-item graph cost, quality runs.
+"""CM3 and LIRDRec against BM3 (or any methods against the first one): epoch speed, item-item graph cost, quality runs.
 
     python benchmarks/bench_feature_first.py speed   --data ../shared/data/lfm2k [--epochs 5] [--methods bm3,cm3,lirdrec]
+    python benchmarks/bench_feature_first.py speed   --methods bpr,bpo,nbpo train.num_negatives=3   # NBPO's throughput
     python benchmarks/bench_feature_first.py graph   [--data synthetic:clothing] [--k 10]
     python benchmarks/bench_feature_first.py quality --data synthetic:small --methods lightgcn,cm3,lirdrec [--seeds 0,1,2]
     python benchmarks/bench_feature_first.py quality --data ../shared/data/lfm2k --methods cm3,lirdrec data.cold_items=0.1
