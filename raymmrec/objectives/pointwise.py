@@ -83,10 +83,15 @@ class FlipModel(nn.Module):
         self.P = nn.Parameter(torch.rand(n_users, dim) * scale)
         self.Q = nn.Parameter(torch.rand(n_items, dim) * -scale)
 
-    def forward(self, users: Tensor, items: Tensor) -> Tensor:
-        """Flip logits of ``users`` (``B``) with ``items`` (``B`` or ``B × S``)."""
-        p = self.P[users]
-        return (p * self.Q[items]).sum(-1) if items.dim() == 1 else (p.unsqueeze(1) * self.Q[items]).sum(-1)
+    def forward(self, users: Tensor, pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Flip logits of (user, positive) ``B`` and (user, negative) ``B × S`` pairs, and the rows'
+        squared norms ``‖P_u‖² + ‖Q_i‖² + Σ_j ‖Q_j‖² / S`` (``B``), from one gather of each table."""
+        # F.embedding: its backward is a dense scatter-add, much cheaper than that of tensor indexing
+        p, q_pos, q_neg = F.embedding(users, self.P), F.embedding(pos, self.Q), F.embedding(neg, self.Q)
+        g_pos = (p * q_pos).sum(-1)
+        g_neg = (q_neg * p.unsqueeze(1)).sum(-1)
+        sq = p.pow(2).sum(-1) + q_pos.pow(2).sum(-1) + q_neg.pow(2).sum(-1).mean(1)
+        return g_pos, g_neg, sq
 
 
 class PointwiseLoss(Objective):
@@ -108,10 +113,10 @@ class PointwiseLoss(Objective):
         r_pos, r_neg = out.scores()
         r_neg = r_neg if r_neg.dim() == 2 else r_neg.unsqueeze(1)  # B × S
         s = r_neg.shape[1]
-        g_pos = g_neg = None
+        g_pos = g_neg = rows = None
         if self.uses_flip:
             neg_items = batch.neg_items if batch.neg_items.dim() == 2 else batch.neg_items.unsqueeze(1)
-            g_pos, g_neg = self.module(batch.users, batch.pos_items), self.module(batch.users, neg_items)
+            g_pos, g_neg, rows = self.module(batch.users, batch.pos_items, neg_items)
         if opts.clip:
             r_pos, r_neg = r_pos.clamp(-CLIP, CLIP), r_neg.clamp(-CLIP, CLIP)
             if g_pos is not None:
@@ -129,8 +134,6 @@ class PointwiseLoss(Objective):
                 flip = 0.5 * opts.flip_reg * (self.module.P.pow(2).sum() + self.module.Q.pow(2).sum())
                 total, flip_value = total + flip, flip.detach() / world
             else:
-                rows = (self.module.P[batch.users].pow(2).sum(-1) + self.module.Q[batch.pos_items].pow(2).sum(-1)
-                        + self.module.Q[neg_items].pow(2).sum(-1).mean(1))
                 flip = 0.5 * opts.flip_reg * ctx.batch_mean(rows, n)
                 total, flip_value = total + flip, flip.detach() / world
             parts["flip_reg"] = flip_value
@@ -155,13 +158,18 @@ class _FlipLoss(PointwiseLoss):
 
 @register_objective("nbpo")
 class NBPOLoss(_FlipLoss):
-    """NBPO as the authors train it: surrogate gradients through stop-gradient weights."""
+    """NBPO as the authors train it: surrogate gradients through stop-gradient weights.
+
+    Positives and negatives go through each elementwise step together (``B × (1 + S)``), and
+    ``log σ(−x) = log σ(x) − x``: an MF step is so small that the number of operations sets its cost.
+    """
 
     def terms(self, r_pos, r_neg, g_pos, g_neg):  # noqa: ANN001, ANN201
-        y_pos, y_neg = torch.sigmoid(r_pos).detach(), torch.sigmoid(r_neg).detach()
-        gam_pos, gam_neg = torch.sigmoid(g_pos).detach(), torch.sigmoid(g_neg).detach()
-        pos = (1 - gam_pos) * F.logsigmoid(r_pos) + y_pos * F.logsigmoid(-g_pos)
-        neg = F.logsigmoid(-r_neg) + gam_neg * F.logsigmoid(r_neg) + y_neg * F.logsigmoid(g_neg)
+        r, g = torch.cat([r_pos.unsqueeze(1), r_neg], 1), torch.cat([g_pos.unsqueeze(1), g_neg], 1)
+        ls_r, ls_g = F.logsigmoid(r), F.logsigmoid(g)
+        y, gam = ls_r.detach().exp(), ls_g.detach().exp()  # ŷ and γ, as weights only
+        pos = (1 - gam[:, 0]) * ls_r[:, 0] + y[:, 0] * (ls_g[:, 0] - g[:, 0])
+        neg = (ls_r[:, 1:] - r[:, 1:]) + gam[:, 1:] * ls_r[:, 1:] + y[:, 1:] * ls_g[:, 1:]
         return pos, neg
 
 
