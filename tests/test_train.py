@@ -259,3 +259,13 @@ def test_resume_adopts_a_newer_best_pt(tmp_path):
     state = run(spec, progress=False, data=data)
     assert state.best_epoch == 5
     assert torch.load(best, weights_only=True)["epoch"] == 5
+
+
+def test_the_run_prints_the_dataset_summary_with_its_features(tmp_path, capsys):
+    from raymmrec.config import load_spec
+
+    spec = load_spec("bpr", overrides=[f"output_dir={tmp_path}", "run_name=r", "data.source=synthetic:tiny",
+                                       "train.epochs=1"])
+    run(spec, progress=True)  # loads the data itself, so it releases the features after building
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "features: text 8-d, image 8-d" in first, first

@@ -140,7 +140,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if ctx.distributed:  # DDP: gloo on CPU, NCCL on GPU; gradients written straight into the buckets
         model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"gradient_as_bucket_view": True})
     if ctx.rank == 0:
-        print(f"[raymmrec] {p.data.summary()}; {ctx.world_size} worker(s) on {device}; "
+        print(f"[raymmrec] {p.summary}; {ctx.world_size} worker(s) on {device}; "
               f"setup {time.perf_counter() - t0:.1f}s", file=OUT, flush=True)
         for split, note in p.notes.items():
             print(f"[raymmrec] {split}: {note}", file=OUT, flush=True)

@@ -122,6 +122,7 @@ class Pieces:
     # results computed once, logged with every evaluation: the content-kNN baseline of cold-start items
     fixed_results: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     notes: dict[str, str] = dataclasses.field(default_factory=dict)  # see run_notes
+    summary: str = ""  # the dataset's summary line, taken before release_features drops the features
 
 
 def build(spec: RunSpec, *, device: torch.device | None = None, data: RecData | None = None,
@@ -168,11 +169,12 @@ def build(spec: RunSpec, *, device: torch.device | None = None, data: RecData | 
         if "cold" not in notes:
             evaluators["cold"] = cold_evaluator(data, spec.eval.ks, spec.eval.max_batch_elems, device)
         fixed[COLD_KNN] = content_knn_metrics(data, spec.eval.ks, spec.eval.max_batch_elems)
+    summary = data.summary()
     if release_features:
         graph.features = {}
         data.features = {}
     return Pieces(spec, _resolved(spec, cfg, objective), data, graph, model, objective, optimizer, scheduler,
-                  sampler, evaluators, device, ctx or DistContext(), fixed, notes)
+                  sampler, evaluators, device, ctx or DistContext(), fixed, notes, summary)
 
 
 def batch_fn(p: Pieces) -> Callable[[int], Any]:

@@ -28,7 +28,7 @@ def run(spec: RunSpec, *, progress: bool = True, extra_callbacks: list[Callback]
     t0 = time.perf_counter()
     pieces = build(spec, data=data, release_features=data is None)
     if progress:
-        print(pieces.data.summary(), flush=True)
+        print(pieces.summary, flush=True)
         print(f"method {spec.method} ({pieces.objective.name} objective) on {pieces.device}; setup took "
               f"{time.perf_counter() - t0:.1f}s; run folder {run_dir}", flush=True)
         for split, note in pieces.notes.items():
