@@ -84,7 +84,7 @@ def evaluate(trained: Trained, ks: list[int] | None = None) -> dict[str, dict[st
     ks = ks or trained.spec.eval.ks
     score = trained.model.scorer()
     opts = {"ks": tuple(ks), "max_batch_elems": trained.spec.eval.max_batch_elems, "device": trained.device}
-    out = {split: Evaluator(data.n_items, data.train, data.split(split), **opts).evaluate(score)
+    out = {split: Evaluator(data.n_items, data.seen(), data.split(split), **opts).evaluate(score)
            for split in ("valid", "test")}
     if len(data.cold) and trained.model.scores_cold_items:
         out["cold"] = cold_evaluator(data, **opts).evaluate(score)

@@ -50,23 +50,26 @@ def _overrides(kind: str, row: dict[str, Any], a: argparse.Namespace) -> list[st
 
 
 def run_study(kind: str, a: argparse.Namespace) -> list[dict[str, Any]]:
+    from raymmrec.train.artifacts import write_json
+    from raymmrec.train.build import check_same_run, resolved_config
     from raymmrec.train.run import run
 
     rows = []
     grid = _runs(kind, a)
     for n, row in enumerate(grid, 1):
         spec = load_spec(BACKBONES[row["backbone"]], overrides=_overrides(kind, row, a))
-        done = Path(a.out) / spec.resolved_run_name / "results.json"
+        folder = Path(spec.output_dir) / spec.resolved_run_name
+        done, timing = folder / "results.json", folder / "study_wall_s.json"
         t0 = time.perf_counter()
-        if done.exists():
+        if done.exists():  # finished earlier: reused only if it is the same experiment
+            check_same_run(json.loads((folder / "config.json").read_text()), resolved_config(spec), str(folder))
             res = json.loads(done.read_text())
-            test, wall = res["test"], res.get("study_wall_s", math.nan)
+            test = res["test"]
+            wall = json.loads(timing.read_text())["seconds"] if timing.exists() else res.get("study_wall_s", math.nan)
         else:
             state = run(spec, progress=False)
             test, wall = state.best_test, time.perf_counter() - t0
-            res = json.loads(done.read_text())
-            res["study_wall_s"] = wall
-            done.write_text(json.dumps(res, indent=2))
+            write_json(timing, {"seconds": wall})
         out = {**row, "recall@20": test.get("recall@20"), "ndcg@20": test.get("ndcg@20"), "wall_s": wall}
         rows.append(out)
         print(f"[{n}/{len(grid)}] {row['objective']} on {row['backbone']}, {kind} {row['value']}, seed {row['seed']}: "

@@ -136,7 +136,12 @@ def test_hidden_positives_per_user():
     after = np.bincount(hidden.train.users, minlength=data.n_users)
     assert (after == before - np.minimum(np.floor(0.4 * before + 0.5), before - 1)).all()
     kept = set(zip(hidden.train.users.tolist(), hidden.train.items.tolist()))
-    assert kept < set(zip(data.train.users.tolist(), data.train.items.tolist()))
+    original = set(zip(data.train.users.tolist(), data.train.items.tolist()))
+    assert kept < original
+    # the hidden pairs are kept aside and never ranked at evaluation, like training pairs
+    gone = set(zip(hidden.hidden.users.tolist(), hidden.hidden.items.tolist()))
+    assert gone == original - kept and len(hidden.hidden) == len(data.train) - len(hidden.train)
+    assert set(zip(hidden.seen().users.tolist(), hidden.seen().items.tolist())) == original
     again = hide_positives(data, 0.4, seed=3)
     assert np.array_equal(again.train.items, hidden.train.items)
     assert not np.array_equal(hide_positives(data, 0.4, seed=4).train.items, hidden.train.items)

@@ -51,6 +51,15 @@ class RecData:
     features: dict[str, np.ndarray] = field(default_factory=dict)
     cold: Interactions = field(default_factory=lambda: Interactions(np.zeros(0, np.int64), np.zeros(0, np.int64)))
     hidden_positives: float = 0.0  # fraction of each user's training pairs hidden (data.hide_positives)
+    hidden: Interactions = field(default_factory=lambda: Interactions(np.zeros(0, np.int64), np.zeros(0, np.int64)))
+
+    def seen(self) -> Interactions:
+        """The pairs evaluation never ranks: training pairs plus hidden positives (true preferences
+        the model was not shown; counting them as misses would penalise a model that recovers them)."""
+        if not len(self.hidden):
+            return self.train
+        return Interactions(np.concatenate([self.train.users, self.hidden.users]),
+                            np.concatenate([self.train.items, self.hidden.items]))
 
     def split(self, name: str) -> Interactions:
         if name not in (*SPLITS, COLD):

@@ -105,8 +105,10 @@ def hold_out_cold_items(data: RecData, fraction: float, seed: int) -> RecData:
 def hide_positives(data: RecData, fraction: float, seed: int) -> RecData:
     """``data`` with ``round(fraction × n_u)`` random training pairs of each user ``u`` removed.
 
-    The noisy-label study (NBPO): the hidden positives are neither trained on nor evaluated; they
-    become unlabelled items, i.e. false negatives that a negative sampler may draw. Every user
+    The noisy-label study (NBPO): the hidden positives are not trained on; they become unlabelled
+    items, i.e. false negatives that a negative sampler may draw. They are kept in ``data.hidden``
+    and evaluation leaves them out of the ranking like training items (:meth:`RecData.seen`), so a
+    model that ranks them high is not penalised for it. Every user
     keeps at least one training pair. Drawn with ``numpy.random.default_rng(seed)`` (the data seed),
     so every training seed and every method of a study sees the same hidden pairs; validation and
     test are untouched, so results at different rates are measured on the same held-out data.
@@ -123,5 +125,7 @@ def hide_positives(data: RecData, fraction: float, seed: int) -> RecData:
     counts = np.diff(np.r_[starts, sorted_users.size])
     n_hide = np.minimum(np.floor(fraction * counts + 0.5).astype(np.int64), counts - 1)
     rank = np.arange(sorted_users.size) - np.repeat(starts, counts)
-    keep = np.sort(order[rank >= np.repeat(n_hide, counts)])
-    return dataclasses.replace(data, train=Interactions(users[keep], items[keep]), hidden_positives=fraction)
+    kept = rank >= np.repeat(n_hide, counts)
+    keep, hide = np.sort(order[kept]), np.sort(order[~kept])
+    return dataclasses.replace(data, train=Interactions(users[keep], items[keep]), hidden_positives=fraction,
+                               hidden=Interactions(users[hide], items[hide]))

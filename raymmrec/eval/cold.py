@@ -42,7 +42,7 @@ COLD_SPLITS = (COLD, COLD_KNN)
 def cold_evaluator(data: RecData, ks: Sequence[int] = (10, 20, 50), max_batch_elems: int = 2**25,
                    device: torch.device | str | None = None) -> Evaluator:
     """An evaluator of ``data.cold`` whose candidates are the cold items only."""
-    return Evaluator(data.n_items, data.train, data.cold, ks=ks, max_batch_elems=max_batch_elems,
+    return Evaluator(data.n_items, data.seen(), data.cold, ks=ks, max_batch_elems=max_batch_elems,
                      device=device, candidates=data.cold_items())
 
 

@@ -9,7 +9,11 @@ Search spaces. ``paper`` is the authors' stored tuning in their training recipe 
 sums over every triple, learning rate decayed by 0.99 per epoch from before the first, every row of
 every table decayed at each batch): ``train.lr`` {0.1, 0.01, 0.001} × ``train.weight_decay``
 (their ``lambda_r``) {0.1, 1}, with the flip tables' ``lambda_phi`` = 1 and S = 3 negatives from
-all items. ``wide`` searches the project's default recipe (Adam on means).
+all items. That grid is the one stored for their NBPOo/NBPOs ablation (METHODS.md 5(e)); NBPO's own
+reported setting (Amazon: lr 0.05, lambda_r 1, lambda_phi 5) lies near it. Differences that remain:
+batches of 2048 rows (theirs: 5000, in a fixed order), K0 = 64 (theirs: 50) and Xavier rather than
+positive uniform initialisation of the MF tables. ``wide`` searches the project's default recipe
+(Adam on means).
 """
 
 from __future__ import annotations

@@ -17,8 +17,10 @@ its S sampled unlabelled items j, the maximised per-triple objectives (METHODS.m
   for an unlabelled item. It is *not* the gradient of ``nbpo_original``.
 
 Every log is a log-sigmoid (``log(1 − σ(x)) = log σ(−x)``, ``log(a + b)`` by ``logaddexp``), so
-float32 never takes ``log(0)``. The authors' hard clipping of σ at ±10 is ``clip=True`` (scores and
-flip logits clamped to [−10, 10], zero gradient outside), off by default.
+float32 never takes ``log(0)``. ``clip=True`` clamps scores and flip logits to [−10, 10] (zero
+gradient outside), off by default. It mimics the *values* of the authors' clipped σ, not their
+updates: their hand-written directions keep using the clipped σ beyond ±10, where they are largest
+for the most wrongly scored pairs, while a clamp stops those pairs from learning.
 
 **Weighting.** The authors' positive term sits inside the loop over the S negatives, so a positive
 counts S times: per positive ``S · pos + Σ_j neg_j`` (``positive_per_negative=True``, the default);

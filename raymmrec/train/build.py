@@ -156,11 +156,12 @@ def build(spec: RunSpec, *, device: torch.device | None = None, data: RecData | 
     sampler = None
     if objective.needs_negatives:
         t = spec.train
+        cold = torch.from_numpy(data.cold_items()) if len(data.cold) else None  # never a negative, any pool
         sampler = NegativeSampler.from_pairs(data.n_items, graph.train_users, graph.train_items,
                                              num_negatives=t.num_negatives, pool=t.negative_pool,
-                                             popularity=t.negative_sampler == "popularity")
+                                             popularity=t.negative_sampler == "popularity", exclude_items=cold)
     evaluators = {
-        split: Evaluator(data.n_items, data.train, data.split(split), ks=tuple(spec.eval.ks),
+        split: Evaluator(data.n_items, data.seen(), data.split(split), ks=tuple(spec.eval.ks),
                          max_batch_elems=spec.eval.max_batch_elems, device=device)
         for split in ("valid", "test")
     }
