@@ -268,8 +268,9 @@ class DataSpec(_Spec):
     # fraction of items held out as cold-start items with all their interactions (0: off); drawn
     # with the data seed (999), so every training seed sees the same ones; evaluated as split "cold"
     cold_items: float = Field(0.0, ge=0, lt=1)
-    # fraction of each user's training positives hidden (dropped from training, not evaluated): they
-    # become unlabelled, i.e. false negatives a sampler may draw (the noisy-label study); data seed
+    # fraction of each user's training positives hidden (dropped from training, kept out of the
+    # ranking at evaluation): they become unlabelled, i.e. false negatives a sampler may draw (the
+    # noisy-label study); data seed
     hide_positives: float = Field(0.0, ge=0, lt=1)
 
 

@@ -29,7 +29,9 @@ the global batch's positives of ``−(that) / S``, plus the model's EmbLoss (``r
 ``flip_reg / 2 ·`` the batch mean of ``‖P_u‖² + ‖Q_i‖² + Σ_j ‖Q_j‖² / S``. ``sum`` (the authors'
 recipe, with ``train.optimizer=sgd``): the same data term summed over every triple of the global
 batch, and ``flip_reg / 2 · (‖P‖² + ‖Q‖²)`` over the full flip tables, which is the authors'
-per-batch decay of every row; the preference model's full-table decay is ``train.weight_decay``.
+per-batch decay of every row; the preference model's full-table decay is ``train.weight_decay``
+(the model's EmbLoss, if ``reg_weight`` > 0, is scaled by the same ``B · S`` as the data term; the
+authors' recipe sets ``reg_weight=0``).
 Both are exact under DDP (batch terms over the global batch, full-table terms on every rank).
 """
 
