@@ -81,7 +81,7 @@ def summarise(rows: list[dict[str, Any]], value_name: str) -> list[dict[str, Any
     """Mean and spread (sample standard deviation; 0 with one seed) over seeds per setting."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["backbone"], r["objective"], r["value"]), []).append(r)
+        groups.setdefault((r["backbone"], r["objective"], r[value_name]), []).append(r)
     out = []
     for (backbone, objective, value), rs in groups.items():
         item = {"backbone": backbone, "objective": objective, value_name: value, "seeds": len(rs)}
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None, prog: str = "raymmrec study") -> int:
         rows = run_study(a.kind, a)
         value_name = "rate" if a.kind == "noisy-labels" else "sampler"
         rows = [{**{k: v for k, v in r.items() if k != "value"}, value_name: r["value"]} for r in rows]
-        summary = summarise([{**r, "value": r[value_name]} for r in rows], value_name)
+        summary = summarise(rows, value_name)
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=list(rows[0]))
         w.writeheader()
