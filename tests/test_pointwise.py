@@ -187,3 +187,12 @@ def test_authors_recipe_sgd_decay_and_flip_parameters_in_their_own_group(tmp_pat
         build(load_spec("nbpo", overrides=["data.source=synthetic:tiny", "objective_options.nope=1"]))
     with pytest.raises(ValueError, match="takes no options"):
         build(load_spec("bpr", overrides=["data.source=synthetic:tiny", "objective_options.clip=true"]))
+
+
+def test_cold_items_are_never_negatives_even_from_all_items(tmp_path):
+    spec = load_spec("bpr", overrides=[f"output_dir={tmp_path}", "data.source=synthetic:tiny", "data.cold_items=0.2",
+                                       "train.negative_pool=all"])
+    p = build(spec)
+    cold = set(p.data.cold_items().tolist())
+    assert cold and not cold & set(p.sampler.candidates.tolist())
+    assert len(p.sampler.candidates) == p.data.n_items - len(cold)
