@@ -172,6 +172,24 @@ def test_tune_cli_errors_are_one_line(tmp_path):
     assert out.returncode == 2 and out.stderr.strip().startswith("error: method") and "Traceback" not in out.stderr
 
 
+def test_sweep_folder_from_before_a_new_option_still_restores(tmp_path):
+    """A sweep recorded before an option existed (so without it) is the same sweep; a changed value is not."""
+    from raymmrec.errors import UserError
+    from raymmrec.ray.tune import SWEEP_JSON, _check_same_sweep
+
+    base = {k: v for k, v in load_spec("bpr", overrides=["train.epochs=3"]).to_dict().items()
+            if k not in ("output_dir", "run_name")}
+    identity = {"base": base, "space": {}, "samples": 1}
+    older = json.loads(json.dumps(identity))
+    del older["base"]["train"]["optimizer"], older["base"]["objective_options"]  # options added later
+    (tmp_path / SWEEP_JSON).write_text(json.dumps(older))
+    _check_same_sweep(str(tmp_path), identity)
+    older["base"]["train"]["epochs"] = 4
+    (tmp_path / SWEEP_JSON).write_text(json.dumps(older))
+    with pytest.raises(UserError, match="differs in base"):
+        _check_same_sweep(str(tmp_path), identity)
+
+
 def test_sweep_on_s3_storage(ray_cluster, s3_bucket, tmp_path):
     import s3fs
 

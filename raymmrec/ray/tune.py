@@ -420,6 +420,12 @@ def _check_same_sweep(root: str, identity: dict[str, Any]) -> None:
     if not fs.exists(f"{path}/{SWEEP_JSON}"):
         return
     old = json.loads(fs.cat_file(f"{path}/{SWEEP_JSON}"))
+    if isinstance(old.get("base"), dict):  # fill options added to raymmrec since with their defaults
+        try:
+            filled = spec_from_dict(old["base"]).to_dict()
+            old["base"] = {k: v for k, v in filled.items() if k not in ("output_dir", "run_name")}
+        except ConfigError:
+            pass  # an option was removed or renamed: the comparison below reports the difference
     diffs = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
     if diffs:
         raise UserError(f"sweep folder {root} holds a different sweep (differs in {', '.join(diffs)}); "
