@@ -272,6 +272,9 @@ class DataSpec(_Spec):
     # ranking at evaluation): they become unlabelled, i.e. false negatives a sampler may draw (the
     # noisy-label study); data seed
     hide_positives: float = Field(0.0, ge=0, lt=1)
+    # a forget request (Parquet or CSV of userID / itemID / both; path or URL): train on the data without
+    # those interactions (retraining from scratch on the retain set, "Gold"; see raymmrec.data.forget)
+    forget: str | None = None
 
 
 class TrainSpec(_Spec):

@@ -69,7 +69,8 @@ def _item_knn(data: RecData, k: int = 10, weights: dict[str, float] | None = Non
 
     if weights is None and non_text_weight is not None:
         weights = modality_weights(list(data.features), non_text_weight)
-    return mixed_knn_graph(data.features, weights=weights, k=k)
+    # an item-wise forget request's items leave the graph: no other item keeps them as a neighbour
+    return mixed_knn_graph(data.features, weights=weights, k=k, exclude=data.forgotten_items)
 
 
 @register_builder("dct_features", uses_features=True)
@@ -101,6 +102,9 @@ def data_fingerprint(data: RecData, with_features: bool) -> str:
     for arr in (data.train.users, data.train.items):
         h.update(np.ascontiguousarray(arr, dtype=np.int64).tobytes())
     if with_features:
+        if data.forgotten_items.size:  # builders over features leave forgotten items out
+            h.update(b"forgotten")
+            h.update(np.ascontiguousarray(data.forgotten_items, dtype=np.int64).tobytes())
         for m in sorted(data.features):
             h.update(m.encode())
             h.update(np.ascontiguousarray(data.features[m], dtype=np.float32).tobytes())

@@ -52,6 +52,10 @@ class RecData:
     cold: Interactions = field(default_factory=lambda: Interactions(np.zeros(0, np.int64), np.zeros(0, np.int64)))
     hidden_positives: float = 0.0  # fraction of each user's training pairs hidden (data.hide_positives)
     hidden: Interactions = field(default_factory=lambda: Interactions(np.zeros(0, np.int64), np.zeros(0, np.int64)))
+    # data.forget: the forgotten training pairs (gone from every split) and the items of an item-wise
+    # request, which are never negatives and never ranked (raymmrec.data.forget)
+    forgotten: Interactions = field(default_factory=lambda: Interactions(np.zeros(0, np.int64), np.zeros(0, np.int64)))
+    forgotten_items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def seen(self) -> Interactions:
         """The pairs evaluation never ranks: training pairs plus hidden positives (true preferences
@@ -78,4 +82,7 @@ class RecData:
             + (f"; cold-start: {self.cold_items().size:,} items held out with {len(self.cold):,} interactions"
                if len(self.cold) else "")
             + (f"; {self.hidden_positives:.0%} of each user's training positives hidden" if self.hidden_positives else "")
+            + (f"; {len(self.forgotten):,} training interactions forgotten"
+               + (f" ({self.forgotten_items.size:,} items)" if self.forgotten_items.size else "")
+               if len(self.forgotten) else "")
         )

@@ -83,7 +83,8 @@ def normalized_adjacency(
     return _csr(crow, cols, vals, (n, n), device)
 
 
-def knn_graph(features: torch.Tensor | np.ndarray, k: int = 10, block_size: int = 1024) -> torch.Tensor:
+def knn_graph(features: torch.Tensor | np.ndarray, k: int = 10, block_size: int = 1024,
+              exclude: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
     """Normalised top-k cosine-similarity item–item graph, built in row blocks.
 
     Row i keeps the k items with the largest cosine similarity to item i, always including i itself;
@@ -98,6 +99,8 @@ def knn_graph(features: torch.Tensor | np.ndarray, k: int = 10, block_size: int 
         features: [I × d] raw item features (any float dtype; computed in float32 unless float64).
         k: neighbours per row (clamped to I).
         block_size: rows of the similarity matrix computed at once.
+        exclude: items no row may pick as a neighbour (an item-wise forget request's); each still
+            keeps itself.
 
     Returns:
         float32 sparse CSR tensor [I × I] on the device of ``features``.
@@ -114,12 +117,19 @@ def knn_graph(features: torch.Tensor | np.ndarray, k: int = 10, block_size: int 
     norms = torch.linalg.vector_norm(x, dim=1)
     inv = torch.where(norms > 0, 1.0 / norms, torch.zeros_like(norms))
     cols = torch.empty(n, k, dtype=torch.int64, device=x.device)
+    banned = None
+    if exclude is not None and len(exclude):
+        banned = torch.as_tensor(np.asarray(exclude), dtype=torch.int64, device=x.device)
+        k = max(1, min(k, n - int(banned.unique().numel())))
+        cols = cols[:, :k]
     with torch.no_grad():
         for start in range(0, n, block_size):
             stop = min(start + block_size, n)
             sim = x[start:stop] @ x.T  # [b × I]
             sim.mul_(inv[start:stop, None]).mul_(inv[None, :])
             rows = torch.arange(stop - start, device=x.device)
+            if banned is not None:
+                sim[:, banned] = float("-inf")
             sim[rows, rows + start] = float("inf")  # the item itself always counts
             _, idx = topk_ordered(sim, k)
             cols[start:stop] = idx
@@ -156,6 +166,7 @@ def mixed_knn_graph(
     weights: Mapping[str, float] | None = None,
     k: int = 10,
     block_size: int = 1024,
+    exclude: np.ndarray | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Weighted sum of per-modality kNN graphs: Â_mm = Σ_m w_m · knn_graph(features[m], k).
 
@@ -163,7 +174,7 @@ def mixed_knn_graph(
         features: modality name -> [I × d_m] features (same I for all).
         weights: modality name -> weight, same keys as ``features``, summing to 1
             (e.g. ``{"image": 0.1, "text": 0.9}``). Default: equal weights.
-        k, block_size: passed to :func:`knn_graph`.
+        k, block_size, exclude: passed to :func:`knn_graph`.
 
     Returns:
         float32 sparse CSR [I × I]; each row sums to 1.
@@ -184,7 +195,7 @@ def mixed_knn_graph(
         raise ValueError(f"modalities have different item counts: {n_items}")
     acc = None
     for m in names:
-        g = knn_graph(features[m], k=k, block_size=block_size).to_sparse_coo()
+        g = knn_graph(features[m], k=k, block_size=block_size, exclude=exclude).to_sparse_coo()
         g = g * float(weights[m])
         acc = g if acc is None else acc + g
     return acc.coalesce().to_sparse_csr()

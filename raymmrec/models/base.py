@@ -193,6 +193,11 @@ class Recommender(nn.Module, ABC):
     def scoring_embeddings(self) -> tuple[Tensor, Tensor]:
         """Final ``U × D`` user and ``I × D`` item tables; score(u, i) = their dot product."""
 
+    def score_tables(self) -> tuple[Tensor, Tensor]:
+        """The scoring tables with gradients, as training would compute them (for objectives on the
+        model's own scores, e.g. unlearning); by default :meth:`scoring_embeddings`."""
+        return self.scoring_embeddings()
+
     def epoch_logs(self) -> dict[str, float]:
         """Scalars about the model's own state, logged after every training epoch as ``model/<key>``.
 

@@ -141,6 +141,11 @@ class FeatureGraphModel(Recommender):
         users, items = self.tables()
         return self.batch_output(users, items, batch)
 
+    def score_tables(self) -> tuple[Tensor, Tensor]:
+        users, items = self.tables()
+        self.remember(users, items)  # the published scoring then uses these tables
+        return users, items
+
     def scoring_embeddings(self) -> tuple[Tensor, Tensor]:
         if self.cfg.eval_from_last_batch:
             return self.last_users, self.last_items

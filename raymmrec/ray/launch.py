@@ -55,8 +55,8 @@ def columnar_source(spec: RunSpec) -> str | None:
     d = spec.data
     if d.rating_threshold is not None or d.kcore is not None:
         return None  # filters re-index ids: the pairs exist only after loading
-    if d.cold_items > 0 or d.hide_positives > 0:
-        return None  # train.parquet still holds the held-out cold-start items' or the hidden pairs
+    if d.cold_items > 0 or d.hide_positives > 0 or d.forget:
+        return None  # train.parquet still holds the held-out cold-start items', the hidden or forgotten pairs
     if d.source in ("ml100k",) or d.source.startswith("synthetic") or not is_columnar(d.source):
         return None
     return d.source

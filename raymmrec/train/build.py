@@ -12,10 +12,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from raymmrec.config import RunSpec
 from raymmrec.data import DEFAULT_SEED, RecData, cache_root, hide_positives, hold_out_cold_items, load_dataset
+from raymmrec.data.forget import apply_forget, read_request
 from raymmrec.dist import DistContext
 from raymmrec.eval import Evaluator
 from raymmrec.eval.cold import COLD_KNN, cold_evaluator, cold_notes, content_knn_metrics
@@ -43,7 +45,30 @@ def load_data(spec: RunSpec) -> RecData:
     d = spec.data
     data = load_dataset(d.source, modalities=d.modalities, rating_threshold=d.rating_threshold, kcore=d.kcore,
                         cold_items=d.cold_items)
-    return hide_positives(data, d.hide_positives, DEFAULT_SEED)
+    data = hide_positives(data, d.hide_positives, DEFAULT_SEED)
+    if d.forget:
+        data = apply_forget(data, read_request(d.forget))
+    return data
+
+
+def make_sampler(spec: RunSpec, data: RecData, graph: RecGraph, num_negatives: int | None = None) -> NegativeSampler:
+    """The run's negative sampler over its training pairs (``train.negative_pool``, ``negative_sampler``)."""
+    t = spec.train
+    # cold-start and forgotten items are never negatives, whatever the pool
+    never = np.concatenate([data.cold_items(), data.forgotten_items])
+    return NegativeSampler.from_pairs(data.n_items, graph.train_users, graph.train_items,
+                                      num_negatives=num_negatives or t.num_negatives, pool=t.negative_pool,
+                                      popularity=t.negative_sampler == "popularity",
+                                      exclude_items=torch.from_numpy(never) if never.size else None)
+
+
+def ranked_items(data: RecData) -> np.ndarray | None:
+    """The items evaluation ranks: all but an item-wise forget request's (None: all items)."""
+    if not data.forgotten_items.size:
+        return None
+    keep = np.ones(data.n_items, dtype=bool)
+    keep[data.forgotten_items] = False
+    return np.flatnonzero(keep)
 
 
 def check_spec(spec: RunSpec) -> tuple[type[Recommender], Any, Objective]:
@@ -145,6 +170,8 @@ def build(spec: RunSpec, *, device: torch.device | None = None, data: RecData | 
         data = hold_out_cold_items(data, spec.data.cold_items, DEFAULT_SEED)
     if spec.data.hide_positives > 0 and not data.hidden_positives:
         data = hide_positives(data, spec.data.hide_positives, DEFAULT_SEED)
+    if spec.data.forget and not len(data.forgotten):
+        data = apply_forget(data, read_request(spec.data.forget))
     if prepared is None:
         prepared = prepare(data, cls.prepared_inputs(cfg), cache_root())
     graph = build_graph(data, device, prepared)
@@ -153,16 +180,11 @@ def build(spec: RunSpec, *, device: torch.device | None = None, data: RecData | 
     objective.attach(model, data.n_users, data.n_items)  # an objective's own parameters (NBPO's flip model)
     model = model.to(device)
     optimizer, scheduler = cls.configure_optimizer(parameter_groups(model), spec.train)
-    sampler = None
-    if objective.needs_negatives:
-        t = spec.train
-        cold = torch.from_numpy(data.cold_items()) if len(data.cold) else None  # never a negative, any pool
-        sampler = NegativeSampler.from_pairs(data.n_items, graph.train_users, graph.train_items,
-                                             num_negatives=t.num_negatives, pool=t.negative_pool,
-                                             popularity=t.negative_sampler == "popularity", exclude_items=cold)
+    sampler = make_sampler(spec, data, graph) if objective.needs_negatives else None
+    candidates = ranked_items(data)
     evaluators = {
         split: Evaluator(data.n_items, data.seen(), data.split(split), ks=tuple(spec.eval.ks),
-                         max_batch_elems=spec.eval.max_batch_elems, device=device)
+                         max_batch_elems=spec.eval.max_batch_elems, device=device, candidates=candidates)
         for split in ("valid", "test")
     }
     notes, fixed = run_notes(spec), {}

@@ -1,0 +1,229 @@
+"""MMRecUn (Sinha et al., AAAI 2025): unlearn a forget set by fine-tuning with reverse and forward BPR.
+
+Starting from the trained weights, on the model rebuilt over the *retain* data (the user-item graph
+without the forgotten edges, the item-item graph without an item-wise request's items)::
+
+    L = retain_weight · BPR(D_r) + forget_weight · revBPR(D_f) + reg_weight · ‖batch rows‖²
+
+``BPR(u, i, j) = softplus(s_uj − s_ui)`` pushes a retained item above a sampled negative;
+``revBPR(u, i_f, j) = softplus(s_ui_f − s_uj)`` swaps the roles, pushing a forgotten item below one.
+Scores are the model's own scoring tables (:meth:`Recommender.score_tables`), so the method runs on
+every backbone (BM3, LightGCN, CM3, LIRDRec, VBPR, MF) whatever its training objective.
+
+The paper's code is not public (METHODS.md §6); where it is silent these choices are made, each an option:
+
+* **Epoch** = one pass over the forgotten training pairs in batches of ``forget_batch_size``, each
+  step paired with ``batch_size`` retained pairs (a shuffled pass over the retain set that carries
+  across steps). Negatives come from the retain-side sampler, which never serves an item-wise
+  request's items.
+* **Stopping**: unlearning must not overshoot. Retraining without the forgotten data ("Gold") ranks
+  them like interactions it never saw, not below them; so after each epoch the membership AUC
+  (forgotten pairs' scores against the same users' or items' *validation* interactions, never trained
+  on) is measured, and unlearning stops once it falls to ``stop_auc`` (0.5: indistinguishable) or after
+  ``epochs``.
+* **Reset** (``reset="init"``, user- and item-wise requests): after fine-tuning, the forgotten users'
+  (or items') own rows are redrawn from the model's initialisation, as a model that never saw them
+  has them: no fine-tuning can make a user's own vector forget its history as surely. ``"none"``
+  keeps the fine-tuned rows (the paper's method as far as it is known).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from raymmrec.data import RecData
+from raymmrec.data.forget import ForgetRequest
+from raymmrec.dist import DistContext
+from raymmrec.models.base import Batch, LossOutput, ModelOutput, Recommender
+from raymmrec.objectives.base import Objective
+from raymmrec.train.sampling import NegativeSampler, canonical_pairs, derive_seed, dropout_seed
+
+
+@dataclass(frozen=True)
+class UnlearnOptions:
+    """MMRecUn's options (``raymmrec unlearn ... opt=value``); defaults measured on lfm2k (README)."""
+
+    epochs: int = 10  # cap on passes over the forget set
+    lr: float | None = None  # Adam learning rate (None: the trained run's train.lr)
+    forget_weight: float = 1.0  # λ of the reverse BPR term
+    retain_weight: float = 1.0  # weight of the forward BPR term on the retain set
+    reg_weight: float = 0.0  # L2 on the batch's rows of the scoring tables
+    batch_size: int | None = None  # retained pairs per step (None: the trained run's train.batch_size)
+    forget_batch_size: int = 512  # forgotten pairs per step
+    stop_auc: float | None = 0.5  # stop once validation membership AUC <= this (None: run all epochs)
+    reset: Literal["init", "none"] = "init"  # user-/item-wise: redraw the forgotten rows at the end
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        bad = [n for n in ("epochs", "forget_batch_size") if getattr(self, n) < 1]
+        bad += [n for n in ("lr", "batch_size") if getattr(self, n) is not None and getattr(self, n) <= 0]
+        bad += [n for n in ("forget_weight", "retain_weight", "reg_weight") if getattr(self, n) < 0]
+        if bad:
+            raise ValueError(f"unlearning options {bad} must be positive (weights: >= 0)")
+        if self.reset not in ("init", "none"):
+            raise ValueError(f"unlearning option reset must be 'init' or 'none', got {self.reset!r}")
+
+
+@dataclass
+class UnlearnBatch:
+    """One step: a batch of retained pairs and one of forgotten pairs, each with a negative per row."""
+
+    retain: Batch
+    forget: Batch
+
+    def to(self, device: torch.device | str) -> "UnlearnBatch":
+        return UnlearnBatch(self.retain.to(device), self.forget.to(device))
+
+
+class ScoreView(nn.Module):
+    """The model seen through its scoring tables: rows of the batch's users, positives and negatives."""
+
+    def __init__(self, model: Recommender) -> None:
+        super().__init__()
+        self.module = model
+
+    def forward(self, b: UnlearnBatch) -> ModelOutput:
+        users, items = self.module.score_tables()
+        r, f = b.retain, b.forget
+        return ModelOutput(users[r.users], items[r.pos_items], items[r.neg_items],
+                           extra={"f_users": users[f.users], "f_pos": items[f.pos_items], "f_neg": items[f.neg_items]})
+
+
+class MMRecUnLoss(Objective):
+    """``retain_weight · BPR(retain) + forget_weight · revBPR(forget) + reg_weight · L2(rows)``."""
+
+    needs_negatives = True
+    requires = frozenset()
+
+    def __call__(self, out: ModelOutput, batch: UnlearnBatch, ctx: DistContext) -> LossOutput:  # type: ignore[override]
+        o: UnlearnOptions = self.opts
+        x = out.extra
+        s_pos, s_neg = out.scores()
+        f_pos = (x["f_users"] * x["f_pos"]).sum(-1)
+        f_neg = (x["f_users"] * x["f_neg"]).sum(-1)
+        forward = ctx.batch_mean(F.softplus(s_neg - s_pos), batch.retain.global_rows)
+        reverse = ctx.batch_mean(F.softplus(f_pos - f_neg), batch.forget.global_rows)
+        rows = (out.users, out.pos, out.neg, x["f_users"], x["f_pos"], x["f_neg"])
+        reg = sum(t.pow(2).sum() for t in rows) / (batch.retain.global_rows + batch.forget.global_rows)
+        total = o.retain_weight * forward + o.forget_weight * reverse + o.reg_weight * reg
+        parts = {"forward_bpr": forward.detach(), "reverse_bpr": reverse.detach(), "reg": reg.detach()}
+        return LossOutput(total, parts)
+
+
+def unlearn_batches(data: RecData, sampler: NegativeSampler, opts: UnlearnOptions, batch_size: int,
+                    epoch: int) -> Iterator[UnlearnBatch]:
+    """An epoch's steps: the shuffled forget set in ``forget_batch_size`` slices, each with retained pairs."""
+    g = torch.Generator()
+    g.manual_seed(derive_seed(opts.seed, epoch, 7))
+    fu, fi = canonical_pairs(torch.from_numpy(data.forgotten.users.copy()), torch.from_numpy(data.forgotten.items.copy()),
+                             data.n_items)
+    ru, ri = canonical_pairs(torch.from_numpy(data.train.users.copy()), torch.from_numpy(data.train.items.copy()),
+                             data.n_items)
+    f_perm, r_perm = torch.randperm(fu.numel(), generator=g), torch.randperm(ru.numel(), generator=g)
+    r_at = 0
+    for start in range(0, fu.numel(), opts.forget_batch_size):
+        fidx = f_perm[start : start + opts.forget_batch_size]
+        if r_at + batch_size > r_perm.numel():  # a fresh pass over the retain set
+            r_perm, r_at = torch.randperm(ru.numel(), generator=g), 0
+        ridx = r_perm[r_at : r_at + batch_size]
+        r_at += batch_size
+        u, i = ru[ridx], ri[ridx]
+        f_u, f_i = fu[fidx], fi[fidx]
+        yield UnlearnBatch(Batch(u, i, sampler.sample(u, g)), Batch(f_u, f_i, sampler.sample(f_u, g)))
+
+
+def row_tables(model: Recommender, kind: str) -> dict[str, Tensor]:
+    """The parameters indexed by user (``kind="user"``) or by item: ``user_*`` / ``item_*`` tables
+    (and BM3's trainable feature copies ``feat.*``) whose first dimension is the user or item count."""
+    n = model.n_users if kind == "user" else model.n_items
+    prefixes = ("user_",) if kind == "user" else ("item_", "feat.")
+    return {name: p for name, p in model.named_parameters()
+            if name.startswith(prefixes) and p.dim() >= 1 and p.shape[0] == n}
+
+
+@torch.no_grad()
+def reset_rows(model: Recommender, fresh: Recommender, req: ForgetRequest) -> list[str]:
+    """Copy a freshly initialised model's rows of the request's users or items into ``model``."""
+    if req.kind == "interaction":
+        return []
+    kind, ids = ("user", req.users) if req.kind == "user" else ("item", req.items)
+    new = dict(fresh.named_parameters())
+    names = []
+    idx = torch.as_tensor(ids, dtype=torch.long)
+    for name, p in row_tables(model, kind).items():
+        p[idx.to(p.device)] = new[name][idx].to(p.device, p.dtype)
+        names.append(name)
+    return names
+
+
+@dataclass
+class UnlearnResult:
+    epochs_run: int
+    seconds: float  # fine-tuning wall time (the caller adds setup)
+    history: list[dict[str, float]]
+    reset: list[str]  # parameters whose forgotten rows were redrawn
+
+
+def fine_tune(model: Recommender, data: RecData, sampler: NegativeSampler, opts: UnlearnOptions, *,
+              lr: float, batch_size: int, device: torch.device,
+              stop_metric: Callable[[Recommender], float] | None = None,
+              fresh: Callable[[], Recommender] | None = None, req: ForgetRequest | None = None,
+              log: Callable[[str], None] | None = None) -> UnlearnResult:
+    """Run MMRecUn on ``model`` (already holding the trained weights, built over the retain data)."""
+    view = ScoreView(model)
+    objective = MMRecUnLoss(None, opts)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    history: list[dict[str, float]] = []
+    ctx = DistContext()
+    t0 = time.perf_counter()
+    epoch = 0
+    for epoch in range(opts.epochs):
+        model.train()
+        torch.manual_seed(dropout_seed(opts.seed, epoch))
+        sums: dict[str, float] = {}
+        steps = 0
+        for b in unlearn_batches(data, sampler, opts, batch_size, epoch):
+            b = b.to(device)
+            opt.zero_grad(set_to_none=True)
+            out = objective(view(b), b, ctx)
+            if not torch.isfinite(out.total):
+                raise FloatingPointError(f"unlearning loss became NaN or infinite at epoch {epoch}; "
+                                         "try a lower lr or forget_weight")
+            out.total.backward()
+            opt.step()
+            for k, v in out.parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            steps += 1
+        logs = {k: v / max(steps, 1) for k, v in sums.items()}
+        logs["epoch"] = epoch
+        if stop_metric is not None:
+            model.eval()
+            logs["valid_membership_auc"] = stop_metric(model)
+        history.append(logs)
+        if log:
+            log("epoch {epoch}: ".format(epoch=epoch) + ", ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "epoch"))
+        auc = logs.get("valid_membership_auc", math.nan)
+        if opts.stop_auc is not None and auc <= opts.stop_auc:
+            break
+    reset = []
+    if opts.reset == "init" and fresh is not None and req is not None:
+        reset = reset_rows(model, fresh(), req)
+    model.eval()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return UnlearnResult(epoch + 1, time.perf_counter() - t0, history, reset)
+
+
+def options_from(overrides: dict[str, Any] | None) -> UnlearnOptions:
+    """:class:`UnlearnOptions` from ``{name: value}`` (strings parsed), unknown names an error."""
+    from raymmrec.config import validate_options
+
+    return validate_options(UnlearnOptions, overrides or {}, "unlearning option")

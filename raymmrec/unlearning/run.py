@@ -1,0 +1,236 @@
+"""One unlearning request against a trained run, in this process: a new run folder with the proof.
+
+``unlearn(run, request)`` reads the trained run (local folder or URL; never altered), applies the
+request to its data, rebuilds the model over the retain data (:mod:`raymmrec.data.forget`), loads the
+trained weights, runs MMRecUn (:mod:`raymmrec.unlearning.mmrecun`), measures original, unlearned and
+(when asked) Gold models (:mod:`raymmrec.unlearning.measure`), and writes::
+
+    <output_dir>/<name>/
+        config.json     the run's config with data.forget -> forget.parquet here (load_trained reads it)
+        forget.parquet  the request
+        best.pt         the unlearned weights
+        report.json     every figure, times, options, the per-epoch history
+        report.md       the same as a readable table
+        gold/           Gold: a full run folder retrained from scratch on the retain data (with gold=True)
+
+Everything is written under a temporary name and renamed at the end (on a URL: staged locally and
+uploaded, ``report.json`` last, so a folder without it is unfinished): a failed or killed request
+leaves no partial run folder.
+
+Example::
+
+    report = unlearn("runs/bm3-lfm2k-seed999", ForgetRequest.of(users=[3, 17]), gold=True)
+    print(report["table"])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from raymmrec.config import spec_from_dict
+from raymmrec.data.forget import ForgetRequest, apply_forget, read_request
+from raymmrec.errors import UserError
+from raymmrec.train.artifacts import BEST, CONFIG, best_payload, is_url, join, read_best, write_json
+from raymmrec.train.loop import TrainState
+from raymmrec.train.build import Pieces, build, load_data, make_sampler, resolve_device
+from raymmrec.train.checkpoint import check_format
+from raymmrec.unlearning.measure import held_out_pairs, membership_auc, report_for
+from raymmrec.unlearning.mmrecun import UnlearnOptions, fine_tune, options_from
+
+REQUEST, REPORT_JSON, REPORT_MD, GOLD = "forget.parquet", "report.json", "report.md", "gold"
+ROWS = ("forget recall@20", "forget ndcg@20", "retain recall@20", "retain ndcg@20", "test recall@20",
+        "test ndcg@20", "membership_auc", "top50_exposure", "seconds")
+
+
+def default_name(run: str, req: ForgetRequest) -> str:
+    digest = hashlib.sha256(req.to_frame().to_csv(index=False).encode()).hexdigest()[:8]
+    return f"{Path(str(run).rstrip('/')).name}-forget-{req.kind}{len(req)}-{digest}"
+
+
+def _model_like(p: Pieces, weights: dict[str, Any] | None, seed: int | None = None) -> torch.nn.Module:
+    """A second model of ``p``'s class over ``p``'s graph (fresh init from ``seed``, or ``weights``)."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    m = type(p.model)(p.model.cfg, p.graph)
+    p.objective.attach(m, p.data.n_users, p.data.n_items)
+    m = m.to(p.device)
+    if weights is not None:
+        m.load_state_dict(weights)
+    return m.eval()
+
+
+def table(report: dict[str, Any]) -> str:
+    """The report as a Markdown table: one row per figure, one column per model."""
+    cols = [c for c in ("original", "unlearned", "gold") if report.get(c)]
+    lines = ["| | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for row in ROWS:
+        vals = [report[c].get(row) for c in cols]
+        if all(v is None for v in vals):
+            continue
+        fmt = (lambda v: f"{v:.1f}") if row == "seconds" else (lambda v: f"{int(v)}") if row == "top50_exposure" \
+            else (lambda v: f"{v:.4f}")
+        lines.append(f"| {row} | " + " | ".join("" if v is None else fmt(v) for v in vals) + " |")
+    r = report["request"]
+    head = (f"{report['method']} run {report['run']}: forget {r['describe']} ({r['forgotten_train_pairs']:,} "
+            f"training interactions); {report['epochs_run']} unlearning epochs")
+    if report.get("speedup"):
+        head += f"; unlearning {report['speedup']:.1f}x faster than Gold"
+    return head + "\n\n" + "\n".join(lines)
+
+
+def unlearn(run: str, request: ForgetRequest | str, *, options: UnlearnOptions | dict[str, Any] | None = None,
+            output_dir: str | None = None, name: str | None = None, gold: bool = False, device: str = "auto",
+            progress: bool = True) -> dict[str, Any]:
+    """Unlearn ``request`` (a :class:`ForgetRequest` or a Parquet/CSV path) from the trained ``run``.
+
+    Returns the report (also written as ``report.json``); ``report["folder"]`` is the new run folder.
+    """
+    say: Callable[[str], None] = (lambda m: print(f"[unlearn] {m}", flush=True)) if progress else (lambda m: None)
+    opts = options if isinstance(options, UnlearnOptions) else options_from(options)
+    run = str(run).rstrip("/")
+    try:
+        config = json.loads(_read(join(run, CONFIG)))
+    except FileNotFoundError:
+        raise UserError(f"--run {run}: not a trained run folder (no {CONFIG})") from None
+    best = read_best(run)
+    if best is None:
+        raise UserError(f"--run {run}: not a trained run folder (no {BEST})")
+    check_format(best, join(run, BEST))
+    spec0 = spec_from_dict(config)
+    if spec0.data.forget:
+        raise UserError(f"--run {run} is itself trained without a forget request's data; unlearn from the original run")
+    req = read_request(request) if isinstance(request, str) else request
+    output_dir = str(output_dir or _parent(run))
+    name = name or default_name(run, req)
+    final = join(output_dir, name)
+    if _exists(final):
+        raise UserError(f"{final} already exists; choose another --name or remove it")
+    dev = resolve_device(device)
+
+    data0 = load_data(spec0)
+    data1 = apply_forget(data0, req)  # checks every id against the data first
+    say(f"{spec0.method} run {run}: forgetting {req.describe()} ({len(data1.forgotten):,} training interactions)")
+    spec1 = spec0.model_copy(deep=True)
+    spec1.data.forget = join(final, REQUEST) if is_url(final) else str(Path(final, REQUEST).resolve())
+    spec1.output_dir, spec1.run_name = output_dir, name
+
+    local = not is_url(final)
+    stage = Path(output_dir, f".{name}.tmp-{os.getpid()}") if local else Path(tempfile.mkdtemp(prefix="unlearn-"))
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        report = _unlearn(run, req, opts, spec0, spec1, data0, data1, best, dev, stage, gold, say)
+        report["folder"] = final
+        (stage / REPORT_MD).write_text(report["table"] + "\n")
+        write_json(stage / REPORT_JSON, report)
+        _publish(stage, final, local)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    say(f"wrote {final}")
+    return report
+
+
+def _unlearn(run: str, req: ForgetRequest, opts: UnlearnOptions, spec0, spec1, data0, data1, best: dict[str, Any],
+             dev: torch.device, stage: Path, gold: bool, say: Callable[[str], None]) -> dict[str, Any]:
+    ks = tuple(spec0.eval.ks)
+    mbe = spec0.eval.max_batch_elems
+    (stage / REQUEST).write_bytes(req.to_parquet_bytes())
+
+    p0 = build(spec0, device=dev, data=data0)  # the original model over the original graph
+    original = _model_like(p0, best["model"])
+    fig_original = report_for(original, data0, data1, req, ks, dev, mbe)
+    del original, p0
+
+    t0 = time.perf_counter()
+    p1 = build(spec1, device=dev, data=data1)  # retain graph, item graph and sampler
+    p1.model.load_state_dict(best["model"])
+    setup_s = time.perf_counter() - t0
+    valid_held_out = held_out_pairs(data0, req, "valid")
+
+    def stop_metric(m) -> float:  # noqa: ANN001
+        with torch.no_grad():
+            return membership_auc(m.scoring_embeddings(), data1.forgotten, valid_held_out)
+
+    lr = opts.lr or spec0.train.lr
+    batch_size = opts.batch_size or spec0.train.batch_size
+    sampler = make_sampler(spec1, data1, p1.graph, num_negatives=1)  # never an item-wise request's items
+    res = fine_tune(p1.model, data1, sampler, opts, lr=lr, batch_size=batch_size, device=dev,
+                    stop_metric=stop_metric, fresh=lambda: _model_like(p1, None, seed=spec0.train.seed), req=req,
+                    log=say)
+    unlearn_s = setup_s + res.seconds
+    fig_unlearned = report_for(p1.model, data0, data1, req, ks, dev, mbe)
+    fig_original["seconds"], fig_unlearned["seconds"] = None, unlearn_s
+    state = TrainState(epoch=res.epochs_run, best_epoch=res.epochs_run - 1)
+    (stage / BEST).write_bytes(best_payload(p1.model, state, p1.config))
+    write_json(stage / CONFIG, p1.config)
+
+    fig_gold = None
+    if gold:
+        from raymmrec.train.run import run as train_run
+
+        say("Gold: retraining from scratch on the retain data")
+        gspec = spec1.model_copy(deep=True)
+        gspec.output_dir, gspec.run_name = str(stage), GOLD
+        t1 = time.perf_counter()
+        train_run(gspec, progress=False, data=data1)
+        gold_s = time.perf_counter() - t1
+        gbest = read_best(str(stage / GOLD))
+        fig_gold = report_for(_model_like(p1, gbest["model"]), data0, data1, req, ks, dev, mbe)
+        fig_gold["seconds"] = gold_s
+        gconf = json.loads((stage / GOLD / CONFIG).read_text())
+        gconf["output_dir"] = spec1.output_dir
+        gconf["run_name"] = f"{spec1.run_name}/{GOLD}"
+        write_json(stage / GOLD / CONFIG, gconf)
+
+    report = {
+        "run": run, "method": spec0.method,
+        "request": {"kind": req.kind, "size": len(req), "describe": req.describe(),
+                    "forgotten_train_pairs": len(data1.forgotten), "source": req.source},
+        "options": {**opts.__dict__, "lr": lr, "batch_size": batch_size},
+        "epochs_run": res.epochs_run, "reset": res.reset, "history": res.history,
+        "original": fig_original, "unlearned": fig_unlearned, "gold": fig_gold,
+        "speedup": (fig_gold["seconds"] / unlearn_s) if fig_gold else None,
+    }
+    report["table"] = table(report)
+    return report
+
+
+def _read(url: str) -> bytes:
+    from raymmrec.train.artifacts import read_bytes
+
+    return read_bytes(url)
+
+
+def _parent(run: str) -> str:
+    return run.rsplit("/", 1)[0] if "/" in run else "."
+
+
+def _exists(url: str) -> bool:
+    if not is_url(url):
+        return Path(url.removeprefix("file://")).exists()
+    from raymmrec.data.io import open_fs
+
+    fs, path = open_fs(url)
+    return fs.exists(path)
+
+
+def _publish(stage: Path, final: str, local: bool) -> None:
+    """Move the staged folder into place: a rename on a local disk; on a URL, ``report.json`` last."""
+    if local:
+        os.replace(stage, Path(final.removeprefix("file://")))
+        return
+    from raymmrec.data.io import open_fs
+
+    fs, path = open_fs(final)
+    files = sorted(p for p in stage.rglob("*") if p.is_file() and p.name != REPORT_JSON)
+    for f in [*files, stage / REPORT_JSON]:
+        fs.put_file(str(f), f"{path}/{f.relative_to(stage).as_posix()}")
