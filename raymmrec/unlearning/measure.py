@@ -12,6 +12,9 @@ For a model (original, unlearned or Gold) and a request applied to the original 
 * ``membership_auc``: how well the scores separate forgotten training pairs from held-out pairs of
   the same users (user- and interaction-wise) or items (item-wise) that no model trained on (the
   test split): ``P(s_forgotten > s_held_out)``. 0.5: indistinguishable, i.e. forgotten.
+* ``auc_vs_unseen``: the same against items the user never interacted with (drawn uniformly): how
+  well the model still recovers the forgotten interactions (Gold recovers some through what it
+  learned from everyone else).
 * ``top50_exposure`` (item-wise): how many users have a forgotten item in their top-50 by the raw
   scores, before the served ranking drops them.
 """
@@ -37,6 +40,22 @@ def auc(pos: np.ndarray, neg: np.ndarray) -> float:
         return float("nan")
     ranks = rankdata(np.concatenate([pos, neg]))
     return float((ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2) / (pos.size * neg.size))
+
+
+def never_seen_pairs(original: RecData, forgotten: Interactions, seed: int = 0) -> Interactions:
+    """For each forgotten pair ``(u, i)``, ``(u, j)`` with ``j`` drawn uniformly among the items ``u``
+    never interacted with in any split: how the model scores what it has no reason to recommend."""
+    rng = np.random.default_rng(seed)
+    parts = [original.split(s) for s in ("train", "valid", "test")]
+    known = np.unique(np.concatenate([p.users.astype(np.int64) * original.n_items + p.items for p in parts]))
+    users = forgotten.users.astype(np.int64)
+    items = rng.integers(0, original.n_items, users.size)
+    for _ in range(100):
+        bad = np.isin(users * original.n_items + items, known)
+        if not bad.any():
+            break
+        items[bad] = rng.integers(0, original.n_items, int(bad.sum()))
+    return Interactions(users, items)
 
 
 def held_out_pairs(original: RecData, req: ForgetRequest, split: str) -> Interactions:
@@ -102,6 +121,7 @@ def report_for(model, original: RecData, retain: RecData, req: ForgetRequest, ks
     for name, ev in evals.items():
         out.update({f"{name} {k}": v for k, v in ev.evaluate(score).items()})
     out["membership_auc"] = membership_auc(tables, retain.forgotten, held_out_pairs(original, req, "test"))
+    out["auc_vs_unseen"] = membership_auc(tables, retain.forgotten, never_seen_pairs(original, retain.forgotten))
     if req.kind == "item":
         users = torch.arange(retain.n_users, device=device)
         out["top50_exposure"] = float(exposure(score, users, req.items, retain.train, retain.n_items))

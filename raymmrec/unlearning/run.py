@@ -44,11 +44,11 @@ from raymmrec.train.loop import TrainState
 from raymmrec.train.build import Pieces, build, load_data, make_sampler, resolve_device
 from raymmrec.train.checkpoint import check_format
 from raymmrec.unlearning.measure import held_out_pairs, membership_auc, report_for
-from raymmrec.unlearning.mmrecun import UnlearnOptions, fine_tune, options_from
+from raymmrec.unlearning.mmrecun import LR_SCALE, UnlearnOptions, fine_tune, options_from
 
 REQUEST, REPORT_JSON, REPORT_MD, GOLD = "forget.parquet", "report.json", "report.md", "gold"
 ROWS = ("forget recall@20", "forget ndcg@20", "retain recall@20", "retain ndcg@20", "test recall@20",
-        "test ndcg@20", "membership_auc", "top50_exposure", "seconds")
+        "test ndcg@20", "membership_auc", "auc_vs_unseen", "top50_exposure", "seconds")
 
 
 def default_name(run: str, req: ForgetRequest) -> str:
@@ -160,7 +160,7 @@ def _unlearn(run: str, req: ForgetRequest, opts: UnlearnOptions, spec0, spec1, d
         with torch.no_grad():
             return membership_auc(m.scoring_embeddings(), data1.forgotten, valid_held_out)
 
-    lr = opts.lr or spec0.train.lr
+    lr = opts.lr or LR_SCALE * spec0.train.lr
     batch_size = opts.batch_size or spec0.train.batch_size
     sampler = make_sampler(spec1, data1, p1.graph, num_negatives=1)  # never an item-wise request's items
     res = fine_tune(p1.model, data1, sampler, opts, lr=lr, batch_size=batch_size, device=dev,

@@ -1,0 +1,126 @@
+"""MMRecUn against the original model and Gold (retrained from scratch): three request kinds at several sizes.
+
+    python benchmarks/unlearning.py --run runs/bm3-lfm2k            # a trained run folder
+    python benchmarks/unlearning.py --method bm3 --data ../shared/data/lfm2k   # train it first
+    python benchmarks/unlearning.py --run ... --kinds user --fractions 0.05 epochs=5 reset=none
+
+For each kind (user-, item-, interaction-wise) and fraction (of the users or items with training
+interactions, or of the training interactions), draws a request with ``--seed``, runs
+:func:`raymmrec.unlearning.unlearn` with Gold in this process and collects its report. Prints one
+table per request, a summary table, writes ``summary.json`` and ``unlearning.png`` (forget-set and
+test Recall@20, membership AUC and seconds against the request size, unlearned vs original vs Gold)
+to ``--out``; the last line printed is the summary as JSON. ``key=value`` arguments are MMRecUn's
+options (:class:`raymmrec.unlearning.UnlearnOptions`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import numpy as np  # noqa: E402
+
+from raymmrec.config import load_spec, parse_value  # noqa: E402
+from raymmrec.data.forget import ForgetRequest  # noqa: E402
+from raymmrec.train.build import load_data  # noqa: E402
+from raymmrec.config import spec_from_dict  # noqa: E402
+from raymmrec.unlearning import unlearn  # noqa: E402
+
+FIGURES = ("forget recall@20", "test recall@20", "membership_auc", "auc_vs_unseen", "seconds")
+
+
+def draw_request(data, kind: str, fraction: float, seed: int) -> ForgetRequest:
+    rng = np.random.default_rng(seed)
+    tr = data.train
+    if kind == "user":
+        pool = np.unique(tr.users)
+        return ForgetRequest.of(users=rng.choice(pool, max(1, round(fraction * pool.size)), replace=False))
+    if kind == "item":
+        pool = np.unique(tr.items)
+        return ForgetRequest.of(items=rng.choice(pool, max(1, round(fraction * pool.size)), replace=False))
+    rows = rng.choice(len(tr), max(1, round(fraction * len(tr))), replace=False)
+    return ForgetRequest.of(users=tr.users[rows], items=tr.items[rows])
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = sorted({r["kind"] for r in rows}, key=["user", "item", "interaction"].index)
+    fig, axes = plt.subplots(len(kinds), len(FIGURES), figsize=(4 * len(FIGURES), 3.2 * len(kinds)), squeeze=False)
+    for a, kind in zip(axes, kinds):
+        rs = sorted((r for r in rows if r["kind"] == kind), key=lambda r: r["fraction"])
+        x = [100 * r["fraction"] for r in rs]
+        for ax, fig_name in zip(a, FIGURES):
+            for model, style in (("original", "k:"), ("unlearned", "o-"), ("gold", "s--")):
+                ys = [r[model].get(fig_name) if r.get(model) else None for r in rs]
+                if any(y is not None for y in ys):
+                    ax.plot(x, [np.nan if y is None else y for y in ys], style, label=model)
+            ax.set_title(f"{kind}-wise: {fig_name}", fontsize=9)
+            ax.set_xlabel("request size (% of users / items / interactions)", fontsize=8)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--run", help="trained run folder (else trains --method on --data first)")
+    p.add_argument("--method", default="bm3")
+    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/lfm2k"))
+    p.add_argument("--kinds", default="user,item,interaction")
+    p.add_argument("--fractions", default="0.01,0.05,0.10")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/unlearning-bench")
+    p.add_argument("--no-gold", action="store_true")
+    p.add_argument("options", nargs="*", help="MMRecUn options, key=value")
+    a = p.parse_args()
+    opts = dict(kv.split("=", 1) for kv in a.options)
+    opts = {k: parse_value(v) for k, v in opts.items()}
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run = a.run
+    if run is None:
+        from raymmrec.train.run import run as train_run
+
+        spec = load_spec(a.method, overrides=[f"data.source={a.data}", f"output_dir={out}",
+                                              f"run_name={a.method}-{Path(a.data).name}"])
+        train_run(spec, progress=False)
+        run = str(out / spec.resolved_run_name)
+    data = load_data(spec_from_dict(json.loads((Path(run) / "config.json").read_text())))
+    rows = []
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        for kind in a.kinds.split(","):
+            for frac in (float(f) for f in a.fractions.split(",")):
+                req = draw_request(data, kind, frac, a.seed)
+                rep = unlearn(run, req, options=opts, output_dir=tmp, gold=not a.no_gold, progress=False)
+                print(f"\n## {kind}-wise, {frac:.0%}\n\n{rep['table']}\n", flush=True)
+                rows.append({"kind": kind, "fraction": frac, "epochs_run": rep["epochs_run"], "speedup": rep["speedup"],
+                             **{m: rep[m] for m in ("original", "unlearned", "gold")}})
+    print("\n| kind | size | forget R@20 orig / unl / gold | test R@20 orig / unl / gold | AUC orig / unl / gold "
+          "| AUC vs unseen orig / unl / gold | top-50 exposure unl | s unl / gold |")
+    print("|---|---:|---|---|---|---|---:|---|")
+    f = lambda r, m, k: "-" if not r.get(m) or r[m].get(k) is None else f"{r[m][k]:.4f}"  # noqa: E731
+    for r in rows:
+        exp = r["unlearned"].get("top50_exposure")
+        print(f"| {r['kind']} | {r['fraction']:.0%} | " + " | ".join(
+            " / ".join(f(r, m, k) for m in ("original", "unlearned", "gold"))
+            for k in ("forget recall@20", "test recall@20", "membership_auc", "auc_vs_unseen"))
+            + f" | {'-' if exp is None else int(exp)} | {r['unlearned']['seconds']:.1f} / "
+            + (f"{r['gold']['seconds']:.1f}" if r.get("gold") else "-") + " |")
+    (out / "summary.json").write_text(json.dumps(rows, indent=2))
+    plot(rows, out / "unlearning.png")
+    print(f"\nplot: {out / 'unlearning.png'}")
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()
