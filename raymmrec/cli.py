@@ -3,6 +3,7 @@
 ``raymmrec train --method bm3 --data ml100k [--config run.yaml] [key=value ...]``.
 ``raymmrec tune --method bm3 --data lfm2k [--grid paper|wide] [--samples N]`` (Ray Tune).
 ``raymmrec reproduce --methods bpr,lightgcn,vbpr,bm3 --data lfm2k,dbbook`` (Ray Tune, one table).
+``raymmrec unlearn --run runs/bm3-lfm2k --request forget.parquet [--gold]`` (one Ray task per request).
 
 Overrides use the config's sections, e.g. ``train.epochs=50 model.reg_weight=1e-4
 data.modalities=[text,audio_whisper]``. ``raymmrec methods`` lists the registered methods.
@@ -46,7 +47,8 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
 
 _RAY_COMMANDS = {"tune": "sweep a method's hyperparameters with Ray Tune (see `raymmrec tune --help`)",
                  "reproduce": "paper grids of several methods on several datasets, one comparison table",
-                 "study": "noisy-label and sampler studies of BPR/BPO/NBPO (see `raymmrec study --help`)"}
+                 "study": "noisy-label and sampler studies of BPR/BPO/NBPO (see `raymmrec study --help`)",
+                 "unlearn": "forget users, items or interactions from a trained run (MMRecUn), each request a Ray task"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         from raymmrec.study import main as study_main
 
         return study_main(argv[1:], prog="raymmrec study")
+    if argv and argv[0] == "unlearn":
+        from raymmrec.ray.unlearn import main as unlearn_main
+
+        return unlearn_main(argv[1:], prog="raymmrec unlearn")
     if argv and argv[0] == "reproduce":
         from raymmrec.ray.reproduce import main as reproduce_main
 

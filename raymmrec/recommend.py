@@ -19,6 +19,7 @@ from raymmrec.errors import UserError
 from raymmrec.eval import Evaluator
 from raymmrec.eval.cold import cold_evaluator
 from raymmrec.train.artifacts import Trained, join, read_bytes
+from raymmrec.train.build import ranked_items
 
 NAME_FILES = ("item_text.tsv", "item_names.tsv")  # itemID <tab> ... <tab> title|name|text
 NAME_COLUMNS = ("title", "name", "text")
@@ -49,7 +50,9 @@ def top_k(trained: Trained, users: Tensor, k: int) -> tuple[Tensor, Tensor]:
     rows = torch.searchsorted(users.sort().values, train_users[seen])
     order = users.argsort()
     scores[order[rows], train_items[seen]] = float("-inf")
-    k = min(k, data.n_items)
+    if data.forgotten_items.size:  # an item-wise forget request's items are never recommended
+        scores[:, torch.from_numpy(data.forgotten_items)] = float("-inf")
+    k = min(k, data.n_items - int(data.forgotten_items.size))
     best = scores.topk(k, dim=1)
     return best.indices, best.values
 
@@ -84,7 +87,8 @@ def evaluate(trained: Trained, ks: list[int] | None = None) -> dict[str, dict[st
     ks = ks or trained.spec.eval.ks
     score = trained.model.scorer()
     opts = {"ks": tuple(ks), "max_batch_elems": trained.spec.eval.max_batch_elems, "device": trained.device}
-    out = {split: Evaluator(data.n_items, data.seen(), data.split(split), **opts).evaluate(score)
+    out = {split: Evaluator(data.n_items, data.seen(), data.split(split), candidates=ranked_items(data),
+                            **opts).evaluate(score)
            for split in ("valid", "test")}
     if len(data.cold) and trained.model.scores_cold_items:
         out["cold"] = cold_evaluator(data, **opts).evaluate(score)

@@ -95,7 +95,8 @@ def parse_request(raw: bytes, where: str) -> ForgetRequest:
         if raw[:4] == b"PAR1":
             frame = pd.read_parquet(io.BytesIO(raw))
         else:
-            frame = pd.read_csv(io.BytesIO(raw), sep=None, engine="python", dtype=str)
+            head = raw.split(b"\n", 1)[0]
+            frame = pd.read_csv(io.BytesIO(raw), sep="\t" if b"\t" in head else ",", dtype=str)
     except Exception as e:  # noqa: BLE001 - any reader error becomes one line naming the file
         raise DataError(f"{where}: not a readable Parquet or CSV file ({' '.join(str(e).split())[:200]})") from None
     cols = [c for c in ("userID", "itemID") if c in frame.columns]

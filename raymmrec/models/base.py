@@ -138,6 +138,10 @@ class Recommender(nn.Module, ABC):
     #: True when an item's score depends on its features, so items never seen in training (cold-start
     #: items, ``data.cold_items``) get meaningful scores; False: their cold-start metrics are not computed.
     scores_cold_items: ClassVar[bool] = False
+    #: What the method's own training leaves of a user with no training data: ``"init"`` (its rows
+    #: are never touched) or ``"zero"`` (a regulariser over the whole tables decays them, as BM3's
+    #: does). Unlearning gives a forgotten user the same (``raymmrec.unlearning``, ``reset=auto``).
+    untrained_rows: ClassVar[str] = "init"
 
     def __init__(self, cfg: Any, graph: RecGraph) -> None:
         super().__init__()

@@ -58,6 +58,7 @@ class BM3(Recommender):
     )
     default_objective = "bm3"
     provides = frozenset({"bm3"})
+    untrained_rows = "zero"  # L_reg over the full final tables decays rows without data
     static_tensors = ("adj",)
 
     @classmethod

@@ -91,6 +91,7 @@ class LIRDRec(FeatureGraphModel):
     config_cls = LIRDRecConfig
     default_objective = "lirdrec"
     provides = frozenset({"pairwise", "full_table_reg"})
+    untrained_rows = "zero"  # the L2 term over the full tables decays rows without data
     search_spaces = SearchSpaces(
         # enoche/LIRDRec configs/model/LIRDRec.yaml: 3 x 2 x 3 x 3 = 54 distinct runs at lr 1e-4
         # (its weight_decay {0, 1e-6, 1e-5} is ignored by the published trainer, so it is left out)

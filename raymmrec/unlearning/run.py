@@ -25,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -44,7 +45,7 @@ from raymmrec.train.loop import TrainState
 from raymmrec.train.build import Pieces, build, load_data, make_sampler, resolve_device
 from raymmrec.train.checkpoint import check_format
 from raymmrec.unlearning.measure import held_out_pairs, membership_auc, report_for
-from raymmrec.unlearning.mmrecun import LR_SCALE, UnlearnOptions, fine_tune, options_from
+from raymmrec.unlearning.mmrecun import LR_SCALE, UnlearnOptions, fine_tune, options_from, resolve_reset
 
 REQUEST, REPORT_JSON, REPORT_MD, GOLD = "forget.parquet", "report.json", "report.md", "gold"
 ROWS = ("forget recall@20", "forget ndcg@20", "retain recall@20", "retain ndcg@20", "test recall@20",
@@ -115,6 +116,7 @@ def unlearn(run: str, request: ForgetRequest | str, *, options: UnlearnOptions |
     if _exists(final):
         raise UserError(f"{final} already exists; choose another --name or remove it")
     dev = resolve_device(device)
+    started = time.time()
 
     data0 = load_data(spec0)
     data1 = apply_forget(data0, req)  # checks every id against the data first
@@ -130,6 +132,7 @@ def unlearn(run: str, request: ForgetRequest | str, *, options: UnlearnOptions |
     try:
         report = _unlearn(run, req, opts, spec0, spec1, data0, data1, best, dev, stage, gold, say)
         report["folder"] = final
+        report["started_at"], report["finished_at"] = started, time.time()  # epoch seconds
         (stage / REPORT_MD).write_text(report["table"] + "\n")
         write_json(stage / REPORT_JSON, report)
         _publish(stage, final, local)
@@ -161,6 +164,7 @@ def _unlearn(run: str, req: ForgetRequest, opts: UnlearnOptions, spec0, spec1, d
             return membership_auc(m.scoring_embeddings(), data1.forgotten, valid_held_out)
 
     lr = opts.lr or LR_SCALE * spec0.train.lr
+    opts = dataclasses.replace(opts, reset=resolve_reset(opts.reset, req.kind, type(p1.model), spec0.train.weight_decay))
     batch_size = opts.batch_size or spec0.train.batch_size
     sampler = make_sampler(spec1, data1, p1.graph, num_negatives=1)  # never an item-wise request's items
     res = fine_tune(p1.model, data1, sampler, opts, lr=lr, batch_size=batch_size, device=dev,

@@ -1,0 +1,130 @@
+"""Unlearning requests as Ray tasks: each request its own task with its own CPUs or GPU, several in flight.
+
+    raymmrec unlearn --run runs/bm3-lfm2k --request forget_a.parquet --request forget_b.csv [--gold]
+    ray job submit --working-dir . -- python jobs/unlearn.py --run s3://bucket/runs/bm3-lfm2k \\
+        --request s3://bucket/requests/user-42.parquet --gpus-per-request 1
+
+Every task reads the trained run from storage (local or s3; never altered), runs
+:func:`raymmrec.unlearning.unlearn` and writes its own new run folder (weights, config, report). A task
+that fails or is killed leaves no folder behind (the core stages it and renames it at the end). The
+driver prints each request's report table as it finishes and a one-line error for each that failed.
+``--local`` runs the requests one after another in this process, without Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from raymmrec.config import parse_value
+from raymmrec.errors import run_main
+from raymmrec.ray.launch import get_or_raise_cause
+
+
+def _unlearn_task(run: str, request: str, options: dict[str, Any], output_dir: str | None, name: str | None,
+                  gold: bool, device: str, threads: int) -> dict[str, Any]:
+    """(Ray task) one request, in the task's process; returns the report without its per-epoch history."""
+    import torch
+
+    from raymmrec.unlearning import unlearn
+
+    torch.set_num_threads(threads)
+    report = unlearn(run, request, options=options, output_dir=output_dir, name=name, gold=gold, device=device,
+                     progress=True)
+    report.pop("history", None)
+    return report
+
+
+def submit(run: str, requests: list[str], *, options: dict[str, Any] | None = None, output_dir: str | None = None,
+           names: list[str | None] | None = None, gold: bool = False, cpus: float = 1.0, gpus: float = 0.0,
+           echo: bool = True) -> list[dict[str, Any] | BaseException]:
+    """Run every request as its own Ray task (all in flight at once, as resources allow).
+
+    Returns, in request order, each report or the exception its task raised.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(logging_level=logging.WARNING, log_to_driver=echo)
+    task = ray.remote(_unlearn_task)
+    names = names or [None] * len(requests)
+    device = "cuda" if gpus > 0 else "cpu"
+    threads = max(1, int(cpus))
+    refs = [task.options(num_cpus=cpus, num_gpus=gpus, max_retries=0,
+                         name=f"unlearn:{req.rsplit('/', 1)[-1]}").remote(
+                run, req, dict(options or {}), output_dir, name, gold, device, threads)
+            for req, name in zip(requests, names)]
+    results: dict[int, Any] = {}
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        i = refs.index(done[0])
+        try:
+            results[i] = get_or_raise_cause(done[0])
+            if echo:
+                print(f"\n[{requests[i]}] -> {results[i]['folder']}\n{results[i]['table']}\n", flush=True)
+        except Exception as e:  # noqa: BLE001 - reported per request; the others go on
+            results[i] = e
+            if echo:
+                print(f"error: {requests[i]}: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+    return [results[i] for i in range(len(refs))]
+
+
+def parser(prog: str = "raymmrec unlearn") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    p.add_argument("--run", required=True, help="trained run folder or URL (config.json + best.pt)")
+    p.add_argument("--request", action="append", required=True,
+                   help="forget request: Parquet or CSV with userID, itemID or both (repeat for several)")
+    p.add_argument("--output-dir", default=None, help="where the new run folders go (default: beside --run)")
+    p.add_argument("--name", action="append", default=None, help="run folder name per request (default: derived)")
+    p.add_argument("--gold", action="store_true", help="also retrain from scratch on the retain data and compare")
+    p.add_argument("--cpus-per-request", type=float, default=1.0, help="CPUs per task (default 1)")
+    p.add_argument("--gpus-per-request", type=float, default=0.0, help="GPUs per task (default 0)")
+    p.add_argument("--local", action="store_true", help="no Ray: run the requests one by one in this process")
+    p.add_argument("--verbose", action="store_true", help="tracebacks with error messages")
+    p.add_argument("options", nargs="*", metavar="option=value",
+                   help="MMRecUn options, e.g. epochs=5 forget_weight=0.5 reset=init (see raymmrec.unlearning)")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "raymmrec unlearn") -> int:
+    args = parser(prog).parse_args(argv)
+    return run_main(lambda: _main(args), verbose=args.verbose)
+
+
+def _main(args: argparse.Namespace) -> int:
+    from raymmrec.errors import UserError
+    from raymmrec.unlearning.mmrecun import options_from
+
+    options = {}
+    for kv in args.options:
+        key, sep, value = kv.partition("=")
+        if not sep:
+            raise UserError(f"expected option=value, got {kv!r}")
+        options[key] = parse_value(value)
+    options_from(options)  # unknown or bad options end here, before any data or task
+    names = args.name or [None] * len(args.request)
+    if len(names) != len(args.request):
+        raise UserError(f"--name given {len(names)} times for {len(args.request)} requests")
+    if args.local:
+        from raymmrec.unlearning import unlearn
+
+        for req, name in zip(args.request, names):
+            report = unlearn(args.run, req, options=options, output_dir=args.output_dir, name=name, gold=args.gold)
+            print(f"\n{report['table']}\n")
+        return 0
+    results = submit(args.run, args.request, options=options, output_dir=args.output_dir, names=names,
+                     gold=args.gold, cpus=args.cpus_per_request, gpus=args.gpus_per_request)
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        if len(failed) == 1 and len(results) == 1:
+            raise failed[0]
+        print(f"error: {len(failed)} of {len(results)} requests failed (above)", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Unlearning (MMRecUn): forget requests, the retain data and graphs, the unlearning run folder, Ray tasks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from raymmrec.config import ConfigError, load_spec
+from raymmrec.data import DataError, load_dataset
+from raymmrec.data.forget import ForgetRequest, apply_forget, parse_request, read_request
+from raymmrec.train.build import build
+from raymmrec.unlearning import unlearn
+from raymmrec.unlearning.mmrecun import options_from
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> str:
+    """A BM3 run on synthetic:tiny, trained for 3 epochs in this process."""
+    from raymmrec.train.run import run
+
+    out = tmp_path_factory.mktemp("trained")
+    spec = load_spec("bm3", overrides=["data.source=synthetic:tiny", "train.epochs=3", f"output_dir={out}",
+                                       "run_name=bm3-tiny"])
+    run(spec, progress=False)
+    return str(out / "bm3-tiny")
+
+
+def tree_digest(folder: str) -> str:
+    h = hashlib.sha256()
+    for p in sorted(Path(folder).rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(folder)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+# -- requests --------------------------------------------------------------------------------------
+
+def test_request_kind_follows_the_columns(tmp_path):
+    pd.DataFrame({"userID": [3, 1, 3]}).to_parquet(tmp_path / "u.parquet")
+    (tmp_path / "i.csv").write_text("itemID\n5\n2\n")
+    (tmp_path / "p.csv").write_text("userID,itemID\n1,2\n3,4\n")
+    u, i, p = (read_request(str(tmp_path / f)) for f in ("u.parquet", "i.csv", "p.csv"))
+    assert (u.kind, u.users.tolist()) == ("user", [1, 3])
+    assert (i.kind, i.items.tolist()) == ("item", [2, 5])
+    assert (p.kind, p.users.tolist(), p.items.tolist()) == ("interaction", [1, 3], [2, 4])
+
+
+@pytest.mark.parametrize("text, match", [
+    ("user\n1\n", "expected columns userID"),
+    ("userID\n1\nx\n", "row 2, column userID: expected an integer id"),
+    ("userID\n", "no rows"),
+])
+def test_bad_request_files_are_one_line_errors(text, match):
+    with pytest.raises(DataError, match=match):
+        parse_request(text.encode(), "req.csv")
+
+
+def test_ids_that_do_not_exist_are_errors_naming_the_row():
+    data = load_dataset("synthetic:tiny")
+    with pytest.raises(DataError, match=r"req: row 2: userID 40 does not exist \(the dataset has ids 0..39\)"):
+        apply_forget(data, ForgetRequest.of(users=[0, 40], source="req"))
+    u, i = int(data.train.users[0]), int(data.train.items[0])
+    known = set(zip(*(np.concatenate([data.split(s).users for s in ("train", "valid", "test")]),)))
+    absent = next(j for j in range(data.n_items) if (u, j) not in set(zip(data.train.users, data.train.items))
+                  | set(zip(data.valid.users, data.valid.items)) | set(zip(data.test.users, data.test.items)))
+    del known
+    with pytest.raises(DataError, match=rf"row 2: user {u}, item {absent} is not an interaction"):
+        apply_forget(data, ForgetRequest.of(users=[u, u], items=[i, absent], source="req"))
+
+
+def test_forgotten_interactions_leave_every_split():
+    data = load_dataset("synthetic:tiny")
+    users = np.unique(data.train.users)[:4]
+    out = apply_forget(data, ForgetRequest.of(users=users))
+    for s in ("train", "valid", "test"):
+        assert not np.isin(out.split(s).users, users).any()
+    assert set(out.forgotten.users) == set(users) and len(out.forgotten) + len(out.train) == len(data.train)
+
+
+# -- the retain data a run trains on (Gold) and an unlearned model is rebuilt with ------------------
+
+def test_item_request_rebuilds_graphs_and_sampler_without_the_items(tmp_path):
+    data = load_dataset("synthetic:tiny")
+    items = np.unique(data.train.items)[:5]
+    path = tmp_path / "items.parquet"
+    ForgetRequest.of(items=items).to_frame().to_parquet(path)
+    spec = load_spec("cm3", overrides=["data.source=synthetic:tiny", f"data.forget={path}"])
+    p = build(spec)
+    ids = torch.as_tensor(items)
+    adj = p.graph.prepared["adj"].to_dense()
+    assert adj[:, data.n_users + ids].abs().sum() == 0, "the user-item graph keeps forgotten edges"
+    mm = p.graph.prepared["mm_adj"].to_dense()
+    others = torch.ones(data.n_items, dtype=torch.bool)
+    others[ids] = False
+    assert mm[others][:, ids].abs().sum() == 0, "another item keeps a forgotten item as a neighbour"
+    neg = p.sampler.sample(torch.arange(data.n_users).repeat(50), torch.Generator().manual_seed(0))
+    assert not torch.isin(neg, ids).any(), "the retain-side sampler served a forgotten item"
+    assert "forgotten" in p.summary
+
+
+# -- unlearning a trained run ---------------------------------------------------------------------
+
+def test_unlearning_writes_a_new_run_and_never_alters_the_original(trained, tmp_path):
+    before = tree_digest(trained)
+    data = load_dataset("synthetic:tiny")
+    users = np.unique(data.train.users)[:6]
+    rep = unlearn(trained, ForgetRequest.of(users=users), output_dir=str(tmp_path), name="u", gold=True,
+                  progress=False)
+    assert tree_digest(trained) == before
+    folder = tmp_path / "u"
+    assert {p.name for p in folder.iterdir()} >= {"best.pt", "config.json", "forget.parquet", "report.json",
+                                                   "report.md", "gold"}
+    saved = json.loads((folder / "report.json").read_text())
+    for model in ("original", "unlearned", "gold"):
+        assert {"forget recall@20", "test recall@20", "retain recall@20", "membership_auc"} <= set(saved[model])
+    assert saved["unlearned"]["seconds"] > 0 and saved["gold"]["seconds"] > 0
+    # reset=auto zeroes BM3's forgotten users (what BM3's full-table regulariser leaves of them)
+    w = torch.load(folder / "best.pt", weights_only=True)["model"]["user_emb.weight"]
+    assert w[torch.as_tensor(users)].abs().sum() == 0 and w.abs().sum() > 0
+    assert rep["unlearned"]["forget recall@20"] < rep["original"]["forget recall@20"]
+
+
+def test_unlearned_run_never_recommends_forgotten_items(trained, tmp_path):
+    from raymmrec.recommend import evaluate, top_k
+    from raymmrec.train.artifacts import load_trained
+
+    data = load_dataset("synthetic:tiny")
+    items = np.unique(data.train.items)[:6]
+    unlearn(trained, ForgetRequest.of(items=items), output_dir=str(tmp_path), name="i", progress=False)
+    t = load_trained(str(tmp_path / "i"))
+    assert np.array_equal(t.data.forgotten_items, items)
+    top, _ = top_k(t, torch.arange(data.n_users), k=10)
+    assert not torch.isin(top, torch.as_tensor(items)).any()
+    assert set(evaluate(t)) == {"valid", "test"}
+
+
+def test_a_failed_request_leaves_no_partial_folder(trained, tmp_path, monkeypatch):
+    import raymmrec.unlearning.run as ur
+
+    def boom(*a, **k):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(ur, "fine_tune", boom)
+    with pytest.raises(RuntimeError, match="killed"):
+        unlearn(trained, ForgetRequest.of(users=[0]), output_dir=str(tmp_path), name="x", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_options_are_errors():
+    with pytest.raises(ConfigError, match="unknown option"):
+        options_from({"forget_wieght": 1})
+    with pytest.raises(ConfigError, match="reset"):
+        options_from({"reset": "sometimes"})
+
+
+def test_cli_errors_are_one_line(trained, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("userID\n100000\n")
+    out = subprocess.run([sys.executable, "-m", "raymmrec", "unlearn", "--run", trained, "--request", str(bad),
+                          "--local", "--output-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(f"error: {bad}: row 1: userID 100000 does not exist")
+
+
+# -- Ray: each request its own task ---------------------------------------------------------------
+
+def test_two_requests_run_as_concurrent_ray_tasks(ray_cluster, trained, tmp_path):
+    from raymmrec.ray.unlearn import submit
+
+    reqs = []
+    for name, req in (("a", ForgetRequest.of(users=[0, 1])), ("b", ForgetRequest.of(items=[0, 1]))):
+        path = tmp_path / f"{name}.parquet"
+        req.to_frame().to_parquet(path)
+        reqs.append(str(path))
+    out = tmp_path / "out"
+    reports = submit(trained, reqs, output_dir=str(out), names=["a", "b"], cpus=1, echo=False,
+                     options={"epochs": 3, "stop_auc": None})
+    assert all(isinstance(r, dict) for r in reports), reports
+    a, b = reports
+    assert (out / "a" / "report.json").is_file() and (out / "b" / "report.json").is_file()
+    assert a["started_at"] < b["finished_at"] and b["started_at"] < a["finished_at"], "the tasks did not overlap"
