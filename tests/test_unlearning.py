@@ -90,12 +90,14 @@ def test_forgotten_interactions_leave_every_split():
 
 # -- the retain data a run trains on (Gold) and an unlearned model is rebuilt with ------------------
 
-def test_item_request_rebuilds_graphs_and_sampler_without_the_items(tmp_path):
+def test_item_request_rebuilds_graphs_and_sampler_without_the_items(tmp_path, monkeypatch):
     data = load_dataset("synthetic:tiny")
+    monkeypatch.setenv("RAYMMREC_CACHE", str(tmp_path / "cache"))  # prepared inputs built here, not read
     items = np.unique(data.train.items)[:5]
     path = tmp_path / "items.parquet"
     ForgetRequest.of(items=items).to_frame().to_parquet(path)
-    spec = load_spec("cm3", overrides=["data.source=synthetic:tiny", f"data.forget={path}"])
+    spec = load_spec("cm3", overrides=["data.source=synthetic:tiny", f"data.forget={path}",
+                                       "train.negative_pool=all"])  # the pool itself would hold them
     p = build(spec)
     ids = torch.as_tensor(items)
     adj = p.graph.prepared["adj"].to_dense()
