@@ -193,3 +193,25 @@ def test_two_requests_run_as_concurrent_ray_tasks(ray_cluster, trained, tmp_path
     a, b = reports
     assert (out / "a" / "report.json").is_file() and (out / "b" / "report.json").is_file()
     assert a["started_at"] < b["finished_at"] and b["started_at"] < a["finished_at"], "the tasks did not overlap"
+
+
+def test_unlearning_reads_and_writes_s3(trained, s3_bucket, tmp_path):
+    import s3fs
+
+    from raymmrec.train.artifacts import load_trained
+
+    fs = s3fs.S3FileSystem()
+    src = f"{s3_bucket}/unlearn/runs/bm3-tiny"
+    for name in ("config.json", "best.pt"):
+        fs.put_file(str(Path(trained) / name), f"{src}/{name}")
+    req = tmp_path / "req.csv"
+    req.write_text("userID\n0\n1\n")
+    fs.put_file(str(req), f"{s3_bucket}/unlearn/req.csv")
+    rep = unlearn(f"s3://{src}", f"s3://{s3_bucket}/unlearn/req.csv", progress=False)
+    out = f"{s3_bucket}/unlearn/runs/{Path(rep['folder']).name}"
+    assert rep["folder"] == f"s3://{out}"
+    for name in ("config.json", "best.pt", "forget.parquet", "report.json", "report.md"):
+        assert fs.exists(f"{out}/{name}"), name
+    assert not list(tmp_path.glob("unlearn-*"))
+    t = load_trained(rep["folder"])
+    assert t.spec.data.forget == f"s3://{out}/forget.parquet" and len(t.data.forgotten) > 0
