@@ -59,11 +59,13 @@ def plot(rows: list[dict], path: Path) -> None:
         rs = sorted((r for r in rows if r["kind"] == kind), key=lambda r: r["fraction"])
         x = [100 * r["fraction"] for r in rs]
         for ax, fig_name in zip(a, FIGURES):
-            for model, style in (("original", "k:"), ("unlearned", "o-"), ("gold", "s--")):
+            for model, style in (("original", "k^:"), ("unlearned", "o-"), ("gold", "s--")):
                 ys = [r[model].get(fig_name) if r.get(model) else None for r in rs]
                 if any(y is not None for y in ys):
                     ax.plot(x, [np.nan if y is None else y for y in ys], style, label=model)
             ax.set_title(f"{kind}-wise: {fig_name}", fontsize=9)
+            if fig_name == "seconds":
+                ax.set_yscale("log")
             ax.set_xlabel("request size (% of users / items / interactions)", fontsize=8)
             ax.legend(fontsize=7)
     fig.tight_layout()
