@@ -307,14 +307,18 @@ class ImageEncoder(Encoder):
             out[good] = self.pooled([images[i] for i in good])[0].numpy()
         return out, failures
 
+    def top_classes(self, images: Sequence[Any], k: int = 3) -> tuple[np.ndarray, np.ndarray]:
+        """``(class indices [n, k], probabilities [n, k])`` of the classifier head, best first."""
+        probs = self.pooled([load_image(im) for im in images])[1].softmax(dim=-1)
+        top = probs.topk(k, dim=-1)
+        return top.indices.numpy(), top.values.numpy()
+
     def classify(self, images: Sequence[Any], k: int = 3) -> list[list[tuple[str, float]]]:
         """The top-``k`` ImageNet classes ``(name, probability)`` of each image (array, PIL, bytes or path)."""
         if self._labels is None:
             self._labels = imagenet_labels()
-        probs = self.pooled([load_image(im) for im in images])[1].softmax(dim=-1)
-        top = probs.topk(k, dim=-1)
-        return [[(self._labels[int(i)], float(v)) for v, i in zip(vals, idx)]
-                for vals, idx in zip(top.values.tolist(), top.indices.tolist())]
+        idx, prob = self.top_classes(images, k)
+        return [[(self._labels[int(i)], float(v)) for v, i in zip(vs, ix)] for vs, ix in zip(prob, idx)]
 
 
 # --------------------------------------------------------------------------------------------- image -> text
