@@ -215,3 +215,24 @@ def test_unlearning_reads_and_writes_s3(trained, s3_bucket, tmp_path):
     assert not list(tmp_path.glob("unlearn-*"))
     t = load_trained(rep["folder"])
     assert t.spec.data.forget == f"s3://{out}/forget.parquet" and len(t.data.forgotten) > 0
+
+
+def test_unlearning_stops_at_chance_or_on_a_plateau():
+    from raymmrec.data.forget import apply_forget
+    from raymmrec.train.build import make_sampler
+    from raymmrec.unlearning.mmrecun import UnlearnOptions, fine_tune
+
+    spec = load_spec("bpr", overrides=["data.source=synthetic:tiny"])
+    data = apply_forget(load_dataset("synthetic:tiny"), ForgetRequest.of(users=[0, 1, 2]))
+    p = build(spec, data=data)
+    sampler = make_sampler(spec, data, p.graph, num_negatives=1)
+
+    def epochs_run(aucs: list[float], **opts) -> int:
+        seq = iter(aucs)
+        res = fine_tune(p.model, data, sampler, UnlearnOptions(epochs=6, **opts), lr=1e-3, batch_size=64,
+                        device=torch.device("cpu"), stop_metric=lambda m: next(seq))
+        return res.epochs_run
+
+    assert epochs_run([0.8, 0.7, 0.6, 0.49]) == 3  # at chance
+    assert epochs_run([0.8, 0.7, 0.699, 0.6]) == 2  # a plateau
+    assert epochs_run([0.8, 0.7, 0.699, 0.6, 0.5, 0.4, 0.3], stop_auc=None) == 6
