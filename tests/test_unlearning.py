@@ -236,3 +236,22 @@ def test_unlearning_stops_at_chance_or_on_a_plateau():
     assert epochs_run([0.8, 0.7, 0.6, 0.49]) == 3  # at chance
     assert epochs_run([0.8, 0.7, 0.699, 0.6]) == 2  # a plateau
     assert epochs_run([0.8, 0.7, 0.699, 0.6, 0.5, 0.4, 0.3], stop_auc=None) == 6
+
+
+@pytest.mark.parametrize("method", ["lightgcn", "cm3", "lirdrec"])
+def test_unlearning_runs_on_every_graph_backbone(method, tmp_path):
+    from raymmrec.train.artifacts import load_trained
+    from raymmrec.train.run import run
+
+    spec = load_spec(method, overrides=["data.source=synthetic:tiny", "train.epochs=2", f"output_dir={tmp_path}",
+                                        "run_name=r"])
+    run(spec, progress=False)
+    rep = unlearn(str(tmp_path / "r"), ForgetRequest.of(items=[3, 4]), name="u", progress=False,
+                  options={"epochs": 2, "stop_auc": None})
+    assert rep["epochs_run"] == 2 and rep["unlearned"]["top50_exposure"] is not None
+    assert all(np.isfinite(v) for k, v in rep["unlearned"].items() if "@" in k)
+    t = load_trained(str(tmp_path / "u"))
+    before = torch.load(tmp_path / "r" / "best.pt", weights_only=True)["model"]
+    changed = [k for k, v in t.model.state_dict().items()
+               if k in before and not k.startswith(("item_", "feat")) and not torch.equal(v.cpu(), before[k])]
+    assert changed, "fine-tuning left every weight but the reset item rows as trained"
