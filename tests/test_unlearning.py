@@ -255,3 +255,30 @@ def test_unlearning_runs_on_every_graph_backbone(method, tmp_path):
     changed = [k for k, v in t.model.state_dict().items()
                if k in before and not k.startswith(("item_", "feat")) and not torch.equal(v.cpu(), before[k])]
     assert changed, "fine-tuning left every weight but the reset item rows as trained"
+
+
+def test_a_killed_request_leaves_no_run_folder_and_a_rerun_succeeds(trained, tmp_path):
+    import os
+    import signal
+    import time
+
+    script = (
+        "import time, raymmrec.unlearning.run as ur\n"
+        "ur.fine_tune = lambda *a, **k: time.sleep(600)\n"
+        f"ur.unlearn({trained!r}, ur.ForgetRequest.of(users=[0]), output_dir={str(tmp_path)!r}, name='k', progress=False)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
+    try:
+        deadline = time.time() + 120
+        while not list(tmp_path.glob(".k.tmp-*/best.pt")) and not list(tmp_path.glob(".k.tmp-*/forget.parquet")):
+            assert time.time() < deadline and proc.poll() is None, "the request never started"
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (tmp_path / "k").exists()
+    unlearn(trained, ForgetRequest.of(users=[0]), output_dir=str(tmp_path), name="k", progress=False)
+    assert (tmp_path / "k" / "report.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["k"], "the killed request's staging folder was left behind"

@@ -126,6 +126,8 @@ def unlearn(run: str, request: ForgetRequest | str, *, options: UnlearnOptions |
     spec1.output_dir, spec1.run_name = output_dir, name
 
     local = not is_url(final)
+    if local:
+        _remove_stale_stages(Path(output_dir), name)
     stage = Path(output_dir, f".{name}.tmp-{os.getpid()}") if local else Path(tempfile.mkdtemp(prefix="unlearn-"))
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
@@ -225,6 +227,24 @@ def _exists(url: str) -> bool:
 
     fs, path = open_fs(url)
     return fs.exists(path)
+
+
+def _remove_stale_stages(folder: Path, name: str) -> None:
+    """Remove staging folders of this name left by killed requests (their process is gone)."""
+    for d in folder.glob(f".{name}.tmp-*"):
+        pid = d.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _publish(stage: Path, final: str, local: bool) -> None:
