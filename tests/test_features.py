@@ -217,3 +217,14 @@ def test_ray_two_actors_images_on_s3(ray_cluster, s3_bucket, tmp_path, images, i
     local = image_encoder([_jpeg(np.ascontiguousarray(a)) for a in pics])
     np.testing.assert_allclose(feats[:4], local, atol=1e-4)
     np.testing.assert_allclose(feats[4], local.mean(axis=0), atol=1e-4)
+
+    # image bytes in a Parquet file (rows out of order, one null) read by Ray Data's read_parquet
+    jpegs = [_jpeg(np.ascontiguousarray(a)) for a in pics] + [None, b"broken"]
+    order = [3, 0, 5, 1, 4, 2]
+    buf = io.BytesIO()
+    pd.DataFrame({"itemID": order, "image": [jpegs[i] for i in order]}).to_parquet(buf)
+    fs.pipe_file(f"{base}/items.parquet", buf.getvalue())
+    manifest = extract_ray(f"s3://{base}/items.parquet", f"s3://{base}/ds2", "image", actors=2, batch_size=2,
+                           cpus_per_actor=0.5, progress=False)
+    assert manifest["missing"]["ids"] == [4] and manifest["broken"]["ids"] == [5]
+    np.testing.assert_allclose(np.load(io.BytesIO(fs.cat_file(f"{base}/ds2/image_feat.npy"))), feats, atol=1e-5)

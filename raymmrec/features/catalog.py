@@ -114,9 +114,21 @@ def catalog_root(url: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------- text recipe
+def is_null(value: Any) -> bool:
+    """None, NaN, pd.NA, NaT: a scalar missing value (lists, arrays, bytes and text are values)."""
+    if value is None:
+        return True
+    if isinstance(value, (str, bytes, bytearray, memoryview, list, tuple, np.ndarray)):
+        return False
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
 def _text_part(value: Any) -> str:
     """One cell as text: lists (Amazon's nested ``categories``, also as their string form) are flattened."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if is_null(value):
         return ""
     if isinstance(value, (list, tuple, np.ndarray)):
         return " ".join(p for p in (_text_part(v) for v in value) if p)
@@ -166,7 +178,7 @@ def image_column(frame: pd.DataFrame, where: str) -> str:
 
 def _image_source(value: Any, root: str) -> Any:
     """Bytes as they are; a path/URL string made absolute against ``root``; empty -> None (missing)."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if is_null(value):
         return None
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value) if len(value) else None

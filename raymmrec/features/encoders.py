@@ -132,7 +132,7 @@ class TextEncoder(Encoder):
         return np.asarray(emb, dtype=np.float32)
 
     def encode(self, batch: Sequence[Any]) -> tuple[np.ndarray, list[Failure | None]]:
-        texts = ["" if t is None else str(t).strip() for t in batch]
+        texts = ["" if _absent(t) else str(t).strip() for t in batch]
         failures: list[Failure | None] = [("missing", "empty text") if not t else None for t in texts]
         out = _nan_rows(len(texts), self.dim)
         good = [i for i, t in enumerate(texts) if t]
@@ -171,6 +171,15 @@ def load_image(source: Any) -> Any:
     img = Image.open(io.BytesIO(bytes(source)))
     img.load()  # decode now: a truncated file fails here, not later
     return img.convert("RGB")
+
+
+def _absent(src: Any) -> bool:
+    """No input: None, NaN, pd.NA (a null on its way through Arrow) or empty bytes/text."""
+    from raymmrec.features.catalog import is_null
+
+    if is_null(src):
+        return True
+    return isinstance(src, (bytes, bytearray, memoryview, str)) and len(src) == 0
 
 
 def _why(exc: BaseException) -> str:
@@ -268,7 +277,7 @@ class ImageEncoder(Encoder):
         images: list[Any] = []
         failures: list[Failure | None] = []
         for src in batch:
-            if src is None:
+            if _absent(src):
                 images.append(None)
                 failures.append(("missing", "no image"))
                 continue

@@ -33,6 +33,7 @@ class Progress:
         self.enabled = enabled
         self.done = 0
         self.start = self._last = time.perf_counter()
+        self.first: float | None = None  # when the first batch came back (start-up of actors and models)
 
     def line(self) -> str:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
@@ -41,9 +42,15 @@ class Progress:
         eta = f"ETA {left:.0f}s" if np.isfinite(left) else "ETA ?"
         return f"{self.what}: {self.done}/{self.total} items, {rate:.1f} items/s, {eta}"
 
+    @property
+    def startup(self) -> float:
+        """Seconds until the first batch came back."""
+        return (self.first or self.start) - self.start
+
     def update(self, n: int) -> None:
         self.done += n
         now = time.perf_counter()
+        self.first = self.first or now
         if self.enabled and (now - self._last >= self.every):
             self._last = now
             print(self.line(), file=self.stream, flush=True)
@@ -109,7 +116,7 @@ def extract(catalog: str | pd.DataFrame, out: str, modality: str, *, encoder: En
     if progress and failures:
         report_failures(failures, frame)
     return write_features(out, modality, frame[ID].to_numpy(np.int64), feats, failures, encoder.describe(),
-                          seconds=seconds, catalog=catalog if isinstance(catalog, str) else "",
+                          seconds=seconds, startup=bar.startup, catalog=catalog if isinstance(catalog, str) else "",
                           storage_options=storage_options)
 
 

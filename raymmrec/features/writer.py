@@ -140,13 +140,15 @@ def write_features(
     encoder: Mapping[str, Any],
     *,
     seconds: float,
+    startup: float = 0.0,
     catalog: str = "",
     storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write (or append to) ``<out>/<modality>_feat.npy`` and its manifest; return the manifest.
 
     ``ids`` are the item ids of the rows of ``features`` (any order); rows of ``failures``' ids (missing or
-    broken inputs) are replaced by the mean of the good rows. ``encoder`` is ``Encoder.describe()``.
+    broken inputs) are replaced by the mean of the good rows. ``encoder`` is ``Encoder.describe()``;
+    ``seconds`` is the extraction's wall time, ``startup`` the part of it until the first batch came back.
     """
     where = feature_path(out, modality)
     ids = np.asarray(ids, dtype=np.int64)
@@ -177,6 +179,7 @@ def write_features(
     table = features if mode == "replace" else np.concatenate([existing.astype(np.float32), features])
 
     run = _run_record(ids, failures, bad, mode, seconds, catalog, filled_from)
+    run["first_batch_seconds"] = round(float(startup), 3)  # actors starting, models loading, first batch
     manifest = _manifest(modality, table, encoder, run, old_manifest)
     fs, _ = open_fs(out, storage_options)
     save_npy(fs, open_fs(where, storage_options)[1], table)

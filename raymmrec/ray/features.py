@@ -78,9 +78,14 @@ def _arrow_fs(url: str, storage_options: dict[str, Any] | None) -> tuple[Any, st
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
-def catalog_dataset(catalog: str, modality: str, *, columns: Sequence[str] | None = None, block_rows: int = 256,
-                    blocks: int = 8, storage_options: dict[str, Any] | None = None) -> tuple[Any, int, list[str]]:
-    """A Ray Dataset of ``[itemID, input]`` rows in about ``blocks`` blocks, its row count and the columns used."""
+def _block_rows(n: int, batch_size: int, max_blocks: int = 2000) -> int:
+    """Rows per block: two encoder batches (so progress comes back often), at most ``max_blocks`` blocks."""
+    return max(2 * batch_size, math.ceil(n / max_blocks), 1)
+
+
+def catalog_dataset(catalog: str, modality: str, *, columns: Sequence[str] | None = None, batch_size: int = 64,
+                    storage_options: dict[str, Any] | None = None) -> tuple[Any, int, list[str]]:
+    """A Ray Dataset of ``[itemID, input]`` rows in blocks of a few batches, its row count and the columns used."""
     import ray
 
     input_kind = "text" if modality == "text" else "image"
@@ -93,12 +98,12 @@ def catalog_dataset(catalog: str, modality: str, *, columns: Sequence[str] | Non
         empty = pd.DataFrame(columns=names)
         used = pick_text_columns(empty, columns, catalog) if input_kind == "text" else [image_column(empty, catalog)]
         n = ds.count()
-        ds = ds.select_columns([ID, *used]).repartition(max(1, min(blocks, math.ceil(n / block_rows))))
+        ds = ds.select_columns([ID, *used]).repartition(max(1, math.ceil(n / _block_rows(n, batch_size))))
         ds = ds.map_batches(_prepare_batch, batch_format="pandas", fn_kwargs={
             "modality": input_kind, "root": catalog_root(catalog), "columns": used, "where": catalog})
         return ds, n, used
     frame = read_catalog(catalog, input_kind, columns=columns, storage_options=storage_options)
-    size = max(1, math.ceil(len(frame) / max(1, blocks)))
+    size = _block_rows(len(frame), batch_size)
     chunks = [frame.iloc[i:i + size] for i in range(0, len(frame), size)]
     return ray.data.from_pandas(chunks), len(frame), list(frame.attrs.get("columns", []))
 
@@ -137,8 +142,8 @@ def extract_ray(catalog: str, out: str, modality: str, *, actors: int = 2, batch
     if not verbose:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
 
-    ds, n, used = catalog_dataset(catalog, modality, columns=text_columns, block_rows=batch_size,
-                                  blocks=max(actors * 4, 1), storage_options=storage_options)
+    ds, n, used = catalog_dataset(catalog, modality, columns=text_columns, batch_size=batch_size,
+                                  storage_options=storage_options)
     device = "cuda" if gpus_per_actor > 0 else "cpu"
     if factory is None:
         factory = functools.partial(make_encoder, modality, device=device, recipe=recipe_name(used))
@@ -173,7 +178,8 @@ def extract_ray(catalog: str, out: str, modality: str, *, actors: int = 2, batch
     if progress and failures:
         report_failures(failures, pd.DataFrame({ID: all_ids, INPUT: [None] * len(all_ids)}))
     table = np.concatenate(feats) if feats else np.zeros((0, describe["dim"]), dtype=np.float32)
-    return write_features(out, modality, all_ids, table, failures, describe, seconds=seconds, catalog=catalog,
+    return write_features(out, modality, all_ids, table, failures, describe, seconds=seconds, startup=bar.startup,
+                          catalog=catalog,
                           storage_options=storage_options)
 
 
