@@ -4,6 +4,7 @@
 ``raymmrec tune --method bm3 --data lfm2k [--grid paper|wide] [--samples N]`` (Ray Tune).
 ``raymmrec reproduce --methods bpr,lightgcn,vbpr,bm3 --data lfm2k,dbbook`` (Ray Tune, one table).
 ``raymmrec unlearn --run runs/bm3-lfm2k --request forget.parquet [--gold]`` (one Ray task per request).
+``raymmrec features --catalog items.tsv --out data/mydataset --modality text|image|image2text [--local]`` (Ray Data).
 
 Overrides use the config's sections, e.g. ``train.epochs=50 model.reg_weight=1e-4
 data.modalities=[text,audio_whisper]``. ``raymmrec methods`` lists the registered methods.
@@ -48,7 +49,8 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
 _RAY_COMMANDS = {"tune": "sweep a method's hyperparameters with Ray Tune (see `raymmrec tune --help`)",
                  "reproduce": "paper grids of several methods on several datasets, one comparison table",
                  "study": "noisy-label and sampler studies of BPR/BPO/NBPO (see `raymmrec study --help`)",
-                 "unlearn": "forget users, items or interactions from a trained run (MMRecUn), each request a Ray task"}
+                 "unlearn": "forget users, items or interactions from a trained run (MMRecUn), each request a Ray task",
+                 "features": "turn an item catalogue into <modality>_feat.npy (text, image, image2text) with Ray Data"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         from raymmrec.study import main as study_main
 
         return study_main(argv[1:], prog="raymmrec study")
+    if argv and argv[0] == "features":
+        from raymmrec.ray.features import main as features_main
+
+        return features_main(argv[1:], prog="raymmrec features")
     if argv and argv[0] == "unlearn":
         from raymmrec.ray.unlearn import main as unlearn_main
 
