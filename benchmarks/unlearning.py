@@ -47,7 +47,7 @@ def draw_request(data, kind: str, fraction: float, seed: int) -> ForgetRequest:
     return ForgetRequest.of(users=tr.users[rows], items=tr.items[rows])
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, dpi: int = 110) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,7 +69,7 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.set_xlabel("request size (% of users / items / interactions)", fontsize=8)
             ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
 
 
