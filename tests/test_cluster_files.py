@@ -385,7 +385,8 @@ def test_dockerfile_builds_from_the_pinned_versions():
     assert torch_at < text.index("pip install --no-cache-dir --no-deps -e .")
     assert f"WORKDIR {IMAGE_CODE_DIR.rstrip('/')}" in text
     # The dependencies come from pyproject.toml itself, so a package added there reaches the image.
-    assert "['project']['dependencies']" in text and "COPY --chown=ray:users pyproject.toml" in text
+    assert "p['dependencies']" in text and "p['optional-dependencies']['features']" in text
+    assert "COPY --chown=ray:users pyproject.toml" in text
     for folder in ("raymmrec", "jobs"):
         assert re.search(rf"^COPY .*\b{folder} \./{folder}$", text, re.MULTILINE), f"the image lacks {folder}/"
 
@@ -435,7 +436,8 @@ def test_image_gets_every_package_the_code_imports():
                 if top not in sys.stdlib_module_names and top != "raymmrec":
                     modules.setdefault(top, str(path.relative_to(ROOT)))
     installed = md.packages_distributions()
-    closure = _requirement_closure(_pyproject()["project"]["dependencies"])
+    project = _pyproject()["project"]
+    closure = _requirement_closure([*project["dependencies"], *project["optional-dependencies"]["features"]])
     missing = []
     for module, where in sorted(modules.items()):
         dists = {canonicalize_name(d) for d in installed.get(module, [])}
