@@ -163,6 +163,6 @@ def stop_cluster(marker: str, env: dict[str, str]) -> None:
                 os.kill(pid, sig)
             except OSError:
                 pass
-        deadline = time.time() + 10
+        deadline = time.time() + (3 if sig == signal.SIGTERM else 10)
         while alive() and time.time() < deadline:
             time.sleep(0.2)
