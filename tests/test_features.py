@@ -228,3 +228,20 @@ def test_ray_two_actors_images_on_s3(ray_cluster, s3_bucket, tmp_path, images, i
                            cpus_per_actor=0.5, progress=False)
     assert manifest["missing"]["ids"] == [4] and manifest["broken"]["ids"] == [5]
     np.testing.assert_allclose(np.load(io.BytesIO(fs.cat_file(f"{base}/ds2/image_feat.npy"))), feats, atol=1e-5)
+
+
+def test_demo_catalogue_is_a_dataset_whose_images_carry_the_preference(tmp_path):
+    from PIL import Image
+
+    from raymmrec.data import load_dataset
+    from raymmrec.features.demo import COLOURS, make_demo
+
+    folder = make_demo(tmp_path / "demo", n_items=48, n_users=8)
+    data = load_dataset(str(folder))
+    assert (data.n_users, data.n_items, len(data.train), len(data.valid), len(data.test)) == (8, 48, 64, 16, 16)
+    # every user's items share one colour, and that colour is drawn in each item's picture
+    for u in range(8):
+        items = set(data.train.items[data.train.users == u]) | set(data.test.items[data.test.users == u])
+        assert {i % len(COLOURS) for i in items} == {u % len(COLOURS)}
+    rgb = np.asarray(Image.open(folder / "images" / "0.png"))
+    assert (np.abs(rgb.astype(int) - COLOURS["red"]).sum(-1) < 10).mean() > 0.02
