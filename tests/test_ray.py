@@ -115,7 +115,11 @@ def test_two_workers_share_the_global_batch(ray_cluster, two_worker_run, tmp_pat
 def test_killed_worker_resumes_to_identical_metrics(ray_cluster, tmp_path):
     from raymmrec.ray.launch import launch
 
-    clean = launch(tiny_spec(tmp_path / "a", "bm3", 5, "r", "train.checkpoint_every=1"), scaling(), progress=False)
+    from raymmrec.train.run import run
+
+    # the uninterrupted reference in one process: 2 workers reproduce it exactly (tests above), and a
+    # third Ray run here cost 20 s of the suite's budget
+    clean = run(tiny_spec(tmp_path / "a", "bm3", 5, "r", "train.checkpoint_every=1"), progress=False)
     marker = tmp_path / "killed-once"
     faulty = launch(tiny_spec(tmp_path / "b", "bm3", 5, "r", "train.checkpoint_every=1"), scaling(), progress=False,
                     inject_fault={"rank": 1, "epoch": 3, "marker": str(marker)})
@@ -124,8 +128,8 @@ def test_killed_worker_resumes_to_identical_metrics(ray_cluster, tmp_path):
     # checkpoint committed by then (epoch 1 or 2: uploads are asynchronous); a restart would say []
     assert len(faulty.resumes) == 1 and 1 <= faulty.resumes[0] <= 3 and clean.resumes == []
     assert faulty.best_epoch == clean.best_epoch
-    for k, v in clean.best_test.items():
-        assert round(faulty.best_test[k], 4) == round(v, 4), k
+    for k, v in clean.best_test.items():  # sharded evaluation sums in another order: rounding only
+        assert faulty.best_test[k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
 
 
 def test_same_name_resumes_the_run(ray_cluster, tmp_path):
