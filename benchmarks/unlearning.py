@@ -25,10 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import numpy as np  # noqa: E402
 
-from raymmrec.config import load_spec, parse_value  # noqa: E402
+from raymmrec.config import load_spec, parse_value, spec_from_dict  # noqa: E402
 from raymmrec.data.forget import ForgetRequest  # noqa: E402
 from raymmrec.train.build import load_data  # noqa: E402
-from raymmrec.config import spec_from_dict  # noqa: E402
 from raymmrec.unlearning import unlearn  # noqa: E402
 
 FIGURES = ("forget recall@20", "test recall@20", "membership_auc", "auc_vs_unseen", "seconds")

@@ -15,7 +15,7 @@ import torch
 
 from raymmrec.config import ConfigError, load_spec
 from raymmrec.data import DataError, load_dataset
-from raymmrec.data.forget import ForgetRequest, apply_forget, parse_request, read_request
+from raymmrec.data.forget import ForgetRequest, all_pairs, apply_forget, parse_request, read_request
 from raymmrec.train.build import build
 from raymmrec.unlearning import unlearn
 from raymmrec.unlearning.mmrecun import options_from
@@ -71,10 +71,8 @@ def test_ids_that_do_not_exist_are_errors_naming_the_row():
     with pytest.raises(DataError, match=r"req: row 2: userID 40 does not exist \(the dataset has ids 0..39\)"):
         apply_forget(data, ForgetRequest.of(users=[0, 40], source="req"))
     u, i = int(data.train.users[0]), int(data.train.items[0])
-    known = set(zip(*(np.concatenate([data.split(s).users for s in ("train", "valid", "test")]),)))
-    absent = next(j for j in range(data.n_items) if (u, j) not in set(zip(data.train.users, data.train.items))
-                  | set(zip(data.valid.users, data.valid.items)) | set(zip(data.test.users, data.test.items)))
-    del known
+    every = all_pairs(data)
+    absent = next(j for j in range(data.n_items) if (u, j) not in set(zip(every.users, every.items)))
     with pytest.raises(DataError, match=rf"row 2: user {u}, item {absent} is not an interaction"):
         apply_forget(data, ForgetRequest.of(users=[u, u], items=[i, absent], source="req"))
 

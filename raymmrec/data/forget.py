@@ -123,7 +123,7 @@ def read_request(url: str) -> ForgetRequest:
 
 def check_request(req: ForgetRequest, data: RecData) -> None:
     """Every id exists in ``data`` and has something to forget; else a DataError naming the row."""
-    pairs = _all_pairs(data)
+    pairs = all_pairs(data)
     checks = []
     if req.kind in ("user", "interaction"):
         checks.append(("userID", req.users, data.n_users, pairs.users))
@@ -148,7 +148,8 @@ def check_request(req: ForgetRequest, data: RecData) -> None:
                             f"interaction of {data.name}")
 
 
-def _all_pairs(data: RecData) -> Interactions:
+def all_pairs(data: RecData) -> Interactions:
+    """Every interaction of ``data``'s train, valid and test splits."""
     parts = [data.split(s) for s in SPLITS]
     return Interactions(np.concatenate([p.users for p in parts]), np.concatenate([p.items for p in parts]))
 

@@ -27,7 +27,7 @@ from scipy.stats import rankdata
 from torch import Tensor
 
 from raymmrec.data import Interactions, RecData
-from raymmrec.data.forget import ForgetRequest, forget_mask
+from raymmrec.data.forget import ForgetRequest, all_pairs, forget_mask
 from raymmrec.eval import Evaluator
 from raymmrec.eval.metrics import topk_ordered
 
@@ -46,8 +46,8 @@ def never_seen_pairs(original: RecData, forgotten: Interactions, seed: int = 0) 
     """For each forgotten pair ``(u, i)``, ``(u, j)`` with ``j`` drawn uniformly among the items ``u``
     never interacted with in any split: how the model scores what it has no reason to recommend."""
     rng = np.random.default_rng(seed)
-    parts = [original.split(s) for s in ("train", "valid", "test")]
-    known = np.unique(np.concatenate([p.users.astype(np.int64) * original.n_items + p.items for p in parts]))
+    every = all_pairs(original)
+    known = np.unique(every.users.astype(np.int64) * original.n_items + every.items)
     users = forgotten.users.astype(np.int64)
     items = rng.integers(0, original.n_items, users.size)
     for _ in range(100):
@@ -108,8 +108,10 @@ def report_for(model, original: RecData, retain: RecData, req: ForgetRequest, ks
                device: torch.device, max_batch_elems: int = 2**25) -> dict[str, float]:
     """Every figure of one model (see the module docstring), flat: ``forget recall@20``, ..."""
     model.eval()
-    score = model.scorer()
-    tables = model.scoring_embeddings()
+    with torch.no_grad():  # the tables once, for the rankings and the pair scores
+        tables = model.scoring_embeddings()
+    items_t = tables[1].t().contiguous()
+    score = lambda users: tables[0][users] @ items_t  # noqa: E731 - as Recommender.scorer ranks
     opts = {"ks": ks, "max_batch_elems": max_batch_elems, "device": device}
     keep = None
     if retain.forgotten_items.size:

@@ -40,7 +40,7 @@ import torch
 from raymmrec.config import spec_from_dict
 from raymmrec.data.forget import ForgetRequest, apply_forget, read_request
 from raymmrec.errors import UserError
-from raymmrec.train.artifacts import BEST, CONFIG, best_payload, is_url, join, read_best, write_json
+from raymmrec.train.artifacts import BEST, CONFIG, best_payload, is_url, join, read_best, read_bytes, write_json
 from raymmrec.train.loop import TrainState
 from raymmrec.train.build import Pieces, build, load_data, make_sampler, resolve_device
 from raymmrec.train.checkpoint import check_format
@@ -99,7 +99,7 @@ def unlearn(run: str, request: ForgetRequest | str, *, options: UnlearnOptions |
     opts = options if isinstance(options, UnlearnOptions) else options_from(options)
     run = str(run).rstrip("/")
     try:
-        config = json.loads(_read(join(run, CONFIG)))
+        config = json.loads(read_bytes(join(run, CONFIG)))
     except FileNotFoundError:
         raise UserError(f"--run {run}: not a trained run folder (no {CONFIG})") from None
     best = read_best(run)
@@ -208,12 +208,6 @@ def _unlearn(run: str, req: ForgetRequest, opts: UnlearnOptions, spec0, spec1, d
     }
     report["table"] = table(report)
     return report
-
-
-def _read(url: str) -> bytes:
-    from raymmrec.train.artifacts import read_bytes
-
-    return read_bytes(url)
 
 
 def _parent(run: str) -> str:
