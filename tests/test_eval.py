@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from raymmrec.data.schema import Interactions
-from raymmrec.eval import Evaluator, metric_names, topk_ordered
+from raymmrec.eval import Evaluator, joint_metric_sums, metric_names, topk_ordered
 
 
 def reference(n_items, train, truth, scores, ks):
@@ -144,6 +144,33 @@ def test_shards_and_batches(tie_range):
         small = Evaluator(30, train, truth, ks=(1, 5, 10), max_batch_elems=max_elems)
         assert small.batch_users < 8
         assert small.evaluate(fn) == full  # per-user results summed once: bitwise identical
+
+
+@pytest.mark.parametrize("tie_range", [None, 3])
+def test_joint_splits_rank_each_user_once_and_match_separate_runs(tie_range):
+    train, valid, scores = random_case(5, n_users=40, n_items=30, tie_range=tie_range)
+    _, test, _ = random_case(6, n_users=40, n_items=30)  # other ground truth, other users, same scores
+    cold = Interactions(test.users[test.items >= 15], test.items[test.items >= 15])
+    evs = [Evaluator(30, train, valid, ks=(1, 5, 10), max_batch_elems=30 * 7),
+           Evaluator(30, train, test, ks=(3, 20), max_batch_elems=30 * 7),
+           Evaluator(30, train, cold, ks=(5,), candidates=np.arange(15, 30))]  # ranks otherwise: own pass
+    test_only = np.isin(np.arange(40), test.users) & ~np.isin(np.arange(40), valid.users)
+    assert test_only.any()  # the union of users is more than either split
+    seen = []
+    fn = score_fn_of(scores)
+    counting = lambda users: seen.append(users.numel()) or fn(users)  # noqa: E731
+    got = joint_metric_sums(evs[:2], counting)
+    union = torch.unique(torch.cat([evs[0].users, evs[1].users]))
+    assert sum(seen) == union.numel()  # each user scored once for both splits
+    for ev, sums in zip(evs[:2], got):
+        assert_metrics_close(ev.finalize(sums, ev.users.numel()), ev.evaluate(fn), tol=1e-12)
+    for world in (1, 3):  # shards, with the cold-start-like evaluator in its own group
+        total = [0, 0, 0]
+        for r in range(world):
+            part = joint_metric_sums(evs, fn, [ev.shard_users(r, world) for ev in evs])
+            total = [t + p for t, p in zip(total, part)]
+        for ev, sums in zip(evs, total):
+            assert_metrics_close(ev.finalize(sums, ev.users.numel()), ev.evaluate(fn), tol=1e-12)
 
 
 def test_users_without_truth_rejected():

@@ -169,6 +169,21 @@ def test_bm3_dropout_only_touches_targets(graph):
     torch.testing.assert_close(s1, model.predictor(hu[:5]) @ model.predictor(hi).T)
 
 
+def test_gather_equals_indexing_with_gradients():
+    from raymmrec.models.base import gather
+
+    torch.manual_seed(0)
+    table = torch.randn(9, 4, requires_grad=True)
+    idx = torch.tensor([[3, 3, 0], [8, 1, 3]])  # repeats accumulate
+    g = torch.randn(2, 3, 4)
+    (gather(table, idx) * g).sum().backward()
+    mine = table.grad.clone()
+    table.grad = None
+    (table[idx] * g).sum().backward()
+    torch.testing.assert_close(gather(table, idx), table[idx])
+    torch.testing.assert_close(mine, table.grad)
+
+
 def test_fixed_sparse_product_backward_uses_the_given_transpose(graph):
     from raymmrec.models.base import fixed_spmm
 

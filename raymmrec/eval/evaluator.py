@@ -144,6 +144,55 @@ class Evaluator:
             raise ValueError(f"rank {rank} not in [0, {world_size})")
         return self.users[rank::world_size]
 
+    def _block_top(self, scores: torch.Tensor, ub: torch.Tensor, k: int) -> torch.Tensor:
+        """Top-``k`` item ids [B × min(k, I)] of a score block after masking; validates the block."""
+        if scores.shape != (ub.numel(), self.n_items):
+            raise ValueError(
+                f"score_fn returned shape {tuple(scores.shape)}, expected ({ub.numel()}, {self.n_items})")
+        st = self._on(scores.device)
+        r, c = _gather_rows(st["tr_ptr"], st["tr_idx"], ub)
+        excluded = st.get("excluded")
+        # one pass: a NaN or inf anywhere makes the sum non-finite; details (and the error) only then
+        if not bool(torch.isfinite(scores.sum())):
+            _check_finite(scores, r, c, ub, excluded)
+        scores[r, c] = float("-inf")
+        if excluded is not None:
+            scores[:, excluded] = float("-inf")
+        return topk_ordered(scores, k)[1]
+
+    def _block_metrics(self, top: torch.Tensor, ub: torch.Tensor) -> torch.Tensor:
+        """float64 [B × M] metrics of users ``ub`` from their ranked item ids ``top`` [B × >= Kmax or all]."""
+        st = self._on(top.device)
+        ub = ub.to(top.device)
+        top = top[:, : self.kmax]
+        r, c = _gather_rows(st["gt_ptr"], st["gt_idx"], ub)
+        truth = torch.zeros((ub.numel(), self.n_items), dtype=torch.bool, device=top.device)
+        truth[r, c] = True
+        hits = truth.gather(1, top)
+        if hits.shape[1] < self.kmax:  # fewer items than K: pad with misses
+            hits = torch.nn.functional.pad(hits, (0, self.kmax - hits.shape[1]), value=False)
+        return ranking_metrics(hits, st["n_gt"][ub], self.ks)
+
+    def _check_users(self, ub: torch.Tensor) -> None:
+        st = self._on(ub.device)
+        if int(ub.min()) < 0 or int(ub.max()) >= self.n_users or bool((st["n_gt"][ub] == 0).any()):
+            raise ValueError("metric_sums got users without ground truth in this split; use .users / shard_users()")
+
+    def _scores(self, score_fn: ScoreFn, ub: torch.Tensor) -> torch.Tensor:
+        scores = score_fn(ub)
+        return scores if scores.is_floating_point() else scores.float()
+
+    def ranks_like(self, other: "Evaluator") -> bool:
+        """True when both evaluators rank a user identically (same items, masks and candidates)."""
+        if self is other:
+            return True
+        if self.n_items != other.n_items or self.n_users != other.n_users:
+            return False
+        a, b = self._cpu, other._cpu
+        if ("excluded" in a) != ("excluded" in b):
+            return False
+        return all(torch.equal(a[k], b[k]) for k in ("tr_ptr", "tr_idx", "excluded") if k in a)
+
     @torch.no_grad()
     def per_user(self, score_fn: ScoreFn, users: torch.Tensor | None = None) -> torch.Tensor:
         """float64 [U × M] per-user metrics for ``users`` (default ``.users``), columns in ``.names`` order.
@@ -156,31 +205,11 @@ class Evaluator:
         out = torch.empty(users.numel(), len(self.names), dtype=torch.float64)
         for s in range(0, users.numel(), self.batch_users):
             ub = users[s:s + self.batch_users]
-            scores = score_fn(ub)
-            if scores.shape != (ub.numel(), self.n_items):
-                raise ValueError(
-                    f"score_fn returned shape {tuple(scores.shape)}, expected ({ub.numel()}, {self.n_items})")
-            if not scores.is_floating_point():
-                scores = scores.float()
-            st = self._on(scores.device)
+            scores = self._scores(score_fn, ub)
             ub = ub.to(scores.device)
-            if int(ub.min()) < 0 or int(ub.max()) >= self.n_users or bool((st["n_gt"][ub] == 0).any()):
-                raise ValueError("metric_sums got users without ground truth in this split; use .users / shard_users()")
-            r, c = _gather_rows(st["tr_ptr"], st["tr_idx"], ub)
-            excluded = st.get("excluded")
-            if not bool(torch.isfinite(scores).all()):  # one reduction per block; details only when it fails
-                _check_finite(scores, r, c, ub, excluded)
-            scores[r, c] = float("-inf")
-            if excluded is not None:
-                scores[:, excluded] = float("-inf")
-            _, top = topk_ordered(scores, self.kmax)  # [B × min(Kmax, I)]
-            r, c = _gather_rows(st["gt_ptr"], st["gt_idx"], ub)
-            truth = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
-            truth[r, c] = True
-            hits = truth.gather(1, top)
-            if hits.shape[1] < self.kmax:  # fewer items than K: pad with misses
-                hits = torch.nn.functional.pad(hits, (0, self.kmax - hits.shape[1]), value=False)
-            out[s:s + ub.numel()] = ranking_metrics(hits, st["n_gt"][ub], self.ks).cpu()
+            self._check_users(ub)
+            top = self._block_top(scores, ub, self.kmax)
+            out[s:s + ub.numel()] = self._block_metrics(top, ub).cpu()
         return out
 
     def metric_sums(self, score_fn: ScoreFn, users: torch.Tensor | None = None) -> torch.Tensor:
@@ -200,3 +229,56 @@ class Evaluator:
     def evaluate(self, score_fn: ScoreFn) -> dict[str, float]:
         """Single-process evaluation over all ``.users``: ``finalize(metric_sums(score_fn), len(users))``."""
         return self.finalize(self.metric_sums(score_fn, self.users), self.users.numel())
+
+
+@torch.no_grad()
+def joint_metric_sums(evaluators: Sequence[Evaluator], score_fn: ScoreFn,
+                      users: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """``[ev.metric_sums(score_fn, u) for ev, u in zip(evaluators, users)]``, ranking each user once.
+
+    Validation and test mask the same training items, so a user's top-K list is the same for both:
+    evaluators that :meth:`~Evaluator.ranks_like` each other are grouped, the union of a group's
+    users is scored and ranked once, in blocks, and each split's metrics are read off the shared
+    lists (half the work of two separate passes). ``users`` default to each evaluator's ``.users``;
+    sums are float64 on CPU and equal the separate ones up to rounding.
+    """
+    evaluators = list(evaluators)
+    users = [ev.users if u is None else torch.as_tensor(u, dtype=torch.int64).to(ev.device)
+             for ev, u in zip(evaluators, users or [None] * len(evaluators))]
+    groups: list[list[int]] = []
+    for j, ev in enumerate(evaluators):
+        home = next((g for g in groups if evaluators[g[0]].ranks_like(ev)), None)
+        if home is None:
+            groups.append([j])
+        else:
+            home.append(j)
+    sums: list[torch.Tensor] = [torch.zeros(0)] * len(evaluators)
+    for g in groups:
+        got = _shared_ranking_sums([evaluators[j] for j in g], score_fn, [users[j] for j in g])
+        for j, s in zip(g, got):
+            sums[j] = s
+    return sums
+
+
+def _shared_ranking_sums(evaluators: list[Evaluator], score_fn: ScoreFn,
+                         users: list[torch.Tensor]) -> list[torch.Tensor]:
+    first = evaluators[0]
+    if len(evaluators) == 1:
+        return [first.metric_sums(score_fn, users[0])]
+    for ev, u in zip(evaluators, users):
+        if u.numel():
+            ev._check_users(u.to(first.device))
+    union = torch.unique(torch.cat([u.to(first.device) for u in users]))
+    member = [torch.zeros(first.n_users, dtype=torch.bool, device=first.device).index_fill_(0, u.to(first.device), True)
+              for u in users]
+    sums = [torch.zeros(len(ev.names), dtype=torch.float64) for ev in evaluators]
+    k = max(ev.kmax for ev in evaluators)
+    for s in range(0, union.numel(), first.batch_users):
+        ub = union[s:s + first.batch_users]
+        scores = first._scores(score_fn, ub)
+        top = first._block_top(scores, ub.to(scores.device), k)
+        for j, ev in enumerate(evaluators):
+            rows = member[j][ub].to(top.device)
+            if bool(rows.any()):
+                sums[j] += ev._block_metrics(top[rows], ub.to(top.device)[rows]).sum(dim=0).cpu()
+    return sums

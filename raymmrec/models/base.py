@@ -233,6 +233,17 @@ def build_config(cls: type[Recommender], overrides: dict[str, Any] | None) -> An
     return validate_options(cls.config_cls, overrides, "model")
 
 
+def gather(table: Tensor, idx: Tensor) -> Tensor:
+    """Rows ``idx`` (any shape) of ``table`` (``N × D``): ``idx.shape + (D,)``, same values as ``table[idx]``.
+
+    Through ``index_select``, whose backward accumulates with ``index_add_``: on CPU three times faster
+    than the backward of ``table[idx]`` (``index_put_`` with accumulation), which was the largest cost
+    of a BM3 training step after the matrix products.
+    """
+    rows = torch.index_select(table, 0, idx.reshape(-1))
+    return rows.view(*idx.shape, table.shape[-1])
+
+
 def xavier_embedding(n: int, dim: int) -> nn.Embedding:
     """An ``n × dim`` embedding table with Xavier-uniform initialisation (MMRec's choice)."""
     emb = nn.Embedding(n, dim)

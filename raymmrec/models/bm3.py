@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from raymmrec.models.base import Batch, ModelOutput, RecGraph, Recommender, propagate_mean, xavier_embedding
+from raymmrec.models.base import Batch, ModelOutput, RecGraph, Recommender, gather, propagate_mean, xavier_embedding
 from raymmrec.registry import register
 from raymmrec.search import Grid, IntRange, LogUniform, SearchSpaces, Uniform
 
@@ -95,20 +95,27 @@ class BM3(Recommender):
         return (full[rows] >= p).to(full.dtype) / (1.0 - p)
 
     def forward(self, batch: Batch) -> ModelOutput:
+        """Views of the batch's *distinct* users and items; ``u_index``/``i_index`` map batch rows to them.
+
+        Every view is a table over the distinct rows (a user or item repeated in the batch is
+        projected, masked and normalised once); the objective reads a row's view through the index.
+        """
         hu, hi = self.propagate()
-        users, u_inv = torch.unique(batch.users, return_inverse=True)
-        items, i_inv = torch.unique(batch.pos_items, return_inverse=True)
-        u, i = hu[users], hi[items]
+        users, u_index = torch.unique(batch.users, return_inverse=True)
+        items, i_index = torch.unique(batch.pos_items, return_inverse=True)
+        u, i = gather(hu, users), gather(hi, items)
         with torch.no_grad():
-            u_tgt = (u * self._mask(self.n_users, users))[u_inv]
-            i_tgt = (i * self._mask(self.n_items, items))[i_inv]
-        views = {"u_online": self.predictor(u)[u_inv], "i_online": self.predictor(i)[i_inv],
-                 "u_target": u_tgt, "i_target": i_tgt}
-        for m in self.modalities:
-            h_m = self.proj[m](self.feat[m][items])
+            u_tgt = u * self._mask(self.n_users, users)
+            i_tgt = i * self._mask(self.n_items, items)
+        projected = [self.proj[m](gather(self.feat[m], items)) for m in self.modalities]
+        # one predictor product for every online view
+        online = self.predictor(torch.cat([u, i, *projected])).split([u.shape[0], *[i.shape[0]] * (1 + len(projected))])
+        views = {"u_online": online[0], "i_online": online[1], "u_target": u_tgt, "i_target": i_tgt,
+                 "u_index": u_index, "i_index": i_index}
+        for m, h_m, on in zip(self.modalities, projected, online[2:]):
             with torch.no_grad():
-                views[f"m:{m}_target"] = (h_m * self._mask(self.n_items, items))[i_inv]
-            views[f"m:{m}_online"] = self.predictor(h_m)[i_inv]
+                views[f"m:{m}_target"] = h_m * self._mask(self.n_items, items)
+            views[f"m:{m}_online"] = on
         views["reg"] = (hu.norm() + hi.norm()) / self.n_items
         return ModelOutput(extra=views)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from raymmrec.models.base import Batch, ModelOutput, RecGraph, Recommender, xavier_embedding
+from raymmrec.models.base import Batch, ModelOutput, RecGraph, Recommender, gather, xavier_embedding
 from raymmrec.registry import register
 from raymmrec.search import Grid, LogUniform, SearchSpaces
 
@@ -39,9 +39,9 @@ class BPR(Recommender):
         self.item_emb = xavier_embedding(graph.n_items, cfg.embedding_size)
 
     def forward(self, batch: Batch) -> ModelOutput:
-        u = self.user_emb(batch.users)
-        p = self.item_emb(batch.pos_items)
-        n = None if batch.neg_items is None else self.item_emb(batch.neg_items)
+        u = gather(self.user_emb.weight, batch.users)
+        p = gather(self.item_emb.weight, batch.pos_items)
+        n = None if batch.neg_items is None else gather(self.item_emb.weight, batch.neg_items)
         return ModelOutput(u, p, n, ego=(u, p) if n is None else (u, p, n))
 
     def scoring_embeddings(self) -> tuple[Tensor, Tensor]:

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from raymmrec.fusion import fuse
-from raymmrec.models.base import Batch, ModelOutput, RecGraph
+from raymmrec.models.base import Batch, ModelOutput, RecGraph, gather
 from raymmrec.models.feature_graph import FeatureGraphModel, xavier_normal_table
 from raymmrec.registry import register
 from raymmrec.search import Grid, IntRange, LogUniform, SearchSpaces, Uniform
@@ -105,5 +105,5 @@ class CM3(FeatureGraphModel):
         mix = self.mix()
         users, items = self.tables(self.item_branches(mix))
         neg = batch.neg_items
-        extra = {} if neg is None else {"neg_mix": mix[neg]}
+        extra = {} if neg is None else {"neg_mix": gather(mix, neg)}
         return self.batch_output(users, items, batch, **extra)

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from raymmrec.models.base import Batch, ModelOutput, RecGraph, Recommender, fixed_spmm, propagate_sum
+from raymmrec.models.base import Batch, ModelOutput, RecGraph, Recommender, fixed_spmm, gather, propagate_sum
 
 
 def modality_encoder(d_in: int, d_out: int, hidden: int = 256) -> nn.Sequential:
@@ -134,7 +134,8 @@ class FeatureGraphModel(Recommender):
     def batch_output(self, users: Tensor, items: Tensor, batch: Batch, **extra: Tensor) -> ModelOutput:
         self.remember(users, items)
         neg = batch.neg_items
-        return ModelOutput(users[batch.users], items[batch.pos_items], None if neg is None else items[neg],
+        return ModelOutput(gather(users, batch.users), gather(items, batch.pos_items),
+                           None if neg is None else gather(items, neg),
                            extra=dict(extra))
 
     def forward(self, batch: Batch) -> ModelOutput:

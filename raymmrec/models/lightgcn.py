@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from raymmrec.models.base import Batch, ModelOutput, RecGraph, Recommender, propagate_mean, xavier_embedding
+from raymmrec.models.base import Batch, ModelOutput, RecGraph, Recommender, gather, propagate_mean, xavier_embedding
 from raymmrec.registry import register
 from raymmrec.search import Grid, IntRange, LogUniform, SearchSpaces
 
@@ -57,10 +57,12 @@ class LightGCN(Recommender):
     def forward(self, batch: Batch) -> ModelOutput:
         hu, hi = self.propagate()
         neg = batch.neg_items
-        ego = (self.user_emb(batch.users), self.item_emb(batch.pos_items))
+        users, items = self.user_emb.weight, self.item_emb.weight
+        ego = (gather(users, batch.users), gather(items, batch.pos_items))
         if neg is not None:
-            ego = (*ego, self.item_emb(neg))
-        return ModelOutput(hu[batch.users], hi[batch.pos_items], None if neg is None else hi[neg], ego=ego)
+            ego = (*ego, gather(items, neg))
+        return ModelOutput(gather(hu, batch.users), gather(hi, batch.pos_items),
+                           None if neg is None else gather(hi, neg), ego=ego)
 
     def scoring_embeddings(self) -> tuple[Tensor, Tensor]:
         return self.propagate()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from raymmrec.models.base import Batch, ModelOutput, RecGraph, Recommender, xavier_embedding
+from raymmrec.models.base import Batch, ModelOutput, RecGraph, Recommender, gather, xavier_embedding
 from raymmrec.registry import register
 from raymmrec.search import Grid, LogUniform, SearchSpaces
 
@@ -55,14 +55,19 @@ class VBPR(Recommender):
         nn.init.xavier_normal_(self.item_linear.weight)
 
     def item_table(self, items: Tensor | None = None) -> Tensor:
-        ids = self.item_emb.weight if items is None else self.item_emb(items)
-        feats = self.content if items is None else self.content[items]
+        ids = self.item_emb.weight if items is None else gather(self.item_emb.weight, items)
+        feats = self.content if items is None else gather(self.content, items)
         return torch.cat([ids, self.item_linear(feats)], dim=-1)
 
     def forward(self, batch: Batch) -> ModelOutput:
-        u = self.user_emb(batch.users)
-        p = self.item_table(batch.pos_items)
-        n = None if batch.neg_items is None else self.item_table(batch.neg_items)
+        u = gather(self.user_emb.weight, batch.users)
+        pos, neg = batch.pos_items, batch.neg_items
+        # each distinct item of the batch (positives and negatives) is projected once, then gathered
+        ids = pos if neg is None else torch.cat([pos, neg.reshape(-1)])
+        distinct, index = torch.unique(ids, return_inverse=True)
+        rows = gather(self.item_table(distinct), index)
+        p = rows[: pos.shape[0]]
+        n = None if neg is None else rows[pos.shape[0] :].view(*neg.shape, -1)
         return ModelOutput(u, p, n, ego=(u, p) if n is None else (u, p, n))
 
     def scoring_embeddings(self) -> tuple[Tensor, Tensor]:

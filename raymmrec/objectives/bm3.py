@@ -8,23 +8,31 @@ rank computes identically. Batch means use the global row count, so DDP is exact
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from raymmrec.models.base import Batch, LossOutput, ModelOutput
+from raymmrec.models.base import Batch, LossOutput, ModelOutput, gather
 from raymmrec.objectives.base import Objective
 from raymmrec.registry import register_objective
 from raymmrec.dist import DistContext
 
 
-def cos_term(ctx: DistContext, online: Tensor, target: Tensor, global_rows: int) -> Tensor:
-    """Per-rank surrogate of ``mean_rows (1 - cos(online, target))`` over the global batch."""
-    return ctx.batch_mean(1.0 - F.cosine_similarity(online, target, dim=-1), global_rows)
+def unit(t: Tensor) -> Tensor:
+    """Rows scaled to unit length (``max(‖x‖, 1e-12)``, as ``F.normalize``)."""
+    return F.normalize(t, dim=-1)
 
 
 @register_objective("bm3")
 class BM3Loss(Objective):
-    """Reads ``extra``: u_online, u_target, i_online, i_target, <m>_online, <m>_target, reg."""
+    """Reads ``extra``: u_online, u_target (distinct users), i_online, i_target, <m>_online, <m>_target
+    (distinct items), u_index and i_index (batch row -> distinct row), reg.
+
+    ``1 - cos(a, b)`` is computed as ``1 - â·b̂`` on rows normalised once per distinct user or item
+    (the same value as ``F.cosine_similarity`` up to rounding, which clamps the product of the norms
+    at 1e-8 instead); terms between two item views are summed over distinct items weighted by how
+    often each occurs in the batch, which equals the sum over batch rows.
+    """
 
     needs_negatives = False
     requires = frozenset({"bm3"})
@@ -32,12 +40,17 @@ class BM3Loss(Objective):
 
     def __call__(self, out: ModelOutput, batch: Batch, ctx: DistContext) -> LossOutput:
         x, n = out.extra, batch.global_rows
-        rec = cos_term(ctx, x["u_online"], x["i_target"], n) + cos_term(ctx, x["i_online"], x["u_target"], n)
+        ui, ii = x["u_index"], x["i_index"]
+        u_on, i_on, u_tg, i_tg = (unit(x[k]) for k in ("u_online", "i_online", "u_target", "i_target"))
+        rec = ctx.batch_mean(1.0 - (gather(u_on, ui) * gather(i_tg, ii)).sum(-1), n) \
+            + ctx.batch_mean(1.0 - (gather(i_on, ii) * gather(u_tg, ui)).sum(-1), n)
+        counts = torch.bincount(ii, minlength=i_on.shape[0]).to(i_on.dtype)
         align = rec.new_zeros(())
         mask = rec.new_zeros(())
         for m in sorted(k[: -len("_online")] for k in x if k.startswith("m:") and k.endswith("_online")):
-            align = align + cos_term(ctx, x[f"{m}_online"], x["i_target"], n)
-            mask = mask + cos_term(ctx, x[f"{m}_online"], x[f"{m}_target"], n)
+            m_on = unit(x[f"{m}_online"])
+            align = align + ctx.batch_mean(counts * (1.0 - (m_on * i_tg).sum(-1)), n)
+            mask = mask + ctx.batch_mean(counts * (1.0 - (m_on * unit(x[f"{m}_target"])).sum(-1)), n)
         reg = x["reg"]  # full tables: the same on every rank
         cl, rw = self.cfg.cl_weight, self.cfg.reg_weight
         total = rec + cl * (align + mask) + rw * reg

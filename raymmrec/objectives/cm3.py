@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from raymmrec.dist import DistContext
-from raymmrec.models.base import Batch, LossOutput, ModelOutput
+from raymmrec.models.base import Batch, LossOutput, ModelOutput, gather
 from raymmrec.objectives.base import Objective
 from raymmrec.registry import register_objective
 
@@ -81,7 +81,7 @@ def distinct_rows(ids: Tensor, *tables: Tensor) -> tuple[Tensor, ...]:
     first = torch.full((uniq.numel(),), ids.numel(), dtype=pos.dtype, device=ids.device)
     first = first.scatter_reduce(0, inverse, pos, reduce="amin")
     counts = torch.bincount(inverse, minlength=uniq.numel())
-    return (counts, *(tab[first] for tab in tables))
+    return (counts, *(gather(tab, first) for tab in tables))
 
 
 @register_objective("cm3")

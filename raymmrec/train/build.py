@@ -19,7 +19,7 @@ from raymmrec.config import RunSpec
 from raymmrec.data import DEFAULT_SEED, RecData, cache_root, hide_positives, hold_out_cold_items, load_dataset
 from raymmrec.data.forget import apply_forget, read_request
 from raymmrec.dist import DistContext
-from raymmrec.eval import Evaluator
+from raymmrec.eval import Evaluator, joint_metric_sums
 from raymmrec.eval.cold import COLD_KNN, cold_evaluator, cold_notes, content_knn_metrics
 from raymmrec.models.base import RecGraph, Recommender, build_config
 from raymmrec.objectives.base import Objective, build_objective
@@ -216,8 +216,10 @@ def local_evaluate(evaluators: dict[str, Evaluator], fixed: dict[str, dict[str, 
     """Every split in this process; ``fixed`` results (``Pieces.fixed_results``) are returned with them."""
 
     def evaluate(model: Recommender) -> dict[str, dict[str, float]]:
-        score = model.scorer()
-        return {**{split: ev.evaluate(score) for split, ev in evaluators.items()}, **(fixed or {})}
+        evs = list(evaluators.values())
+        sums = joint_metric_sums(evs, model.scorer())  # valid and test share each user's ranking
+        out = {split: ev.finalize(s, ev.users.numel()) for (split, ev), s in zip(evaluators.items(), sums)}
+        return {**out, **(fixed or {})}
 
     return evaluate
 
@@ -233,22 +235,26 @@ def sharded_evaluate(evaluators: dict[str, Evaluator], ctx: DistContext, device:
     """
 
     def evaluate(model: Recommender) -> dict[str, dict[str, float]]:
-        score = model.scorer()
-        out = {}
-        for split, ev in evaluators.items():
-            users = ev.shard_users(ctx.rank, ctx.world_size)
-            error = ""
-            try:
-                sums = ev.metric_sums(score, users).to(torch.float64).cpu()
-            except FloatingPointError as e:
-                error, sums = str(e), None
-            bad = ctx.all_reduce_sum(torch.tensor([float(bool(error))], device=device)).item()
-            if bad:
-                raise TrainingDiverged(error or f"model scores contain NaN/inf on {int(bad)} of "
-                                                f"{ctx.world_size} ranks at evaluation ({split})")
-            packed = torch.cat([sums, torch.tensor([float(len(users))], dtype=torch.float64)]).to(device)
-            packed = ctx.all_reduce_sum(packed).cpu()
-            out[split] = ev.finalize(packed[:-1], int(packed[-1].item()))
+        splits, evs = list(evaluators), list(evaluators.values())
+        users = [ev.shard_users(ctx.rank, ctx.world_size) for ev in evs]
+        error, sums = "", []
+        try:
+            sums = joint_metric_sums(evs, model.scorer(), users)
+        except FloatingPointError as e:
+            error = str(e)
+        bad = ctx.all_reduce_sum(torch.tensor([float(bool(error))], device=device)).item()
+        if bad:
+            raise TrainingDiverged(error or f"model scores contain NaN/inf on {int(bad)} of "
+                                            f"{ctx.world_size} ranks at evaluation")
+        # every split's sums and user count in one all-reduce
+        packed = torch.cat([torch.cat([s.to(torch.float64), torch.tensor([float(len(u))], dtype=torch.float64)])
+                            for s, u in zip(sums, users)]).to(device)
+        packed = ctx.all_reduce_sum(packed).cpu()
+        out, at = {}, 0
+        for split, ev in zip(splits, evs):
+            m = len(ev.names)
+            out[split] = ev.finalize(packed[at:at + m], int(packed[at + m].item()))
+            at += m + 1
         return {**out, **(fixed or {})}
 
     return evaluate
