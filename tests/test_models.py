@@ -169,6 +169,28 @@ def test_bm3_dropout_only_touches_targets(graph):
     torch.testing.assert_close(s1, model.predictor(hu[:5]) @ model.predictor(hi).T)
 
 
+@pytest.mark.parametrize("p", [0.3, 0.5])
+def test_bm3_dropout_masks_drop_p_scale_the_rest_and_follow_the_seed(graph, p):
+    model = make("bm3", graph, dropout=p).model
+    users, items = torch.arange(graph.n_users), torch.arange(graph.n_items)
+    torch.manual_seed(3)
+    masks = model._masks(users, items, 3)
+    torch.manual_seed(3)
+    again = model._masks(users, items, 3)
+    for m, a in zip(masks, again):
+        assert torch.equal(m, a)  # fixed by the torch seed
+        assert set(m.unique().tolist()) <= {0.0, torch.tensor(1.0 / (1.0 - p)).item()}
+    drawn = torch.cat([m.flatten() for m in masks])
+    dropped = float((drawn == 0).float().mean())
+    sigma = (p * (1 - p) / drawn.numel()) ** 0.5
+    assert abs(dropped - p) < 5 * sigma, (dropped, p)
+    assert not torch.equal(masks[1], masks[2])  # each item table has its own draw
+    rows = torch.tensor([4, 1, 4])
+    torch.manual_seed(3)
+    picked = model._masks(users[:2], rows, 1)
+    assert torch.equal(picked[1], masks[1][rows])  # rows of the table-wide draw, repeats share a mask
+
+
 def test_gather_equals_indexing_with_gradients():
     from raymmrec.models.base import gather
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -269,3 +273,13 @@ def test_the_run_prints_the_dataset_summary_with_its_features(tmp_path, capsys):
     run(spec, progress=True)  # loads the data itself, so it releases the features after building
     first = capsys.readouterr().out.splitlines()[0]
     assert "features: text 8-d, image 8-d" in first, first
+
+
+def test_allocator_tuning_applies_once_and_can_be_turned_off():
+    code = "from raymmrec.allocator import tune_allocator as t; print(t(), t())"
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "RAYMMREC_MALLOC_TUNING": "0"}).stdout.split()
+    assert off == ["False", "False"]
+    if platform.libc_ver()[0] == "glibc":
+        assert on == ["True", "True"]

@@ -58,11 +58,14 @@ def topk_ordered(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     vals, idx = torch.topk(scores, kk, dim=1, largest=True, sorted=True)
     tie = vals[:, k - 1] == vals[:, k] if kk > k else None
     vals, idx = vals[:, :k], idx[:, :k]
-    # within the selected set: sort by id, then stable sort by value desc  ->  (value desc, id asc)
-    idx, perm = torch.sort(idx, dim=1)
-    vals = vals.gather(1, perm)
-    vals, perm = torch.sort(vals, dim=1, descending=True, stable=True)
-    idx = idx.gather(1, perm)
+    # rows with equal values among the selected: sort by id, then stable sort by value desc
+    # -> (value desc, id asc); the other rows are already in order (topk sorts by value)
+    dup = (vals[:, 1:] == vals[:, :-1]).any(dim=1)
+    if bool(dup.any()):
+        rows = dup.nonzero().squeeze(1)
+        r_idx, perm = torch.sort(idx[rows], dim=1)
+        r_vals, perm = torch.sort(vals[rows].gather(1, perm), dim=1, descending=True, stable=True)
+        vals[rows], idx[rows] = r_vals, r_idx.gather(1, perm)
     if tie is not None and bool(tie.any()):
         rows = tie.nonzero().squeeze(1)
         chunk = max(1, _TIE_CHUNK_ELEMS // max(n, 1))

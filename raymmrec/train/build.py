@@ -19,6 +19,7 @@ from raymmrec.config import RunSpec
 from raymmrec.data import DEFAULT_SEED, RecData, cache_root, hide_positives, hold_out_cold_items, load_dataset
 from raymmrec.data.forget import apply_forget, read_request
 from raymmrec.dist import DistContext
+from raymmrec.allocator import tune_allocator
 from raymmrec.eval import Evaluator, joint_metric_sums
 from raymmrec.eval.cold import COLD_KNN, cold_evaluator, cold_notes, content_knn_metrics
 from raymmrec.models.base import RecGraph, Recommender, build_config
@@ -164,6 +165,7 @@ def build(spec: RunSpec, *, device: torch.device | None = None, data: RecData | 
     ``fixed_results`` hold the content-kNN baseline (:mod:`raymmrec.eval.cold`), computed here once.
     """
     device = device or resolve_device(spec.train.device)
+    tune_allocator()  # the training step's large buffers stay in the heap (raymmrec.allocator)
     cls, cfg, objective = check_spec(spec)
     data = data or load_data(spec)
     if spec.data.cold_items > 0 and not len(data.cold):  # handed in without load_data's hold-out
