@@ -191,6 +191,17 @@ def test_bm3_dropout_masks_drop_p_scale_the_rest_and_follow_the_seed(graph, p):
     assert torch.equal(picked[1], masks[1][rows])  # rows of the table-wide draw, repeats share a mask
 
 
+@pytest.mark.parametrize("n", [2, 256])  # a batch touching few items, and one touching most
+def test_vbpr_batch_rows_equal_the_full_item_table(graph, n):
+    model = make("vbpr", graph).model
+    batch = a_batch(graph, n=n)
+    out = model(batch)
+    table = torch.cat([model.item_emb.weight, model.item_linear(model.content)], dim=1)
+    torch.testing.assert_close(out.pos, table[batch.pos_items])
+    torch.testing.assert_close(out.neg, table[batch.neg_items])
+    torch.testing.assert_close(out.users, model.user_emb.weight[batch.users])
+
+
 def test_gather_equals_indexing_with_gradients():
     from raymmrec.models.base import gather
 

@@ -62,10 +62,14 @@ class VBPR(Recommender):
     def forward(self, batch: Batch) -> ModelOutput:
         u = gather(self.user_emb.weight, batch.users)
         pos, neg = batch.pos_items, batch.neg_items
-        # each distinct item of the batch (positives and negatives) is projected once, then gathered
+        # each distinct item of the batch (positives and negatives) is projected once, then gathered;
+        # the whole table when the batch touches most items (no copy of the feature rows then)
         ids = pos if neg is None else torch.cat([pos, neg.reshape(-1)])
         distinct, index = torch.unique(ids, return_inverse=True)
-        rows = gather(self.item_table(distinct), index)
+        if 5 * distinct.numel() >= 4 * self.n_items:
+            rows = gather(self.item_table(), ids)
+        else:
+            rows = gather(self.item_table(distinct), index)
         p = rows[: pos.shape[0]]
         n = None if neg is None else rows[pos.shape[0] :].view(*neg.shape, -1)
         return ModelOutput(u, p, n, ego=(u, p) if n is None else (u, p, n))
