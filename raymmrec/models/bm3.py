@@ -115,28 +115,25 @@ class BM3(Recommender):
         return out
 
     def forward(self, batch: Batch) -> ModelOutput:
-        """Views of the batch's *distinct* users and items; ``u_index``/``i_index`` map batch rows to them.
+        """Views of the batch's *distinct* users and items, stacked; the objective reads them by layout.
 
-        Every view is a table over the distinct rows (a user or item repeated in the batch is
-        projected, masked and normalised once); the objective reads a row's view through the index.
+        ``online`` and ``target`` hold, row-aligned, the distinct users (``nu`` rows), the distinct
+        items (``ni``), then the same items once per modality (``ni`` each): online views through the
+        predictor (one product for all), targets as dropout-masked copies without gradient.
+        ``layout`` is ``[nu, ni, n_modalities]``; ``u_index``/``i_index`` map batch rows to distinct rows.
+        A user or item repeated in the batch is projected, masked and normalised once.
         """
         hu, hi = self.propagate()
         users, u_index = torch.unique(batch.users, return_inverse=True)
         items, i_index = torch.unique(batch.pos_items, return_inverse=True)
-        u, i = gather(hu, users), gather(hi, items)
-        projected = [self.proj[m](gather(self.feat[m], items)) for m in self.modalities]
+        views = torch.cat([gather(hu, users), gather(hi, items),
+                           *(self.proj[m](gather(self.feat[m], items)) for m in self.modalities)])
         with torch.no_grad():
-            u_mask, i_mask, *m_masks = self._masks(users, items, 1 + len(projected))
-            u_tgt, i_tgt = u * u_mask, i * i_mask
-        # one predictor product for every online view
-        online = self.predictor(torch.cat([u, i, *projected])).split([u.shape[0], *[i.shape[0]] * (1 + len(projected))])
-        views = {"u_online": online[0], "i_online": online[1], "u_target": u_tgt, "i_target": i_tgt,
-                 "u_index": u_index, "i_index": i_index}
-        for m, h_m, on, mask in zip(self.modalities, projected, online[2:], m_masks):
-            views[f"m:{m}_target"] = h_m.detach() * mask
-            views[f"m:{m}_online"] = on
-        views["reg"] = (hu.norm() + hi.norm()) / self.n_items
-        return ModelOutput(extra=views)
+            target = views * torch.cat(self._masks(users, items, 1 + len(self.modalities)))
+        layout = torch.tensor([users.numel(), items.numel(), len(self.modalities)])
+        return ModelOutput(extra={"online": self.predictor(views), "target": target, "layout": layout,
+                                  "u_index": u_index, "i_index": i_index,
+                                  "reg": (hu.norm() + hi.norm()) / self.n_items})
 
     def scoring_embeddings(self) -> tuple[Tensor, Tensor]:
         hu, hi = self.propagate()

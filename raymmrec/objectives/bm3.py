@@ -25,13 +25,15 @@ def unit(t: Tensor) -> Tensor:
 
 @register_objective("bm3")
 class BM3Loss(Objective):
-    """Reads ``extra``: u_online, u_target (distinct users), i_online, i_target, <m>_online, <m>_target
-    (distinct items), u_index and i_index (batch row -> distinct row), reg.
+    """Reads ``extra``: online, target, layout, u_index, i_index, reg (see :meth:`BM3.forward`).
 
-    ``1 - cos(a, b)`` is computed as ``1 - â·b̂`` on rows normalised once per distinct user or item
-    (the same value as ``F.cosine_similarity`` up to rounding, which clamps the product of the norms
-    at 1e-8 instead); terms between two item views are summed over distinct items weighted by how
-    often each occurs in the batch, which equals the sum over batch rows.
+    Every cosine term pairs an online row (with gradient) with a target row (without), so a sum
+    of ``cos`` over batch rows is ``Σ ô · W`` over the distinct online rows, where ``W`` collects
+    the normalised targets each row meets in the batch: ``W_u = Σ_{rows of u} î_target`` for
+    ``L_rec``'s user term (and the mirror for items), ``count_i · î_target`` for ``L_align`` and
+    ``count_i · m̂_target`` for ``L_mask``. ``W`` is built once without gradient; the loss is then
+    one product and sum per part, and its gradient reaches each distinct row once. Rows are
+    normalised as ``F.normalize`` does (``F.cosine_similarity`` gives the same values up to rounding).
     """
 
     needs_negatives = False
@@ -40,17 +42,21 @@ class BM3Loss(Objective):
 
     def __call__(self, out: ModelOutput, batch: Batch, ctx: DistContext) -> LossOutput:
         x, n = out.extra, batch.global_rows
+        nu, ni, n_mod = (int(v) for v in x["layout"])
         ui, ii = x["u_index"], x["i_index"]
-        u_on, i_on, u_tg, i_tg = (unit(x[k]) for k in ("u_online", "i_online", "u_target", "i_target"))
-        rec = ctx.batch_mean(1.0 - (gather(u_on, ui) * gather(i_tg, ii)).sum(-1), n) \
-            + ctx.batch_mean(1.0 - (gather(i_on, ii) * gather(u_tg, ui)).sum(-1), n)
-        counts = torch.bincount(ii, minlength=i_on.shape[0]).to(i_on.dtype)
-        align = rec.new_zeros(())
-        mask = rec.new_zeros(())
-        for m in sorted(k[: -len("_online")] for k in x if k.startswith("m:") and k.endswith("_online")):
-            m_on = unit(x[f"{m}_online"])
-            align = align + ctx.batch_mean(counts * (1.0 - (m_on * i_tg).sum(-1)), n)
-            mask = mask + ctx.batch_mean(counts * (1.0 - (m_on * unit(x[f"{m}_target"])).sum(-1)), n)
+        rows = float(ui.numel())  # this rank's batch rows: each term is a sum of (1 - cos) over them
+        online = unit(x["online"])
+        with torch.no_grad():
+            target = unit(x["target"])
+            d = target.shape[1]
+            u_tg, i_tg, m_tg = target[:nu], target[nu : nu + ni], target[nu + ni :].view(n_mod, ni, d)
+            counts = torch.bincount(ii, minlength=ni).to(target.dtype).unsqueeze(1)
+            w_u = torch.zeros_like(u_tg).index_add_(0, ui, gather(i_tg, ii))
+            w_i = torch.zeros_like(i_tg).index_add_(0, ii, gather(u_tg, ui))
+        u_on, i_on, m_on = online[:nu], online[nu : nu + ni], online[nu + ni :].view(n_mod, ni, d)
+        rec = ctx.batch_mean(2.0 * rows - (u_on * w_u).sum() - (i_on * w_i).sum(), n)
+        align = ctx.batch_mean(n_mod * rows - (m_on * (counts * i_tg)).sum(), n)
+        mask = ctx.batch_mean(n_mod * rows - (m_on * (counts * m_tg)).sum(), n)
         reg = x["reg"]  # full tables: the same on every rank
         cl, rw = self.cfg.cl_weight, self.cfg.reg_weight
         total = rec + cl * (align + mask) + rw * reg
