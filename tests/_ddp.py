@@ -126,3 +126,51 @@ def parts_worker(rank: int, world: int, port: int, method: str, n: int, out: str
             torch.save(total, out)
     finally:
         shutdown()
+
+
+def train_nan_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Two ranks train; only rank 1's loss turns NaN at its third batch: every rank must stop."""
+    import datetime
+
+    from raymmrec.models.base import LossOutput
+    from raymmrec.train.loop import Trainer, TrainingDiverged
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=30))
+    model = torch.nn.Linear(2, 1)
+    steps = []
+
+    def objective(output, batch, ctx):  # noqa: ANN001, ANN202
+        steps.append(len(steps))
+        loss = output.sum()
+        if rank == 1 and len(steps) == 3:
+            loss = loss * float("nan")
+        return LossOutput(loss, {})
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = model
+
+        def forward(self, batch: Batch) -> torch.Tensor:
+            return self.lin(batch.users.float().unsqueeze(1).expand(-1, 2))
+
+        def on_epoch_start(self, epoch: int, ctx: DistContext) -> None: ...
+
+        def epoch_logs(self) -> dict[str, float]:
+            return {}
+
+    net = Net()
+    batches = lambda epoch: [Batch(torch.arange(3), torch.arange(3)) for _ in range(5)]  # noqa: E731
+    trainer = Trainer(net, objective, torch.optim.SGD(net.parameters(), lr=0.1), batches, lambda m: {},
+                      epochs=1, patience=1, seed=0, ctx=DistContext(rank, world))
+    try:
+        trainer._run_epoch(0)
+        outcome = "finished"
+    except TrainingDiverged as e:
+        outcome = f"diverged after {len(steps)} steps: {e}"
+    except Exception as e:  # noqa: BLE001 - a timeout in the collective shows up here
+        outcome = f"{type(e).__name__}: {e}"
+    with open(f"{out}.{rank}", "w") as f:
+        f.write(outcome)
+    shutdown()

@@ -36,3 +36,15 @@ def test_non_finite_scores_on_one_rank_stop_every_rank(tmp_path):
     outcomes = [(tmp_path / f"outcome.{r}").read_text() for r in range(2)]
     assert all(o.startswith("diverged:") for o in outcomes), outcomes
     assert "NaN" in outcomes[1]
+
+
+def test_non_finite_loss_on_one_rank_stops_every_rank_at_the_epoch_end(tmp_path):
+    from _ddp import train_nan_worker
+
+    out = tmp_path / "outcome"
+    mp.spawn(train_nan_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    outcomes = [(tmp_path / f"outcome.{r}").read_text() for r in range(2)]
+    assert outcomes[0].startswith("diverged after 5 steps: loss became NaN or infinite at epoch 0, a batch "
+                                  "on 1 of 2 ranks"), outcomes  # no per-step all-reduce: the epoch ends
+    assert outcomes[1].startswith("diverged after 5 steps: loss became NaN or infinite at epoch 0, batch 2 "
+                                  "on 1 of 2 ranks"), outcomes

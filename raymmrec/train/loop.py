@@ -123,6 +123,11 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         n_batches = 0
         data_s = 0.0
+        # One process on CPU checks the loss at every step (a host read costs nothing there). On a
+        # GPU, or across ranks, that would be a device sync or an all-reduce per step: the first
+        # non-finite step is recorded on the device instead and checked once, at the epoch's end.
+        immediate = self.device.type == "cpu" and not self.ctx.distributed
+        first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
         it = iter(self.batches(epoch))
         while True:
             t0 = time.perf_counter()
@@ -133,13 +138,19 @@ class Trainer:
             batch = batch.to(self.device)
             self.optimizer.zero_grad(set_to_none=True)
             out = self.objective(model(batch), batch, self.ctx)
-            self._check_finite(out.total, epoch, n_batches)
+            if immediate:
+                self._check_finite(out.total, epoch, n_batches)
+            else:
+                bad = ~torch.isfinite(out.total.detach())
+                first_bad = torch.where(bad & (first_bad < 0), n_batches, first_bad)
             out.total.backward()
             self.optimizer.step()
             sums["loss"] = sums.get("loss", 0) + out.value
             for k, v in out.parts.items():
                 sums[f"loss/{k}"] = sums.get(f"loss/{k}", 0) + v
             n_batches += 1
+        if not immediate:
+            self._check_first_bad(first_bad, epoch)
         if self.ctx.distributed and sums:  # each rank holds its share of the global values
             keys = sorted(sums)
             total = self.ctx.all_reduce_sum(torch.stack([torch.as_tensor(sums[k], dtype=torch.float64) for k in keys]))
@@ -148,6 +159,19 @@ class Trainer:
         logs["time/data_s"] = data_s  # shuffling, negative sampling, fetching shards
         logs.update({f"model/{k}": float(v) for k, v in unwrap(model).epoch_logs().items()})
         return logs
+
+    def _check_first_bad(self, first_bad: torch.Tensor, epoch: int) -> None:
+        """Raise on every rank at once when any rank saw a non-finite loss this epoch."""
+        bad = (first_bad >= 0).to(torch.float32).reshape(1)
+        if self.ctx.distributed:
+            bad = self.ctx.all_reduce_sum(bad)
+        n_bad = int(bad.item())
+        if n_bad:
+            step = int(first_bad.item())
+            at = f"batch {step}" if step >= 0 else "a batch"
+            where = f" on {n_bad} of {self.ctx.world_size} ranks" if self.ctx.distributed else ""
+            raise TrainingDiverged(f"loss became NaN or infinite at epoch {epoch}, {at}{where}; "
+                                   "try a lower learning rate or regularisation weight")
 
     def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
         """Raise on every rank at once when the loss is not finite on any rank."""
