@@ -79,7 +79,6 @@ def eval_worker(rank: int, world: int, port: int, out: str) -> None:
 
     from raymmrec.eval import Evaluator
     from raymmrec.train.build import sharded_evaluate
-    from raymmrec.train.loop import TrainingDiverged
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=30))
@@ -95,14 +94,22 @@ def eval_worker(rank: int, world: int, port: int, out: str) -> None:
                 return s
             return score
 
+    record_outcome(lambda: sharded_evaluate({"valid": ev}, DistContext(rank, world), torch.device("cpu"))(Model()),
+                   lambda e: f"diverged: {e}", f"{out}.{rank}")
+
+
+def record_outcome(run, diverged, path: str) -> None:  # noqa: ANN001
+    """Run ``run()`` on this rank and write how it ended to ``path``; then leave the group."""
+    from raymmrec.train.loop import TrainingDiverged
+
     try:
-        sharded_evaluate({"valid": ev}, DistContext(rank, world), torch.device("cpu"))(Model())
+        run()
         outcome = "finished"
     except TrainingDiverged as e:
-        outcome = f"diverged: {e}"
+        outcome = diverged(e)
     except Exception as e:  # noqa: BLE001 - a timeout in the collective shows up here
         outcome = f"{type(e).__name__}: {e}"
-    with open(f"{out}.{rank}", "w") as f:
+    with open(path, "w") as f:
         f.write(outcome)
     shutdown()
 
@@ -133,7 +140,7 @@ def train_nan_worker(rank: int, world: int, port: int, out: str) -> None:
     import datetime
 
     from raymmrec.models.base import LossOutput
-    from raymmrec.train.loop import Trainer, TrainingDiverged
+    from raymmrec.train.loop import Trainer
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=30))
@@ -164,13 +171,4 @@ def train_nan_worker(rank: int, world: int, port: int, out: str) -> None:
     batches = lambda epoch: [Batch(torch.arange(3), torch.arange(3)) for _ in range(5)]  # noqa: E731
     trainer = Trainer(net, objective, torch.optim.SGD(net.parameters(), lr=0.1), batches, lambda m: {},
                       epochs=1, patience=1, seed=0, ctx=DistContext(rank, world))
-    try:
-        trainer._run_epoch(0)
-        outcome = "finished"
-    except TrainingDiverged as e:
-        outcome = f"diverged after {len(steps)} steps: {e}"
-    except Exception as e:  # noqa: BLE001 - a timeout in the collective shows up here
-        outcome = f"{type(e).__name__}: {e}"
-    with open(f"{out}.{rank}", "w") as f:
-        f.write(outcome)
-    shutdown()
+    record_outcome(lambda: trainer._run_epoch(0), lambda e: f"diverged after {len(steps)} steps: {e}", f"{out}.{rank}")
