@@ -286,8 +286,9 @@ class TrainSpec(_Spec):
     seed: int = Field(999, ge=0)  # seeds model init, shuffling, negatives and dropout
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     eval_every: int = Field(1, ge=1)  # evaluate every N epochs
-    # write the resumable checkpoint every N epochs (0: never; None: the runner's default,
-    # 1 in one process, 5 under Ray)
+    # write the resumable checkpoint every N epochs (0: never; None: the runner's default: in one
+    # process after the first epoch ending 60 s after the last save, under Ray every 5 epochs;
+    # both also after the last epoch)
     checkpoint_every: int | None = Field(None, ge=0)
     num_negatives: int = Field(1, ge=1)  # sampled negatives per positive (objectives that use them)
     negative_pool: Literal["train", "all"] = "train"  # negatives from items seen in training, or all items

@@ -107,7 +107,7 @@ class Recorder(Callback):
 def test_resume_after_kill_matches_uninterrupted(tmp_path, method, capsys):
     data = tiny_data()
     full = run(spec_for(tmp_path / "a", method, epochs=6, patience=50), progress=False, data=data)
-    spec = spec_for(tmp_path / "b", method, epochs=6, patience=50)
+    spec = spec_for(tmp_path / "b", method, epochs=6, patience=50, checkpoint_every=1)
     # The checkpoint callback runs before Kill, so epoch 3's checkpoint is on disk when it "dies".
     with pytest.raises(KeyboardInterrupt):
         run(spec, progress=False, data=data, extra_callbacks=[Kill(3)])
@@ -126,6 +126,20 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, method, capsys):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
 
+def test_default_checkpoint_cadence_is_time_based_and_ends_with_the_last_epoch(tmp_path):
+    class Look(Callback):  # runs after the checkpoint callback: what is on disk after each epoch
+        def __init__(self) -> None:
+            self.seen: list[int | None] = []
+
+        def on_epoch_end(self, trainer, state, logs) -> None:
+            path = tmp_path / "r" / "ckpt" / "latest.pt"
+            self.seen.append(load_checkpoint(path)["state"]["epoch"] if path.exists() else None)
+
+    look = Look()
+    run(spec_for(tmp_path, "bpr", epochs=4, patience=50), progress=False, data=tiny_data(), extra_callbacks=[look])
+    assert look.seen == [None, None, None, 4]  # a tiny run is shorter than the 60 s cadence
+
+
 def test_resume_ignores_device_resident_rng_state(tmp_path):
     """A checkpoint read onto a GPU used to put its RNG state there, and set_rng_state refused it.
 
@@ -133,7 +147,7 @@ def test_resume_ignores_device_resident_rng_state(tmp_path):
     the resume must not touch it: the loop reseeds from (seed, epoch) every epoch.
     """
     data = tiny_data()
-    spec = spec_for(tmp_path, "bpr", epochs=4, patience=50)
+    spec = spec_for(tmp_path, "bpr", epochs=4, patience=50, checkpoint_every=1)
     with pytest.raises(KeyboardInterrupt):
         run(spec, progress=False, data=data, extra_callbacks=[Kill(2)])
     path = tmp_path / "r" / "ckpt" / "latest.pt"
@@ -252,7 +266,7 @@ def test_resume_adopts_a_newer_best_pt(tmp_path):
     import io
 
     data = tiny_data()
-    spec = spec_for(tmp_path, "bpr", epochs=7, patience=50)
+    spec = spec_for(tmp_path, "bpr", epochs=7, patience=50, checkpoint_every=1)
     spec.train.lr = 0.0  # nothing improves after epoch 0
     with pytest.raises(KeyboardInterrupt):
         run(spec, progress=False, data=data, extra_callbacks=[Kill(3)])

@@ -50,7 +50,8 @@ class BM3Loss(Objective):
             target = unit(x["target"])
             d = target.shape[1]
             u_tg, i_tg, m_tg = target[:nu], target[nu : nu + ni], target[nu + ni :].view(n_mod, ni, d)
-            counts = torch.bincount(ii, minlength=ni).to(target.dtype).unsqueeze(1)
+            # occurrences of each distinct item (index_add_: no device sync, unlike bincount on CUDA)
+            counts = target.new_zeros(ni, 1).index_add_(0, ii, target.new_ones(ii.numel(), 1))
             w_u = torch.zeros_like(u_tg).index_add_(0, ui, gather(i_tg, ii))
             w_i = torch.zeros_like(i_tg).index_add_(0, ii, gather(u_tg, ui))
         u_on, i_on, m_on = online[:nu], online[nu : nu + ni], online[nu + ni :].view(n_mod, ni, d)

@@ -43,12 +43,11 @@ def run(spec: RunSpec, *, progress: bool = True, extra_callbacks: list[Callback]
             print(f"resuming from {ckpt} at epoch {state.epoch}", flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / CONFIG, pieces.config)
-    every = 1 if spec.train.checkpoint_every is None else spec.train.checkpoint_every
     callbacks: list[Callback] = [
         ProgressCallback(spec.eval.valid_metric, enabled=progress),
         TensorBoardCallback(run_dir / TB),
         BestWeightsCallback(run_dir, pieces.config),
-        CheckpointCallback(run_dir / "ckpt", pieces.config, every=every),
+        CheckpointCallback(run_dir / "ckpt", pieces.config, every=spec.train.checkpoint_every),
         *(extra_callbacks or []),
     ]
     evaluate = local_evaluate(pieces.evaluators, pieces.fixed_results)
