@@ -118,6 +118,30 @@ def time_eval(setup: Setup, repeats: int, warmup: int = 1) -> dict[str, list[flo
     return out
 
 
+def time_joint_eval(setup: Setup, repeats: int, warmup: int = 1) -> list[float]:
+    """Seconds of one evaluation as a run does it (``local_evaluate``: scorer, then every split ranked
+    in one pass)."""
+    evaluate = local_evaluate(setup.evaluators)
+    return [dt for r, dt in enumerate(timed(lambda: evaluate(setup.model), setup.device)[1]
+                                      for _ in range(warmup + repeats)) if r >= warmup]
+
+
+def time_bare_ranking(setup: Setup, repeats: int, warmup: int = 1) -> list[float]:
+    """Seconds of the hardware floor of one evaluation: the scoring tables' product for every user
+    evaluated (valid and test together) and one top-Kmax over all items, with nothing else."""
+    users = torch.unique(torch.cat([ev.users for ev in setup.evaluators.values()])).to(setup.device)
+    kmax = max(ev.kmax for ev in setup.evaluators.values())
+    with torch.no_grad():
+        u, i = (t.detach() for t in setup.model.scoring_embeddings())
+        item_t = i.t().contiguous()
+        out = []
+        for r in range(warmup + repeats):
+            dt = timed(lambda: torch.topk(u[users] @ item_t, kmax, dim=1), setup.device)[1]
+            if r >= warmup:
+                out.append(dt)
+    return out
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
@@ -176,12 +200,16 @@ def main(argv: list[str] | None = None) -> int:
     ev = time_eval(setup, a.eval_repeats)
     both = [v + t for v, t in zip(ev["valid"], ev["test"])]
     full = [s + b for s, b in zip(ev["scorer"], both)]
+    joint = time_joint_eval(setup, a.eval_repeats)
+    bare = time_bare_ranking(setup, a.eval_repeats)
     res = {
         "method": spec.method, "data": a.data, "summary": data.summary(), **env, "batch_size": spec.train.batch_size,
         "overrides": list(a.overrides), "warmup": a.warmup, "load_s": load_s, "setup_s": setup_s,
         "train_epoch_s": stats(train_times), "train_epoch_all_s": train_times, "last_loss": logs.get("loss"),
         "scorer_s": stats(ev["scorer"]), "eval_valid_s": stats(ev["valid"]), "eval_test_s": stats(ev["test"]),
-        "eval_both_s": stats(both), "eval_full_s": stats(full), **peak_memory(device),
+        "eval_both_s": stats(both), "eval_full_s": stats(full), "eval_run_s": stats(joint),
+        "bare_rank_s": stats(bare), "eval_run_vs_bare": statistics.median(joint) / statistics.median(bare),
+        **peak_memory(device),
         "load_avg_1m_end": os.getloadavg()[0],
     }
     tr = res["train_epoch_s"]
@@ -189,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"eval: scorer {res['scorer_s']['median']:.3f}s | valid {res['eval_valid_s']['median']:.3f}s | "
           f"test {res['eval_test_s']['median']:.3f}s | valid+test {res['eval_both_s']['median']:.3f}s | "
           f"scorer+valid+test {res['eval_full_s']['median']:.3f}s  (medians of {a.eval_repeats})")
+    print(f"evaluation as a run does it (scorer, valid and test ranked together) {res['eval_run_s']['median']:.4f}s; "
+          f"bare product + top-{max(ev.kmax for ev in setup.evaluators.values())} for the same users "
+          f"{res['bare_rank_s']['median']:.4f}s: {res['eval_run_vs_bare']:.2f}x the bare floor")
     mem = f"peak RSS {res['peak_rss_mib']:.0f} MiB"
     if "cuda_max_allocated_mib" in res:
         mem += f"; CUDA max allocated {res['cuda_max_allocated_mib']:.0f} MiB"

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from raymmrec.dist import DistContext
-from raymmrec.models.base import Batch, LossOutput, ModelOutput
+from raymmrec.models.base import Batch, LossOutput, ModelOutput, gather
 from raymmrec.objectives.base import Objective
 from raymmrec.objectives.bpr import emb_loss
 from raymmrec.registry import register_objective
@@ -90,8 +90,7 @@ class FlipModel(nn.Module):
     def forward(self, users: Tensor, pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Flip logits of (user, positive) ``B`` and (user, negative) ``B × S`` pairs, and the rows'
         squared norms ``‖P_u‖² + ‖Q_i‖² + Σ_j ‖Q_j‖² / S`` (``B``), from one gather of each table."""
-        # F.embedding: its backward is a dense scatter-add, much cheaper than that of tensor indexing
-        p, q_pos, q_neg = F.embedding(users, self.P), F.embedding(pos, self.Q), F.embedding(neg, self.Q)
+        p, q_pos, q_neg = gather(self.P, users), gather(self.Q, pos), gather(self.Q, neg)
         g_pos = (p * q_pos).sum(-1)
         g_neg = (q_neg * p.unsqueeze(1)).sum(-1)
         sq = p.pow(2).sum(-1) + q_pos.pow(2).sum(-1) + q_neg.pow(2).sum(-1).mean(1)
