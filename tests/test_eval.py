@@ -230,3 +230,20 @@ def test_gloo_all_reduce_matches_single_process(tmp_path):
         res = torch.load(tmp_path / f"rank{rank}.pt")
         assert int(res["count"]) == len(ev.users)
         assert_metrics_close(ev.finalize(res["sums"], res["count"]), full, tol=1e-12)
+
+
+def test_topk_orders_equal_and_nan_values_by_item_id():
+    nan, inf = float("nan"), float("inf")
+    s = torch.tensor([[nan, 1.0, nan, 0.5, 1.0], [0.1, -inf, 0.3, -inf, -inf], [5.0, 4.0, 3.0, 2.0, 1.0]])
+    vals, idx = topk_ordered(s, 4)
+    assert idx.tolist() == [[0, 2, 1, 4], [2, 0, 1, 3], [0, 1, 2, 3]]
+
+
+def test_topk_orders_many_nans_by_item_id():
+    torch.manual_seed(0)
+    s = torch.randn(50, 300)
+    for r in range(50):
+        s[r, torch.randperm(300)[:20]] = float("nan")
+    _, idx = topk_ordered(s, 20)  # NaN ranks highest, like torch.topk; among NaNs, lower ids first
+    want = torch.stack([torch.nonzero(row.isnan()).squeeze(1) for row in s])
+    assert torch.equal(idx, want)

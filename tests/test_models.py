@@ -191,7 +191,7 @@ def test_bm3_dropout_masks_drop_p_scale_the_rest_and_follow_the_seed(graph, p):
     assert torch.equal(picked[1], masks[1][rows])  # rows of the table-wide draw, repeats share a mask
 
 
-@pytest.mark.parametrize("n", [2, 256])  # a batch touching few items, and one touching most
+@pytest.mark.parametrize("n", [0, 2, 256])  # an empty DDP share, a batch touching few items, one touching most
 def test_vbpr_batch_rows_equal_the_full_item_table(graph, n):
     model = make("vbpr", graph).model
     batch = a_batch(graph, n=n)

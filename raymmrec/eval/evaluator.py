@@ -239,7 +239,8 @@ def joint_metric_sums(evaluators: Sequence[Evaluator], score_fn: ScoreFn,
     Validation and test mask the same training items, so a user's top-K list is the same for both:
     evaluators that :meth:`~Evaluator.ranks_like` each other are grouped, the union of a group's
     users is scored and ranked once, in blocks, and each split's metrics are read off the shared
-    lists (half the work of two separate passes). ``users`` default to each evaluator's ``.users``;
+    lists (half the work of two separate passes). ``users`` default to each evaluator's ``.users``
+    (each list without repeats, as ``.users`` and its shards are: a repeated user counts once here);
     sums are float64 on CPU and equal the separate ones up to rounding.
     """
     evaluators = list(evaluators)

@@ -60,7 +60,7 @@ def topk_ordered(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     vals, idx = vals[:, :k], idx[:, :k]
     # rows with equal values among the selected: sort by id, then stable sort by value desc
     # -> (value desc, id asc); the other rows are already in order (topk sorts by value)
-    dup = (vals[:, 1:] == vals[:, :-1]).any(dim=1)
+    dup = ((vals[:, 1:] == vals[:, :-1]) | (vals[:, 1:].isnan() & vals[:, :-1].isnan())).any(dim=1)
     if bool(dup.any()):
         rows = dup.nonzero().squeeze(1)
         r_idx, perm = torch.sort(idx[rows], dim=1)

@@ -15,6 +15,7 @@ from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from raymmrec.config import validate_options
 
@@ -236,11 +237,13 @@ def build_config(cls: type[Recommender], overrides: dict[str, Any] | None) -> An
 def gather(table: Tensor, idx: Tensor) -> Tensor:
     """Rows ``idx`` (any shape) of ``table`` (``N × D``): ``idx.shape + (D,)``, same values as ``table[idx]``.
 
-    Through ``index_select``, whose backward accumulates with ``index_add_``: on CPU three times faster
+    On CPU through ``index_select``, whose backward accumulates with ``index_add_``: three times faster
     than the backward of ``table[idx]`` (``index_put_`` with accumulation), which was the largest cost
-    of a BM3 training step after the matrix products.
+    of a BM3 training step after the matrix products. Elsewhere through ``F.embedding``, whose CUDA
+    backward is deterministic (``index_add_`` there accumulates with atomics, in varying order).
     """
-    rows = torch.index_select(table, 0, idx.reshape(-1))
+    flat = idx.reshape(-1)
+    rows = torch.index_select(table, 0, flat) if table.device.type == "cpu" else F.embedding(flat, table)
     return rows.view(*idx.shape, table.shape[-1])
 
 

@@ -106,7 +106,7 @@ class BM3(Recommender):
         seed = int(torch.randint(2**62, (1,)).item())
         total = sum(sizes) * d
         bits = torch.from_numpy(np.random.PCG64(seed).random_raw((total + 1) // 2).view(np.int32)[:total])
-        threshold = round(p * 2**32) - 2**31  # a uniform int32 is >= this with probability 1 - p
+        threshold = min(round(p * 2**32) - 2**31, 2**31 - 1)  # a uniform int32 is >= this w.p. 1 - p
         out, at = [], 0
         for n, r in zip(sizes, picks):
             block = bits[at : at + n * d].view(n, d)

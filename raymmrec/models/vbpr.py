@@ -71,7 +71,7 @@ class VBPR(Recommender):
         else:
             rows = gather(self.item_table(distinct), index)
         p = rows[: pos.shape[0]]
-        n = None if neg is None else rows[pos.shape[0] :].view(*neg.shape, -1)
+        n = None if neg is None else rows[pos.shape[0] :].view(*neg.shape, rows.shape[-1])
         return ModelOutput(u, p, n, ego=(u, p) if n is None else (u, p, n))
 
     def scoring_embeddings(self) -> tuple[Tensor, Tensor]:
