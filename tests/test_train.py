@@ -297,3 +297,35 @@ def test_allocator_tuning_applies_once_and_can_be_turned_off():
     assert off == ["False", "False"]
     if platform.libc_ver()[0] == "glibc":
         assert on == ["True", "True"]
+
+
+def test_one_process_stops_at_the_first_non_finite_step():
+    from raymmrec.models.base import Batch, LossOutput
+    from raymmrec.train.loop import Trainer, TrainingDiverged
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(1, 1)
+
+        def forward(self, batch: Batch) -> torch.Tensor:
+            return self.lin(batch.users.float().unsqueeze(1))
+
+        def on_epoch_start(self, epoch, ctx) -> None: ...
+
+        def epoch_logs(self) -> dict[str, float]:
+            return {}
+
+    steps = []
+
+    def objective(output, batch, ctx):
+        steps.append(len(steps))
+        return LossOutput(output.sum() * (float("inf") if len(steps) == 3 else 1.0), {})
+
+    net = Net()
+    trainer = Trainer(net, objective, torch.optim.SGD(net.parameters(), lr=0.1),
+                      lambda epoch: [Batch(torch.arange(3), torch.arange(3)) for _ in range(5)], lambda m: {},
+                      epochs=1, patience=1, seed=0)
+    with pytest.raises(TrainingDiverged, match="loss became NaN or infinite at epoch 0, batch 2; "):
+        trainer._run_epoch(0)
+    assert len(steps) == 3  # stopped at the step, before the optimizer applied it

@@ -277,9 +277,10 @@ def _shared_ranking_sums(evaluators: list[Evaluator], score_fn: ScoreFn,
     for s in range(0, union.numel(), first.batch_users):
         ub = union[s:s + first.batch_users]
         scores = first._scores(score_fn, ub)
-        top = first._block_top(scores, ub.to(scores.device), k)
+        on_scores = ub.to(scores.device)
+        top = first._block_top(scores, on_scores, k)
         for j, ev in enumerate(evaluators):
             rows = member[j][ub].to(top.device)
             if bool(rows.any()):
-                sums[j] += ev._block_metrics(top[rows], ub.to(top.device)[rows]).sum(dim=0).cpu()
+                sums[j] += ev._block_metrics(top[rows], on_scores[rows]).sum(dim=0).cpu()
     return sums

@@ -138,11 +138,10 @@ class Trainer:
             batch = batch.to(self.device)
             self.optimizer.zero_grad(set_to_none=True)
             out = self.objective(model(batch), batch, self.ctx)
+            bad = ~torch.isfinite(out.total.detach())
+            first_bad = torch.where(bad & (first_bad < 0), n_batches, first_bad)
             if immediate:
-                self._check_finite(out.total, epoch, n_batches)
-            else:
-                bad = ~torch.isfinite(out.total.detach())
-                first_bad = torch.where(bad & (first_bad < 0), n_batches, first_bad)
+                self._check_first_bad(first_bad, epoch)
             out.total.backward()
             self.optimizer.step()
             sums["loss"] = sums.get("loss", 0) + out.value
@@ -161,7 +160,8 @@ class Trainer:
         return logs
 
     def _check_first_bad(self, first_bad: torch.Tensor, epoch: int) -> None:
-        """Raise on every rank at once when any rank saw a non-finite loss this epoch."""
+        """Raise (on every rank at once) when a loss of this epoch so far was not finite on any rank;
+        ``first_bad`` is this rank's first non-finite step, or -1."""
         bad = (first_bad >= 0).to(torch.float32).reshape(1)
         if self.ctx.distributed:
             bad = self.ctx.all_reduce_sum(bad)
@@ -171,16 +171,6 @@ class Trainer:
             at = f"batch {step}" if step >= 0 else "a batch"
             where = f" on {n_bad} of {self.ctx.world_size} ranks" if self.ctx.distributed else ""
             raise TrainingDiverged(f"loss became NaN or infinite at epoch {epoch}, {at}{where}; "
-                                   "try a lower learning rate or regularisation weight")
-
-    def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
-        """Raise on every rank at once when the loss is not finite on any rank."""
-        bad = (~torch.isfinite(loss.detach())).to(torch.float32).reshape(1)
-        if self.ctx.distributed:
-            bad = self.ctx.all_reduce_sum(bad)
-        if bool(bad.item()):
-            where = f" on {int(bad.item())} of {self.ctx.world_size} ranks" if self.ctx.distributed else ""
-            raise TrainingDiverged(f"loss became NaN or infinite at epoch {epoch}, batch {step}{where}; "
                                    "try a lower learning rate or regularisation weight")
 
     def fit(self, state: TrainState | None = None) -> TrainState:
