@@ -87,14 +87,55 @@ class FlipModel(nn.Module):
         self.P = nn.Parameter(torch.rand(n_users, dim) * scale)
         self.Q = nn.Parameter(torch.rand(n_items, dim) * -scale)
 
-    def forward(self, users: Tensor, pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Flip logits of (user, positive) ``B`` and (user, negative) ``B × S`` pairs, and the rows'
-        squared norms ``‖P_u‖² + ‖Q_i‖² + Σ_j ‖Q_j‖² / S`` (``B``), from one gather of each table."""
-        p, q_pos, q_neg = gather(self.P, users), gather(self.Q, pos), gather(self.Q, neg)
-        g_pos = (p * q_pos).sum(-1)
-        g_neg = (q_neg * p.unsqueeze(1)).sum(-1)
-        sq = p.pow(2).sum(-1) + q_pos.pow(2).sum(-1) + q_neg.pow(2).sum(-1).mean(1)
-        return g_pos, g_neg, sq
+    def forward(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
+        """Flip logits ``B × (1 + S)`` of (user, item) pairs, ``items`` = [positive, S negatives] per
+        row, and the batch's sum of ``‖P_u‖² + ‖Q_i‖² + Σ_j ‖Q_j‖² / S`` over its rows (a scalar)."""
+        if self.P.device.type == "cpu":
+            return _FlipScores.apply(self.P, self.Q, users, items)
+        # elsewhere autograd's gathers: F.embedding's CUDA backward is deterministic, index_add_'s is not
+        p, q = gather(self.P, users), gather(self.Q, items)
+        qq = q.pow(2).sum(-1)
+        return (q * p.unsqueeze(1)).sum(-1), p.pow(2).sum() + qq[:, 0].sum() + qq[:, 1:].mean(1).sum()
+
+
+class _FlipScores(torch.autograd.Function):
+    """:meth:`FlipModel.forward` on CPU in one step, with its backward written out.
+
+    Autograd's version of the same lines records a dozen nodes and gathers ``Q`` twice; an MF step
+    is so small that the number of operations sets its cost. Here each table is gathered once and
+    each gradient scattered once (``scatter_add_``, deterministic on CPU); the backward reuses the
+    gathered rows' memory for their gradient (autograd refuses a second backward through it). A test
+    checks the values and gradients against autograd's.
+    """
+
+    @staticmethod
+    def forward(ctx, P: Tensor, Q: Tensor, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        b, m = items.shape
+        p = P.index_select(0, users)  # B × K
+        q = Q.index_select(0, items.reshape(-1)).view(b, m, -1)  # B × (1 + S) × K
+        # Σ‖q‖² / S over every item, plus (1 − 1/S) ‖q_pos‖²: a negative's squared norm counts 1 / S
+        flat, q0 = q.view(-1), q[:, 0]
+        sq = torch.dot(p.view(-1), p.view(-1)) + torch.dot(flat, flat) / (m - 1) + (q0 * q0).sum() * (1 - 1 / (m - 1))
+        ctx.save_for_backward(p, q, users, items)
+        ctx.shapes = (P.shape, Q.shape)
+        return (q * p.unsqueeze(1)).sum(-1), sq
+
+    @staticmethod
+    def backward(ctx, dg: Tensor, dsq: Tensor):  # type: ignore[override]
+        p, q, users, items = ctx.saved_tensors
+        (p_shape, q_shape), (b, m) = ctx.shapes, items.shape
+        two = 2.0 * float(dsq)
+        dp = p * two
+        for c in range(m):  # one column at a time: broadcasting dg over K in one product is slower
+            dp.addcmul_(q[:, c], dg[:, c : c + 1])
+        dq = q.mul_(two / (m - 1))  # the gathered rows are this step's own: reused for their gradient
+        dq[:, 0] *= m - 1  # d sq / d q: 2 q for the positive, 2 q / S for a negative
+        for c in range(m):
+            dq[:, c].addcmul_(p, dg[:, c : c + 1])
+        k = q_shape[1]
+        dP = p.new_zeros(p_shape).scatter_add_(0, users.unsqueeze(1).expand(b, k), dp)
+        dQ = q.new_zeros(q_shape).scatter_add_(0, items.reshape(-1, 1).expand(b * m, k), dq.view(b * m, k))
+        return dP, dQ, None, None
 
 
 class PointwiseLoss(Objective):
@@ -109,25 +150,30 @@ class PointwiseLoss(Objective):
         return FlipModel(n_users, n_items, self.opts.flip_dim) if self.uses_flip else None
 
     def terms(self, r_pos: Tensor, r_neg: Tensor, g_pos: Tensor | None, g_neg: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The maximised per-triple terms: positive ``B`` and unlabelled ``B × S``."""
         raise NotImplementedError
+
+    def data_sum(self, r: Tensor, g: Tensor | None, c: float) -> Tensor:
+        """``Σ_rows (c · pos + Σ_j neg_j)`` for scores ``r`` and flip logits ``g`` (``B × (1 + S)``,
+        column 0 the positive), from :meth:`terms`; a subclass may compute the same sum faster."""
+        pos, neg = self.terms(r[:, 0], r[:, 1:], None if g is None else g[:, 0], None if g is None else g[:, 1:])
+        return (c * pos).sum() + neg.sum()
 
     def __call__(self, out: ModelOutput, batch: Batch, ctx: DistContext) -> LossOutput:
         opts, n = self.opts, batch.global_rows
         r_pos, r_neg = out.scores()
-        r_neg = r_neg if r_neg.dim() == 2 else r_neg.unsqueeze(1)  # B × S
-        s = r_neg.shape[1]
-        g_pos = g_neg = rows = None
+        r = torch.cat([r_pos.unsqueeze(1), r_neg if r_neg.dim() == 2 else r_neg.unsqueeze(1)], 1)  # B × (1 + S)
+        s = r.shape[1] - 1
+        g = sq = None
         if self.uses_flip:
             neg_items = batch.neg_items if batch.neg_items.dim() == 2 else batch.neg_items.unsqueeze(1)
-            g_pos, g_neg, rows = self.module(batch.users, batch.pos_items, neg_items)
+            g, sq = self.module(batch.users, torch.cat([batch.pos_items.unsqueeze(1), neg_items], 1))
         if opts.clip:
-            r_pos, r_neg = r_pos.clamp(-CLIP, CLIP), r_neg.clamp(-CLIP, CLIP)
-            if g_pos is not None:
-                g_pos, g_neg = g_pos.clamp(-CLIP, CLIP), g_neg.clamp(-CLIP, CLIP)
-        pos, neg = self.terms(r_pos, r_neg, g_pos, g_neg)
-        per_row = (s if opts.positive_per_negative else 1) * pos + neg.sum(1)  # maximised, per positive
+            r = r.clamp(-CLIP, CLIP)
+            g = None if g is None else g.clamp(-CLIP, CLIP)
+        maximised = self.data_sum(r, g, float(s if opts.positive_per_negative else 1))
         scale = float(n * s) if opts.reduction == "sum" else 1.0  # sum over the global batch's triples
-        data = -ctx.batch_mean(per_row / s, n) * scale
+        data = -maximised * (ctx.world_size * scale / (n * s))  # the global batch's mean per positive, / S
         reg, reg_value = emb_loss(ctx, out.ego, n) if self.cfg.reg_weight else (data.new_zeros(()),) * 2
         w, world = self.cfg.reg_weight, ctx.world_size
         total = data + w * reg * scale
@@ -137,11 +183,11 @@ class PointwiseLoss(Objective):
                 flip = 0.5 * opts.flip_reg * (self.module.P.pow(2).sum() + self.module.Q.pow(2).sum())
                 total, flip_value = total + flip, flip.detach() / world
             else:
-                flip = 0.5 * opts.flip_reg * ctx.batch_mean(rows, n)
+                flip = sq * (0.5 * opts.flip_reg * ctx.world_size / n)  # the global batch's mean
                 total, flip_value = total + flip, flip.detach() / world
             parts["flip_reg"] = flip_value
             with torch.no_grad():  # the mean flip probability of the batch's pairs, to watch it move
-                parts["gamma_pos"] = ctx.batch_mean(torch.sigmoid(g_pos), n) / world
+                parts["gamma_pos"] = torch.sigmoid(g[:, 0]).sum() / n
         value = sum(v for k, v in parts.items() if k != "gamma_pos")
         return LossOutput(total, parts, value)
 
@@ -163,17 +209,39 @@ class _FlipLoss(PointwiseLoss):
 class NBPOLoss(_FlipLoss):
     """NBPO as the authors train it: surrogate gradients through stop-gradient weights.
 
-    Positives and negatives go through each elementwise step together (``B × (1 + S)``), and
-    ``log σ(−x) = log σ(x) − x``: an MF step is so small that the number of operations sets its cost.
+    :meth:`terms` is the definition; training takes :meth:`data_sum`, the same sum in fewer steps.
     """
 
     def terms(self, r_pos, r_neg, g_pos, g_neg):  # noqa: ANN001, ANN201
-        r, g = torch.cat([r_pos.unsqueeze(1), r_neg], 1), torch.cat([g_pos.unsqueeze(1), g_neg], 1)
-        ls_r, ls_g = F.logsigmoid(r), F.logsigmoid(g)
-        y, gam = ls_r.detach().exp(), ls_g.detach().exp()  # ŷ and γ, as weights only
-        pos = (1 - gam[:, 0]) * ls_r[:, 0] + y[:, 0] * (ls_g[:, 0] - g[:, 0])
-        neg = (ls_r[:, 1:] - r[:, 1:]) + gam[:, 1:] * ls_r[:, 1:] + y[:, 1:] * ls_g[:, 1:]
+        ls_rp, ls_rn, ls_gp, ls_gn = (F.logsigmoid(x) for x in (r_pos, r_neg, g_pos, g_neg))
+        y_pos, y_neg, gam_pos, gam_neg = (x.detach().exp() for x in (ls_rp, ls_rn, ls_gp, ls_gn))  # ŷ, γ as weights
+        pos = (1 - gam_pos) * ls_rp + y_pos * (ls_gp - g_pos)  # log(1 - γ) = log σ(g) - g
+        neg = (ls_rn - r_neg) + gam_neg * ls_rn + y_neg * ls_gn  # log(1 - ŷ) = log σ(R) - R
         return pos, neg
+
+    def data_sum(self, r: Tensor, g: Tensor, c: float) -> Tensor:
+        """The same sum as :meth:`terms` gives, in a third of the operations (forward and backward).
+
+        With ``w = [c, 1, …, 1]`` and ``s = [−1, 1, …, 1]`` over a row's columns and stop-gradient
+        weights ŷ, γ: ``Σ w (1 + s γ) log ŷ − Σ_j R_j + Σ w ŷ log σ(s g)``, because
+        ``log(1 − ŷ) = log ŷ − R`` and ``log(1 − γ) = log σ(−g)``. An MF step is so small that the number of operations sets its cost.
+        """
+        w, sign = self._weights(r.shape[1], c, r)
+        ls_r = F.logsigmoid(r)
+        with torch.no_grad():
+            w_r = torch.addcmul(w, torch.sigmoid(g), w * sign)  # w (1 − γ) for the positive, 1 + γ for negatives
+            w_g = ls_r.exp().mul_(w)
+        return (w_r * ls_r).sum() - r[:, 1:].sum() + (w_g * F.logsigmoid(g * sign)).sum()
+
+    def _weights(self, m: int, c: float, like: Tensor) -> tuple[Tensor, Tensor]:
+        key = (m, c, like.dtype, like.device)
+        if getattr(self, "_weights_key", None) != key:
+            w = torch.ones(m, dtype=like.dtype, device=like.device)
+            w[0] = c
+            sign = torch.ones_like(w)
+            sign[0] = -1.0
+            self._weights_key, self._weights_val = key, (w, sign)
+        return self._weights_val
 
 
 @register_objective("nbpo_original")
