@@ -157,3 +157,22 @@ def test_mixed_knn_errors():
         mixed_knn_graph({"image": x, "text": x}, {"image": 0.5, "audio": 0.5})
     with pytest.raises(ValueError, match="item counts"):
         mixed_knn_graph({"image": x, "text": x[:5]})
+
+
+@pytest.mark.parametrize("n_layers", [0, 1, 3])
+def test_propagate_sum_and_its_gradient_match_dense_powers(n_layers):
+    """The fused propagation (one autograd node) against ``Σ_l Â^l x`` with a dense ``Â``."""
+    from raymmrec.models.base import propagate_mean, propagate_sum
+
+    torch.manual_seed(0)
+    a = torch.rand(7, 7) * (torch.rand(7, 7) < 0.4)
+    a = (a + a.T) / 4  # symmetric, as the normalised user-item adjacency
+    x = torch.randn(7, 3, requires_grad=True)
+    w = torch.randn(7, 3)
+    want = sum(torch.linalg.matrix_power(a, k) @ x for k in range(n_layers + 1))
+    got = propagate_sum(a.to_sparse_csr(), x, n_layers)
+    torch.testing.assert_close(got, want)
+    g_want, = torch.autograd.grad((want * w).sum(), x)
+    g_got, = torch.autograd.grad((got * w).sum(), x)
+    torch.testing.assert_close(g_got, g_want)
+    torch.testing.assert_close(propagate_mean(a.to_sparse_csr(), x, n_layers), want / (n_layers + 1))

@@ -3,6 +3,7 @@ and sampler options of the noisy-label study, the authors' optimisation recipe."
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -185,8 +186,12 @@ def test_authors_recipe_sgd_decay_and_flip_parameters_in_their_own_group(tmp_pat
     assert p.config["objective_options"]["flip_dim"] == 50  # defaults recorded in config.json
     with pytest.raises(ValueError, match="objective_options: unknown option"):
         build(load_spec("nbpo", overrides=["data.source=synthetic:tiny", "objective_options.nope=1"]))
-    with pytest.raises(ValueError, match="takes no options"):
+    with pytest.raises(ValueError, match=r"objective_options: unknown option\(s\) \['clip'\]; valid options: \['reduction'\]"):
         build(load_spec("bpr", overrides=["data.source=synthetic:tiny", "objective_options.clip=true"]))
+    from raymmrec.train.build import check_spec
+
+    with pytest.raises(ValueError, match="takes no options"):
+        check_spec(load_spec("bm3", overrides=["objective_options.clip=true"]))
 
 
 def test_cold_items_are_never_negatives_even_from_all_items(tmp_path):
@@ -233,3 +238,52 @@ def test_nbpo_training_sum_equals_its_definition(c):
     torch.testing.assert_close(fast, slow)
     for a, b in zip(torch.autograd.grad(fast, (r, g)), torch.autograd.grad(slow, (r, g))):
         torch.testing.assert_close(a, b)
+
+
+def test_bpr_sum_reduction_counts_every_triple():
+    """``objective_options.reduction=sum`` (the NBPO authors' recipe for their BPR baseline)."""
+    m, obj = setup("bpr", options={"reduction": "sum"}, model={"reg_weight": 0.0})
+    batch = one_batch()
+    out = m(batch)
+    pos, neg = out.scores()
+    want = torch.nn.functional.softplus(neg - pos.unsqueeze(1)).sum()  # 3 rows x 2 negatives
+    assert obj(out, batch, DistContext()).total.item() == pytest.approx(want.item(), rel=1e-6)
+    _, mean = setup("bpr", model={"reg_weight": 0.0})
+    assert mean(out, batch, DistContext()).total.item() == pytest.approx(want.item() / 6, rel=1e-6)
+
+
+def test_runs_recorded_before_bpr_had_options_still_resume():
+    from raymmrec.train.build import check_same_run, resolved_config
+
+    spec = load_spec(method="bpr", overrides=["data.source=synthetic:tiny"])
+    config = resolved_config(spec)
+    assert config["objective_options"] == {"reduction": "mean"}
+    old = json.loads(json.dumps(config))
+    old["objective_options"] = {}  # config.json of a BPR run from before the option existed
+    check_same_run(old, config, "run")
+    spec.objective_options = {"reduction": "sum"}
+    with pytest.raises(ValueError, match="objective_options.reduction 'mean' -> 'sum'"):
+        check_same_run(old, resolved_config(spec), "run")
+
+
+def test_study_authors_recipe_per_objective_settings():
+    import argparse
+
+    from raymmrec.models.pointwise_mf import authors_overrides
+    from raymmrec.study import _overrides
+
+    a = argparse.Namespace(data="synthetic:tiny", out="o", recipe="authors",
+                           overrides=["train.lr=0.01", "bpr:train.weight_decay=0.1", "nbpo:objective_options.flip_reg=1"])
+    row = {"objective": "nbpo", "backbone": "mf", "value": 0.2, "seed": 1}
+    spec = load_spec("bpr", overrides=_overrides("noisy-labels", row, a))
+    assert spec.train.optimizer == "sgd" and spec.train.batch_size == 5000 and spec.train.weight_decay == 1.0
+    assert spec.objective_options["reduction"] == "sum" and float(spec.objective_options["flip_reg"]) == 1.0
+    assert spec.train.lr == 0.01  # the user's overrides come last
+    assert spec.run_name.endswith("-authors")  # never reuses a default-recipe run folder
+    bpr = load_spec("bpr", overrides=_overrides("noisy-labels", {**row, "objective": "bpr"}, a))
+    assert bpr.objective_options == {"reduction": "sum"} and float(bpr.model["reg_weight"]) == 0.0
+    assert float(bpr.train.weight_decay) == 0.1 and float(spec.train.weight_decay) == 1.0  # per-objective overrides
+    a.recipe = "default"
+    assert "sgd" not in " ".join(_overrides("noisy-labels", row, a))
+    with pytest.raises(ValueError, match="no settings for objective 'vbpr'"):
+        authors_overrides("vbpr")

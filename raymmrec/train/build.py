@@ -25,7 +25,7 @@ from raymmrec.eval.cold import COLD_KNN, cold_evaluator, cold_notes, content_knn
 from raymmrec.models.base import RecGraph, Recommender, build_config
 from raymmrec.objectives.base import Objective, build_objective
 from raymmrec.prepared import prepare
-from raymmrec.registry import get_model
+from raymmrec.registry import get_model, get_objective
 from raymmrec.train.artifacts import adopt_best
 from raymmrec.train.checkpoint import FORMAT_VERSION, check_format
 from raymmrec.train.loop import Callback, EvalFn, Trainer, TrainingDiverged, TrainState, unwrap
@@ -283,6 +283,14 @@ def checkpoint_payload(trainer: Trainer, state: TrainState, config: dict[str, An
     }
 
 
+def _objective_defaults(name: Any) -> dict[str, Any]:
+    try:
+        opts = get_objective(name).options_cls
+    except (KeyError, AttributeError):  # no objective recorded, or one removed since
+        return {}
+    return dataclasses.asdict(opts()) if opts is not None else {}
+
+
 def check_same_run(saved: dict[str, Any], config: dict[str, Any], where: str) -> None:
     """Refuse to resume into a different experiment: resolved configs must agree.
 
@@ -296,8 +304,11 @@ def check_same_run(saved: dict[str, Any], config: dict[str, Any], where: str) ->
     diffs = []
     for section in ("method", "objective", "objective_options", "model", "data", "train", "eval"):
         a, b = old.get(section), config.get(section)
-        if section in ("data", "train", "eval", "objective_options"):  # an option added since counts at its default
+        if section in ("data", "train", "eval"):  # an option added since counts at its default
             a, b = {**defaults[section], **(a or {})}, {**defaults[section], **(b or {})}
+        if section == "objective_options":  # so do an objective's options (BPR's came after its first runs)
+            base = _objective_defaults(config.get("objective"))
+            a, b = {**base, **(a or {})}, {**base, **(b or {})}
         if section == "train":
             a = {k: v for k, v in (a or {}).items() if k not in free}
             b = {k: v for k, v in (b or {}).items() if k not in free}
