@@ -11,6 +11,10 @@
   evaluation (scorer + valid + test). Per method: median epoch seconds (training, evaluation, both)
   and the ratio to the first method of ``--methods`` (BM3 by default). The methods are timed in
   rounds (one epoch of each in turn), so a burst of load on this shared machine hits all of them.
+  ``--floor`` adds, per method, the FLOPs of the dense matrix products of one training epoch (as
+  torch's profiler counts them; the sparse graph products are left out) and the seconds they need at
+  this machine's best measured float32 product rate: a lower bound on the epoch that no
+  implementation of the same computation beats on this machine.
 * ``graph``: the item-item multimodal kNN graph (``item_knn`` builder, CM3's defaults) in a fresh
   subprocess: seconds, the process's peak RSS while building (the features included; Linux's
   ``/proc/self/clear_refs`` resets the peak once the data is loaded) and that peak above the RSS
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -77,7 +82,43 @@ def speed(a: argparse.Namespace) -> dict:
         out[m]["ratio_to_" + base] = out[m]["epoch_s"] / out[base]["epoch_s"]
         print(f"{m:>10}: train {out[m]['train_s']:.3f}s + eval {out[m]['eval_s']:.3f}s = {out[m]['epoch_s']:.3f}s "
               f"per epoch (median of {a.epochs}); {out[m]['ratio_to_' + base]:.2f}x {base}")
+    if a.floor:
+        rate = gemm_rate()
+        print(f"  floor: this machine's dense float32 matrix products run at {rate / 1e9:.0f} GFLOP/s "
+              f"(best of repeated 1425 x 1792 x 256 products)")
+        for m in methods:
+            flops = dense_flops(trainers[m], a.epochs + 1)
+            out[m].update(dense_gflop_per_epoch=flops / 1e9, dense_floor_s=flops / rate)
+            print(f"{m:>10}: {flops / 1e9:.1f} GFLOP of dense matrix products per training epoch: "
+                  f"{flops / rate:.3f}s at that rate, {flops / rate / out[base]['epoch_s']:.2f}x a whole {base} epoch")
     return {"what": "speed", "data": a.data, "methods": out, "epochs": a.epochs}
+
+
+def gemm_rate(repeats: int = 30) -> float:
+    """FLOP/s of the fastest of ``repeats`` float32 products of an encoder layer's shape."""
+    x, w = torch.randn(1425, 1792), torch.randn(1792, 256)
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        x @ w
+        best = min(best, time.perf_counter() - t0)
+    return 2 * 1425 * 1792 * 256 / best
+
+
+def dense_flops(trainer, epoch: int) -> float:  # noqa: ANN001
+    """FLOPs of the dense matrix products (forward and backward) of one training epoch, as the
+    profiler counts them; products with a sparse operand (the graph propagation) are left out."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        trainer._run_epoch(epoch)
+    total = 0.0
+    for e in prof.events():
+        parent = e.cpu_parent
+        sparse = any("sparse" in (q.name if q else "") for q in (parent, parent.cpu_parent if parent else None))
+        if e.name in ("aten::mm", "aten::addmm", "aten::bmm") and e.flops and not sparse:
+            total += e.flops
+    return total
 
 
 _GRAPH_CHILD = r"""
@@ -156,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="default: ../shared/data/lfm2k (speed, quality), synthetic:clothing (graph)")
     p.add_argument("--methods", default="bm3,cm3,lirdrec")
     p.add_argument("--epochs", type=int, default=5, help="speed: timed rounds")
+    p.add_argument("--floor", action="store_true",
+                   help="speed: also count each method's dense matrix-product FLOPs per epoch and their time "
+                        "at this machine's measured product rate (a lower bound on the epoch)")
     p.add_argument("--repeats", type=int, default=3, help="graph: builds, each in a fresh process")
     p.add_argument("--k", type=int, default=10, help="graph: neighbours per item")
     p.add_argument("--seeds", default="0", help="quality: comma-separated seeds")
