@@ -79,6 +79,12 @@ def run_study(kind: str, a: argparse.Namespace) -> list[dict[str, Any]]:
 
     rows = []
     grid = _runs(kind, a)
+    methods = a.methods.split(",")
+    for o in a.overrides:  # a misspelt objective prefix would otherwise apply to no run, silently
+        head, sep, _ = o.partition(":")
+        if sep and "=" not in head and head not in methods:
+            raise ValueError(f"override {o!r} is for objective {head!r}, which is not among --methods "
+                             f"({', '.join(methods)})")
     for n, row in enumerate(grid, 1):
         spec = load_spec(BACKBONES[row["backbone"]], overrides=_overrides(kind, row, a))
         folder = Path(spec.output_dir) / spec.resolved_run_name

@@ -266,13 +266,13 @@ def test_runs_recorded_before_bpr_had_options_still_resume():
         check_same_run(old, resolved_config(spec), "run")
 
 
-def test_study_authors_recipe_per_objective_settings():
+def test_study_authors_recipe_per_objective_settings(tmp_path):
     import argparse
 
     from raymmrec.models.pointwise_mf import authors_overrides
     from raymmrec.study import _overrides
 
-    a = argparse.Namespace(data="synthetic:tiny", out="o", recipe="authors",
+    a = argparse.Namespace(data="synthetic:tiny", out=str(tmp_path), recipe="authors",
                            overrides=["train.lr=0.01", "bpr:train.weight_decay=0.1", "nbpo:objective_options.flip_reg=1"])
     row = {"objective": "nbpo", "backbone": "mf", "value": 0.2, "seed": 1}
     spec = load_spec("bpr", overrides=_overrides("noisy-labels", row, a))
@@ -287,3 +287,19 @@ def test_study_authors_recipe_per_objective_settings():
     assert "sgd" not in " ".join(_overrides("noisy-labels", row, a))
     with pytest.raises(ValueError, match="no settings for objective 'vbpr'"):
         authors_overrides("vbpr")
+    from raymmrec.study import run_study
+
+    a.methods, a.backbones, a.rates, a.seeds, a.overrides = "bpr,nbpo", "mf", "0", "0", ["nbpp:train.lr=2"]
+    with pytest.raises(ValueError, match="'nbpp', which is not among --methods"):
+        run_study("noisy-labels", a)
+
+
+@pytest.mark.parametrize("name", ["nbpo", "nbpo_original", "bpo"])
+def test_an_empty_ddp_share_gives_zero_loss_and_gradients(name):
+    """A rank whose share of the last global batch is empty (rows dealt round-robin) still steps."""
+    m, obj = setup("bpr", objective=name, model={"reg_weight": 0.0})
+    batch = Batch(torch.arange(0), torch.arange(0), torch.zeros(0, 2, dtype=torch.long), global_rows=6)
+    out = obj(m(batch), batch, DistContext(0, 2))
+    out.total.backward()
+    assert out.total.item() == 0.0
+    assert all(p.grad is None or not p.grad.any() for p in m.parameters())

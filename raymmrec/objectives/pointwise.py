@@ -112,7 +112,7 @@ class _FlipScores(torch.autograd.Function):
     def forward(ctx, P: Tensor, Q: Tensor, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
         b, m = items.shape
         p = P.index_select(0, users)  # B × K
-        q = Q.index_select(0, items.reshape(-1)).view(b, m, -1)  # B × (1 + S) × K
+        q = Q.index_select(0, items.reshape(-1)).view(b, m, Q.shape[1])  # B × (1 + S) × K (B may be 0)
         # Σ‖q‖² / S over every item, plus (1 − 1/S) ‖q_pos‖²: a negative's squared norm counts 1 / S
         flat, q0 = q.view(-1), q[:, 0]
         sq = torch.dot(p.view(-1), p.view(-1)) + torch.dot(flat, flat) / (m - 1) + (q0 * q0).sum() * (1 - 1 / (m - 1))
