@@ -59,17 +59,17 @@ def _overrides(kind: str, row: dict[str, Any], a: argparse.Namespace) -> list[st
             *_for_objective(a.overrides, row["objective"])]
 
 
+def _objective_prefix(override: str) -> tuple[str | None, str]:
+    """``("nbpo", "train.lr=0.1")`` for ``nbpo:train.lr=0.1``; ``(None, override)`` for one without a
+    prefix (a colon after the ``=``, as in ``data.source=s3://...``, is part of the value)."""
+    head, sep, rest = override.partition(":")
+    return (head, rest) if sep and "=" not in head else (None, override)
+
+
 def _for_objective(overrides: list[str], objective: str) -> list[str]:
     """Overrides for every run, and ``<objective>:section.key=value`` ones for that objective's runs."""
-    out = []
-    for o in overrides:
-        head, sep, rest = o.partition(":")
-        if sep and "=" not in head:
-            if head == objective:
-                out.append(rest)
-        else:
-            out.append(o)
-    return out
+    picked = (_objective_prefix(o) for o in overrides)
+    return [rest for prefix, rest in picked if prefix in (None, objective)]
 
 
 def run_study(kind: str, a: argparse.Namespace) -> list[dict[str, Any]]:
@@ -81,9 +81,9 @@ def run_study(kind: str, a: argparse.Namespace) -> list[dict[str, Any]]:
     grid = _runs(kind, a)
     methods = a.methods.split(",")
     for o in a.overrides:  # a misspelt objective prefix would otherwise apply to no run, silently
-        head, sep, _ = o.partition(":")
-        if sep and "=" not in head and head not in methods:
-            raise ValueError(f"override {o!r} is for objective {head!r}, which is not among --methods "
+        prefix, _ = _objective_prefix(o)
+        if prefix is not None and prefix not in methods:
+            raise ValueError(f"override {o!r} is for objective {prefix!r}, which is not among --methods "
                              f"({', '.join(methods)})")
     for n, row in enumerate(grid, 1):
         spec = load_spec(BACKBONES[row["backbone"]], overrides=_overrides(kind, row, a))

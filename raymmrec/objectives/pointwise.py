@@ -115,7 +115,8 @@ class _FlipScores(torch.autograd.Function):
         q = Q.index_select(0, items.reshape(-1)).view(b, m, Q.shape[1])  # B × (1 + S) × K (B may be 0)
         # Σ‖q‖² / S over every item, plus (1 − 1/S) ‖q_pos‖²: a negative's squared norm counts 1 / S
         flat, q0 = q.view(-1), q[:, 0]
-        sq = torch.dot(p.view(-1), p.view(-1)) + torch.dot(flat, flat) / (m - 1) + (q0 * q0).sum() * (1 - 1 / (m - 1))
+        sq = (torch.dot(p.view(-1), p.view(-1)) + torch.dot(flat, flat) / (m - 1)
+              + (q0 * q0).sum() * (1 - 1 / (m - 1)))
         ctx.save_for_backward(p, q, users, items)
         ctx.shapes = (P.shape, Q.shape)
         return (q * p.unsqueeze(1)).sum(-1), sq
@@ -181,11 +182,10 @@ class PointwiseLoss(Objective):
         if self.uses_flip:
             if opts.reduction == "sum":  # full tables: the same on every rank, added as is
                 flip = 0.5 * opts.flip_reg * (self.module.P.pow(2).sum() + self.module.Q.pow(2).sum())
-                total, flip_value = total + flip, flip.detach() / world
             else:
                 flip = sq * (0.5 * opts.flip_reg * ctx.world_size / n)  # the global batch's mean
-                total, flip_value = total + flip, flip.detach() / world
-            parts["flip_reg"] = flip_value
+            total = total + flip
+            parts["flip_reg"] = flip.detach() / world
             with torch.no_grad():  # the mean flip probability of the batch's pairs, to watch it move
                 parts["gamma_pos"] = torch.sigmoid(g[:, 0]).sum() / n
         value = sum(v for k, v in parts.items() if k != "gamma_pos")
@@ -224,24 +224,16 @@ class NBPOLoss(_FlipLoss):
 
         With ``w = [c, 1, …, 1]`` and ``s = [−1, 1, …, 1]`` over a row's columns and stop-gradient
         weights ŷ, γ: ``Σ w (1 + s γ) log ŷ − Σ_j R_j + Σ w ŷ log σ(s g)``, because
-        ``log(1 − ŷ) = log ŷ − R`` and ``log(1 − γ) = log σ(−g)``. An MF step is so small that the number of operations sets its cost.
+        ``log(1 − ŷ) = log ŷ − R`` and ``log(1 − γ) = log σ(−g)``. An MF step is so small that the
+        number of operations sets its cost.
         """
-        w, sign = self._weights(r.shape[1], c, r)
+        ones = [1.0] * (r.shape[1] - 1)
+        w, sign = r.new_tensor([c, *ones]), r.new_tensor([-1.0, *ones])
         ls_r = F.logsigmoid(r)
         with torch.no_grad():
             w_r = torch.addcmul(w, torch.sigmoid(g), w * sign)  # w (1 − γ) for the positive, 1 + γ for negatives
             w_g = ls_r.exp().mul_(w)
         return (w_r * ls_r).sum() - r[:, 1:].sum() + (w_g * F.logsigmoid(g * sign)).sum()
-
-    def _weights(self, m: int, c: float, like: Tensor) -> tuple[Tensor, Tensor]:
-        key = (m, c, like.dtype, like.device)
-        if getattr(self, "_weights_key", None) != key:
-            w = torch.ones(m, dtype=like.dtype, device=like.device)
-            w[0] = c
-            sign = torch.ones_like(w)
-            sign[0] = -1.0
-            self._weights_key, self._weights_val = key, (w, sign)
-        return self._weights_val
 
 
 @register_objective("nbpo_original")

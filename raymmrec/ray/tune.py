@@ -389,7 +389,8 @@ def sweep(spec: RunSpec, args: SweepArgs, *, space: Space | None = None) -> Swee
             tune_config=tune.TuneConfig(
                 metric=key, mode="max", num_samples=samples, max_concurrent_trials=concurrent,
                 # random points drawn from the run's seed: the same command samples the same sweep
-                search_alg=BasicVariantGenerator(random_state=spec.train.seed), scheduler=scheduler, trial_name_creator=lambda t: trial_label(t.config),
+                search_alg=BasicVariantGenerator(random_state=spec.train.seed), scheduler=scheduler,
+                trial_name_creator=lambda t: trial_label(t.config),
                 trial_dirname_creator=_trial_dirname),
             run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
                                       verbose=0, callbacks=[progress],
