@@ -285,6 +285,11 @@ def test_study_authors_recipe_per_objective_settings(tmp_path):
     assert float(bpr.train.weight_decay) == 0.1 and float(spec.train.weight_decay) == 1.0  # per-objective overrides
     a.recipe = "default"
     assert "sgd" not in " ".join(_overrides("noisy-labels", row, a))
+    from raymmrec.study import _for_objective
+
+    # a colon after the "=" belongs to the value (an S3 path), not to an objective prefix
+    assert _for_objective(["data.source=s3://b/x", "bpr:train.lr=2", "nbpo:train.lr=3"], "nbpo") == [
+        "data.source=s3://b/x", "train.lr=3"]
     with pytest.raises(ValueError, match="no settings for objective 'vbpr'"):
         authors_overrides("vbpr")
     from raymmrec.study import run_study
