@@ -1,9 +1,10 @@
-"""Command line: ``raymmrec train|tune|reproduce|recommend|evaluate|methods``.
+"""Command line: ``raymmrec train|tune|reproduce|recommend|evaluate|serve|methods``.
 
 ``raymmrec train --method bm3 --data ml100k [--config run.yaml] [key=value ...]``.
 ``raymmrec tune --method bm3 --data lfm2k [--grid paper|wide] [--samples N]`` (Ray Tune).
 ``raymmrec reproduce --methods bpr,lightgcn,vbpr,bm3 --data lfm2k,dbbook`` (Ray Tune, one table).
 ``raymmrec unlearn --run runs/bm3-lfm2k --request forget.parquet [--gold]`` (one Ray task per request).
+``raymmrec serve --run runs/bm3-lfm2k [--port 8000] [--replicas N]`` (Ray Serve: GET /recommend?user=U&k=K).
 ``raymmrec features --catalog items.tsv --out data/mydataset --modality text|image|image2text [--local]`` (Ray Data).
 
 Overrides use the config's sections, e.g. ``train.epochs=50 model.reg_weight=1e-4
@@ -17,39 +18,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from raymmrec.config import RunSpec, load_spec
+from raymmrec.args import add_run_arguments, spec_from_args
 from raymmrec.errors import run_main
 
-
-def add_run_arguments(p: argparse.ArgumentParser, default_method: str | None = None) -> None:
-    p.add_argument("--method", default=default_method, help="registered method name (see `raymmrec methods`)")
-    p.add_argument("--data", default=None, help="ml100k | synthetic[:preset] | path or URL of an MMRec folder")
-    p.add_argument("--config", default=None, help="YAML file with data/train/eval/model sections")
-    p.add_argument("--epochs", type=int, default=None, help="shortcut for train.epochs=N")
-    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--output-dir", default=None, help="folder for run folders (default: runs)")
-    p.add_argument("--run-name", default=None, help="run folder name; reusing one resumes that run")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
-    p.add_argument("--verbose", action="store_true",
-                   help="tracebacks with error messages (with Ray: also Ray Train's INFO logs and progress bars)")
-    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
-
-
-def spec_from_args(args: argparse.Namespace) -> RunSpec:
-    """The validated spec of ``add_run_arguments``' flags; raises ``ConfigError`` (a ``ValueError``)."""
-    overrides = list(args.overrides)
-    for flag, key in (("data", "data.source"), ("epochs", "train.epochs"), ("device", "train.device"),
-                      ("output_dir", "output_dir"), ("run_name", "run_name")):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides.insert(0, f"{key}={value}")
-    return load_spec(method=args.method, yaml_path=args.config, overrides=overrides)
+#: Exit code of a command whose reader closed the pipe (128 + SIGPIPE, as shells report ``yes | head``).
+EXIT_BROKEN_PIPE = 141
 
 
 _RAY_COMMANDS = {"tune": "sweep a method's hyperparameters with Ray Tune (see `raymmrec tune --help`)",
                  "reproduce": "paper grids of several methods on several datasets, one comparison table",
                  "study": "noisy-label and sampler studies of BPR/BPO/NBPO (see `raymmrec study --help`)",
                  "unlearn": "forget users, items or interactions from a trained run (MMRecUn), each request a Ray task",
+                 "serve": "live top-K recommendations of a trained run over HTTP with Ray Serve; swaps models in place",
                  "features": "turn an item catalogue into <modality>_feat.npy (text, image, image2text) with Ray Data"}
 
 
@@ -71,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         from raymmrec.ray.unlearn import main as unlearn_main
 
         return unlearn_main(argv[1:], prog="raymmrec unlearn")
+    if argv and argv[0] == "serve":
+        from raymmrec.ray.serve import main as serve_main
+
+        return serve_main(argv[1:], prog="raymmrec serve")
     if argv and argv[0] == "reproduce":
         from raymmrec.ray.reproduce import main as reproduce_main
 
@@ -119,32 +103,48 @@ def train(args: argparse.Namespace) -> int:
 
 
 def recommend(args: argparse.Namespace) -> int:
-    """``raymmrec recommend``: each user's top-K item ids (and names), training items excluded."""
+    """``raymmrec recommend``: each user's top-K item ids (and names), training items excluded.
+
+    A user with fewer unseen items than ``--k`` gets those (a note on stderr says so); a repeated
+    id is listed once. Output cut short by the reader (``| head``) ends the command quietly.
+    """
     from raymmrec.recommend import item_names, parse_users, top_k
-    from raymmrec.train.artifacts import load_trained
+    from raymmrec.train.trained import load_trained
 
     trained = load_trained(args.run, device=args.device)
     users = parse_users(args.users, trained.data.n_users)
     items, scores = top_k(trained, users, args.k)
     names = item_names(trained) or {}
-    print(f"# {trained.spec.method} on {trained.spec.data.source}, weights of epoch {trained.epoch}")
-    print("user\trank\titem\tscore" + ("\tname" if names else ""))
-    for u, row, srow in zip(users.tolist(), items.tolist(), scores.tolist()):
-        for r, (i, s) in enumerate(zip(row, srow), start=1):
-            print(f"{u}\t{r}\t{i}\t{s:.4f}" + (f"\t{names.get(i, '')[:80]}" if names else ""))
+    try:
+        print(f"# {trained.spec.method} on {trained.spec.data.source}, {trained.weights_note()}")
+        print("user\trank\titem\tscore" + ("\tname" if names else ""))
+        for u, row, srow in zip(users.tolist(), items.tolist(), scores.tolist()):
+            shown = [(i, s) for i, s in zip(row, srow) if i >= 0]
+            if len(shown) < args.k:
+                print(f"note: user {u} has only {len(shown)} items it has not seen; listing those "
+                      f"(--k {args.k})", file=sys.stderr)
+            for r, (i, s) in enumerate(shown, start=1):
+                print(f"{u}\t{r}\t{i}\t{s:.4f}" + (f"\t{names.get(i, '')[:80]}" if names else ""))
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader stopped reading (`| head`): stop quietly, as Unix tools do
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that Python's flush at exit does not fail again
+        return EXIT_BROKEN_PIPE
     return 0
 
 
 def evaluate(args: argparse.Namespace) -> int:
     """``raymmrec evaluate``: validation and test metrics of a run's best weights."""
     from raymmrec.recommend import evaluate as evaluate_trained
-    from raymmrec.train.artifacts import load_trained
+    from raymmrec.train.trained import load_trained
 
     trained = load_trained(args.run, device=args.device)
     ks = trained.spec.eval.ks
     results = evaluate_trained(trained, ks)
     cols = [f"{m}@{k}" for k in ks for m in ("recall", "ndcg")]
-    print(f"# {trained.spec.method} on {trained.spec.data.source}, weights of epoch {trained.epoch}")
+    print(f"# {trained.spec.method} on {trained.spec.data.source}, {trained.weights_note()}")
     print("split " + "".join(c.rjust(11) for c in cols))
     for split, metrics in results.items():
         print(split.ljust(6) + "".join(f"{metrics[c]:11.4f}" for c in cols))

@@ -1,7 +1,9 @@
 """Typed run configuration: one :class:`RunSpec` tree, built and validated once (pydantic v2).
 
-A spec comes from defaults, then an optional YAML file, then ``section.key=value`` overrides
-from the command line; everything is validated together, so ``eval.ks`` and
+A spec comes from defaults, then the method's own training defaults (its paper's settings, the
+model class's ``train_defaults``, e.g. CM3's ``patience`` 10 and LIRDRec's ``lr`` 1e-4), then an
+optional YAML file, then ``section.key=value`` overrides from the command line (the last two always
+win); everything is validated together, so ``eval.ks`` and
 ``eval.valid_metric`` may come from different places. Unknown sections or keys are errors, so a
 typo never passes silently, and every error is one line naming the key and what was expected
 (:class:`~raymmrec.errors.ConfigError`, a ``ValueError``)::
@@ -31,13 +33,14 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 from annotated_types import Ge, Gt, Le, Lt, MinLen
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError, field_validator,
+                      model_validator)
 from pydantic_core import ErrorDetails
 
 from raymmrec.errors import ConfigError
 
-__all__ = ["ConfigError", "DataSpec", "EvalSpec", "RunSpec", "TrainSpec", "load_spec",
-           "spec_from_dict", "validate_options"]
+__all__ = ["ConfigError", "DataSpec", "EvalSpec", "RunSpec", "TrainSpec", "adopt_recorded", "load_spec",
+           "method_train_defaults", "spec_from_dict", "validate_options"]
 
 _STRICT = ConfigDict(strict=True, arbitrary_types_allowed=True)
 _NULLS = {"", "~", "null", "Null", "NULL"}
@@ -137,6 +140,8 @@ def _describe(hint: Any, meta: typing.Sequence[Any] = (), plural: bool = False) 
         text = "mappings" if plural else "a mapping"
     elif inner in _NAMES:
         text = _NAMES[inner][plural]
+    elif typing.get_origin(inner) is Literal:
+        text = "one of " + ", ".join(str(v) for v in typing.get_args(inner))
     else:
         name = getattr(inner, "__name__", str(inner))
         text = f"values of type {name}" if plural else f"a value of type {name}"
@@ -280,9 +285,10 @@ class DataSpec(_Spec):
 class TrainSpec(_Spec):
     epochs: int = Field(1000, ge=1)  # hard cap
     batch_size: int = Field(2048, ge=1)  # global batch size (split across workers when distributed)
-    lr: float = Field(1e-3, gt=0)  # Adam learning rate
+    lr: float = Field(1e-3, gt=0)  # Adam learning rate (LIRDRec's own default: 1e-4)
     weight_decay: float = Field(0.0, ge=0)  # Adam weight decay (the BM3 reference trainer passes none)
-    patience: int = Field(20, ge=0)  # evaluations without a strictly better valid metric; stop when exceeded
+    # evaluations without a strictly better valid metric; stop when exceeded (CM3's own default: 10)
+    patience: int = Field(20, ge=0)
     seed: int = Field(999, ge=0)  # seeds model init, shuffling, negatives and dropout
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     eval_every: int = Field(1, ge=1)  # evaluate every N epochs
@@ -333,6 +339,8 @@ class RunSpec(_Spec):
     run_name: str | None = None  # default: <method>-<dataset>-<seed>; reusing a name resumes
     objective: str | None = None  # a registered training objective (None: the method's default)
     objective_options: dict[str, Any] = Field(default_factory=dict)  # the objective's options (e.g. NBPO's)
+    # ``train`` keys filled from the method's own training defaults (not set by the user); see adopt_recorded
+    _method_defaults: frozenset[str] = PrivateAttr(default_factory=frozenset)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, JSON-able nested dict; :func:`spec_from_dict` reads it back."""
@@ -346,13 +354,76 @@ class RunSpec(_Spec):
         return f"{self.method}-{src}-seed{self.train.seed}"
 
 
+def method_train_defaults(method: Any) -> dict[str, Any]:
+    """The ``train`` values a method declares as its own (its paper's), e.g. CM3's ``{"patience": 10}``.
+
+    Read from the registered model class's ``train_defaults`` mapping (see
+    :class:`~raymmrec.models.base.Recommender`); empty for an unknown method (reported elsewhere)
+    or a method without one. A key that is not a ``train`` option is an error naming the class.
+    """
+    if not isinstance(method, str):
+        return {}
+    from raymmrec.registry import get_model
+
+    try:
+        cls = get_model(method)
+    except KeyError:
+        return {}
+    defaults = dict(getattr(cls, "train_defaults", None) or {})
+    unknown = sorted(set(defaults) - set(TrainSpec.model_fields))
+    if unknown:
+        raise ConfigError(f"{cls.__name__}.train_defaults: unknown train option(s) {unknown}; "
+                          f"valid options: {sorted(TrainSpec.model_fields)}")
+    return defaults
+
+
+def _with_method_defaults(raw: dict[str, Any]) -> tuple[dict[str, Any], frozenset[str]]:
+    """``raw`` with the method's training defaults put under every ``train`` key it leaves unset.
+
+    Explicit values (YAML, ``train.key=value``, a recorded ``config.json``, which holds every key)
+    always win; only keys absent from ``raw["train"]`` are filled. Returns the keys filled.
+    """
+    train = raw.get("train", {})
+    if not isinstance(train, dict) or set(TrainSpec.model_fields) <= set(train):
+        return raw, frozenset()  # a malformed section (validation says so) or a complete one
+    filled = {k: v for k, v in method_train_defaults(raw.get("method", "bm3")).items() if k not in train}
+    if not filled:
+        return raw, frozenset()
+    return {**raw, "train": {**filled, **train}}, frozenset(filled)
+
+
 def _build(raw: Any, sources: dict[str, str] | None = None) -> RunSpec:
     if not isinstance(raw, dict):
         raise ConfigError(f"config: expected a mapping of sections, got {_show(raw)}")
+    raw, filled = _with_method_defaults(raw)
     try:
-        return RunSpec.model_validate(raw)
+        spec = RunSpec.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_errors_line(e, RunSpec, sources=sources)) from None
+    spec._method_defaults = filled
+    return spec
+
+
+def adopt_recorded(spec: RunSpec, recorded: dict[str, Any]) -> RunSpec:
+    """``spec`` with the ``train`` values it took from its method's defaults replaced by a run's recorded ones.
+
+    A run folder's ``config.json`` (``recorded``) holds the values the run was started with. When a
+    method's training defaults change (CM3's patience, LIRDRec's learning rate), resuming a run
+    recorded before must go on with what it started with, not refuse as a different experiment:
+    values the user set explicitly still win, only those filled from the method's defaults are
+    taken from the record. Returns a copy; ``spec`` is unchanged.
+    """
+    old = recorded.get("train") if isinstance(recorded, dict) else None
+    if not spec._method_defaults or not isinstance(old, dict) or recorded.get("method") != spec.method:
+        return spec
+    raw = spec.to_dict()
+    changed = {k: old[k] for k in spec._method_defaults if k in old and old[k] != raw["train"][k]}
+    if not changed:
+        return spec
+    raw["train"].update(changed)
+    out = spec_from_dict(raw)
+    out._method_defaults = spec._method_defaults - set(changed)
+    return out
 
 
 def spec_from_dict(raw: dict[str, Any]) -> RunSpec:

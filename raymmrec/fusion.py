@@ -284,9 +284,9 @@ def fuse(
 
     Returns:
         ``[n, d]`` unit rows, ``spherical_bezier(points, t)``. Convention: ``t = 0`` is the first
-        point. The published code weights the two-modality slerp the other way round; since
-        ``Beta(alpha, alpha)`` is symmetric, the fused vectors have the same distribution, and at
-        ``t = 0.5`` they are identical.
+        point. CM3 passes its modalities sorted by name (``[image, text]``), so with two modalities
+        this is the published ``sin(t theta)/sin(theta) text + sin((1-t) theta)/sin(theta) image``
+        with the same ``t``: identical, draw for draw.
     """
     alpha = _check_alpha(alpha)
     stacked = _stack_points(points)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from raymmrec.data import RecData
-from raymmrec.train.checkpoint import load_checkpoint, save_checkpoint
+from raymmrec.files import load_tensors, save_tensors
 
 
 @dataclass(frozen=True)
@@ -144,11 +144,11 @@ def prepare(data: RecData, requests: dict[str, tuple[str, dict[str, Any]]],
         fn = _get(builder).fn
         path = None if cache_dir is None else Path(cache_dir) / "prepared" / f"{builder}-{cache_key(data, builder, params)}.pt"
         if path is not None and path.is_file():
-            out[name] = _from_payload(load_checkpoint(path)["tensor"])
+            out[name] = _from_payload(load_tensors(path)["tensor"])
             continue
         if log:
             log(f"building prepared input {name!r} ({builder}, {params or 'defaults'})")
         out[name] = fn(data, **params)
         if path is not None:
-            save_checkpoint(path, {"tensor": _to_payload(out[name]), "builder": builder, "params": params})
+            save_tensors(path, {"tensor": _to_payload(out[name]), "builder": builder, "params": params})
     return out

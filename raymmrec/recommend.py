@@ -2,15 +2,16 @@
 
 Example::
 
-    from raymmrec.train.artifacts import load_trained
+    from raymmrec.train.trained import load_trained
     trained = load_trained("runs/bm3-lfm2k-seed999")
-    items, scores = top_k(trained, torch.tensor([3, 17]), k=20)   # 2 × 20 each
+    items, scores = top_k(trained, torch.tensor([3, 17]), k=20)   # 2 × 20 each (fewer: padded with -1)
 """
 
 from __future__ import annotations
 
 import io
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
@@ -18,7 +19,10 @@ from torch import Tensor
 from raymmrec.errors import UserError
 from raymmrec.eval import Evaluator
 from raymmrec.eval.cold import cold_evaluator
-from raymmrec.train.artifacts import Trained, join, read_bytes
+from raymmrec.eval.evaluator import _check_finite, _csr_by_user, _gather_rows
+from raymmrec.eval.metrics import topk_ordered
+from raymmrec.files import join, read_bytes
+from raymmrec.train.trained import Trained
 from raymmrec.train.build import ranked_items
 
 NAME_FILES = ("item_text.tsv", "item_names.tsv")  # itemID <tab> ... <tab> title|name|text
@@ -26,7 +30,7 @@ NAME_COLUMNS = ("title", "name", "text")
 
 
 def parse_users(text: str, n_users: int) -> Tensor:
-    """``"3,17"`` -> tensor([3, 17]); every id must lie in ``[0, n_users)``."""
+    """``"3,17"`` -> tensor([3, 17]); every id must lie in ``[0, n_users)``; a repeated id is kept once."""
     try:
         ids = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
@@ -34,27 +38,56 @@ def parse_users(text: str, n_users: int) -> Tensor:
     bad = [u for u in ids if not 0 <= u < n_users]
     if not ids or bad:
         raise UserError(f"--users: expected ids in [0, {n_users}), got {bad or text!r}")
-    return torch.tensor(ids, dtype=torch.long)
+    return torch.tensor(list(dict.fromkeys(ids)), dtype=torch.long)  # first occurrences, in order
+
+
+def seen_by_user(trained: Trained) -> tuple[Tensor, Tensor]:
+    """(indptr, indices) of each user's items that :func:`top_k` leaves out; a service computes it once."""
+    data = trained.data
+    return _csr_by_user(data.seen(), data.n_users, data.n_items)
 
 
 @torch.no_grad()
-def top_k(trained: Trained, users: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Each user's ``k`` best items (ids, scores), the user's training items excluded."""
+def top_k(trained: Trained, users: Tensor, k: int,
+          seen: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """Each user's ``k`` best items (ids, scores), ranked exactly as evaluation ranks them.
+
+    The items evaluation never ranks are left out: the user's training items (and hidden positives,
+    :meth:`~raymmrec.data.schema.RecData.seen`) and an item-wise forget request's items. Ties go to the
+    lower item id (:func:`~raymmrec.eval.metrics.topk_ordered`, the evaluator's rule). Each row is
+    ranked on its own, so a user listed twice gets the same list twice.
+
+    Returns ``[B × k']`` tensors with ``k' = min(k, most items any of these users can be shown)``; a
+    user with fewer unseen items than ``k'`` has its row padded with item ``-1`` and score ``-inf``.
+    NaN or ±inf scores for a rankable item raise ``FloatingPointError`` (as in evaluation).
+    ``seen``: :func:`seen_by_user` of ``trained``, where the caller keeps it (computed here otherwise).
+    """
     if k < 1:
         raise UserError(f"--k: expected an integer >= 1, got {k}")
     data = trained.data
-    scores = trained.model.scorer()(users.to(trained.device)).float().cpu()
-    train_users = torch.tensor(data.train.users, dtype=torch.long)  # copies: the arrays may be read-only
-    train_items = torch.tensor(data.train.items, dtype=torch.long)
-    seen = torch.isin(train_users, users)
-    rows = torch.searchsorted(users.sort().values, train_users[seen])
-    order = users.argsort()
-    scores[order[rows], train_items[seen]] = float("-inf")
-    if data.forgotten_items.size:  # an item-wise forget request's items are never recommended
-        scores[:, torch.from_numpy(data.forgotten_items)] = float("-inf")
-    k = min(k, data.n_items - int(data.forgotten_items.size))
-    best = scores.topk(k, dim=1)
-    return best.indices, best.values
+    users = torch.as_tensor(users, dtype=torch.long).cpu()
+    indptr, indices = seen if seen is not None else seen_by_user(trained)
+    excluded = torch.from_numpy(np.asarray(data.forgotten_items, dtype=np.int64)) if data.forgotten_items.size else None
+    score = trained.model.scorer()
+    batch = max(1, trained.spec.eval.max_batch_elems // max(data.n_items, 1))
+    items, values = [], []
+    for s in range(0, users.numel(), batch):
+        ub = users[s:s + batch]
+        scores = score(ub.to(trained.device)).float().cpu()
+        r, c = _gather_rows(indptr, indices, ub)
+        if not bool(torch.isfinite(scores.sum())):
+            _check_finite(scores, r, c, ub, excluded)
+        scores[r, c] = float("-inf")
+        if excluded is not None:
+            scores[:, excluded] = float("-inf")
+        rankable = torch.isfinite(scores).sum(dim=1)  # every other score is finite (checked above)
+        vals, idx = topk_ordered(scores, k)
+        idx[torch.arange(idx.shape[1]) >= rankable[:, None]] = -1
+        items.append(idx)
+        values.append(vals)
+    idx, vals = torch.cat(items), torch.cat(values)
+    width = int((idx >= 0).sum(dim=1).max()) if idx.numel() else 0
+    return idx[:, :width], vals[:, :width]
 
 
 def item_names(trained: Trained) -> dict[int, str] | None:

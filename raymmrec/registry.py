@@ -1,5 +1,8 @@
 """Registries of models and training objectives by name.
 
+The registry is the ground floor of the plug-in system: it imports neither base class (the bases and
+every method import it), so it holds plain classes and loads the method packages by name.
+
 A model module declares ``@register("bm3")`` on its class and an objective module
 ``@register_objective("bpr")``; the getters import every module under ``raymmrec.models`` and
 ``raymmrec.objectives`` once, so adding a method or an objective is adding one file.
@@ -9,11 +12,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import TYPE_CHECKING, Callable, TypeVar
-
-if TYPE_CHECKING:
-    from raymmrec.models.base import Recommender
-    from raymmrec.objectives.base import Objective
+from typing import Callable, TypeVar
 
 T = TypeVar("T")
 _REGISTRIES: dict[str, dict[str, type]] = {"model": {}, "objective": {}}
@@ -65,13 +64,13 @@ def _get(kind: str, name: str) -> type:
                        f"registered {plural}: {known}") from None
 
 
-def get_model(name: str) -> type["Recommender"]:
-    """The model class registered as ``name``; a clear error lists the known names."""
+def get_model(name: str) -> type:
+    """The model class (a ``Recommender``) registered as ``name``; a clear error lists the known names."""
     return _get("model", name)
 
 
-def get_objective(name: str) -> type["Objective"]:
-    """The objective class registered as ``name``; a clear error lists the known names."""
+def get_objective(name: str) -> type:
+    """The objective class (an ``Objective``) registered as ``name``; a clear error lists the known names."""
     return _get("objective", name)
 
 

@@ -73,7 +73,7 @@ def _for_objective(overrides: list[str], objective: str) -> list[str]:
 
 
 def run_study(kind: str, a: argparse.Namespace) -> list[dict[str, Any]]:
-    from raymmrec.train.artifacts import write_json
+    from raymmrec.files import write_json
     from raymmrec.train.build import check_same_run, resolved_config
     from raymmrec.train.run import run
 

@@ -104,7 +104,7 @@ def ray_cluster(s3_server, tmp_path_factory):
     address = f"127.0.0.1:{gcs}"
     os.environ["RAY_ADDRESS"] = address
     try:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=False)  # as the commands join a cluster (raymmrec.ray.logs)
         yield {"address": address, "dashboard": f"http://127.0.0.1:{dash}"}
     finally:
         ray.shutdown()

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from raymmrec.cli import add_run_arguments, spec_from_args
+from raymmrec.args import add_run_arguments, spec_from_args
 
 
 def raymmrec(*args: str, cwd) -> subprocess.CompletedProcess:

@@ -102,6 +102,43 @@ def test_cm3_loss_equals_its_definition_on_the_model_outputs():
     assert loss.total.item() == pytest.approx(align + 0.45 * (l_u + l_i), rel=1e-5)
 
 
+def test_fusion_ablations_mean_and_concatenation_replace_the_bezier_curve():
+    def points(model):
+        return [F.normalize(model.fusion_proj[m](model.feature(m)), dim=1) for m in model.modalities]
+
+    bezier, _, _ = make()
+    bezier.train()
+    assert not torch.allclose(bezier.mix(), bezier.mix())  # the method: a fresh Beta draw per item and call
+    mean, _, _ = make({"fusion": "mean"})
+    mean.train()
+    p = points(mean)
+    torch.testing.assert_close(mean.mix(), (p[0] + p[1]) / 2)  # the plain mean, no draw, not renormalised
+    concat, objective, graph = make({"fusion": "concat"})
+    concat.train()
+    assert concat.concat_proj.weight.shape == (64, 2 * 64)
+    torch.testing.assert_close(concat.mix(), torch.cat(points(concat), dim=1) @ concat.concat_proj.weight.T)
+    batch = a_batch(graph)
+    objective(concat(batch), batch, DistContext()).total.backward()
+    assert concat.concat_proj.weight.grad.abs().sum() > 0  # the map is trained through MIX and the calibration
+    with pytest.raises(ValueError, match=r"^model\.fusion: expected one of bezier, mean, concat, got 'sum'$"):
+        build_config(get_model("cm3"), {"fusion": "sum"})
+
+
+def test_without_calibration_item_uniformity_is_plain():
+    model, objective, graph = make({"calibration": False, "max_sim": 0.8})
+    calibrated = build_objective(get_model("cm3"), build_config(get_model("cm3"), {"max_sim": 0.8}))
+    batch = a_batch(graph)
+    torch.manual_seed(1)
+    out = model(batch)
+    loss, with_cal = objective(out, batch, DistContext()), calibrated(out, batch, DistContext())
+    n = F.normalize(out.neg, dim=1).double()
+    assert loss.parts["unif_item"].item() == pytest.approx(loop_uniformity(n, 2.0), rel=1e-5)
+    assert abs(loss.parts["unif_item"].item() - with_cal.parts["unif_item"].item()) > 1e-2
+    assert loss.parts["unif_user"] == with_cal.parts["unif_user"] and loss.parts["align"] == with_cal.parts["align"]
+    del out.extra["neg_mix"]  # the fused vectors are not needed without calibration
+    assert objective(out, batch, DistContext()).parts["unif_item"] == loss.parts["unif_item"]
+
+
 def test_model_parts_any_number_of_modalities_and_no_item_table():
     data = tiny_data()
     data.features["audio"] = torch.randn(data.n_items, 5).numpy()

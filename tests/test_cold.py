@@ -18,7 +18,8 @@ from raymmrec.models.base import Recommender
 from raymmrec.models.bpr import BPR
 from raymmrec.models.vbpr import VBPR
 from raymmrec.recommend import evaluate
-from raymmrec.train.artifacts import best_extras, load_trained, report_metrics, results_dict, results_table
+from raymmrec.train.artifacts import best_extras, report_metrics, results_dict, results_table
+from raymmrec.train.trained import load_trained
 from raymmrec.train.build import check_same_run, load_data, local_evaluate, run_notes, sharded_evaluate
 from raymmrec.train.run import run
 

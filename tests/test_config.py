@@ -100,6 +100,7 @@ def test_new_fields_and_their_defaults():
 def test_valid_metric_any_case_checked_against_metrics_and_ks(tmp_path):
     assert load_spec(overrides=["eval.valid_metric=Recall@20"]).eval.valid_metric == "recall@20"
     assert load_spec(overrides=["eval.valid_metric=NDCG@50"]).eval.valid_metric == "ndcg@50"
+    assert load_spec(overrides=["eval.valid_metric=F1@20"]).eval.valid_metric == "f1@20"  # NBPO's metric
     for bad in ("recall@5", "recal@20", "recall", "recall@x"):
         with pytest.raises(ValueError, match=rf"^eval\.valid_metric: expected <metric>@<k> .*got '{bad}'$"):
             load_spec(overrides=[f"eval.valid_metric={bad}"])
@@ -186,3 +187,38 @@ def test_validate_options_on_a_method_config():
 
     cfg = validate_options(BM3Config, {"reg_weight": "1e-4", "n_layers": "2"}, "model")
     assert cfg.reg_weight == pytest.approx(1e-4) and cfg.n_layers == 2 and cfg.dropout == BM3Config().dropout
+
+
+def test_methods_train_with_their_papers_settings_unless_overridden(tmp_path):
+    # CM3 stops after the authors' 10 evaluations without improvement, LIRDRec trains at their lr 1e-4
+    cm3, lird, bm3 = load_spec("cm3"), load_spec("lirdrec"), load_spec("bm3")
+    assert (cm3.train.patience, cm3.train.lr) == (10, 1e-3)
+    assert (lird.train.patience, lird.train.lr) == (20, 1e-4)
+    assert (bm3.train.patience, bm3.train.lr) == (20, 1e-3)
+    # explicit values win: on the command line, in YAML, and in a recorded (complete) config
+    assert load_spec("cm3", overrides=["train.patience=20"]).train.patience == 20
+    assert load_spec("lirdrec", overrides=["train.lr=1e-3"]).train.lr == 1e-3
+    path = tmp_path / "run.yaml"
+    path.write_text("train: {patience: 30, lr: 0.002}\n")
+    assert load_spec("cm3", yaml_path=path).train.patience == 30
+    assert load_spec("lirdrec", yaml_path=path).train.lr == 0.002
+    # the resolved values are what a run records, and reading the record back keeps them
+    assert spec_from_dict(cm3.to_dict()).train.patience == 10
+    old = lird.to_dict()
+    old["train"]["lr"] = 1e-3  # recorded before LIRDRec had its own default
+    assert spec_from_dict(old).train.lr == 1e-3
+    # a partial dict (a study or tune base) gets the method's defaults as well
+    assert spec_from_dict({"method": "lirdrec", "train": {"epochs": 3}}).train.lr == 1e-4
+
+
+def test_resuming_keeps_the_recorded_value_of_a_method_default():
+    from raymmrec.config import adopt_recorded
+
+    old = load_spec("lirdrec").to_dict()
+    old["train"]["lr"], old["train"]["patience"] = 1e-3, 20
+    assert adopt_recorded(load_spec("lirdrec"), old).train.lr == 1e-3  # filled from the method: the record wins
+    assert adopt_recorded(load_spec("lirdrec", overrides=["train.lr=5e-4"]), old).train.lr == 5e-4  # explicit wins
+    old_cm3 = load_spec("cm3").to_dict()
+    old_cm3["train"]["patience"] = 20
+    spec = load_spec("cm3")
+    assert adopt_recorded(spec, old_cm3).train.patience == 20 and spec.train.patience == 10  # a copy

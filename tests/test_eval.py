@@ -41,6 +41,8 @@ def reference(n_items, train, truth, scores, ks):
             totals[f"precision@{k}"] += hits / k
             totals[f"map@{k}"] += ap / min(len(gt), k)
             totals[f"hit@{k}"] += 1.0 if hits > 0 else 0.0
+            p, r = hits / k, hits / len(gt)
+            totals[f"f1@{k}"] += 2 * p * r / (p + r) if p + r > 0 else 0.0
     n = len(truth_of)
     return {name: v / n for name, v in totals.items()}
 
@@ -107,6 +109,9 @@ def test_hand_computed():
         # u0: @2 (1/2)(1) = 0.5, @5 (1/2)(1 + 2/5) = 0.7; u1: @5 (1/1)(1/4) = 0.25
         "map@1": 0.5, "map@2": 0.25, "map@5": 0.475,
         "hit@1": 0.5, "hit@2": 0.5, "hit@5": 1.0,
+        # F1 = 2PR/(P+R) per user, then averaged: u0 @1 P=1 R=1/2 -> 2/3, @2 P=1/2 R=1/2 -> 1/2,
+        # @5 P=2/5 R=1 -> 4/7; u1 @1, @2 no hit -> 0, @5 P=1/5 R=1 -> 1/3
+        "f1@1": 1 / 3, "f1@2": 0.25, "f1@5": (4 / 7 + 1 / 3) / 2,
     }
     assert_metrics_close(got, want, tol=1e-9)
     assert ev.users.tolist() == [0, 1]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -47,7 +49,7 @@ def test_branches_follow_sorted_modalities_plus_shared_and_no_item_table(three):
     assert model.branches == [*mods, "shared"]
     # the DCT input is [DCT(x_m) for m sorted], orthonormal DCT-II, in the branch order
     ref = np.concatenate([dct(data.features[m].astype(np.float64), type=2, norm="ortho", axis=1) for m in mods], 1)
-    torch.testing.assert_close(model.dct, torch.from_numpy(ref).float())
+    torch.testing.assert_close(model.shared_input, torch.from_numpy(ref).float())
     assert model.shared_encoder[0].in_features == sum(data.features[m].shape[1] for m in mods)
     assert model.theta.shape == (data.n_users, len(mods) + 1)
     for name, p in model.named_parameters():
@@ -60,7 +62,8 @@ def dense_tables(model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Users, items and β of the published model, written out on dense tensors from the parameters."""
     cfg, d = model.cfg, model.cfg.embedding_size
     adj, mm = model.adj.to_dense(), model.mm_adj.to_dense()
-    item_side = [model.encoders[m](model.feature(m)) for m in model.modalities] + [model.shared_encoder(model.dct)]
+    item_side = [*(model.encoders[m](model.feature(m)) for m in model.modalities),
+                 model.shared_encoder(model.shared_input)]
     x = torch.cat([torch.cat([F.normalize(model.user_branch[b], dim=1), F.normalize(f, dim=1)])
                    for b, f in zip(model.branches, item_side)], dim=1)
     h, layer = x, x
@@ -133,6 +136,41 @@ def test_progressive_weight_copying_over_three_epochs():
     assert model.pwc_w[0] == pytest.approx(0.9 * 0.9**6 / (0.9 * 0.9**6 + 0.1))
 
 
+def test_without_dct_the_shared_encoder_reads_the_raw_features():
+    data = tiny_data()
+    cls = get_model("lirdrec")
+    assert "dct" not in cls.prepared_inputs(build_config(cls, {"dct": False}))  # the DCT is not computed
+    model, objective, graph = build_model(data, dct=False)
+    raw = np.concatenate([data.features[m] for m in sorted(data.features)], 1)
+    torch.testing.assert_close(model.shared_input, torch.from_numpy(raw).float(), rtol=0, atol=0)
+    with_dct, _, _ = build_model(data)
+    assert not torch.allclose(model.shared_input, with_dct.shared_input)
+    batch = a_batch(graph, n=5)
+    torch.testing.assert_close(objective(model(batch), batch, DistContext()).total, dense_reference(model, batch))
+
+
+def test_without_weight_copying_theta_is_left_to_the_optimizer():
+    model, objective, graph = build_model(weight_copying=False, decay_weight=0.9, decay_base=0.9)
+    ctx = DistContext()
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for epoch in range(2):
+        model.on_epoch_start(epoch, ctx)
+        before = model.theta.detach().clone()
+        batch = a_batch(graph, seed=epoch)
+        opt.zero_grad()
+        objective(model(batch), batch, ctx).total.backward()
+        opt.step()
+        after = model.theta.detach().clone()
+        assert not torch.allclose(after, before)  # trained by the optimizer
+    model.on_epoch_start(2, ctx)  # the copy would put the last β (rows summing to 1) into Θ here
+    torch.testing.assert_close(model.theta.detach(), after, rtol=0, atol=0)
+    assert not torch.allclose(model.theta.detach(), model.last_beta)
+    w1 = 0.9
+    for e in (1, 2, 3):  # the MLP's share still decays
+        w1 = w1 * 0.9**e / (w1 * 0.9**e + (1 - w1))
+    assert model.pwc_w[0].item() == pytest.approx(w1, rel=1e-6)
+
+
 def spec_for(tmp_path, epochs: int, **model):
     spec = load_spec(method="lirdrec", overrides=[f"output_dir={tmp_path}", "run_name=r", "eval.ks=[5,10]",
                                                   "eval.valid_metric=recall@10", "train.batch_size=64",
@@ -194,3 +232,17 @@ def test_eval_from_last_batch_scores_the_cached_tables():
     assert not torch.allclose(model.scorer()(torch.arange(5)), scores)
     state = model.state_dict()
     assert "last_users" in state and "last_items" in state
+
+
+def test_a_run_recorded_at_the_old_default_lr_still_resumes(tmp_path):
+    # LIRDRec's lr default became the authors' 1e-4; a run recorded at the project's 1e-3 (written
+    # here with the value explicit, as the record of a run started before looks) goes on at 1e-3
+    common = [f"output_dir={tmp_path}", "run_name=r", "eval.ks=[5,10]", "eval.valid_metric=recall@10",
+              "train.batch_size=64", "train.patience=50"]
+    data = tiny_data()
+    run(load_spec(method="lirdrec", overrides=[*common, "train.lr=1e-3", "train.epochs=1"]), progress=False, data=data)
+    state = run(load_spec(method="lirdrec", overrides=[*common, "train.epochs=2"]), progress=False, data=data)
+    assert state.resumes == [1] and [h["epoch"] for h in state.history] == [0, 1]
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["train"]["lr"] == 1e-3
+    fresh = load_spec(method="lirdrec", overrides=[f"output_dir={tmp_path}", "run_name=new"])
+    assert fresh.train.lr == 1e-4

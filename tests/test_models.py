@@ -116,8 +116,10 @@ def test_state_dict_moves_and_graph_is_not_saved(graph):
     assert model.adj.dtype == torch.float64
 
 
-def dense_bm3_loss(model, batch: Batch) -> torch.Tensor:
-    """MMRec's BM3 loss written on full tables with a dense adjacency (dropout must be 0)."""
+def dense_bm3_loss(model, batch: Batch, terms: str = "both") -> torch.Tensor:
+    """MMRec's BM3 loss written on full tables with a dense adjacency (dropout must be 0).
+
+    ``terms``: the multimodal terms kept, ``both``, ``align`` (L_align alone) or ``mask`` (L_mask alone)."""
     cfg = model.cfg
     adj = model.adj.to_dense()
     ego = torch.cat([model.user_emb.weight, model.item_emb.weight])
@@ -134,7 +136,10 @@ def dense_bm3_loss(model, batch: Batch) -> torch.Tensor:
     for m in model.modalities:
         f = model.proj[m](model.feat[m])
         f_on = model.predictor(f)[batch.pos_items]
-        cl = cl + c(f_on, i_t) + c(f_on, f.detach()[batch.pos_items])
+        if terms in ("both", "align"):
+            cl = cl + c(f_on, i_t)
+        if terms in ("both", "mask"):
+            cl = cl + c(f_on, f.detach()[batch.pos_items])
     reg = (hu.norm() + hi.norm()) / model.n_items
     return loss + cfg.cl_weight * cl + cfg.reg_weight * reg
 
@@ -151,6 +156,26 @@ def test_bm3_matches_dense_full_table_reference(graph, n_layers):
     torch.testing.assert_close(ours, ref)
     for (name, _), g, r in zip(model.named_parameters(), grads, ref_grads):
         torch.testing.assert_close(g, r, msg=f"gradient of {name}")
+
+
+@pytest.mark.parametrize("terms", ["align", "mask"])
+def test_bm3_ablation_keeps_one_multimodal_term(graph, terms):
+    # model.cl_terms: the loss is L_rec + cl_weight * (that term alone) + reg_weight * L_reg
+    batch = a_batch(graph, n=50)
+    full = make("bm3", graph, dropout=0.0)
+    t = make("bm3", graph, dropout=0.0, cl_terms=terms)
+    out, full_out = t.loss(batch), full.loss(batch)
+    other = {"align": "mask", "mask": "align"}[terms]
+    assert terms in out.parts and other not in out.parts
+    cfg = t.model.cfg
+    torch.testing.assert_close(out.total, out.parts["rec"] + cfg.cl_weight * out.parts[terms]
+                               + cfg.reg_weight * out.parts["reg"])
+    torch.testing.assert_close(out.parts[terms], full_out.parts[terms])  # the same term as in the full loss
+    torch.testing.assert_close(out.total, full_out.total - cfg.cl_weight * full_out.parts[other])
+    assert abs(float(out.total - full_out.total)) > 1e-3
+    torch.testing.assert_close(out.total, dense_bm3_loss(t.model, batch, terms))
+    with pytest.raises(ValueError, match=r"^model\.cl_terms: expected one of both, align, mask, got 'neither'$"):
+        build_config(get_model("bm3"), {"cl_terms": "neither"})
 
 
 def test_bm3_dropout_only_touches_targets(graph):

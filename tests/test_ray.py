@@ -7,6 +7,8 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ import torch
 
 from conftest import SECRET
 from raymmrec.config import load_spec
-from raymmrec.train.artifacts import load_trained
+from raymmrec.train.trained import load_trained
 from raymmrec.train.build import build, local_evaluate
 from raymmrec.train.checkpoint import load_checkpoint
 from raymmrec.train.loop import TrainingDiverged
@@ -36,6 +38,24 @@ def scaling(**kw):
     base = dict(num_workers=2, cpus_per_worker=0.5, max_failures=2)
     base.update(kw)
     return ScalingArgs(**base)
+
+
+#: Ray-internal lines a run must not echo by default (see raymmrec.ray.logs).
+NOISE = re.compile(r"PreemptionWatcher|RayDeprecationWarning|PlacementGroupCleaner|Failed to send resource request")
+
+
+def echoed_until(capfd, needle: str, timeout: float = 120.0) -> str:
+    """This process's captured output, read until ``needle`` appears (worker lines reach the driver
+    asynchronously); not seeing it within ``timeout`` s fails."""
+    text = ""
+    deadline = time.monotonic() + timeout
+    while needle not in text:
+        assert time.monotonic() < deadline, f"{needle!r} never reached the driver's output: {text[-2000:]}"
+        out, err = capfd.readouterr()
+        text += out + err
+        if needle not in text:
+            threading.Event().wait(0.1)
+    return text
 
 
 def latest_payload(run_root: Path) -> dict:
@@ -215,12 +235,9 @@ def test_s3_dataset_and_checkpoints(ray_cluster, s3_bucket, tmp_path, capfd):
     assert json.loads(fs.cat(f"{s3_bucket}/runs/s3run/results.json"))["epochs_run"] == 2
     trained = load_trained(f"s3://{s3_bucket}/runs/s3run", device="cpu")  # best.pt + config.json from S3
     assert trained.epoch == state.best_epoch and trained.spec.data.source == url
-    import time
-
-    time.sleep(2)  # let worker logs reach the driver
-    out, err = capfd.readouterr()
-    assert "worker(s) on cpu" in out + err  # worker logs did reach this process's output
-    assert SECRET not in out + err, "the S3 secret key appeared in the logs"
+    text = echoed_until(capfd, "worker(s) on cpu")  # worker logs did reach this process's output
+    assert SECRET not in text, "the S3 secret key appeared in the logs"
+    assert not NOISE.search(text), NOISE.search(text)  # Ray's internal noise stays out (raymmrec.ray.logs)
     for name in files:
         if name.endswith(".json"):
             assert SECRET not in fs.cat(name).decode(), name
@@ -235,6 +252,7 @@ def test_ray_job_submit(ray_cluster, tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = re.sub(r"\x1b\[[0-9;]*m", "", out.stdout + out.stderr)
     assert re.search(r"Job 'raysubmit_\w+' succeeded", text), text[-3000:]
+    assert not NOISE.search(text), NOISE.search(text)
     results = json.loads((tmp_path / "job" / "results.json").read_text())
     assert results["epochs_run"] == 2 and "recall@20" in results["test"]
     assert list((tmp_path / "job").glob("checkpoint_*/latest.pt"))
@@ -273,3 +291,64 @@ def test_stateful_methods_on_two_workers_match_one_process(ray_cluster, tmp_path
         assert two.best_test == pytest.approx(single.best_test, rel=1e-4)
         if extra:  # cold-start items evaluated on the sharded path too
             assert hist[-1]["cold/recall@20"] == pytest.approx(single.history[-1]["cold/recall@20"], rel=1e-4)
+
+
+class _ListQueue:
+    """Stands in for the driver's ray.util.queue.Queue; ``gone`` makes every put fail."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+        self.gone = False
+
+    def put_nowait(self, item: tuple[str, str]) -> None:
+        if self.gone:
+            raise ConnectionError("the queue's actor died")
+        self.items.append(item)
+
+
+def test_our_lines_reach_the_driver_queue_whole_and_fall_back_when_it_is_gone(capfd):
+    from raymmrec.ray.logs import lines_to_driver, worker_stdout
+
+    q = _ListQueue()
+    with lines_to_driver(q):
+        print("epoch 0: loss=1.0", file=worker_stdout)
+        worker_stdout.write("epoch 1: ")
+        worker_stdout.write("loss=0.5\n")
+        print("plain print")
+        sys.stderr.write("\rbar 10%\rbar 50%\rbar 100%\n")  # a progress bar's redraws: its last state
+        sys.stderr.write("unfinished")
+    assert q.items[:3] == [("stdout", "epoch 0: loss=1.0"), ("stdout", "epoch 1: loss=0.5"), ("stdout", "plain print")]
+    assert q.items[3:] == [("stderr", "bar 100%"), ("stderr", "unfinished")]
+    assert capfd.readouterr() == ("", "")  # nothing went to this process's own streams
+    print("after", file=worker_stdout)  # outside: the process's own stdout
+    assert capfd.readouterr().out == "after\n"
+    with lines_to_driver(q, redirect=False):  # a Train worker: only our explicit lines (Ray logs to sys.stderr)
+        print("ray's own", file=sys.stderr)
+        print("epoch 2: loss=0.4", file=worker_stdout)
+    assert q.items[-1] == ("stdout", "epoch 2: loss=0.4") and capfd.readouterr().err == "ray's own\n"
+    q.gone = True
+    with lines_to_driver(q):
+        print("the driver has gone", file=worker_stdout)
+    assert capfd.readouterr().out == "the driver has gone\n"
+
+
+def test_driver_prints_the_lines_a_task_sends_and_not_ray_s_own(ray_cluster, capfd):
+    import ray
+
+    from raymmrec.ray.logs import DriverLines, lines_to_driver
+
+    def task(q):
+        import warnings
+
+        print("raw print without a queue")  # Ray's echo is off (log_to_driver=False): not shown
+        with lines_to_driver(q), warnings.catch_warnings():
+            warnings.simplefilter("always")
+            print("line from the task")
+            warnings.warn("dropped 2 duplicate rows", UserWarning, stacklevel=1)
+        return 1
+
+    with DriverLines() as lines:
+        assert ray.get(ray.remote(num_cpus=0)(task).remote(lines.queue)) == 1
+    out, err = capfd.readouterr()
+    assert out.splitlines() == ["line from the task"]  # not the raw print
+    assert "UserWarning: dropped 2 duplicate rows" in err

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,7 +12,7 @@ import torch
 from raymmrec.cli import main as cli_main
 from raymmrec.config import load_spec
 from raymmrec.data import load_dataset
-from raymmrec.train.artifacts import load_trained
+from raymmrec.train.trained import load_trained
 from raymmrec.train.run import run
 
 
@@ -78,3 +80,39 @@ def test_recommend_prints_item_names_from_the_dataset(shared_data, tmp_path, cap
     out = capsys.readouterr().out
     assert out.splitlines()[1].endswith("\tname")
     assert all(len(line.split("\t")) == 5 and line.split("\t")[4] for line in out.splitlines()[2:])
+
+
+def test_recommend_ranks_like_evaluation_with_ties_repeats_and_a_large_k(trained_run, monkeypatch, capsys):
+    """Tied scores go to the lower item id (the evaluator's rule); a repeated user is masked in every
+    copy; --k beyond a user's unseen items lists only those items, never a training item at -inf."""
+    from raymmrec.recommend import top_k
+
+    folder, _ = trained_run
+    trained = load_trained(folder, device="cpu")
+    data = trained.data
+    monkeypatch.setattr(trained.model, "scorer", lambda: lambda u: torch.zeros(len(u), data.n_items))
+    users = torch.tensor([0, 7, 0])
+    items, scores = top_k(trained, users, k=1000)
+    for row, srow, u in zip(items.tolist(), scores.tolist(), users.tolist()):
+        unseen = sorted(set(range(data.n_items)) - set(data.train.items[data.train.users == u].tolist()))
+        assert [i for i in row if i >= 0] == unseen  # all ties: by item id, training items left out
+        assert all(s == 0.0 for i, s in zip(row, srow) if i >= 0)
+    assert items[0].tolist() == items[2].tolist()  # the second copy of user 0 is masked too
+
+    monkeypatch.setattr("raymmrec.train.trained.load_trained", lambda *a, **k: trained)
+    assert cli_main(["recommend", "--run", str(folder), "--users", "0,0", "--k", "1000"]) == 0
+    captured = capsys.readouterr()
+    rows = parse(captured.out)
+    unseen0 = data.n_items - len(set(data.train.items[data.train.users == 0].tolist()))
+    assert list(rows) == [0] and len(rows[0]) == unseen0 and all(s > float("-inf") for _, s in rows[0])
+    assert f"user 0 has only {unseen0} items it has not seen" in captured.err
+
+
+def test_recommend_into_a_closed_pipe_exits_quietly(trained_run):
+    folder, _ = trained_run
+    proc = subprocess.Popen([sys.executable, "-m", "raymmrec", "recommend", "--run", str(folder), "--users", "0,7",
+                             "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first line (`| head -0`): every write fails
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert err == "", err

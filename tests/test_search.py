@@ -9,13 +9,13 @@ from raymmrec.registry import model_names
 from raymmrec.search import (Choice, Grid, LogUniform, apply_point, check_space, grid_points, grid_size,
                              search_space)
 
-# METHODS.md 1.10 / 1.11: MMRec's configs/model grids
+# MMRec's configs/model grids (enoche/MMRec src/configs/model/<Model>.yaml)
 PAPER_GRIDS = {
     "bm3": {"model.n_layers": (1, 2), "model.dropout": (0.3, 0.5), "model.reg_weight": (0.1, 0.01)},
     "bpr": {"model.reg_weight": (2.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5)},
     "vbpr": {"model.reg_weight": (2.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5)},
     "lightgcn": {"model.n_layers": (1, 2, 3, 4), "model.reg_weight": (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)},
-    # METHODS.md 4(e), weight_decay left out (the published trainer ignores it): 54 distinct runs
+    # enoche/LIRDRec src/configs/model/LIRDRec.yaml, weight_decay left out (the published trainer ignores it): 54 distinct runs
     "lirdrec": {"model.n_ui_layers": (2, 3, 4), "model.mm_image_weight": (0.1, 0.2),
                 "model.reg_weight": (1e-2, 1e-3, 1e-4), "train.lr": (1e-4,), "model.decay_weight": (0.9, 0.95, 0.99)},
 }

@@ -225,26 +225,103 @@ def test_cli_trains_and_prints_table(tmp_path, capsys):
     assert "unknown config key" in capsys.readouterr().err
 
 
-def test_a_best_written_after_the_checkpoint_is_adopted_on_resume():
-    """best.pt newer than the checkpoint (written between checkpoints) stays the run's best, with its
-    metrics, so results.json and best.pt describe one model even if the replay is not bit-exact."""
-    from raymmrec.train.artifacts import adopt_best
-    from raymmrec.train.checkpoint import FORMAT_VERSION
+def test_early_stopping_counts_every_evaluation_below_the_best():
+    """The counter knows only scores: no epoch is special (a resumed run used to treat the replay of a
+    newer best.pt's epoch as the best again, after counting every replayed evaluation before it)."""
     from raymmrec.train.loop import Trainer, TrainState
 
     state = TrainState(epoch=10, best_score=0.5, best_epoch=9, best_valid={"recall@20": 0.5})
-    newer = {"format_version": FORMAT_VERSION, "epoch": 11, "score": 0.7, "valid": {"recall@20": 0.7},
-             "test": {"recall@20": 0.6}}
-    adopt_best(state, dict(newer, epoch=8))  # older than the checkpoint: the checkpoint's best stands
-    assert state.best_epoch == 9
-    adopt_best(state, newer)
-    assert (state.best_epoch, state.best_score, state.best_test) == (11, 0.7, {"recall@20": 0.6})
-    trainer = Trainer(None, None, None, None, None, epochs=20, patience=5, seed=0)
-    trainer._update_best(state, 10, {"valid": {"recall@20": 0.6}, "test": {}})
-    assert state.best_epoch == 11 and state.bad_evals == 1
-    # the replay of epoch 11 scores a little lower (GPU kernels are not bit-exact): it is the best again
+    trainer = Trainer(None, None, None, None, None, epochs=20, patience=1, seed=0)
+    trainer._update_best(state, 10, {"valid": {"recall@20": 0.4}, "test": {}})
+    assert (state.best_epoch, state.bad_evals, state.stopped_early) == (9, 1, False)
+    trainer._update_best(state, 11, {"valid": {"recall@20": 0.6}, "test": {"recall@20": 0.59}})
+    assert (state.best_epoch, state.bad_evals, state.best_test) == (11, 0, {"recall@20": 0.59})
+    trainer._update_best(state, 12, {"valid": {"recall@20": 0.6}, "test": {}})  # a tie is no improvement
+    trainer._update_best(state, 13, {"valid": {"recall@20": 0.1}, "test": {}})
+    assert (state.best_epoch, state.bad_evals, state.stopped_early) == (11, 2, True)
+    # a lower score is no improvement even at the best epoch's number (the old resume's special case)
+    state = TrainState(epoch=11, best_score=0.7, best_epoch=11, best_valid={"recall@20": 0.7})
     trainer._update_best(state, 11, {"valid": {"recall@20": 0.69}, "test": {"recall@20": 0.59}})
-    assert state.best_epoch == 11 and state.bad_evals == 0 and state.best_test == {"recall@20": 0.59}
+    assert (state.best_score, state.bad_evals, state.best_valid) == (0.7, 1, {"recall@20": 0.7})
+
+
+class Clock(Callback):
+    """The epoch being run (for a fake evaluation): the resumed epoch at start, the next one after each."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    def on_fit_start(self, trainer, state) -> None:
+        self.epoch = state.epoch
+
+    def on_epoch_end(self, trainer, state, logs) -> None:
+        self.epoch = state.epoch
+
+
+def fake_metric(monkeypatch, clock: Clock) -> None:
+    """Validation improves every epoch up to epoch 20, then falls: with patience 3 the run stops after
+    epoch 24, best 20. The model still trains (best.pt holds real weights)."""
+    def local_evaluate(evaluators, fixed=None):
+        def evaluate(model):
+            e = clock.epoch
+            score = (e + 1) / 100 if e <= 20 else 0.21 - (e - 20) / 1000
+            return {"valid": {"recall@10": score}, "test": {"recall@10": score / 2, "ndcg@10": score / 3}}
+        return evaluate
+
+    monkeypatch.setattr("raymmrec.train.run.local_evaluate", local_evaluate)
+
+
+def fake_metric_spec(folder):
+    return spec_for(folder, "bpr", epochs=40, patience=3, checkpoint_every=10)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_fake_metric_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    clock = Clock()
+    with pytest.MonkeyPatch.context() as mp:
+        fake_metric(mp, clock)
+        state = run(fake_metric_spec(folder), progress=False, data=tiny_data(), extra_callbacks=[clock])
+    return state, folder / "r"
+
+
+@pytest.mark.parametrize("kill_at", [5, 13, 17, 23], ids=["before-first-checkpoint", "between-checkpoints",
+                                                       "new-best-after-checkpoint", "plateau-after-new-best"])
+def test_killed_run_resumes_to_the_uninterrupted_end(tmp_path, monkeypatch, kill_at, uninterrupted_fake_metric_run):
+    """Killed anywhere, a rerun ends as the uninterrupted run: epochs run, best epoch, metrics, best.pt.
+
+    Checkpoints every 10 epochs, patience 3. Killed after epoch 16 (kill_at=17), best.pt (epoch 16)
+    is 6 evaluations past the checkpoint (epoch 10): a resume that took over its score counted the
+    replayed epochs 10, 11, 12, 13 as no improvement and stopped at epoch 13 reporting best epoch 16.
+    """
+    full, full_dir = uninterrupted_fake_metric_run
+    assert (full.epoch, full.best_epoch, full.stopped_early) == (25, 20, True)
+    data = tiny_data()
+    clock = Clock()
+    fake_metric(monkeypatch, clock)
+
+    def spec(folder):
+        return fake_metric_spec(tmp_path / folder)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(spec("b"), progress=False, data=data, extra_callbacks=[clock, Kill(kill_at)])
+    best_pt = tmp_path / "b" / "r" / "best.pt"
+    assert torch.load(best_pt, weights_only=True)["epoch"] == min(kill_at - 1, 20)
+    seen = Recorder()
+    resumed = run(spec("b"), progress=False, data=data, extra_callbacks=[clock, seen])
+    start = kill_at // 10 * 10  # the last checkpoint (none before epoch 10: a fresh start)
+    assert seen.epochs == list(range(start, 25)) and resumed.resumes == ([start] if start else [])
+    assert (resumed.epoch, resumed.best_epoch, resumed.stopped_early) == (full.epoch, full.best_epoch, True)
+    assert resumed.best_valid == full.best_valid and resumed.best_test == full.best_test
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+    results = [json.loads((d / "results.json").read_text()) for d in (full_dir, tmp_path / "b" / "r")]
+    for r in results:
+        r.pop("resumed_at")
+    assert results[0] == results[1]
+    a, b = (torch.load(d / "best.pt", weights_only=True) for d in (full_dir, tmp_path / "b" / "r"))
+    assert a["epoch"] == b["epoch"] == 20
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
 
 
 def test_single_process_and_ray_runs_refuse_each_others_folders(tmp_path):
@@ -260,23 +337,28 @@ def test_single_process_and_ray_runs_refuse_each_others_folders(tmp_path):
         run(spec_for(ray_run, "bpr", epochs=1), progress=False, data=tiny_data())
 
 
-def test_resume_adopts_a_newer_best_pt(tmp_path):
-    """run() hands best.pt to the resume: a best newer than the checkpoint (here planted) stays the
-    best, and the replay of its epoch takes its place; without it, lr=0 would keep epoch 0."""
-    import io
-
+def test_resume_puts_best_pt_back_to_the_checkpoints_best(tmp_path):
+    """A best.pt newer than the checkpoint (here planted, one the replay never reaches, as a replay that
+    is not bit-exact might) neither steers the resumed run nor outlives it: the checkpoint's best
+    weights replace it, so best.pt and results.json describe one model; lr=0 keeps epoch 0 the best."""
     data = tiny_data()
-    spec = spec_for(tmp_path, "bpr", epochs=7, patience=50, checkpoint_every=1)
+    spec = spec_for(tmp_path, "bpr", epochs=7, patience=50, checkpoint_every=3)
     spec.train.lr = 0.0  # nothing improves after epoch 0
     with pytest.raises(KeyboardInterrupt):
-        run(spec, progress=False, data=data, extra_callbacks=[Kill(3)])
+        run(spec, progress=False, data=data, extra_callbacks=[Kill(4)])
     best = tmp_path / "r" / "best.pt"
-    payload = torch.load(io.BytesIO(best.read_bytes()), weights_only=True)
-    payload.update(epoch=5, score=2.0)  # as if epoch 5 had improved before the process died
-    torch.save(payload, best)
+    payload = torch.load(best, weights_only=True)
+    real = {k: v.clone() for k, v in payload["model"].items()}
+    payload.update(epoch=3, score=2.0, model={k: torch.zeros_like(v) for k, v in real.items()})
+    torch.save(payload, best)  # as if epoch 3 had improved before the process died
+    checkpoint = load_checkpoint(tmp_path / "r" / "ckpt" / "latest.pt")
+    assert checkpoint["state"]["best_epoch"] == 0 and set(checkpoint["best_model"]) == set(real)
     state = run(spec, progress=False, data=data)
-    assert state.best_epoch == 5
-    assert torch.load(best, weights_only=True)["epoch"] == 5
+    assert (state.best_epoch, state.epoch) == (0, 7)
+    after = torch.load(best, weights_only=True)
+    assert after["epoch"] == 0 and after["score"] == state.best_score
+    for k, v in real.items():
+        torch.testing.assert_close(after["model"][k], v, rtol=0, atol=0)
 
 
 def test_the_run_prints_the_dataset_summary_with_its_features(tmp_path, capsys):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -77,7 +79,7 @@ def test_best_config_trains_to_the_winning_trial(bm3_sweep, tmp_path):
 
 def test_best_weights_are_the_winners(bm3_sweep):
     from raymmrec.recommend import evaluate
-    from raymmrec.train.artifacts import load_trained
+    from raymmrec.train.trained import load_trained
 
     _, res, root = bm3_sweep
     trained = load_trained(str(root / "best"))
@@ -95,6 +97,32 @@ def test_selection_on_test_is_labelled_everywhere(ray_cluster, tmp_path):
     assert res.best["test recall@20"] == max(r["test recall@20"] for r in res.rows)
     for name in ("trials.md", "summary.json", "best_config.yaml"):
         assert "selected on TEST" in (root / name).read_text(), name
+
+
+def test_restored_progress_callback_takes_this_runs_settings_and_clock(capsys):
+    """Tune.restore runs the first run's pickled progress callback; Tune's setup() hook refreshes it."""
+    import cloudpickle
+
+    from raymmrec.ray.tune import _Progress
+
+    first = _Progress(7, "valid/recall@20", "valid recall@20", False)
+    first.t0 -= 3600.0  # the first run started an hour ago
+    restored = cloudpickle.loads(cloudpickle.dumps(first))
+    _Progress(7, "test/recall@20", "test recall@20 [test selection]", True)  # this run's callback
+    restored.setup(stop=None, num_samples=7, total_num_samples=7)
+    assert (restored.key, restored.label, restored.enabled) == ("test/recall@20", "test recall@20 [test selection]", True)
+    restored._say([])
+    assert capsys.readouterr().out == "[sweep      0s] 0/7 done, 0 running, 7 pending\n"
+
+
+def ray_cluster_idle(timeout: float) -> None:
+    """Wait until the cluster has every CPU free again (a killed driver's actors reaped); failing after ``timeout`` s."""
+    import ray
+
+    deadline = time.monotonic() + timeout
+    while ray.available_resources().get("CPU", 0.0) < ray.cluster_resources().get("CPU", 0.0):
+        assert time.monotonic() < deadline, f"the cluster still holds CPUs after {timeout}s: {ray.available_resources()}"
+        threading.Event().wait(0.2)
 
 
 def _tune_cmd(out: Path) -> list[str]:
@@ -116,11 +144,16 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_cluster, tmp
             break
         time.sleep(0.1)
     proc.wait(timeout=60)
-    time.sleep(3)  # let Ray reap the killed driver's trial actors before the rerun starts
+    ray_cluster_idle(timeout=120)  # Ray reaps the killed driver's trial actors before the rerun starts
     assert finished, "the sweep ended before three trials had finished: " + proc.stdout.read().decode()[-2000:]
+    t_rerun = time.monotonic()
     out = subprocess.run(_tune_cmd(tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=400)
+    t_rerun = time.monotonic() - t_rerun
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "restoring sweep" in out.stdout
+    # the restored sweep's progress lines: on this run's clock (the first run's callback, refreshed by setup)
+    clock = [float(m) for m in re.findall(r"^\[sweep +(\d+)s\] 7/7 done", out.stdout, re.M)]
+    assert clock and clock[-1] <= t_rerun, out.stdout[-3000:]
     runs = sorted(d for d in root.iterdir() if (d / "config.json").exists() and d.name != "best")
     assert len(runs) == 7, [d.name for d in runs]  # bpr's paper grid: no trial started twice from scratch
     assert len({"_".join(d.name.split("_")[:2]) for d in trial_dirs(root)}) == 7  # seven Tune trial ids
@@ -205,7 +238,7 @@ def test_sweep_on_s3_storage(ray_cluster, s3_bucket, tmp_path):
                  "plots/metric_vs_params.png", f"{res.best['dir']}/results.json", f"{res.best['dir']}/best.pt"):
         assert fs.exists(f"{root}/{name}"), name
     assert res.root == f"{url}/s3"
-    from raymmrec.train.artifacts import load_trained
+    from raymmrec.train.trained import load_trained
 
     assert load_trained(f"{url}/s3/best").spec.model["reg_weight"] == res.best["reg_weight"]
 

@@ -133,7 +133,7 @@ def test_unlearning_writes_a_new_run_and_never_alters_the_original(trained, tmp_
 
 def test_unlearned_run_never_recommends_forgotten_items(trained, tmp_path):
     from raymmrec.recommend import evaluate, top_k
-    from raymmrec.train.artifacts import load_trained
+    from raymmrec.train.trained import load_trained
 
     data = load_dataset("synthetic:tiny")
     items = np.unique(data.train.items)[:6]
@@ -176,27 +176,51 @@ def test_cli_errors_are_one_line(trained, tmp_path):
 
 # -- Ray: each request its own task ---------------------------------------------------------------
 
-def test_two_requests_run_as_concurrent_ray_tasks(ray_cluster, trained, tmp_path):
-    from raymmrec.ray.unlearn import submit
+def test_two_requests_run_as_concurrent_ray_tasks(ray_cluster, trained, tmp_path, monkeypatch):
+    """Each task waits at a barrier (an async Ray actor) until the other task has reached it too, so
+    both pass only if they run at the same time; a task left waiting 120 s fails the test."""
+    import ray
 
+    import raymmrec.ray.unlearn as ru
+
+    @ray.remote(num_cpus=0)
+    class Barrier:
+        def __init__(self, n: int) -> None:
+            import asyncio
+
+            self.n, self.arrived, self.all_in = n, set(), asyncio.Event()
+
+        async def wait(self, who: str) -> int:
+            self.arrived.add(who)
+            if len(self.arrived) == self.n:
+                self.all_in.set()
+            await self.all_in.wait()
+            return len(self.arrived)
+
+    barrier = Barrier.remote(2)
+    task = ru._unlearn_task
+
+    def at_barrier(run, request, *args):  # runs in each Ray task (pickled by value)
+        assert ray.get(barrier.wait.remote(request), timeout=120) == 2
+        return task(run, request, *args)
+
+    monkeypatch.setattr(ru, "_unlearn_task", at_barrier)
     reqs = []
     for name, req in (("a", ForgetRequest.of(users=[0, 1])), ("b", ForgetRequest.of(items=[0, 1]))):
         path = tmp_path / f"{name}.parquet"
         req.to_frame().to_parquet(path)
         reqs.append(str(path))
     out = tmp_path / "out"
-    reports = submit(trained, reqs, output_dir=str(out), names=["a", "b"], cpus=1, echo=False,
-                     options={"epochs": 3, "stop_auc": None})
-    assert all(isinstance(r, dict) for r in reports), reports
-    a, b = reports
+    reports = ru.submit(trained, reqs, output_dir=str(out), names=["a", "b"], cpus=1, echo=False,
+                        options={"epochs": 3, "stop_auc": None})
+    assert all(isinstance(r, dict) for r in reports), reports  # a task that waited in vain raised GetTimeoutError
     assert (out / "a" / "report.json").is_file() and (out / "b" / "report.json").is_file()
-    assert a["started_at"] < b["finished_at"] and b["started_at"] < a["finished_at"], "the tasks did not overlap"
 
 
 def test_unlearning_reads_and_writes_s3(trained, s3_bucket, tmp_path):
     import s3fs
 
-    from raymmrec.train.artifacts import load_trained
+    from raymmrec.train.trained import load_trained
 
     fs = s3fs.S3FileSystem()
     src = f"{s3_bucket}/unlearn/runs/bm3-tiny"
@@ -238,7 +262,7 @@ def test_unlearning_stops_at_chance_or_on_a_plateau():
 
 @pytest.mark.parametrize("method", ["lightgcn", "cm3", "lirdrec"])
 def test_unlearning_runs_on_every_graph_backbone(method, tmp_path):
-    from raymmrec.train.artifacts import load_trained
+    from raymmrec.train.trained import load_trained
     from raymmrec.train.run import run
 
     spec = load_spec(method, overrides=["data.source=synthetic:tiny", "train.epochs=2", f"output_dir={tmp_path}",
@@ -280,3 +304,133 @@ def test_a_killed_request_leaves_no_run_folder_and_a_rerun_succeeds(trained, tmp
     unlearn(trained, ForgetRequest.of(users=[0]), output_dir=str(tmp_path), name="k", progress=False)
     assert (tmp_path / "k" / "report.json").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["k"], "the killed request's staging folder was left behind"
+
+
+# -- every user- or item-indexed tensor, the objective's included, is declared and reset -------------
+
+N_USERS, N_ITEMS = 37, 29  # distinct from each other and from every width (64, 50, 20, 12, 8, 3, ...)
+
+
+def _pairs():
+    """(method, objective) for every registered method and every objective that fits it."""
+    from raymmrec.registry import get_model, get_objective, model_names, objective_names
+
+    out = []
+    for m in model_names():
+        for o in objective_names():
+            try:
+                get_objective(o).check_compatible(get_model(m))
+            except ValueError:
+                continue
+            out.append((m, o))
+    return out
+
+
+def _variants(cls) -> list[dict]:
+    """The defaults, and each boolean option flipped (options that add state, e.g. eval_from_last_batch)."""
+    import dataclasses
+
+    flips = [{f.name: not f.default} for f in dataclasses.fields(cls.config_cls) if isinstance(f.default, bool)]
+    return [{}, *flips]
+
+
+def _build(method: str, objective: str, overrides: dict, seed: int = 0):
+    from _tiny import tiny_data
+    from raymmrec.models.base import build_config
+    from raymmrec.objectives.base import build_objective
+    from raymmrec.prepared import prepare
+    from raymmrec.registry import get_model
+    from raymmrec.train.build import build_graph
+
+    cls = get_model(method)
+    cfg = build_config(cls, overrides)
+    data = tiny_data(N_USERS, N_ITEMS)
+    graph = build_graph(data, torch.device("cpu"), prepare(data, cls.prepared_inputs(cfg)))
+    torch.manual_seed(seed)
+    model = cls(cfg, graph)
+    build_objective(cls, cfg, objective).attach(model, N_USERS, N_ITEMS)
+    return model
+
+
+@pytest.mark.parametrize("method, objective", _pairs())
+def test_every_user_or_item_indexed_tensor_is_declared_and_reset(method, objective):
+    from raymmrec.registry import get_model
+    from raymmrec.unlearning.reset import reset_state
+
+    for overrides in _variants(get_model(method)):
+        model = _build(method, objective, overrides)
+        declared = model.indexed_state()
+        state = model.state_dict()
+        where = f"{method} x {objective} {overrides or ''}"
+        for key, t in state.items():  # every parameter and buffer, model and objective
+            for ax, n in enumerate(t.shape):
+                who = {N_USERS: "users", N_ITEMS: "items"}.get(n)
+                if who is not None:
+                    d = declared.get(key)
+                    assert d is not None and (d.who, d.axis) == (who, ax), \
+                        f"{where}: {key} {tuple(t.shape)} has {who} on axis {ax} but is not declared so"
+        for key, d in declared.items():
+            assert state[key].shape[d.axis] == {"users": N_USERS, "items": N_ITEMS}[d.who], f"{where}: {key}"
+        fresh = _build(method, objective, overrides, seed=1)  # other initial values than the model's
+        for who, ids in (("users", [1, 5]), ("items", [2, 7])):
+            for how in ("zero", "init"):
+                for key, d in declared.items():
+                    if d.derived:  # a cache: marked, to see that the reset recomputes it
+                        model.state_dict(keep_vars=True)[key].data.fill_(123.0)
+                before = {k: v.clone() for k, v in model.state_dict().items()}
+                reset_state(model, who, ids, how, fresh=lambda: fresh)
+                after, ref = model.state_dict(), fresh.state_dict()
+                idx = torch.tensor(ids)
+                for key, d in declared.items():
+                    if d.who != who:
+                        continue
+                    rows = after[key].index_select(d.axis, idx)
+                    if d.derived:
+                        assert not (rows == 123.0).any(), f"{where}: cache {key} not recomputed after the reset"
+                        continue
+                    want = torch.zeros_like(rows) if how == "zero" else ref[key].index_select(d.axis, idx)
+                    assert torch.equal(rows, want), f"{where}: {key} rows of forgotten {who} not {how} after the reset"
+                    keep = torch.tensor([i for i in range(after[key].shape[d.axis]) if i not in ids])
+                    assert torch.equal(after[key].index_select(d.axis, keep), before[key].index_select(d.axis, keep)), \
+                        f"{where}: {key}: the reset changed rows of {who} it was not asked to"
+
+
+def test_cached_scoring_tables_follow_the_reset():
+    """CM3 with eval_from_last_batch scores from a cache: after a reset it holds the reset weights' tables."""
+    from raymmrec.unlearning.reset import reset_state
+
+    model = _build("cm3", "cm3", {"eval_from_last_batch": True})
+    model.train()
+    model.score_tables()  # the cache: a training forward's tables
+    reset_state(model, "users", [1, 5], "zero")
+    model.eval()
+    users, items = model.scoring_embeddings()
+    with torch.no_grad():
+        want_u, want_i = model.tables()
+    assert torch.equal(users, want_u) and torch.equal(items, want_i)
+
+
+@pytest.mark.parametrize("method, how", [("nbpo", "zero"), ("cm3", "init")])
+def test_unlearned_best_pt_holds_no_forgotten_users_state(method, how, tmp_path):
+    """best.pt after a user-wise request: every user-sized tensor (model and objective, parameters and
+    buffers, found by shape) holds zeros / an untrained model's values in the forgotten users' rows."""
+    from raymmrec.train.run import run
+
+    over = ["data.source=synthetic:tiny", "train.epochs=1", f"output_dir={tmp_path}", "run_name=r"]
+    spec = load_spec(method, overrides=over)
+    run(spec, progress=False)
+    forgotten = [3, 17, 22]
+    unlearn(str(tmp_path / "r"), ForgetRequest.of(users=forgotten), name="u", progress=False,
+            options={"epochs": 1, "reset": how})
+    best = torch.load(tmp_path / "u" / "best.pt", weights_only=True)["model"]
+    trained = torch.load(tmp_path / "r" / "best.pt", weights_only=True)["model"]
+    fresh = build(spec).model.state_dict()  # an untrained model of the run's seed
+    n_users, idx = 40, torch.tensor(forgotten)
+    checked = []
+    for key, t in best.items():
+        if t.dim() and t.shape[0] == n_users:
+            want = torch.zeros_like(t[idx]) if how == "zero" else fresh[key][idx]
+            assert torch.equal(t[idx], want), f"{key}: forgotten users' rows are not {how}"
+            assert not torch.equal(t[idx], trained[key][idx]), key
+            checked.append(key)
+    assert {"nbpo": "objective_module.P", "cm3": "branch_logits"}[method] in checked

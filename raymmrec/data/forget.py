@@ -8,14 +8,18 @@ A request is a small table (Parquet or CSV, local or a URL) or a Python object:
 * **interaction-wise**: both columns: those user-item pairs.
 
 Ids are the dataset's ids as the run uses them (after any rating or k-core filter). An id outside the
-dataset, or one that has no interaction to forget, is an error that names the row.
+dataset, or one that has no interaction to forget, is an error that names the row. Every interaction
+counts: train, valid, test, the held-out cold-start items' (``data.cold_items``) and hidden positives.
 
-:func:`apply_forget` removes the forgotten interactions from every split (train, valid and test: the
-data is gone, not only its training use) and records the forgotten *training* pairs in
+:func:`apply_forget` removes the forgotten interactions from every split (train, valid, test and cold:
+the data is gone, not only its training use) and records the forgotten *training* pairs in
 ``RecData.forgotten`` (what the model learned and must unlearn) and, for an item-wise request, the
-items in ``RecData.forgotten_items`` (left out of negative sampling and of every ranking). A run whose
-config sets ``data.forget`` to a request file trains on the retain data: that is the "Gold" model
-(retraining from scratch), and the data an unlearned model is rebuilt with.
+items in ``RecData.forgotten_items`` (left out of negative sampling and of every ranking). A request
+may forget no training pair at all (pairs only in valid/test, a cold-start item): the data still goes,
+and there is nothing for a model to unlearn. ``RecData.forget_applied`` records that a request was
+applied, so that it is applied once. A run whose config sets ``data.forget`` to a request file trains
+on the retain data: that is the "Gold" model (retraining from scratch), and the data an unlearned
+model is rebuilt with.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from raymmrec.data.schema import SPLITS, DataError, Interactions, RecData
+from raymmrec.data.schema import COLD, SPLITS, DataError, Interactions, RecData
 
 KINDS = ("user", "item", "interaction")
 
@@ -67,7 +71,7 @@ class ForgetRequest:
 
     def describe(self) -> str:
         n = len(self)
-        return {"user": f"{n:,} users", "item": f"{n:,} items", "interaction": f"{n:,} interactions"}[self.kind]
+        return f"{n:,} {self.kind}{'' if n == 1 else 's'}"
 
     def to_frame(self) -> pd.DataFrame:
         cols = {"user": {"userID": self.users}, "item": {"itemID": self.items},
@@ -112,7 +116,7 @@ def parse_request(raw: bytes, where: str) -> ForgetRequest:
 
 def read_request(url: str) -> ForgetRequest:
     """Read a request file from a local path or URL (Parquet or CSV)."""
-    from raymmrec.train.artifacts import read_bytes
+    from raymmrec.files import read_bytes
 
     try:
         raw = read_bytes(url)
@@ -149,8 +153,8 @@ def check_request(req: ForgetRequest, data: RecData) -> None:
 
 
 def all_pairs(data: RecData) -> Interactions:
-    """Every interaction of ``data``'s train, valid and test splits."""
-    parts = [data.split(s) for s in SPLITS]
+    """Every interaction of ``data``: train, valid, test, cold-start and hidden positives."""
+    parts = [data.split(s) for s in (*SPLITS, COLD)] + [data.hidden]
     return Interactions(np.concatenate([p.users for p in parts]), np.concatenate([p.items for p in parts]))
 
 
@@ -164,21 +168,20 @@ def forget_mask(req: ForgetRequest, part: Interactions, n_items: int) -> np.ndar
 
 
 def apply_forget(data: RecData, req: ForgetRequest) -> RecData:
-    """``data`` without the request's interactions in any split; the forgotten training pairs kept
-    in ``forgotten`` (and the items of an item-wise request in ``forgotten_items``)."""
+    """``data`` without the request's interactions in any split (cold-start and hidden pairs too); the
+    forgotten training pairs added to ``forgotten`` (and the items of an item-wise request to
+    ``forgotten_items``); ``forget_applied`` set. The training pairs may be none (pairs only in
+    valid/test, cold-start items)."""
     check_request(req, data)
     kept, forgotten = {}, None
-    for s in SPLITS:
-        part = data.split(s)
+    for s in (*SPLITS, COLD, "hidden"):
+        part = getattr(data, s)
         m = forget_mask(req, part, data.n_items)
         kept[s] = Interactions(part.users[~m], part.items[~m])
         if s == "train":
-            forgotten = Interactions(part.users[m], part.items[m])
+            forgotten = Interactions(np.concatenate([data.forgotten.users, part.users[m]]),
+                                     np.concatenate([data.forgotten.items, part.items[m]]))
     if not len(kept["train"]):
         raise DataError(f"{req.source}: the request forgets every training interaction of {data.name}")
-    items = req.items if req.kind == "item" else np.zeros(0, np.int64)
-    hidden = data.hidden
-    if len(hidden):
-        m = forget_mask(req, hidden, data.n_items)
-        hidden = Interactions(hidden.users[~m], hidden.items[~m])
-    return dataclasses.replace(data, **kept, hidden=hidden, forgotten=forgotten, forgotten_items=items)
+    items = np.union1d(data.forgotten_items, req.items) if req.kind == "item" else data.forgotten_items
+    return dataclasses.replace(data, **kept, forgotten=forgotten, forgotten_items=items, forget_applied=True)

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 from fsspec.implementations.local import LocalFileSystem
 
+from raymmrec.files import arrow_filesystem, open_fs  # noqa: F401 (the dataset API re-exports them)
 from raymmrec.data.filters import apply_filters, frame_to_recdata, recdata_to_frame
 from raymmrec.data.schema import INTER_COLUMNS, SPLITS, DataError, Interactions, RecData
 from raymmrec.data.validate import (
@@ -52,32 +53,6 @@ FEATURES_DIR = "features"
 #: The top-level files of a columnar dataset (besides ``features/<modality>.npy``).
 _COLUMNAR_FILES = (META_FILE, *(f"{s}.parquet" for s in SPLITS))
 _DATASET_YAML_KEYS = {"modalities"}
-
-
-# --------------------------------------------------------------------------------------------- filesystems
-def open_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """Return ``(filesystem, path)`` for a local path or fsspec URL; S3 picks up ``AWS_ENDPOINT_URL``."""
-    url = os.path.expanduser(str(url))
-    options = dict(storage_options or {})
-    protocol = url.split("://", 1)[0] if "://" in url else "file"
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    explicit = "endpoint_url" in options or "endpoint_url" in options.get("client_kwargs", {})
-    if protocol in ("s3", "s3a") and endpoint and not explicit:
-        options["client_kwargs"] = {**options.get("client_kwargs", {}), "endpoint_url": endpoint}
-    fs, path = fsspec.core.url_to_fs(url, **options)
-    if not isinstance(fs, LocalFileSystem):
-        fs.invalidate_cache()  # another process may have written since the last listing
-    return fs, path.rstrip("/") or path
-
-
-def arrow_filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[Any, str]:
-    """Return ``(pyarrow.fs.FileSystem, path)`` for ``url``, e.g. for ``ray.data.read_parquet(filesystem=...)``."""
-    import pyarrow.fs as pafs
-
-    fs, path = open_fs(url, storage_options)
-    if isinstance(fs, LocalFileSystem):
-        return pafs.LocalFileSystem(), path
-    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
 def _join(url: str, *parts: str) -> str:

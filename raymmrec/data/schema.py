@@ -56,6 +56,10 @@ class RecData:
     # request, which are never negatives and never ranked (raymmrec.data.forget)
     forgotten: Interactions = field(default_factory=lambda: Interactions(np.zeros(0, np.int64), np.zeros(0, np.int64)))
     forgotten_items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # what was applied, so that it is never applied twice: the data.cold_items fraction held out (0: none)
+    # and whether a forget request was applied (one whose pairs lie only in valid/test forgets no training pair)
+    cold_fraction: float = 0.0
+    forget_applied: bool = False
 
     def seen(self) -> Interactions:
         """The pairs evaluation never ranks: training pairs plus hidden positives (true preferences

@@ -67,7 +67,9 @@ def hold_out_cold_items(data: RecData, fraction: float, seed: int) -> RecData:
     ``numpy.random.default_rng(seed)`` from the filtered dataset, so one dataset and seed always
     hold out the same items (the loader passes the data seed, not ``train.seed``: runs with
     different training seeds share one cold split). Users keep their other interactions, even
-    when none of them is left in training.
+    when none of them is left in training. ``data.cold_fraction`` records ``fraction``, so that the
+    hold-out is never drawn twice (a forget request may later empty ``cold``; see
+    :func:`raymmrec.data.forget.apply_forget`, which removes its pairs from ``cold`` too).
 
     Raises:
         DataError: ``fraction`` outside [0, 1), a dataset without item features (nothing could
@@ -99,7 +101,7 @@ def hold_out_cold_items(data: RecData, fraction: float, seed: int) -> RecData:
     users = np.concatenate([u for u, _ in moved])
     items = np.concatenate([i for _, i in moved])
     order = np.lexsort((items, users))
-    return dataclasses.replace(data, **kept, cold=Interactions(users[order], items[order]))
+    return dataclasses.replace(data, **kept, cold=Interactions(users[order], items[order]), cold_fraction=fraction)
 
 
 def hide_positives(data: RecData, fraction: float, seed: int) -> RecData:

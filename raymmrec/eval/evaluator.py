@@ -1,4 +1,5 @@
-"""MMRec full-ranking evaluator (METHODS.md 1.8), batched, vectorised, and shardable across processes.
+"""MMRec full-ranking evaluator (Zhou, arXiv 2302.03497, 2023;
+enoche/MMRec src/utils/topk_evaluator.py), batched, vectorised, and shardable across processes.
 
 For every user with at least one item in the evaluated split: score all items, set the user's
 *training* items to -inf (only those; an evaluator given ``candidates`` also sets every
@@ -90,7 +91,9 @@ class Evaluator:
 
     Attributes:
         users: sorted int64 [U] users with >= 1 ground-truth item.
-        names: metric keys, e.g. ``["recall@10", ..., "hit@50"]`` (order of :meth:`metric_sums`).
+        names: metric keys, e.g. ``["recall@10", ..., "f1@50"]`` (order of :meth:`metric_sums`): Recall,
+            NDCG, Precision, MAP, Hit and F1 (NBPO's) at every K; any of them can select the model
+            (``eval.valid_metric``, e.g. ``f1@20``).
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""Deterministic top-k and per-user top-K ranking metrics (MMRec full-ranking formulas, METHODS.md 1.8).
+"""Deterministic top-k and per-user top-K ranking metrics (MMRec full-ranking formulas: Zhou, arXiv 2302.03497, 2023; enoche/MMRec src/utils/metrics.py).
 
 Tie rule used everywhere: equal scores rank the **lower item id first**. ``torch.topk`` alone leaves the
 order of equal values unspecified, so :func:`topk_ordered` re-sorts the selected k by (score desc, id asc)
@@ -12,14 +12,15 @@ from typing import Sequence
 import torch
 
 #: Metric families, in the order used by :func:`metric_names` and :func:`ranking_metrics`.
-METRICS = ("recall", "ndcg", "precision", "map", "hit")
+#: ``f1`` (NBPO's F1@K: Yu and Qin, SIGIR 2020) came last, so earlier columns kept their positions.
+METRICS = ("recall", "ndcg", "precision", "map", "hit", "f1")
 
 # rows × columns handled at once by the exact tie fallback (bounds its int32 cumsum buffer)
 _TIE_CHUNK_ELEMS = 1 << 22
 
 
 def metric_names(ks: Sequence[int]) -> list[str]:
-    """Metric keys, metric-major: ``["recall@10", "recall@20", ..., "hit@50"]``."""
+    """Metric keys, metric-major: ``["recall@10", "recall@20", ..., "f1@50"]``."""
     return [f"{m}@{k}" for m in METRICS for k in ks]
 
 
@@ -78,7 +79,7 @@ def topk_ordered(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
 
 
 def ranking_metrics(hits: torch.Tensor, n_truth: torch.Tensor, ks: Sequence[int]) -> torch.Tensor:
-    """Per-user Recall/NDCG/Precision/MAP/Hit at every K from one top-max(K) hit matrix.
+    """Per-user Recall/NDCG/Precision/MAP/Hit/F1 at every K from one top-max(K) hit matrix.
 
     Args:
         hits: [B × Kmax] bool, ``hits[b, r]`` = the item at rank r+1 is in user b's ground truth.
@@ -87,9 +88,12 @@ def ranking_metrics(hits: torch.Tensor, n_truth: torch.Tensor, ks: Sequence[int]
         ks: cutoffs K.
 
     Returns:
-        float64 [B × (5·len(ks))], columns in :func:`metric_names` order, with
+        float64 [B × (6·len(ks))], columns in :func:`metric_names` order, with
         recall = hits@K/|GT|, ndcg = DCG@K / IDCG(min(|GT|, K)) (binary gain, 1/log2(r+1)),
-        precision = hits@K/K, map = (1/min(|GT|,K)) Σ_{r≤K} P@r·rel_r, hit = 1[hits@K > 0].
+        precision = hits@K/K, map = (1/min(|GT|,K)) Σ_{r≤K} P@r·rel_r, hit = 1[hits@K > 0],
+        f1 = 2·P·R/(P + R) of this user's precision and recall at K (0 when both are 0), computed
+        as the equal ``2·hits@K/(K + |GT|)``. Like the others it is averaged over users (the mean of
+        per-user F1s, not the F1 of the mean precision and recall).
     """
     dev = hits.device
     kmax = hits.shape[1]
@@ -112,4 +116,5 @@ def ranking_metrics(hits: torch.Tensor, n_truth: torch.Tensor, ks: Sequence[int]
         cols["precision"].append(h / k)
         cols["map"].append(ap[:, c] / denom.to(torch.float64))
         cols["hit"].append((h > 0).to(torch.float64))
+        cols["f1"].append(2.0 * h / (k + n_gt_f))  # = 2PR/(P+R): 2(h/K)(h/G)/((h/K)+(h/G)) for h > 0
     return torch.stack([t for m in METRICS for t in cols[m]], dim=1)

@@ -1,4 +1,4 @@
-"""A small generated catalogue with images and interactions: the end-to-end example of the README.
+"""A small generated catalogue with images and interactions: the end-to-end example of docs/features.md.
 
     python -m raymmrec.features.demo --out /tmp/demo [--items 96] [--users 240] [--seed 0]
 

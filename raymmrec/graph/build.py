@@ -3,7 +3,8 @@
 All graphs are returned as float32 ``torch.sparse_csr_tensor`` so that ``adj @ X`` (or
 ``torch.sparse.mm(adj, X)``) is a CSR SpMM on whatever device the graph lives on.
 
-Conventions (METHODS.md 2(b), 3(b)):
+Conventions (BM3: Zhou et al., WWW 2023; CM3: Zhou, Wang, Shen, arXiv 2508.01226, 2025; as in
+the authors' code enoche/BM3 and enoche/CM3):
 
 * Bipartite graph: node ``u`` is user ``u``, node ``n_users + i`` is item ``i``; no self-loops;
   Â = D^{-1/2} A D^{-1/2} with degree = number of non-zeros in the row + 1e-7 (MMRec).

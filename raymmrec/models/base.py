@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -116,6 +116,39 @@ class LossOutput:
             self.value = self.total.detach()
 
 
+class Indexed(NamedTuple):
+    """A state tensor (parameter or buffer) indexed by users or items: slice ``i`` along ``axis`` is
+    user (item) ``i``'s own. ``derived``: a cache recomputed from the rest of the state by
+    :meth:`Recommender.refresh_derived`, never reset slice by slice."""
+
+    who: str  # "users" | "items"
+    axis: int = 0
+    derived: bool = False
+
+
+#: The conventional names: a top-level attribute named ``user_*`` / ``item_*`` whose first dimension
+#: is the user / item count (``user_emb.weight``, CM3's ``user_branch.<b>``).
+CONVENTIONAL = {"user_": "users", "item_": "items"}
+
+
+def declared_state(module: nn.Module, keys: Any) -> dict[str, Indexed | None]:
+    """The ``indexed`` declarations of ``module`` and of every submodule (keys prefixed by its path;
+    a class's own merged over its bases'), each matched against the state-dict ``keys``: an exact
+    key, or a prefix ending in "."."""
+    out: dict[str, Indexed | None] = {}
+    keys = list(keys)
+    for path, sub in module.named_modules():
+        decls: dict[str, Indexed | None] = {}
+        for cls in reversed(type(sub).__mro__):
+            decls.update(vars(cls).get("indexed", {}))
+        for decl, how in decls.items():
+            full = f"{path}.{decl}" if path else decl
+            for k in keys:
+                if k == full or (full.endswith(".") and k.startswith(full)):
+                    out[k] = how
+    return out
+
+
 class Recommender(nn.Module, ABC):
     """Base class of every model: it embeds and scores; a registered objective computes the loss.
 
@@ -143,6 +176,17 @@ class Recommender(nn.Module, ABC):
     #: are never touched) or ``"zero"`` (a regulariser over the whole tables decays them, as BM3's
     #: does). Unlearning gives a forgotten user the same (``raymmrec.unlearning``, ``reset=auto``).
     untrained_rows: ClassVar[str] = "init"
+    #: State indexed by users or items besides the conventional names (:data:`CONVENTIONAL`):
+    #: state-dict key (or a prefix ending in ".") -> :class:`Indexed`, or None for a conventionally
+    #: named entry that is not. Any submodule may declare its own (an objective's module: NBPO's flip
+    #: tables). Unlearning resets the forgotten users' / items' slices of every entry
+    #: (:mod:`raymmrec.unlearning.reset`); a test fails on a user- or item-sized tensor of any
+    #: registered method and objective that :meth:`indexed_state` leaves out.
+    indexed: ClassVar[dict[str, Indexed | None]] = {}
+    #: The method's own ``train`` settings (its paper's), e.g. ``{"patience": 10}``: they replace the
+    #: project's defaults for this method, under the user's YAML and ``train.key=value`` overrides
+    #: (:func:`raymmrec.config.method_train_defaults`); ``config.json`` records the values used.
+    train_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, cfg: Any, graph: RecGraph) -> None:
         super().__init__()
@@ -217,6 +261,23 @@ class Recommender(nn.Module, ABC):
         ``ctx`` is the :class:`~raymmrec.train.dist.DistContext`; state rewritten here must be
         made identical on every rank (``ctx.broadcast_``), or N ranks silently diverge.
         """
+
+    def indexed_state(self) -> dict[str, Indexed]:
+        """``{state-dict key: Indexed}`` of every parameter and buffer (an attached objective's module's
+        included) indexed by users or items: the conventional names, then every ``indexed`` declaration."""
+        state = self.state_dict(keep_vars=True)
+        sizes = {"users": self.n_users, "items": self.n_items}
+        out: dict[str, Indexed | None] = {}
+        for k, t in state.items():
+            who = next((w for pre, w in CONVENTIONAL.items() if k.startswith(pre)), None)
+            if who is not None and t.dim() >= 1 and t.shape[0] == sizes[who]:
+                out[k] = Indexed(who)
+        out.update(declared_state(self, state))
+        return {k: how for k, how in out.items() if how is not None}
+
+    def refresh_derived(self) -> None:
+        """Recompute the ``derived`` entries of :meth:`indexed_state` (caches) from the current state,
+        after unlearning reset the others; none by default."""
 
     @torch.no_grad()
     def scorer(self) -> Callable[[Tensor], Tensor]:

@@ -3,7 +3,7 @@
 Paper: https://arxiv.org/abs/2207.05969; reference code: enoche/BM3 (``src/models/bm3.py``).
 Training regime: full-graph LightGCN propagation every step, no negative samples; DDP shards
 only the batch of observed (user, item) pairs. Details that are easy to get wrong, all kept here
-(METHODS.md §2):
+(Zhou et al., WWW 2023; see docs/methods/bm3.md):
 
 * item representation ``h_i = mean_l (Â^l E)_i + E_i`` (ID embedding added again);
 * modality tables are *trainable* copies of the raw features, projected by ``Linear(d_m → D)``;
@@ -25,23 +25,39 @@ per-epoch seed, so N workers compute what one process computes on the global bat
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from raymmrec.models.base import Batch, ModelOutput, RecGraph, Recommender, gather, propagate_mean, xavier_embedding
+from raymmrec.models.base import (Batch, Indexed, ModelOutput, RecGraph, Recommender, gather, propagate_mean,
+                                  xavier_embedding)
 from raymmrec.registry import register
 from raymmrec.search import Grid, IntRange, LogUniform, SearchSpaces, Uniform
 
 
 @dataclass(frozen=True)
 class BM3Config:
+    """BM3's options (``model.<option>=value``).
+
+    ``cl_terms`` rebuilds the paper's ablation of its two multimodal terms (Zhou et al., WWW 2023,
+    the ablation study of §4): ``"both"`` (the method, ``L_align + L_mask``), ``"align"`` (the
+    inter-modality alignment term alone: ``L = L_rec + cl_weight · L_align + reg_weight · L_reg``,
+    no masked-feature term) or ``"mask"`` (the intra-modality masking term alone). The left-out
+    term is neither computed nor logged.
+    """
+
     embedding_size: int = 64  # width of ID tables, projections and predictor
     n_layers: int = 1  # LightGCN layers (grid 1, 2)
     dropout: float = 0.5  # target-side dropout ratio (grid 0.3, 0.5)
     reg_weight: float = 0.1  # weight of L_reg (grid 0.1, 0.01)
-    cl_weight: float = 2.0  # weight of L_align + L_mask
+    cl_weight: float = 2.0  # weight of the multimodal terms, L_align + L_mask
+    cl_terms: Literal["both", "align", "mask"] = "both"  # ablation: keep one multimodal term only
+
+    def __post_init__(self) -> None:
+        if self.cl_terms not in ("both", "align", "mask"):
+            raise ValueError(f"cl_terms must be both, align or mask, got {self.cl_terms!r}")
 
 
 @register("bm3")
@@ -61,6 +77,7 @@ class BM3(Recommender):
     provides = frozenset({"bm3"})
     untrained_rows = "zero"  # L_reg over the full final tables decays rows without data
     static_tensors = ("adj",)
+    indexed = {"feat.": Indexed("items")}  # the trainable feature copies: one row per item
 
     @classmethod
     def prepared_inputs(cls, cfg: BM3Config) -> dict:

@@ -1,6 +1,6 @@
 """CM3: Calibrating Multimodal Recommendation (Zhou, Wang, Shen; arXiv 2508.01226, 2025).
 
-Reference code: enoche/CM3 (``src/models/cm3.py``); spec: METHODS.md §3. The graph model is shared
+Reference code: enoche/CM3 (``src/models/cm3.py``); see docs/methods/cm3.md. The graph model is shared
 with LIRDRec (:mod:`raymmrec.models.feature_graph`); CM3's branches are one per modality (the
 modality encoders) plus a fused branch ``MIX``, and its loss is the ``cm3`` objective
 (:mod:`raymmrec.objectives.cm3`): alignment plus user uniformity plus *calibrated* item uniformity.
@@ -13,6 +13,10 @@ modality encoders) plus a fused branch ``MIX``, and its loss is the ``cm3`` obje
 * **Users** weight their branches by ``softmax(Θ_u)``, a free ``U × B`` table of logits.
 * **Scores** are dot products of the un-normalised final tables, as published; the loss works on
   the normalised ones.
+
+Training: early stopping after the authors' 10 evaluations without improvement (their
+``stopping_step``; ``train_defaults``), unless ``train.patience`` is set. Ablations (the paper's):
+``fusion=mean|concat`` in place of the Bézier curve and ``calibration=false``; see :class:`CM3Config`.
 
 Deviations from the published code, each with an option that restores it:
 
@@ -29,13 +33,14 @@ Deviations from the published code, each with an option that restores it:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from raymmrec.fusion import fuse
-from raymmrec.models.base import Batch, ModelOutput, RecGraph, gather
+from raymmrec.models.base import Batch, Indexed, ModelOutput, RecGraph, gather
 from raymmrec.models.feature_graph import FeatureGraphModel, xavier_normal_table
 from raymmrec.registry import register
 from raymmrec.search import Grid, IntRange, LogUniform, SearchSpaces, Uniform
@@ -43,6 +48,25 @@ from raymmrec.search import Grid, IntRange, LogUniform, SearchSpaces, Uniform
 
 @dataclass(frozen=True)
 class CM3Config:
+    """CM3's options (``model.<option>=value``).
+
+    Two options rebuild the paper's ablations (Zhou, Wang, Shen, arXiv 2508.01226):
+
+    * ``fusion``: how the fused branch ``MIX`` (and the similarity that calibrates item uniformity)
+      combines the modalities' unit projections ``p_m = normalize(g_m x_m)``. ``"bezier"`` (the
+      method): the spherical Bézier curve at a ``Beta(alpha, alpha)`` draw; ``"mean"``: their plain
+      mean ``(1/m) Σ_m p_m`` (no draw; ``alpha`` and ``sample_at_eval`` unused); ``"concat"``: their
+      concatenation mapped back to ``embedding_size`` by one learned ``Linear(m·D → D, no bias)``
+      (Xavier-normal), ``W [p_1 ‖ … ‖ p_m]``. The paper does not say how its concatenation variant
+      returns to ``D``; this linear map is this project's choice. With two modalities the curve's
+      evaluation point (``t = 0.5``) is the renormalised mean, and ``MIX`` is only ever used
+      row-normalised or through cosines, so ``"mean"`` differs from the method in training (no
+      random mixing), not in how a trained model scores.
+    * ``calibration``: ``False`` drops the calibration of the item-uniformity term, which becomes the
+      plain ``L_I = log mean exp(−t ‖ī_a − ī_b‖²)`` over the negatives (no ``s_ab``; ``min_sim`` and
+      ``max_sim`` unused); the fused branch stays in the model.
+    """
+
     embedding_size: int = 64  # width of every branch (embedding_size = feat_embed_dim = 64)
     n_ui_layers: int = 3  # LightGCN layers, sum readout (grid 3, 4)
     gamma: float = 0.5  # weight of the two uniformity terms, L = L_align + gamma/2 (L_U + L_I) (grid 0.5, 0.9)
@@ -55,10 +79,14 @@ class CM3Config:
     mm_weights: dict[str, float] | None = None  # explicit per-modality graph weights (sum 1)
     eval_from_last_batch: bool = False  # published scoring: the last training batch's tables
     sample_at_eval: bool = False  # published: random fusion draws at evaluation too
+    fusion: Literal["bezier", "mean", "concat"] = "bezier"  # ablation: mean or concatenation fusion
+    calibration: bool = True  # ablation: False gives plain (uncalibrated) item uniformity
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.min_sim <= self.max_sim <= 1.0):
             raise ValueError(f"need 0 <= min_sim <= max_sim <= 1, got {self.min_sim}, {self.max_sim}")
+        if self.fusion not in ("bezier", "mean", "concat"):
+            raise ValueError(f"fusion must be bezier, mean or concat, got {self.fusion!r}")
         if self.alpha <= 0 or self.temperature <= 0 or self.gamma < 0:
             raise ValueError(f"alpha and temperature must be > 0 and gamma >= 0, "
                              f"got {self.alpha}, {self.temperature}, {self.gamma}")
@@ -71,6 +99,8 @@ class CM3(FeatureGraphModel):
     config_cls = CM3Config
     default_objective = "cm3"
     provides = frozenset({"pairwise", "cm3"})
+    indexed = {"branch_logits": Indexed("users")}  # Θ_u, each user's branch logits
+    train_defaults = {"patience": 10}  # the authors' stopping_step (their CM3.yaml overrides MMRec's 20)
     search_spaces = SearchSpaces(
         # enoche/CM3 configs: n_ui_layers x gamma x max_sim x alpha = 24 distinct runs
         # (its weight_decay {0, 1e-6} is ignored by the published trainer, so it is left out)
@@ -87,11 +117,19 @@ class CM3(FeatureGraphModel):
         self.fusion_proj = nn.ModuleDict({m: nn.Linear(graph.features[m].shape[1], d) for m in self.modalities})
         for lin in self.fusion_proj.values():
             nn.init.xavier_normal_(lin.weight)
+        if cfg.fusion == "concat":  # the concatenation ablation: [p_1 ‖ … ‖ p_m] back to D
+            self.concat_proj = nn.Linear(len(self.modalities) * d, d, bias=False)
+            nn.init.xavier_normal_(self.concat_proj.weight)
         self.branch_logits = xavier_normal_table(graph.n_users, len(self.branches))
 
     def mix(self) -> Tensor:
-        """``I × D`` unit rows: the spherical Bézier fusion of the modalities' projections."""
+        """``I × D``: the fusion of the modalities' unit projections (``cfg.fusion``; the method's
+        spherical Bézier curve gives unit rows, the mean and concatenation ablations need not)."""
         points = [F.normalize(self.fusion_proj[m](self.feature(m)), dim=1) for m in self.modalities]
+        if self.cfg.fusion == "mean":
+            return torch.stack(points).mean(0)
+        if self.cfg.fusion == "concat":
+            return self.concat_proj(torch.cat(points, dim=1))
         return fuse(points, self.cfg.alpha, self.training, sample_at_eval=self.cfg.sample_at_eval)
 
     def item_branches(self, mix: Tensor | None = None) -> list[Tensor]:

@@ -1,6 +1,7 @@
 """What CM3 and LIRDRec share: items represented from their modality features, never by an ID table.
 
-Both methods (METHODS.md §3, §4; enoche/CM3, enoche/LIRDRec) build the same graph model and differ
+Both methods (CM3: Zhou, Wang, Shen, arXiv 2508.01226; LIRDRec: Zhou, Zhang, Niyato, Shen, arXiv 2505.04960;
+code: enoche/CM3, enoche/LIRDRec) build the same graph model and differ
 in the item branches they feed it, in how a user's branches are weighted, and in the loss:
 
 * **Branches.** Each branch ``b`` has a free user vector ``P_b`` (Xavier-normal) and an item side
@@ -33,7 +34,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from raymmrec.models.base import Batch, ModelOutput, RecGraph, Recommender, fixed_spmm, gather, propagate_sum
+from raymmrec.models.base import (Batch, Indexed, ModelOutput, RecGraph, Recommender, fixed_spmm, gather,
+                                  propagate_sum)
 
 
 def modality_encoder(d_in: int, d_out: int, hidden: int = 256) -> nn.Sequential:
@@ -71,6 +73,8 @@ class FeatureGraphModel(Recommender):
 
     static_tensors = ("adj", "mm_adj", "mm_adj_t")
     scores_cold_items: ClassVar[bool] = True
+    # eval_from_last_batch's cached tables: recomputed after an unlearning reset (refresh_derived)
+    indexed = {"last_users": Indexed("users", derived=True), "last_items": Indexed("items", derived=True)}
 
     @classmethod
     def prepared_inputs(cls, cfg: Any) -> dict:
@@ -146,6 +150,21 @@ class FeatureGraphModel(Recommender):
         users, items = self.tables()
         self.remember(users, items)  # the published scoring then uses these tables
         return users, items
+
+    @torch.no_grad()
+    def refresh_derived(self) -> None:
+        """The cached scoring tables (``eval_from_last_batch``) from the current weights, in eval mode,
+        so that a reloaded unlearned model scores with its reset rows, not the fine-tuning's last step."""
+        if not self.cfg.eval_from_last_batch:
+            return
+        was_training = self.training
+        self.eval()
+        try:
+            users, items = self.tables()
+        finally:
+            self.train(was_training)
+        self.last_users.copy_(users)
+        self.last_items.copy_(items)
 
     def scoring_embeddings(self) -> tuple[Tensor, Tensor]:
         if self.cfg.eval_from_last_batch:

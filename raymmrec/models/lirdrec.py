@@ -1,7 +1,7 @@
 """LIRDRec: Learning Item Representations Directly from Multimodal Features (Zhou, Zhang, Niyato,
 Shen; arXiv 2505.04960, 2025).
 
-Reference code: enoche/LIRDRec (its grid: ``src/configs/model/LIRDRec.yaml``); spec: METHODS.md §4. There is no item ID table: items are represented from their features only. The graph
+Reference code: enoche/LIRDRec (its grid: ``src/configs/model/LIRDRec.yaml``); see docs/methods/lirdrec.md. There is no item ID table: items are represented from their features only. The graph
 model is shared with CM3 (:mod:`raymmrec.models.feature_graph`: node input ``[rownorm(P_b ; F_b)]``,
 LightGCN with the sum readout, ``i = r_i + Â_mm r_i``, users ``[β_b r^b_u]``).
 
@@ -22,10 +22,13 @@ LightGCN with the sum readout, ``i = r_i + Â_mm r_i``, users ``[β_b r^b_u]``).
   ``reg_weight · (mean(U∘U) + mean(I∘I))`` over the full final tables.
 
 Published hyperparameters: n_ui_layers {2, 3, 4}, mm_image_weight {0.1, 0.2}, reg_weight {1e-2,
-1e-3, 1e-4}, decay_weight {0.9, 0.95, 0.99}, decay_base 0.9, knn_k 10, and **Adam lr 1e-4** (the
-``paper`` search space fixes ``train.lr`` to it; a plain run uses the project's ``train.lr``, so set
-``train.lr=1e-4`` to follow the paper). The defaults below are the grid's middle values
+1e-3, 1e-4}, decay_weight {0.9, 0.95, 0.99}, decay_base 0.9, knn_k 10, and **Adam lr 1e-4**: the method's own
+training default (``train_defaults``), so a run uses it unless ``train.lr`` is set (the ``paper``
+search space fixes it too). The model defaults below are the grid's middle values
 (mm_image_weight 0.1, as CM3 fixes it) until they are tuned on real data.
+
+Ablations (the paper's): ``dct=False`` (the shared encoder reads the raw features) and
+``weight_copying=False`` (Θ is never overwritten by β); see :class:`LIRDRecConfig`.
 
 ``epoch_logs`` reports, after every epoch, each branch's fusion weight β (mean and std over users, of
 the epoch's last training forward) and ``w1``, the MLP scores' share: ``model/fusion/<branch>_mean``,
@@ -51,7 +54,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from raymmrec.models.base import Batch, ModelOutput, RecGraph
+from raymmrec.models.base import Batch, Indexed, ModelOutput, RecGraph
 from raymmrec.models.feature_graph import FeatureGraphModel, modality_encoder, xavier_normal_table
 from raymmrec.registry import register
 from raymmrec.search import Grid, IntRange, LogUniform, SearchSpaces, Uniform
@@ -61,6 +64,17 @@ SHARED = "shared"
 
 @dataclass(frozen=True)
 class LIRDRecConfig:
+    """LIRDRec's options (``model.<option>=value``).
+
+    Two options rebuild the paper's ablations (Zhou, Zhang, Niyato, Shen, arXiv 2505.04960):
+
+    * ``dct``: ``False`` feeds the shared encoder the raw features ``[x_m1 ‖ x_m2 ‖ …]`` (same sorted
+      order, same width) instead of their orthonormal DCT-II; the DCT is then not computed.
+    * ``weight_copying``: ``False`` leaves Θ to the optimizer alone: before each epoch the MLP's share
+      ``w1`` still decays, but Θ is never overwritten by the last forward's β (progressive weight
+      copying without the copy).
+    """
+
     embedding_size: int = 64  # width of every branch (embedding_size = feat_embed_dim = 64)
     n_ui_layers: int = 3  # LightGCN layers, sum readout (grid 2, 3, 4)
     reg_weight: float = 1e-3  # weight of mean(U∘U) + mean(I∘I) over the full tables (grid 1e-2, 1e-3, 1e-4)
@@ -70,6 +84,8 @@ class LIRDRecConfig:
     mm_image_weight: float = 0.1  # share of the non-text modalities' graphs (text gets the rest; grid 0.1, 0.2)
     mm_weights: dict[str, float] | None = None  # explicit per-modality graph weights (sum 1)
     eval_from_last_batch: bool = False  # published scoring: the last training batch's tables
+    dct: bool = True  # ablation: False gives the shared encoder the raw features, no DCT
+    weight_copying: bool = True  # ablation: False never copies β into Θ before an epoch
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.decay_weight <= 1.0 or not 0.0 < self.decay_base <= 1.0:
@@ -92,6 +108,8 @@ class LIRDRec(FeatureGraphModel):
     default_objective = "lirdrec"
     provides = frozenset({"pairwise", "full_table_reg"})
     untrained_rows = "zero"  # the L2 term over the full tables decays rows without data
+    indexed = {"theta": Indexed("users"), "last_beta": Indexed("users")}  # Θ_u and the last forward's β_u
+    train_defaults = {"lr": 1e-4}  # the authors' learning rate (LIRDRec.yaml's only value)
     search_spaces = SearchSpaces(
         # enoche/LIRDRec configs/model/LIRDRec.yaml: 3 x 2 x 3 x 3 = 54 distinct runs at lr 1e-4
         # (its weight_decay {0, 1e-6, 1e-5} is ignored by the published trainer, so it is left out)
@@ -106,17 +124,22 @@ class LIRDRec(FeatureGraphModel):
     @classmethod
     def prepared_inputs(cls, cfg: LIRDRecConfig) -> dict:
         # modalities=None: all of the dataset's modalities in sorted order, the branch order below
+        if not cfg.dct:  # the ablation: the raw features, concatenated in __init__
+            return super().prepared_inputs(cfg)
         return {**super().prepared_inputs(cfg), "dct": ("dct_features", {"modalities": None})}
 
     def __init__(self, cfg: LIRDRecConfig, graph: RecGraph) -> None:
         super().__init__(cfg, graph, extra_branches=[SHARED])
         width = sum(graph.features[m].shape[1] for m in self.modalities)
-        dct = graph.prepared["dct"]
-        if dct.shape != (graph.n_items, width):
-            raise ValueError(f"LIRDRec: the DCT features are {tuple(dct.shape)}, expected {(graph.n_items, width)} "
-                             f"for modalities {self.modalities}")
-        self.dct = dct
-        self.static_tensors = (*self.static_tensors, "dct")
+        if cfg.dct:
+            shared = graph.prepared["dct"]
+            if shared.shape != (graph.n_items, width):
+                raise ValueError(f"LIRDRec: the DCT features are {tuple(shared.shape)}, expected "
+                                 f"{(graph.n_items, width)} for modalities {self.modalities}")
+        else:  # the ablation without the transformation: the raw features in the same order
+            shared = torch.cat([graph.features[m] for m in self.modalities], dim=1)
+        self.shared_input = shared  # z, the shared encoder's fixed input
+        self.static_tensors = (*self.static_tensors, "shared_input")
         d, n_b = cfg.embedding_size, len(self.branches)
         self.shared_encoder = modality_encoder(width, d)
         self.score_mlps = nn.ModuleDict({b: score_mlp(d) for b in self.branches})
@@ -127,7 +150,7 @@ class LIRDRec(FeatureGraphModel):
         self.register_buffer("beta_seen", torch.zeros((), dtype=torch.bool))
 
     def item_branches(self) -> list[Tensor]:
-        return [*(self.encoders[m](self.feature(m)) for m in self.modalities), self.shared_encoder(self.dct)]
+        return [*(self.encoders[m](self.feature(m)) for m in self.modalities), self.shared_encoder(self.shared_input)]
 
     def user_weights(self, hu: Tensor) -> Tensor:
         scores = torch.cat([self.score_mlps[b](hu[:, j]) for j, b in enumerate(self.branches)], dim=1)
@@ -145,7 +168,7 @@ class LIRDRec(FeatureGraphModel):
         w1 *= self.cfg.decay_base ** e
         total = w1 + w2
         self.pwc_w.copy_(torch.tensor([w1 / total, w2 / total]))
-        if bool(self.beta_seen):
+        if bool(self.beta_seen) and self.cfg.weight_copying:
             self.theta.copy_(self.last_beta)
         ctx.broadcast_(self.pwc_w)  # a safety net: every rank computed the same values
         ctx.broadcast_(self.theta.data)

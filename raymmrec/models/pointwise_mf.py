@@ -9,7 +9,7 @@ Search spaces. ``paper`` is the authors' stored tuning in their training recipe 
 sums over every triple, learning rate decayed by 0.99 per epoch from before the first, every row of
 every table decayed at each batch): ``train.lr`` {0.1, 0.01, 0.001} × ``train.weight_decay``
 (their ``lambda_r``) {0.1, 1}, with the flip tables' ``lambda_phi`` = 1 and S = 3 negatives from
-all items. That grid is the one stored for their NBPOo/NBPOs ablation (METHODS.md 5(e)); NBPO's own
+all items. That grid is the one stored for their NBPOo/NBPOs ablation (Yu & Qin, SIGIR 2020; Wenhui-Yu/NBPO); NBPO's own
 reported setting (Amazon: lr 0.05, lambda_r 1, lambda_phi 5) lies near it. Batches hold 5000
 positives, as theirs. Differences that remain: batches in a shuffled (theirs: fixed) order, K0 = 64
 (theirs: 50) and Xavier rather than positive uniform initialisation of the MF tables.
@@ -24,12 +24,12 @@ from raymmrec.models.bpr import BPR
 from raymmrec.registry import register
 from raymmrec.search import Grid, LogUniform, SearchSpaces
 
-AUTHORS_SETTINGS = {  # the authors' training recipe, shared by every objective they ran (METHODS.md 5(d))
+AUTHORS_SETTINGS = {  # the authors' training recipe, shared by every objective they ran (Yu & Qin, SIGIR 2020)
     "train.optimizer": "sgd", "train.lr_decay": 0.99, "train.num_negatives": 3, "train.negative_pool": "all",
     "train.batch_size": 5000, "objective_options.reduction": "sum", "model.reg_weight": 0.0,
 }
 AUTHORS_RECIPE = {k: Grid((v,)) for k, v in AUTHORS_SETTINGS.items()}
-# their published settings on Amazon (η0, λ_r, λ_φ; METHODS.md 5(e)), for the recipe's runs
+# their published settings on Amazon (η0, λ_r, λ_φ; Yu & Qin, SIGIR 2020, code Wenhui-Yu/NBPO), for the recipe's runs
 AUTHORS_PUBLISHED = {
     "bpr": {"train.lr": 0.05, "train.weight_decay": 1.0},
     "bpo": {"train.lr": 0.05, "train.weight_decay": 1.0},

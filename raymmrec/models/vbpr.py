@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from raymmrec.models.base import Batch, ModelOutput, RecGraph, Recommender, gather, xavier_embedding
+from raymmrec.models.base import Batch, Indexed, ModelOutput, RecGraph, Recommender, gather, xavier_embedding
 from raymmrec.registry import register
 from raymmrec.search import Grid, LogUniform, SearchSpaces
 
@@ -41,6 +41,7 @@ class VBPR(Recommender):
         wide={"model.reg_weight": LogUniform(1e-6, 2.0), "train.lr": LogUniform(1e-4, 1e-2)},
     )
     static_tensors = ("content",)
+    indexed: dict[str, Indexed | None] = {"item_linear.": None}  # W: features -> D, not one row per item
     scores_cold_items = True  # the projected features W f_i; γ_i of a cold item is untrained
 
     def __init__(self, cfg: VBPRConfig, graph: RecGraph) -> None:

@@ -25,7 +25,9 @@ class Objective:
     An objective may own parameters (NBPO's label-flip model): :meth:`make_module` builds them and
     the run attaches the module to the model as ``model.objective_module`` before wrapping it for
     DDP and building the optimizer, so they are trained, averaged over ranks and checkpointed
-    with the model's own.
+    with the model's own. The module declares its tensors indexed by users or items in a class
+    attribute ``indexed`` (as :attr:`Recommender.indexed`, e.g. NBPO's ``P`` and ``Q``), and
+    unlearning resets their forgotten slices with the model's (:mod:`raymmrec.unlearning.reset`).
     """
 
     name: ClassVar[str] = ""

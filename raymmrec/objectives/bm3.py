@@ -1,6 +1,7 @@
 """BM3's objective (Zhou et al., WWW 2023): bootstrap cosine losses without negatives.
 
-``L = L_rec + cl_weight * (L_align + L_mask) + reg_weight * L_reg`` where every cosine term is a
+``L = L_rec + cl_weight * (L_align + L_mask) + reg_weight * L_reg`` (``model.cl_terms`` keeps one of
+``L_align``, ``L_mask`` alone: the paper's ablation) where every cosine term is a
 mean over the batch rows of ``1 - cos(online, target)`` (targets under stop-gradient, dropout
 applied by the model) and ``L_reg = (‖H_U‖ + ‖H_I‖) / n_items`` over the full tables, which every
 rank computes identically. Batch means use the global row count, so DDP is exact.
@@ -38,7 +39,7 @@ class BM3Loss(Objective):
 
     needs_negatives = False
     requires = frozenset({"bm3"})
-    config_fields = ("reg_weight", "cl_weight")
+    config_fields = ("reg_weight", "cl_weight", "cl_terms")
 
     def __call__(self, out: ModelOutput, batch: Batch, ctx: DistContext) -> LossOutput:
         x, n = out.extra, batch.global_rows
@@ -56,12 +57,17 @@ class BM3Loss(Objective):
             w_i = torch.zeros_like(i_tg).index_add_(0, ii, gather(u_tg, ui))
         u_on, i_on, m_on = online[:nu], online[nu : nu + ni], online[nu + ni :].view(n_mod, ni, d)
         rec = ctx.batch_mean(2.0 * rows - (u_on * w_u).sum() - (i_on * w_i).sum(), n)
-        align = ctx.batch_mean(n_mod * rows - (m_on * (counts * i_tg)).sum(), n)
-        mask = ctx.batch_mean(n_mod * rows - (m_on * (counts * m_tg)).sum(), n)
-        reg = x["reg"]  # full tables: the same on every rank
+        terms = {"rec": rec}
+        keep = self.cfg.cl_terms  # the ablations: one multimodal term alone
+        if keep in ("both", "align"):
+            terms["align"] = ctx.batch_mean(n_mod * rows - (m_on * (counts * i_tg)).sum(), n)
+        if keep in ("both", "mask"):
+            terms["mask"] = ctx.batch_mean(n_mod * rows - (m_on * (counts * m_tg)).sum(), n)
+        terms["reg"] = x["reg"]  # full tables: the same on every rank
         cl, rw = self.cfg.cl_weight, self.cfg.reg_weight
-        total = rec + cl * (align + mask) + rw * reg
+        multimodal = [k for k in ("align", "mask") if k in terms]
+        total = rec + cl * sum(terms[k] for k in multimodal) + rw * terms["reg"]
         n = ctx.world_size
-        parts = {k: v.detach() / n for k, v in {"rec": rec, "align": align, "mask": mask, "reg": reg}.items()}
-        value = parts["rec"] + cl * (parts["align"] + parts["mask"]) + rw * parts["reg"]
+        parts = {k: v.detach() / n for k, v in terms.items()}
+        value = parts["rec"] + cl * sum(parts[k] for k in multimodal) + rw * parts["reg"]
         return LossOutput(total, parts, value)

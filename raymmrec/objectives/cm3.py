@@ -11,6 +11,9 @@ With ``ū``, ``ī`` the L2-normalised final representations and ``t`` the temper
   items whose contents differ is pushed apart up to ``e^{2t}`` times harder than a pair of twins;
 * ``L = L_align + gamma / 2 · (L_U + L_I)``; no BPR term, no L2 term.
 
+``model.calibration=false`` (the paper's ablation) drops ``s_ab``: ``L_I`` is then the plain
+``log mean exp(−t ‖ī_a − ī_b‖²)``, like ``L_U``.
+
 Pair means run over the *global* batch: under DDP every rank gathers all ranks' rows (with
 gradients) and computes the same uniformity values, which is exact (see
 :meth:`~raymmrec.dist.DistContext.all_gather`). Squared distances of unit vectors are taken as
@@ -90,24 +93,28 @@ class CM3Loss(Objective):
 
     needs_negatives = True
     requires = frozenset({"cm3"})
-    config_fields = ("gamma", "temperature", "min_sim", "max_sim")
+    config_fields = ("gamma", "temperature", "min_sim", "max_sim", "calibration")
 
     def __call__(self, out: ModelOutput, batch: Batch, ctx: DistContext) -> LossOutput:
-        if out.users is None or out.pos is None or out.neg is None or "neg_mix" not in out.extra:
-            raise ValueError("the cm3 objective needs users, positives, negatives and their fused vectors")
         cfg, n = self.cfg, batch.global_rows
+        if out.users is None or out.pos is None or out.neg is None or (cfg.calibration and "neg_mix" not in out.extra):
+            raise ValueError("the cm3 objective needs users, positives, negatives and their fused vectors")
         u, p = F.normalize(out.users, dim=-1), F.normalize(out.pos, dim=-1)
         neg = F.normalize(out.neg.reshape(-1, out.neg.shape[-1]), dim=-1)
-        mix = out.extra["neg_mix"].reshape(-1, out.extra["neg_mix"].shape[-1])
         align = ctx.batch_mean((u - p).pow(2).sum(-1), n)
         # pair means over the global batch: every rank gathers all rows and computes the same value
         counts, u_rows = distinct_rows(ctx.all_gather(batch.users), ctx.all_gather(u))
         unif_u = uniformity(u_rows, cfg.temperature, counts=counts)
-        neg_ids = batch.neg_items.reshape(-1)
-        counts, neg_rows, mix_rows = distinct_rows(ctx.all_gather(neg_ids), ctx.all_gather(neg), ctx.all_gather(mix))
-        mix_rows = F.normalize(mix_rows, dim=-1)
-        sim = (mix_rows @ mix_rows.t()).clamp(cfg.min_sim, cfg.max_sim)
-        unif_i = uniformity(neg_rows, cfg.temperature, sim, counts=counts)
+        neg_ids = ctx.all_gather(batch.neg_items.reshape(-1))
+        if cfg.calibration:
+            mix = out.extra["neg_mix"].reshape(-1, out.extra["neg_mix"].shape[-1])
+            counts, neg_rows, mix_rows = distinct_rows(neg_ids, ctx.all_gather(neg), ctx.all_gather(mix))
+            mix_rows = F.normalize(mix_rows, dim=-1)
+            sim = (mix_rows @ mix_rows.t()).clamp(cfg.min_sim, cfg.max_sim)
+            unif_i = uniformity(neg_rows, cfg.temperature, sim, counts=counts)
+        else:  # the ablation without calibration: plain item uniformity
+            counts, neg_rows = distinct_rows(neg_ids, ctx.all_gather(neg))
+            unif_i = uniformity(neg_rows, cfg.temperature, counts=counts)
         half = cfg.gamma / 2.0
         w = ctx.world_size
         parts = {"align": align.detach() / w, "unif_user": unif_u.detach() / w, "unif_item": unif_i.detach() / w}

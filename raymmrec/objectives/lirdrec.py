@@ -3,7 +3,8 @@
 ``L = mean over the batch of softplus(u·i− − u·i+) + reg_weight · (mean(U∘U) + mean(I∘I))``:
 ``softplus(−x) = −log σ(x)``, the stable form of ``−log σ(u·i+ − u·i−)``; the two means are
 elementwise means of squares over every user, every item and every dimension of the final tables
-(METHODS.md §4(c)), which the model hands over as ``extra["reg"]``.
+(Zhou, Zhang, Niyato, Shen, arXiv 2505.04960, 2025; the authors' code enoche/LIRDRec), which the
+model hands over as ``extra["reg"]``.
 
 DDP: the ranking term is a batch mean (:meth:`~raymmrec.dist.DistContext.batch_mean`); the
 full-table term is the same on every rank, so it enters each rank's total un-scaled and DDP's

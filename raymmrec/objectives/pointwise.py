@@ -5,7 +5,8 @@ With ``R`` a model's score of (user, item) and ``ŷ = σ(R)`` the preference pro
 label-flip model ``γ = σ(g)``, ``g_ui = P_u · Q_i`` (its own ``U × K1`` and ``I × K1`` tables): the
 probability that an item the user prefers is nevertheless unlabelled. An observed pair then has
 probability ``ŷ (1 − γ)`` and an unlabelled one ``(1 − ŷ) + ŷ γ``. Per positive (u, i) and each of
-its S sampled unlabelled items j, the maximised per-triple objectives (METHODS.md 5(c)):
+its S sampled unlabelled items j, the maximised per-triple objectives (Yu & Qin,
+SIGIR 2020; their code Wenhui-Yu/NBPO):
 
 * ``bpo``: ``log σ(R_ui) + log(1 − σ(R_uj))``;
 * ``nbpo_original``: ``log[ŷ_ui (1 − γ_ui)] + log[(1 − ŷ_uj) + ŷ_uj γ_uj]``;
@@ -45,7 +46,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from raymmrec.dist import DistContext
-from raymmrec.models.base import Batch, LossOutput, ModelOutput, gather
+from raymmrec.models.base import Batch, Indexed, LossOutput, ModelOutput, gather
 from raymmrec.objectives.base import Objective
 from raymmrec.objectives.bpr import emb_loss
 from raymmrec.registry import register_objective
@@ -80,6 +81,8 @@ class FlipModel(nn.Module):
 
     So ``g`` starts near ``−25 K1 / (4 K1) = −6.25`` and the flip probability ``γ = σ(g)`` near 0.002.
     """
+
+    indexed = {"P": Indexed("users"), "Q": Indexed("items")}  # per-user / per-item rows (unlearning resets them)
 
     def __init__(self, n_users: int, n_items: int, dim: int) -> None:
         super().__init__()

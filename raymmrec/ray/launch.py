@@ -19,13 +19,15 @@ from typing import Any
 
 import pyarrow as pa
 
-from raymmrec.cli import add_run_arguments, spec_from_args
-from raymmrec.config import RunSpec, spec_from_dict
+from raymmrec.args import add_run_arguments, spec_from_args
+from raymmrec.config import RunSpec, adopt_recorded, spec_from_dict
 from raymmrec.data import arrow_filesystem, is_columnar, resolve_source, train_parquet_path
 from raymmrec.errors import UserError, run_main
 from raymmrec.eval.cold import COLD_SPLITS
 from raymmrec.ray import storage as st
-from raymmrec.train.artifacts import CONFIG, DIVERGED, RESULTS, TB, results_dict, results_table, write_json
+from raymmrec.ray.logs import DriverLines, ingest_options, lines_to_driver
+from raymmrec.train.artifacts import CONFIG, DIVERGED, RESULTS, TB, results_dict, results_table
+from raymmrec.files import write_json
 from raymmrec.train.build import check_same_run, load_data, prepared_inputs, resolved_config, run_notes
 from raymmrec.train.loop import TrainingDiverged, TrainState
 
@@ -77,12 +79,16 @@ def train_dataset(columnar: str | None, pairs_ref: Any) -> Any:
     return ray.data.from_arrow_refs([pairs_ref])
 
 
-def _load_and_prepare(spec_dict: dict[str, Any], want_pairs: bool) -> tuple[str, dict[str, Any], Any]:
-    """(Ray task) load and check the dataset, build the model's prepared inputs (cached on that node)."""
-    spec = spec_from_dict(spec_dict)
-    data = load_data(spec)
-    pairs = pa.table({"user": data.train.users, "item": data.train.items}) if want_pairs else None
-    return data.summary(), prepared_inputs(spec, data), pairs
+def _load_and_prepare(spec_dict: dict[str, Any], want_pairs: bool, lines: Any = None) -> tuple[str, dict[str, Any], Any]:
+    """(Ray task) load and check the dataset, build the model's prepared inputs (cached on that node).
+
+    ``lines``: the driver's queue for this task's output (warnings, a first build's progress).
+    """
+    with lines_to_driver(lines):
+        spec = spec_from_dict(spec_dict)
+        data = load_data(spec)
+        pairs = pa.table({"user": data.train.users, "item": data.train.items}) if want_pairs else None
+        return data.summary(), prepared_inputs(spec, data), pairs
 
 
 def get_or_raise_cause(ref: Any, *siblings: Any) -> Any:
@@ -154,11 +160,28 @@ def default_cpus_per_worker(num_workers: int) -> float:
 def _local_paths_on_cluster(storage: str, spec: RunSpec) -> None:
     """Refuse local storage or data paths once the cluster has more than one node."""
     nodes = _alive_nodes()
-    local = [f"{what} {path!r}" for what, path in (("storage path", storage), ("data", spec.data.source))
-             if not st.is_remote(path) and (os.path.isabs(path) or os.path.exists(path))]
+    paths = (("storage path", storage), ("data", spec.data.source), ("data.forget", spec.data.forget or ""))
+    local = [f"{what} {path!r}" for what, path in paths
+             if path and not st.is_remote(path) and (os.path.isabs(path) or os.path.exists(path))]
     if len(nodes) > 1 and local:
         raise ClusterError(f"the cluster has {len(nodes)} nodes but {' and '.join(local)} is a local path that "
                            "other nodes cannot see; use s3:// (or a shared mount with --allow-local-paths)")
+
+
+def absolute_data_paths(spec: RunSpec) -> None:
+    """Make ``spec``'s local data paths absolute (in place): Ray tasks and Train workers run in other
+    directories, where a relative path names nothing.
+
+    ``data.source``: a dataset name found on ``$RAYMMREC_DATA_PATH`` becomes its path; a local path
+    that exists becomes absolute (a built-in name such as ``synthetic:tiny`` stays). ``data.forget``
+    (always a file): a local path, plain or ``file://``, becomes an absolute plain path. URLs stay.
+    """
+    d = spec.data
+    d.source = resolve_source(d.source)
+    if not st.is_remote(d.source) and os.path.exists(d.source):
+        d.source = os.path.abspath(d.source)
+    if d.forget and not st.is_remote(d.forget):
+        d.forget = os.path.abspath(os.path.expanduser(d.forget.removeprefix("file://")))
 
 
 def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True, verbose: bool = False,
@@ -168,14 +191,8 @@ def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True, verbose: 
     ``train_callbacks`` go to Ray Train's ``RunConfig`` (a Tune trial passes ``TuneReportCallback``).
     """
     import ray
-    import ray.data
-    import ray.train
-    from ray.train.torch import TorchTrainer
 
-    spec.data.source = resolve_source(spec.data.source)  # a name found on $RAYMMREC_DATA_PATH
-    if not st.is_remote(spec.data.source) and os.path.exists(spec.data.source):
-        # Workers run in another directory: hand them an absolute path.
-        spec.data.source = os.path.abspath(spec.data.source)
+    absolute_data_paths(spec)
     config = resolved_config(spec)  # bad methods and options fail here, before Ray starts
     if spec.train.checkpoint_every == 0:
         raise ValueError("train.checkpoint_every: expected an integer >= 1 under Ray (metrics reach Ray with "
@@ -186,17 +203,37 @@ def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True, verbose: 
     name = spec.resolved_run_name
     st.check_writable(storage)
     run_root = st.join(storage, name)
+    fs, root = st.filesystem(run_root)
+    if fs.exists(f"{root}/{CONFIG}"):  # resuming: values from the method's defaults stay as recorded
+        spec = adopt_recorded(spec, json.loads(fs.cat_file(f"{root}/{CONFIG}")))
+        config = resolved_config(spec)
     check_previous_run(run_root, config)
     say = (lambda msg: print(f"[raymmrec] {msg}", flush=True)) if progress else (lambda msg: None)
-    if not ray.is_initialized():
-        ray.init(log_to_driver=True, logging_level=logging.INFO if verbose else logging.WARNING)
+    if not ray.is_initialized():  # Ray's own processes' output (noise) reaches us only with --verbose
+        ray.init(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.WARNING)
+    lines = DriverLines()  # our task's and rank 0's lines come on a channel of their own (raymmrec.ray.logs)
+    try:
+        return _launch_on_ray(spec, args, config, storage, name, run_root, lines, say, progress=progress,
+                              verbose=verbose, inject_fault=inject_fault, train_callbacks=train_callbacks)
+    finally:
+        lines.close()
+
+
+def _launch_on_ray(spec: RunSpec, args: ScalingArgs, config: dict[str, Any], storage: str, name: str,
+                   run_root: str, lines: DriverLines, say: Any, *, progress: bool, verbose: bool,
+                   inject_fault: dict[str, Any] | None, train_callbacks: list[Any] | None) -> TrainState:
+    import ray
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
     t0 = time.perf_counter()
     # The dataset is checked and the prepared inputs built once, by a task on the cluster: the data
     # never has to fit the driver, and the workers receive the prepared inputs from the object store.
     columnar = columnar_source(spec)
     # "DEFAULT": outside any placement group (a Tune trial that calls launch() would capture it)
     task = ray.remote(num_returns=3, num_cpus=1)(_load_and_prepare).options(scheduling_strategy="DEFAULT")
-    summary_ref, prepared_ref, pairs_ref = task.remote(spec.to_dict(), columnar is None)
+    summary_ref, prepared_ref, pairs_ref = task.remote(spec.to_dict(), columnar is None, lines.queue)
     summary = get_or_raise_cause(summary_ref, prepared_ref, pairs_ref)  # a bad dataset: its DataError, not a remote traceback
     say(f"{summary} (checked and prepared on the cluster in {time.perf_counter() - t0:.1f}s)")
     if not args.allow_local_paths:
@@ -219,6 +256,7 @@ def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True, verbose: 
         "spec": spec.to_dict(),
         "progress": progress,
         "verbose": verbose,
+        "lines": lines.queue,  # rank 0's lines to this driver (raymmrec.ray.logs)
         "prepared": prepared_ref,
         "run_root": run_root,
         "checkpoint_every": every,
@@ -241,9 +279,11 @@ def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True, verbose: 
             callbacks=train_callbacks,
         ),
         datasets={"train": train_dataset(columnar, pairs_ref)},
-        dataset_config=ray.train.DataConfig(datasets_to_split=[]),  # every worker reads all pairs once
+        # every worker reads all pairs once; Ray's ingest options without the deprecated field it warns about
+        dataset_config=ray.train.DataConfig(datasets_to_split=[], execution_options=ingest_options()),
     )
     result = trainer.fit()
+    lines.close()  # the workers' last lines before the results
     if result.error is not None:
         raise result.error
     metrics = result.metrics or {}

@@ -20,7 +20,7 @@ from raymmrec.config import load_spec
 from raymmrec.data import resolve_source
 from raymmrec.ray import storage as st
 from raymmrec.ray.tune import BEST_YAML, TEST_SELECTION_LABEL, SweepArgs, add_sweep_arguments, sweep, sweep_args_from
-from raymmrec.train.artifacts import read_bytes, write_bytes, write_json
+from raymmrec.files import read_bytes, write_bytes, write_json
 
 COLUMNS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 

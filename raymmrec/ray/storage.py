@@ -14,8 +14,8 @@ from typing import Any
 
 from raymmrec.data.io import arrow_filesystem, open_fs
 from raymmrec.errors import UserError
-from raymmrec.train.artifacts import is_url as is_remote
-from raymmrec.train.artifacts import join
+from raymmrec.files import is_url as is_remote
+from raymmrec.files import join
 
 __all__ = ["StorageError", "check_writable", "filesystem", "is_remote", "join", "pyarrow_filesystem", "upload_dir"]
 

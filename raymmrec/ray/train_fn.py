@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,16 +28,18 @@ import torch
 from raymmrec.config import spec_from_dict
 from raymmrec.data import Interactions
 from raymmrec.dist import DistContext
-from raymmrec.train.artifacts import DIVERGED, join, read_best, report_metrics, write_json
-from raymmrec.train.build import build, checkpoint_payload, load_data, make_trainer, restore, sharded_evaluate
-from raymmrec.train.callbacks import BestWeightsCallback, ProgressCallback, TensorBoardCallback
+from raymmrec.ray.logs import lines_to_driver, worker_stdout
+from raymmrec.train.artifacts import DIVERGED, report_metrics, resume_best
+from raymmrec.files import join, write_json
+from raymmrec.train.build import build, load_data, make_trainer, restore, sharded_evaluate
+from raymmrec.train.callbacks import BestWeightsCallback, ProgressCallback, TensorBoardCallback, checkpoint_with_best
 from raymmrec.train.checkpoint import load_checkpoint, save_checkpoint
 from raymmrec.train.loop import Callback, Trainer, TrainingDiverged, TrainState
 
 CKPT_FILE = "latest.pt"
-# Ray Train patches print() in workers to both tee to stdout and log it, which doubles every line;
-# writing to the process's real stdout gives one line, still streamed to the driver.
-OUT = sys.__stdout__
+# Rank 0's lines: the driver's stdout through its queue (raymmrec.ray.logs), else this process's
+# real stdout. Not sys.stdout: Ray Train patches print() in workers to also log what goes there.
+OUT = worker_stdout
 
 
 def read_pairs(shard: Any) -> Interactions:
@@ -57,11 +58,13 @@ class RayReportCallback(Callback):
     TensorBoard still gets every epoch; Ray (and Tune) see the metrics at each checkpoint.
     """
 
-    def __init__(self, config: dict[str, Any], rank: int, every: int, on_checkpoint: Any = None) -> None:
+    def __init__(self, config: dict[str, Any], rank: int, every: int, on_checkpoint: Any = None,
+                 best: BestWeightsCallback | None = None) -> None:
         self.config = config
         self.rank = rank
         self.every = max(1, every)
         self.on_checkpoint = on_checkpoint
+        self.best = best  # rank 0's best weights, stored in the checkpoint when not the current ones
 
     def on_epoch_end(self, trainer: Trainer, state: TrainState, logs: dict[str, float]) -> None:
         metrics = report_metrics(state, logs)
@@ -72,7 +75,7 @@ class RayReportCallback(Callback):
             if self.on_checkpoint is not None:
                 self.on_checkpoint()
             tmp = tempfile.mkdtemp(prefix="raymmrec-ckpt-")  # Ray deletes it after the upload
-            save_checkpoint(Path(tmp) / CKPT_FILE, checkpoint_payload(trainer, state, self.config))
+            save_checkpoint(Path(tmp) / CKPT_FILE, checkpoint_with_best(trainer, state, self.config, self.best))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
         else:
@@ -98,24 +101,21 @@ class SyncedTensorBoard(TensorBoardCallback):
         super().on_fit_end(trainer, state)
 
 
-def _quiet_report_logs() -> None:
-    """Ray Train logs every report (all metrics, every rank, every epoch) on a logger named after
-    its source file, which LoggingConfig does not reach; raise that logger to WARNING."""
-    try:
-        from ray.train.v2._internal.execution import context as train_context
-
-        logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
-    except (ImportError, AttributeError):  # internal layout changed: keep Ray's default
-        pass
-
-
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Entry point of each Ray Train worker; ``config = {"spec": RunSpec.to_dict(), ...}``."""
-    if not config.get("verbose", False):
-        _quiet_report_logs()
+    """Entry point of each Ray Train worker; ``config = {"spec": RunSpec.to_dict(), ...}``.
+
+    Rank 0's lines (``OUT``) go to the driver's queue ``config["lines"]``; the data warnings reach the
+    driver from the loading task, Ray's own output stays in the worker's log (raymmrec.ray.logs).
+    """
+    rank = ray.train.get_context().get_world_rank()
+    with lines_to_driver(config.get("lines") if rank == 0 else None, redirect=False):
+        _train_loop(config)
+
+
+def _train_loop(config: dict[str, Any]) -> None:
+    if not config.get("verbose", False):  # Ray Data's bars and per-execution lines stay out of rank 0's output
         ray.data.DataContext.get_current().enable_progress_bars = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # "Dataset ... execution finished"
-        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "Progress bars disabled"
     spec = spec_from_dict(config["spec"])
     tctx = ray.train.get_context()
     ctx = DistContext(tctx.get_world_rank(), tctx.get_world_size())
@@ -128,12 +128,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     prepared = ray.get(config["prepared"])
     p = build(spec, device=device, data=data, prepared=prepared, ctx=ctx, release_features=True)
     state = None
+    best_weights = None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            # every rank reads best.pt too: the same early-stopping state everywhere
-            state = restore(p, load_checkpoint(Path(d) / CKPT_FILE), f"checkpoint of run {spec.resolved_run_name!r}",
-                            best=read_best(config["run_root"]))
+            # the checkpoint alone sets every rank's state, early stopping included: the replay of the
+            # epochs after it then decides as the killed run did (artifacts.resume_best)
+            payload = load_checkpoint(Path(d) / CKPT_FILE)
+            state = restore(p, payload, f"checkpoint of run {spec.resolved_run_name!r}")
+            if ctx.rank == 0:  # the writer of best.pt puts it back to the checkpoint's best
+                best_weights = resume_best(config["run_root"], state, payload, p.model, p.config)
+            del payload
         if ctx.rank == 0:
             print(f"[raymmrec] resuming from checkpoint at epoch {state.epoch}", file=OUT, flush=True)
     model: torch.nn.Module = p.model
@@ -146,15 +151,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             print(f"[raymmrec] {split}: {note}", file=OUT, flush=True)
     callbacks: list[Callback] = []
     before_checkpoint: list = []
+    best: BestWeightsCallback | None = None
     if ctx.rank == 0:
         callbacks.append(ProgressCallback(spec.eval.valid_metric, enabled=config.get("progress", True), stream=OUT))
         tb = SyncedTensorBoard(config.get("tb_local_dir") or tempfile.mkdtemp(prefix="raymmrec-tb-"),
                                config.get("tb_remote_dir"))
         best = BestWeightsCallback(config["run_root"], p.config, background=True)
+        best.resume(best_weights)
         callbacks += [tb, best]
         before_checkpoint = [tb.sync, best.wait]  # a checkpoint never claims a best that is not stored
     callbacks.append(RayReportCallback(p.config, ctx.rank, config["checkpoint_every"],
-                                       on_checkpoint=lambda: [f() for f in before_checkpoint]))
+                                       on_checkpoint=lambda: [f() for f in before_checkpoint],
+                                       best=best))
     fault = config.get("inject_fault")  # testing hook: {"rank": r, "epoch": e, "marker": path}
     if fault:
         callbacks.insert(0, _FaultInjector(ctx.rank, **fault))

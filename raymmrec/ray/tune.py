@@ -31,14 +31,14 @@ from typing import Any
 import yaml
 
 from raymmrec.config import ConfigError, RunSpec, spec_from_dict
-from raymmrec.data import resolve_source
 from raymmrec.errors import UserError
 from raymmrec.eval.cold import COLD_SPLITS
 from raymmrec.ray import storage as st
-from raymmrec.ray.launch import get_or_raise_cause, torch_threads
+from raymmrec.ray.launch import absolute_data_paths, get_or_raise_cause, torch_threads
 from raymmrec.search import (Choice, Grid, IntRange, LogUniform, Space, Uniform, apply_point, check_space,
                              grid_size, is_grid, search_space, short_name)
-from raymmrec.train.artifacts import BEST, CONFIG, RESULTS, read_bytes, report_metrics, write_bytes, write_json
+from raymmrec.train.artifacts import BEST, CONFIG, RESULTS, report_metrics
+from raymmrec.files import read_bytes, write_bytes, write_json
 from raymmrec.train.loop import TrainState
 
 __all__ = ["SweepArgs", "SweepResult", "sweep", "trials_table"]
@@ -191,7 +191,14 @@ def _report_finished(run_folder: str) -> bool:
 
 
 class _Progress:
-    """Tune callback: one line whenever the sweep's state changes (done / running / pending, best so far)."""
+    """Tune callback: one line whenever the sweep's state changes (done / running / pending, best so far).
+
+    A restored sweep runs the callback pickled with the first run's Tuner. Tune calls ``setup`` at
+    the start of every run, restored or not: there it takes the settings of the callback built last
+    in this process (this run's) and starts its clock and counts afresh.
+    """
+
+    settings: tuple[Any, ...] | None = None  # (total, key, label, enabled) of the callback built last
 
     def __new__(cls, *a: Any, **k: Any) -> Any:  # built on ray.tune.Callback, imported lazily
         from ray.tune import Callback
@@ -199,11 +206,22 @@ class _Progress:
         class Progress(Callback):
             def __init__(self, total: int, key: str, label: str, enabled: bool) -> None:
                 self.total, self.key, self.label, self.enabled = total, key, label, enabled
+                self._start()
+
+            def _start(self) -> None:
                 self.best: tuple[float, str] | None = None
                 self.t0 = time.perf_counter()
                 self.last_counts = ""
                 self.last_line = ""
                 self.last_time = -math.inf
+
+            def setup(self, **info: Any) -> None:
+                # imported here: a restored (unpickled) callback's own globals are the first run's copies
+                from raymmrec.ray.tune import _Progress as current
+
+                if current.settings is not None:
+                    self.total, self.key, self.label, self.enabled = current.settings
+                self._start()
 
             def _say(self, trials: list[Any]) -> None:
                 """A line when a trial starts or ends; a better best alone is shown at most every 30 s."""
@@ -235,7 +253,9 @@ class _Progress:
             def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
                 self._say(trials)
 
-        return Progress(*a, **k)
+        progress = Progress(*a, **k)
+        cls.settings = (progress.total, progress.key, progress.label, progress.enabled)
+        return progress
 
 
 def _cluster_cpus_gpus() -> tuple[float, float]:
@@ -304,9 +324,7 @@ def sweep(spec: RunSpec, args: SweepArgs, *, space: Space | None = None) -> Swee
     from raymmrec.train.build import resolved_config
 
     _check_args(args)
-    spec.data.source = resolve_source(spec.data.source)  # a name found on $RAYMMREC_DATA_PATH
-    if not st.is_remote(spec.data.source) and os.path.exists(spec.data.source):
-        spec.data.source = os.path.abspath(spec.data.source)
+    absolute_data_paths(spec)  # trials run in their own directories (data.source and data.forget)
     space = space if space is not None else search_space(spec.method, args.grid)
     check_space(spec, space)
     resolved_config(spec)  # a bad base config fails here, before Ray starts
@@ -362,14 +380,10 @@ def sweep(spec: RunSpec, args: SweepArgs, *, space: Space | None = None) -> Swee
     experiment = st.join(storage_path, name)  # the sweep folder as Tune addresses it (no scheme)
     if tune.Tuner.can_restore(experiment, storage_filesystem=storage_fs):
         say(f"restoring sweep {root}: finished trials are kept")
+        # the restored Tuner runs the first run's (pickled) progress callback: its setup() adopts this run's
         tuner = tune.Tuner.restore(experiment, trainable,
                                    resume_unfinished=True, resume_errored=True, param_space=param_space,
                                    storage_filesystem=storage_fs)
-        # the pickled Tuner holds the first run's progress callback: give it this run's (same totals, fresh clock)
-        try:
-            tuner._local_tuner._run_config.callbacks = [progress]
-        except AttributeError:  # Tune's internals moved: restore without the progress lines
-            pass
     else:
         write_json(st.join(root, SWEEP_JSON), identity)
         scheduler = None
@@ -600,7 +614,7 @@ def tune_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """``raymmrec tune`` and ``jobs/tune.py``: one method's search space through Ray Tune."""
     import argparse
 
-    from raymmrec.cli import add_run_arguments, spec_from_args
+    from raymmrec.args import add_run_arguments, spec_from_args
     from raymmrec.errors import run_main
 
     p = argparse.ArgumentParser(prog=prog, description="Sweep a method's hyperparameters with Ray Tune; the "

@@ -37,6 +37,16 @@ def _unlearn_task(run: str, request: str, options: dict[str, Any], output_dir: s
     return report
 
 
+def task_path(path: str | None) -> str | None:
+    """A path as a task sees it: a task runs in another directory (and maybe on another node), so a
+    local path, plain, relative or ``file://``, becomes absolute and plain; a URL stays."""
+    if path is None:
+        return None
+    from raymmrec.unlearning.run import location
+
+    return location(path)
+
+
 def submit(run: str, requests: list[str], *, options: dict[str, Any] | None = None, output_dir: str | None = None,
            names: list[str | None] | None = None, gold: bool = False, cpus: float = 1.0, gpus: float = 0.0,
            echo: bool = True) -> list[dict[str, Any] | BaseException]:
@@ -50,11 +60,12 @@ def submit(run: str, requests: list[str], *, options: dict[str, Any] | None = No
         ray.init(logging_level=logging.WARNING, log_to_driver=echo)
     task = ray.remote(_unlearn_task)
     names = names or [None] * len(requests)
+    run, output_dir = task_path(run), task_path(output_dir)
     device = "cuda" if gpus > 0 else "cpu"
     threads = max(1, int(cpus))
     refs = [task.options(num_cpus=cpus, num_gpus=gpus, max_retries=0,
                          name=f"unlearn:{req.rsplit('/', 1)[-1]}").remote(
-                run, req, dict(options or {}), output_dir, name, gold, device, threads)
+                run, task_path(req), dict(options or {}), output_dir, name, gold, device, threads)
             for req, name in zip(requests, names)]
     results: dict[int, Any] = {}
     pending = list(refs)
@@ -83,6 +94,9 @@ def parser(prog: str = "raymmrec unlearn") -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-request", type=float, default=1.0, help="CPUs per task (default 1)")
     p.add_argument("--gpus-per-request", type=float, default=0.0, help="GPUs per task (default 0)")
     p.add_argument("--local", action="store_true", help="no Ray: run the requests one by one in this process")
+    p.add_argument("--serve", default=None, metavar="APP",
+                   help="after the request succeeds, swap the running Ray Serve app APP to the new run in place "
+                        "(raymmrec serve); one --request only")
     p.add_argument("--verbose", action="store_true", help="tracebacks with error messages")
     p.add_argument("options", nargs="*", metavar="option=value",
                    help="MMRecUn options, e.g. epochs=5 forget_weight=0.5 reset=init (see raymmrec.unlearning)")
@@ -108,13 +122,20 @@ def _main(args: argparse.Namespace) -> int:
     names = args.name or [None] * len(args.request)
     if len(names) != len(args.request):
         raise UserError(f"--name given {len(names)} times for {len(args.request)} requests")
+    if args.serve is not None:  # checked before any work: one request, and the app runs on this cluster
+        from raymmrec.ray.serve import connect, current_settings
+
+        if len(args.request) != 1:
+            raise UserError(f"--serve: expected one --request (the run it serves), got {len(args.request)}")
+        connect(start_local=False)
+        current_settings(args.serve)
     if args.local:
         from raymmrec.unlearning import unlearn
 
         for req, name in zip(args.request, names):
             report = unlearn(args.run, req, options=options, output_dir=args.output_dir, name=name, gold=args.gold)
             print(f"\n{report['table']}\n")
-        return 0
+        return _serve(args.serve, report)
     results = submit(args.run, args.request, options=options, output_dir=args.output_dir, names=names,
                      gold=args.gold, cpus=args.cpus_per_request, gpus=args.gpus_per_request)
     failed = [r for r in results if isinstance(r, BaseException)]
@@ -123,6 +144,17 @@ def _main(args: argparse.Namespace) -> int:
             raise failed[0]
         print(f"error: {len(failed)} of {len(results)} requests failed (above)", file=sys.stderr)
         return 2
+    return _serve(args.serve, results[0])
+
+
+def _serve(app: str | None, report: dict[str, Any]) -> int:
+    """``--serve APP``: the live app now answers from the unlearned run (Serve's in-place rolling update)."""
+    if app is None:
+        return 0
+    from raymmrec.ray.serve import deploy
+
+    out = deploy(report["folder"], app=app)
+    print(f"app {app!r}: swapped from {out['swapped_from']} to {out['run']} at {out['url']}", flush=True)
     return 0
 
 

@@ -10,83 +10,44 @@ A run folder (local path or URL) holds::
 
 Example::
 
-    trained = load_trained("runs/bm3-lfm2k-seed999")       # or "s3://bucket/runs/bm3-baby"
-    scores = trained.model.scorer()(torch.tensor([3, 17]))  # 2 × n_items
+    payload = read_best("runs/bm3-lfm2k-seed999")          # or "s3://bucket/runs/bm3-baby"
+
+A trained model is rebuilt from its folder by :func:`raymmrec.train.trained.load_trained`.
 """
 
 from __future__ import annotations
 
 import io
-import json
-import os
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from raymmrec.config import RunSpec, spec_from_dict
-from raymmrec.data.io import open_fs
+from raymmrec.files import join, read_bytes, write_bytes
 from raymmrec.eval import METRICS
 from raymmrec.eval.cold import COLD_SPLITS
-from raymmrec.train.checkpoint import FORMAT_VERSION, check_format
+from raymmrec.train.checkpoint import FORMAT_VERSION
 from raymmrec.train.loop import TrainState
 
 CONFIG, BEST, RESULTS, TB = "config.json", "best.pt", "results.json", "tb"
 DIVERGED = "diverged.json"  # written by rank 0 when the loss became NaN (Ray runs); read by the driver
 
 
-def is_url(path: str) -> bool:
-    return "://" in str(path) and not str(path).startswith("file://")
+def cpu_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the model's state dict: a copy on the CPU too, since the weights keep training."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def join(base: str | Path, *parts: str) -> str:
-    return "/".join([str(base).rstrip("/"), *parts])
+def best_payload(model: torch.nn.Module | None, state: TrainState, config: dict[str, Any],
+                 weights: dict[str, torch.Tensor] | None = None) -> bytes:
+    """Serialised best weights (state dict on CPU), their epoch, score and metrics, resolved config.
 
-
-def write_bytes(target: str | Path, data: bytes) -> None:
-    """Write ``data`` to a local path (temporary file, then rename) or a URL (one object put)."""
-    target = str(target)
-    if is_url(target):
-        fs, path = open_fs(target)
-        with fs.open(path, "wb") as f:
-            f.write(data)
-        return
-    path = Path(target.removeprefix("file://"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def read_bytes(source: str | Path) -> bytes:
-    source = str(source)
-    if is_url(source):
-        fs, path = open_fs(source)
-        if not fs.exists(path):
-            raise FileNotFoundError(f"{source} does not exist")
-        return fs.cat_file(path)
-    path = Path(source.removeprefix("file://"))
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    return path.read_bytes()
-
-
-def write_json(target: str | Path, obj: Any) -> None:
-    write_bytes(target, json.dumps(obj, indent=2).encode())
-
-
-def best_payload(model: torch.nn.Module, state: TrainState, config: dict[str, Any]) -> bytes:
-    """Serialised best weights (state dict on CPU), their epoch, score and metrics, resolved config."""
+    ``weights``: the best weights already copied (:func:`cpu_weights`), else taken from ``model``.
+    """
     buf = io.BytesIO()
-    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if weights is None:
+        assert model is not None, "best_payload needs a model or its weights"
+        weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save({"format_version": FORMAT_VERSION, "model": weights, "epoch": state.best_epoch,
                 "score": state.best_score, "valid": state.best_valid, "test": state.best_test, "config": config}, buf)
     return buf.getvalue()
@@ -105,16 +66,51 @@ def read_best(run: str | Path) -> dict[str, Any] | None:
         raise ValueError(f"{path} could not be loaded safely (weights_only=True): {e}") from None
 
 
-def adopt_best(state: TrainState, best: dict[str, Any] | None) -> None:
-    """After a resume, take over a ``best.pt`` written after the checkpoint (between checkpoints).
+BEST_IN_CHECKPOINT = "best_model"  # checkpoint key: the best weights when they are not the current ones
 
-    Its weights are the run's best so far; the replay of that epoch then counts as the best again
-    (:meth:`Trainer._update_best`), so ``best.pt`` and ``results.json`` always describe one model.
+
+def best_for_checkpoint(state: TrainState, weights: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+    """What a checkpoint stores under :data:`BEST_IN_CHECKPOINT`: the best weights (a CPU copy) unless
+    they are the checkpoint's own weights (the last epoch was the best) or there is no best yet
+    (None; also where they are unknown: a run resumed from a checkpoint that predates them)."""
+    if state.best_epoch < 0 or state.best_epoch == state.epoch - 1:
+        return None
+    return weights
+
+
+def resume_best(run: str | Path, state: TrainState, checkpoint: dict[str, Any], model: torch.nn.Module,
+                config: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    """After a resume: the checkpoint's best weights, with ``best.pt`` put back to them.
+
+    The checkpoint alone decides the resumed run: its early-stopping state (best score, best epoch,
+    evaluations without improvement) is the one the killed run had at that epoch, and the epochs
+    after it are replayed exactly (batches, negatives and dropout are seeded from (seed, epoch)),
+    so the replay reaches the same best by itself. A ``best.pt`` written after the checkpoint
+    belongs to those replayed epochs; it must not steer the replay (taking over its score made every
+    replayed evaluation before it count as "no improvement" and stopped runs early). It is replaced
+    by the checkpoint's best, so ``best.pt`` and the run's state describe one model at every moment,
+    even if the replay were not bit-exact and never reached that score again.
+
+    ``model`` holds the checkpoint's weights (after :func:`raymmrec.train.build.restore`). Returns
+    the best weights (CPU) for :class:`~raymmrec.train.callbacks.BestWeightsCallback` to keep, or
+    None when there is no best yet or the checkpoint predates stored best weights (then ``best.pt``
+    is kept when it is the checkpoint's best, else left for the replay to rewrite). Called by the
+    process that writes ``best.pt`` (rank 0 under Ray).
     """
-    if best is None or best.get("format_version") != FORMAT_VERSION or int(best["epoch"]) < state.epoch:
-        return
-    state.best_epoch, state.best_score = int(best["epoch"]), float(best["score"])
-    state.best_valid, state.best_test = dict(best["valid"]), dict(best["test"])
+    if state.best_epoch < 0:
+        return None  # no evaluation before the checkpoint: the replay's first one writes best.pt
+    if state.best_epoch == state.epoch - 1:
+        weights = cpu_weights(model)
+    else:
+        weights = checkpoint.get(BEST_IN_CHECKPOINT)
+    on_disk = read_best(run)
+    same = (on_disk is not None and on_disk.get("format_version") == FORMAT_VERSION
+            and int(on_disk["epoch"]) == state.best_epoch)
+    if same:
+        return weights if weights is not None else dict(on_disk["model"])
+    if weights is not None:
+        write_bytes(join(run, BEST), best_payload(None, state, config, weights=weights))
+    return weights
 
 
 def best_extras(state: TrainState) -> dict[str, dict[str, float]]:
@@ -171,40 +167,3 @@ def results_table(state: TrainState, ks: list[int], notes: dict[str, str] | None
         lines.append(split.ljust(label) + "".join(f"{metrics.get(c, float('nan')):{width}.4f}" for c in cols))
     lines += [f"{split}: {note}" for split, note in (notes or {}).items()]
     return "\n".join(lines)
-
-
-@dataclass
-class Trained:
-    """A trained model rebuilt from a run folder, with its data and spec."""
-
-    spec: RunSpec
-    config: dict[str, Any]
-    model: Any  # Recommender, in eval mode
-    data: Any  # RecData
-    epoch: int  # the epoch the weights come from (best validation)
-    device: torch.device
-
-
-def load_trained(run: str | Path, device: str = "auto") -> Trained:
-    """Rebuild the best model of a finished (or running) run from its folder or URL.
-
-    Reads ``config.json`` and ``best.pt`` (``weights_only``), reloads the run's dataset and
-    prepared inputs, and loads the weights, on ``device`` (``auto``: CUDA when available).
-    """
-    from raymmrec.train.build import build, resolve_device
-
-    run = str(run).rstrip("/")
-    try:
-        config = json.loads(read_bytes(join(run, CONFIG)))
-        payload = read_best(run)
-        if payload is None:
-            raise FileNotFoundError(f"{join(run, BEST)} does not exist")
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"{run} is not a finished run folder: {e} (it needs {CONFIG} and {BEST})") from None
-    check_format(payload, join(run, BEST))
-    spec = spec_from_dict(config)
-    dev = resolve_device(device)
-    pieces = build(spec, device=dev, release_features=True)
-    pieces.model.load_state_dict(payload["model"])
-    pieces.model.eval()
-    return Trained(spec, config, pieces.model, pieces.data, int(payload["epoch"]), dev)

@@ -26,7 +26,6 @@ from raymmrec.models.base import RecGraph, Recommender, build_config
 from raymmrec.objectives.base import Objective, build_objective
 from raymmrec.prepared import prepare
 from raymmrec.registry import get_model, get_objective
-from raymmrec.train.artifacts import adopt_best
 from raymmrec.train.checkpoint import FORMAT_VERSION, check_format
 from raymmrec.train.loop import Callback, EvalFn, Trainer, TrainingDiverged, TrainState, unwrap
 from raymmrec.train.sampling import NegativeSampler, canonical_pairs, epoch_batches, epoch_generator
@@ -168,11 +167,13 @@ def build(spec: RunSpec, *, device: torch.device | None = None, data: RecData | 
     tune_allocator()  # the training step's large buffers stay in the heap (raymmrec.allocator)
     cls, cfg, objective = check_spec(spec)
     data = data or load_data(spec)
-    if spec.data.cold_items > 0 and not len(data.cold):  # handed in without load_data's hold-out
+    # data handed in without load_data's steps gets them here, each once (a forget request may have
+    # emptied the cold split, or forgotten no training pair: the flags say what was applied)
+    if spec.data.cold_items > 0 and not data.cold_fraction:
         data = hold_out_cold_items(data, spec.data.cold_items, DEFAULT_SEED)
     if spec.data.hide_positives > 0 and not data.hidden_positives:
         data = hide_positives(data, spec.data.hide_positives, DEFAULT_SEED)
-    if spec.data.forget and not len(data.forgotten):
+    if spec.data.forget and not data.forget_applied:
         data = apply_forget(data, read_request(spec.data.forget))
     if prepared is None:
         prepared = prepare(data, cls.prepared_inputs(cfg), cache_root())
@@ -323,11 +324,9 @@ def check_same_run(saved: dict[str, Any], config: dict[str, Any], where: str) ->
                          "choose another run_name or output_dir")
 
 
-def restore(p: Pieces, payload: dict[str, Any], where: str, best: dict[str, Any] | None = None) -> TrainState:
-    """Check a checkpoint against this run and load weights and optimizer; returns the loop state.
-
-    ``best``: the run's ``best.pt`` payload, adopted when it is newer than the checkpoint.
-    """
+def restore(p: Pieces, payload: dict[str, Any], where: str) -> TrainState:
+    """Check a checkpoint against this run and load weights and optimizer; returns the loop state
+    (early stopping included: the checkpoint alone decides, see artifacts.resume_best)."""
     check_format(payload, where)
     check_same_run(payload["config"], p.config, where)
     p.model.load_state_dict(payload["model"])
@@ -336,5 +335,4 @@ def restore(p: Pieces, payload: dict[str, Any], where: str, best: dict[str, Any]
         p.scheduler.load_state_dict(payload["scheduler"])
     state = TrainState.from_dict(payload["state"])
     state.resumes.append(state.epoch)
-    adopt_best(state, best)
     return state

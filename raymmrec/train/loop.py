@@ -208,8 +208,9 @@ class Trainer:
         if self.valid_metric not in valid:
             raise KeyError(f"validation metric {self.valid_metric!r} not computed; have {sorted(valid)}")
         score = valid[self.valid_metric]
-        # epoch == best_epoch: replaying the epoch of a best.pt adopted on resume (artifacts.adopt_best)
-        if score > state.best_score or epoch == state.best_epoch:
+        # A resumed run decides from its checkpoint's state alone and replays the same scores, so it
+        # makes the same decisions as the uninterrupted run (artifacts.resume_best).
+        if score > state.best_score:
             state.best_score, state.best_epoch, state.bad_evals = score, epoch, 0
             state.best_valid = dict(valid)
             state.best_test = dict(results.get("test", {}))

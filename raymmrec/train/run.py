@@ -6,12 +6,14 @@ the run's artefacts (:mod:`raymmrec.train.artifacts`), exactly as the Ray layer 
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
-from raymmrec.config import RunSpec
+from raymmrec.config import RunSpec, adopt_recorded
 from raymmrec.data import RecData
-from raymmrec.train.artifacts import CONFIG, RESULTS, TB, read_best, results_dict, results_table, write_json
+from raymmrec.train.artifacts import CONFIG, RESULTS, TB, results_dict, results_table, resume_best
+from raymmrec.files import write_json
 from raymmrec.train.build import build, local_evaluate, make_trainer, restore
 from raymmrec.train.callbacks import BestWeightsCallback, CheckpointCallback, ProgressCallback, TensorBoardCallback
 from raymmrec.train.checkpoint import load_checkpoint
@@ -25,6 +27,8 @@ def run(spec: RunSpec, *, progress: bool = True, extra_callbacks: list[Callback]
     """Train and evaluate ``spec`` in this process; resumes ``<output_dir>/<run_name>`` if present."""
     run_dir = Path(spec.output_dir) / spec.resolved_run_name
     ckpt = run_dir / "ckpt" / "latest.pt"
+    if (run_dir / CONFIG).is_file():  # resuming: values from the method's defaults stay as recorded
+        spec = adopt_recorded(spec, json.loads((run_dir / CONFIG).read_text()))
     t0 = time.perf_counter()
     pieces = build(spec, data=data, release_features=data is None)
     if progress:
@@ -34,11 +38,15 @@ def run(spec: RunSpec, *, progress: bool = True, extra_callbacks: list[Callback]
         for split, note in pieces.notes.items():
             print(f"{split}: {note}", flush=True)
     state = None
+    best = BestWeightsCallback(run_dir, pieces.config)
     if any(run_dir.glob("checkpoint_*")) and not ckpt.exists():
         raise ValueError(f"run folder {run_dir} holds a Ray run (checkpoint_*); resume it with jobs/train.py "
                          "or choose another run_name")
     if ckpt.exists():
-        state = restore(pieces, load_checkpoint(ckpt), str(ckpt), best=read_best(run_dir))
+        payload = load_checkpoint(ckpt)
+        state = restore(pieces, payload, str(ckpt))
+        best.resume(resume_best(run_dir, state, payload, pieces.model, pieces.config))
+        del payload
         if progress:
             print(f"resuming from {ckpt} at epoch {state.epoch}", flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -46,8 +54,8 @@ def run(spec: RunSpec, *, progress: bool = True, extra_callbacks: list[Callback]
     callbacks: list[Callback] = [
         ProgressCallback(spec.eval.valid_metric, enabled=progress),
         TensorBoardCallback(run_dir / TB),
-        BestWeightsCallback(run_dir, pieces.config),
-        CheckpointCallback(run_dir / "ckpt", pieces.config, every=spec.train.checkpoint_every),
+        best,
+        CheckpointCallback(run_dir / "ckpt", pieces.config, every=spec.train.checkpoint_every, best=best),
         *(extra_callbacks or []),
     ]
     evaluate = local_evaluate(pieces.evaluators, pieces.fixed_results)

@@ -83,6 +83,41 @@ def membership_auc(tables: tuple[Tensor, Tensor], forgotten: Interactions, held_
     return auc(pair_scores(tables, forgotten), pair_scores(tables, held_out))
 
 
+def retained_valid_slice(retain: RecData, max_users: int | None = 4096, seed: int = 0) -> Interactions:
+    """The retain data's validation interactions (what the unlearning stop rule may watch: never
+    trained on, never the test split), from at most ``max_users`` of its users drawn with ``seed``."""
+    v = retain.valid
+    users = np.unique(v.users)
+    if max_users is not None and users.size > max_users:
+        users = np.random.default_rng(seed).choice(users, max_users, replace=False)
+        m = np.isin(v.users, users)
+        return Interactions(v.users[m], v.items[m])
+    return Interactions(v.users, v.items)
+
+
+def retained_utility(retain: RecData, k: int = 20, max_users: int | None = 4096, seed: int = 0,
+                     device: torch.device | str | None = None, max_batch_elems: int = 2**25):
+    """``metric(model) -> Recall@k`` of :func:`retained_valid_slice`, ranked as served (the retained
+    training items masked, an item-wise request's items never ranked): the utility the unlearning
+    stop rule keeps. NaN when the slice is empty."""
+    truth = retained_valid_slice(retain, max_users, seed)
+    keep = None
+    if retain.forgotten_items.size:
+        keep = np.setdiff1d(np.arange(retain.n_items), retain.forgotten_items)
+    if not len(truth):
+        return lambda model: float("nan")
+    ev = Evaluator(retain.n_items, retain.train, truth, ks=(k,), max_batch_elems=max_batch_elems, device=device,
+                   candidates=keep)
+
+    @torch.no_grad()
+    def metric(model) -> float:  # noqa: ANN001
+        users, items = model.scoring_embeddings()
+        items_t = items.t().contiguous()
+        return float(ev.evaluate(lambda u: users[u] @ items_t)[f"recall@{k}"])
+
+    return metric
+
+
 @torch.no_grad()
 def exposure(score, users: Tensor, items: np.ndarray, seen: Interactions, n_items: int, k: int = 50,
              batch: int = 1024) -> int:

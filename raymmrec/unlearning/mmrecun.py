@@ -10,7 +10,8 @@ without the forgotten edges, the item-item graph without an item-wise request's 
 Scores are the model's own scoring tables (:meth:`Recommender.score_tables`), so the method runs on
 every backbone (BM3, LightGCN, CM3, LIRDRec, VBPR, MF) whatever its training objective.
 
-The paper's code is not public (METHODS.md §6); where it is silent these choices are made, each an option:
+The paper's code is not public (Sinha, Mandal, Kankanhalli, AAAI 2025, arXiv 2405.15328); where it is
+silent these choices are made, each an option:
 
 * **Epoch** = one pass over the forgotten training pairs in batches of ``forget_batch_size``, each
   step paired with ``batch_size`` retained pairs (a shuffled pass over the retain set that carries
@@ -22,12 +23,18 @@ The paper's code is not public (METHODS.md §6); where it is silent these choice
   on) is measured, and unlearning stops once it falls to ``stop_auc`` (0.5: indistinguishable), once
   an epoch lowers it by less than ``stop_delta`` (a plateau: on lfm2k/BM3 a 10 % user request sat at
   0.515 for ten epochs while the reverse term cost 12 % of test Recall), or after ``epochs``.
+  Forgetting alone is not a safe rule: on one 5 % user draw of lfm2k/BM3 the AUC took six epochs to
+  reach 0.5 and test Recall@20 ended 6 % below Gold's. So what is kept is watched too: the retained
+  users' *validation* Recall@20 (ranked as served; never the test split) is measured before
+  unlearning and after each epoch, and an epoch that takes it more than ``keep_tol`` (a fraction)
+  below its value before unlearning is undone (the weights roll back to the previous epoch's, or to
+  the trained ones) and ends the run. :class:`UnlearnResult` says which rule stopped it.
 * **Reset** (user- and item-wise requests): after fine-tuning, the forgotten users' (or items') own
   rows are overwritten, since no fine-tuning makes a user's own vector forget its history as surely.
   ``auto`` (default) gives them what retraining without their data (Gold) leaves of a row without
   data (:func:`resolve_reset`): a fresh initialisation, or zeros where the method's regulariser acts
   on whole tables (BM3, LIRDRec) or the run used weight decay. Measured against Gold on lfm2k
-  (README): with ``init`` for BM3's users the forget-set recall fell 32 % below Gold's, with ``zero``
+  (docs/unlearning.md): with ``init`` for BM3's users the forget-set recall fell 32 % below Gold's, with ``zero``
   within 8 %; LightGCN's Gold keeps untrained users at their initialisation. ``mean`` (the average
   user) and ``none`` (the fine-tuned rows, the paper's method as far as it is known) are options.
 * **Learning rate**: 0.3 × the trained run's, which kept test Recall within 1 % of Gold's on lfm2k
@@ -52,15 +59,16 @@ from raymmrec.dist import DistContext
 from raymmrec.models.base import Batch, LossOutput, ModelOutput, Recommender
 from raymmrec.objectives.base import Objective
 from raymmrec.train.sampling import NegativeSampler, canonical_pairs, derive_seed, dropout_seed
+from raymmrec.unlearning.reset import reset_state
 
 
 RESETS = ("auto", "init", "mean", "zero", "none")
-LR_SCALE = 0.3  # default unlearning lr: this times the trained run's (measured on lfm2k, README)
+LR_SCALE = 0.3  # default unlearning lr: this times the trained run's (measured on lfm2k, docs/unlearning.md)
 
 
 @dataclass(frozen=True)
 class UnlearnOptions:
-    """MMRecUn's options (``raymmrec unlearn ... opt=value``); defaults measured on lfm2k (README)."""
+    """MMRecUn's options (``raymmrec unlearn ... opt=value``); defaults measured on lfm2k (docs/unlearning.md)."""
 
     epochs: int = 10  # cap on passes over the forget set
     lr: float | None = None  # Adam learning rate (None: 0.3 x the trained run's train.lr)
@@ -71,8 +79,11 @@ class UnlearnOptions:
     forget_batch_size: int = 512  # forgotten pairs per step
     stop_auc: float | None = 0.5  # stop once validation membership AUC <= this (None: run all epochs)
     stop_delta: float = 0.002  # ... or once an epoch lowers it by less than this (a plateau)
-    # user-/item-wise: what the forgotten users' / items' own rows become at the end (auto: users the
-    # mean user, items a fresh initialisation)
+    # what is kept: stop, rolling back to the last epoch within it, once the retained users' validation
+    # Recall@20 falls more than this fraction below its value before unlearning (None: not watched)
+    keep_tol: float | None = 0.02
+    # user-/item-wise: what the forgotten users' / items' own rows become at the end (auto: what Gold
+    # leaves of a row without data, see resolve_reset: zeros or a fresh initialisation)
     reset: Literal["auto", "init", "mean", "zero", "none"] = "auto"
     seed: int = 0
 
@@ -80,8 +91,9 @@ class UnlearnOptions:
         bad = [n for n in ("epochs", "forget_batch_size") if getattr(self, n) < 1]
         bad += [n for n in ("lr", "batch_size") if getattr(self, n) is not None and getattr(self, n) <= 0]
         bad += [n for n in ("forget_weight", "retain_weight", "reg_weight") if getattr(self, n) < 0]
+        bad += ["keep_tol"] if self.keep_tol is not None and not 0 <= self.keep_tol < 1 else []
         if bad:
-            raise ValueError(f"unlearning options {bad} must be positive (weights: >= 0)")
+            raise ValueError(f"unlearning options {bad} must be positive (weights: >= 0; keep_tol: in [0, 1))")
         if self.reset not in RESETS:
             raise ValueError(f"unlearning option reset must be one of {', '.join(RESETS)}, got {self.reset!r}")
 
@@ -154,15 +166,6 @@ def unlearn_batches(data: RecData, sampler: NegativeSampler, opts: UnlearnOption
         yield UnlearnBatch(Batch(u, i, sampler.sample(u, g)), Batch(f_u, f_i, sampler.sample(f_u, g)))
 
 
-def row_tables(model: Recommender, kind: str) -> dict[str, Tensor]:
-    """The parameters indexed by user (``kind="user"``) or by item: ``user_*`` / ``item_*`` tables
-    (and BM3's trainable feature copies ``feat.*``) whose first dimension is the user or item count."""
-    n = model.n_users if kind == "user" else model.n_items
-    prefixes = ("user_",) if kind == "user" else ("item_", "feat.")
-    return {name: p for name, p in model.named_parameters()
-            if name.startswith(prefixes) and p.dim() >= 1 and p.shape[0] == n}
-
-
 def resolve_reset(how: str, kind: str, model_cls: type, weight_decay: float) -> str:
     """``auto``: what Gold's training leaves of a row without data. Items: their initialisation (never
     sampled, never touched). Users: zeros where the method's loss or the optimizer's weight decay
@@ -176,27 +179,15 @@ def resolve_reset(how: str, kind: str, model_cls: type, weight_decay: float) -> 
 
 @torch.no_grad()
 def reset_rows(model: Recommender, req: ForgetRequest, how: str, fresh: Callable[[], Recommender] | None = None) -> list[str]:
-    """Overwrite the request's users' (or items') own rows: ``init`` a freshly initialised model's rows
-    (``fresh()``), ``mean`` the mean of the other rows, ``zero`` zeros. Returns the tables changed."""
+    """Overwrite the request's users' (or items') own slices of every tensor indexed by them, the
+    objective's included (:func:`raymmrec.unlearning.reset.reset_state`): ``init`` a freshly initialised
+    model's (``fresh()``), ``mean`` the mean of the others, ``zero`` zeros. Returns the tensors written."""
     if req.kind == "interaction" or how == "none":
         return []
-    kind, ids = ("user", req.users) if req.kind == "user" else ("item", req.items)
     if how == "auto":
         raise ValueError("resolve reset='auto' with resolve_reset first")
-    new = dict(fresh().named_parameters()) if how == "init" else {}
-    names = []
-    for name, p in row_tables(model, kind).items():
-        idx = torch.as_tensor(ids, dtype=torch.long, device=p.device)
-        if how == "init":
-            p[idx] = new[name][idx.cpu()].to(p.device, p.dtype)
-        elif how == "mean":
-            keep = torch.ones(p.shape[0], dtype=torch.bool, device=p.device)
-            keep[idx] = False
-            p[idx] = p[keep].mean(0)
-        else:
-            p[idx] = 0.0
-        names.append(name)
-    return names
+    who, ids = ("users", req.users) if req.kind == "user" else ("items", req.items)
+    return reset_state(model, who, ids, how, fresh)
 
 
 @dataclass
@@ -204,15 +195,25 @@ class UnlearnResult:
     epochs_run: int
     seconds: float  # fine-tuning wall time (the caller adds setup)
     history: list[dict[str, float]]
-    reset: list[str]  # parameters whose forgotten rows were redrawn
+    reset: list[str]  # state (parameters, buffers) whose forgotten rows were reset or recomputed
+    # why it stopped: "chance" (membership AUC at stop_auc), "plateau", "utility" (retained validation
+    # Recall fell past keep_tol: the weights rolled back one epoch), "epochs" (the cap)
+    stop_reason: str = "epochs"
+    epochs_kept: int = -1  # epochs whose updates the returned weights hold (epochs_run less a rolled-back one)
 
 
 def fine_tune(model: Recommender, data: RecData, sampler: NegativeSampler, opts: UnlearnOptions, *,
               lr: float, batch_size: int, device: torch.device,
               stop_metric: Callable[[Recommender], float] | None = None,
+              keep_metric: Callable[[Recommender], float] | None = None,
               fresh: Callable[[], Recommender] | None = None, req: ForgetRequest | None = None,
               log: Callable[[str], None] | None = None) -> UnlearnResult:
-    """Run MMRecUn on ``model`` (already holding the trained weights, built over the retain data)."""
+    """Run MMRecUn on ``model`` (already holding the trained weights, built over the retain data).
+
+    ``stop_metric`` is the forgetting watched (membership AUC), ``keep_metric`` the utility kept
+    (retained validation Recall, :func:`raymmrec.unlearning.measure.retained_utility`): an epoch that
+    takes it more than ``opts.keep_tol`` below its value before unlearning is undone and ends the run.
+    """
     view = ScoreView(model)
     objective = MMRecUnLoss(None, opts)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -226,6 +227,16 @@ def fine_tune(model: Recommender, data: RecData, sampler: NegativeSampler, opts:
         prev = stop_metric(model)
         if log:
             log(f"before unlearning: valid_membership_auc {prev:.4f}")
+    watch = keep_metric is not None and opts.keep_tol is not None
+    floor, kept_state = -math.inf, None
+    if watch:
+        model.eval()
+        keep0 = keep_metric(model)
+        floor = keep0 * (1.0 - opts.keep_tol) if math.isfinite(keep0) else -math.inf
+        kept_state = _snapshot(model)  # the weights of the last epoch within keep_tol (none yet: the trained ones)
+        if log:
+            log(f"before unlearning: valid_retain_recall {keep0:.4f} (kept above {floor:.4f})")
+    reason, kept = "epochs", 0
     for epoch in range(opts.epochs):
         model.train()
         torch.manual_seed(dropout_seed(opts.seed, epoch))
@@ -248,20 +259,38 @@ def fine_tune(model: Recommender, data: RecData, sampler: NegativeSampler, opts:
         if stop_metric is not None:
             model.eval()
             logs["valid_membership_auc"] = stop_metric(model)
+        if watch:
+            model.eval()
+            logs["valid_retain_recall"] = keep_metric(model)
         history.append(logs)
         if log:
             log("epoch {epoch}: ".format(epoch=epoch) + ", ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "epoch"))
+        if watch and logs["valid_retain_recall"] < floor:  # this epoch cost what is kept: undo it and stop
+            model.load_state_dict(kept_state)
+            reason = "utility"
+            if log:
+                log(f"epoch {epoch} undone: valid_retain_recall fell more than keep_tol={opts.keep_tol} below "
+                    f"its value before unlearning; keeping {kept} epoch(s)")
+            break
+        kept = epoch + 1
         auc = logs.get("valid_membership_auc", math.nan)
         if opts.stop_auc is not None and (auc <= opts.stop_auc or prev - auc < opts.stop_delta):
+            reason = "chance" if auc <= opts.stop_auc else "plateau"
             break
         prev = auc
+        if watch:
+            kept_state = _snapshot(model)
     reset = []
     if req is not None:
         reset = reset_rows(model, req, opts.reset, fresh)
     model.eval()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return UnlearnResult(epoch + 1, time.perf_counter() - t0, history, reset)
+    return UnlearnResult(epoch + 1, time.perf_counter() - t0, history, reset, reason, kept)
+
+
+def _snapshot(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def options_from(overrides: dict[str, Any] | None) -> UnlearnOptions:

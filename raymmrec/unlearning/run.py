@@ -1,6 +1,7 @@
 """One unlearning request against a trained run, in this process: a new run folder with the proof.
 
-``unlearn(run, request)`` reads the trained run (local folder or URL; never altered), applies the
+``unlearn(run, request)`` reads the trained run (a folder: plain, relative or ``file://`` path, or a URL
+such as ``s3://``; never altered), applies the
 request to its data, rebuilds the model over the retain data (:mod:`raymmrec.data.forget`), loads the
 trained weights, runs MMRecUn (:mod:`raymmrec.unlearning.mmrecun`), measures original, unlearned and
 (when asked) Gold models (:mod:`raymmrec.unlearning.measure`), and writes::
@@ -8,7 +9,8 @@ trained weights, runs MMRecUn (:mod:`raymmrec.unlearning.mmrecun`), measures ori
     <output_dir>/<name>/
         config.json     the run's config with data.forget -> forget.parquet here (load_trained reads it)
         forget.parquet  the request
-        best.pt         the unlearned weights
+        best.pt         the unlearned weights, their validation/test metrics, and ``unlearned_from``:
+                        the source run, its best epoch, the request, the unlearning epochs
         report.json     every figure, times, options, the per-epoch history
         report.md       the same as a readable table
         gold/           Gold: a full run folder retrained from scratch on the retain data (with gold=True)
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -40,12 +43,14 @@ import torch
 from raymmrec.config import spec_from_dict
 from raymmrec.data.forget import ForgetRequest, apply_forget, read_request
 from raymmrec.errors import UserError
-from raymmrec.train.artifacts import BEST, CONFIG, best_payload, is_url, join, read_best, read_bytes, write_json
+from raymmrec.train.artifacts import BEST, CONFIG, best_payload, read_best
+from raymmrec.files import is_url, join, read_bytes, write_json
 from raymmrec.train.loop import TrainState
-from raymmrec.train.build import Pieces, build, load_data, make_sampler, resolve_device
+from raymmrec.train.build import Pieces, build, load_data, local_evaluate, make_sampler, resolve_device
 from raymmrec.train.checkpoint import check_format
-from raymmrec.unlearning.measure import held_out_pairs, membership_auc, report_for
-from raymmrec.unlearning.mmrecun import LR_SCALE, UnlearnOptions, fine_tune, options_from, resolve_reset
+from raymmrec.unlearning.measure import held_out_pairs, membership_auc, report_for, retained_utility
+from raymmrec.unlearning.mmrecun import (LR_SCALE, UnlearnOptions, UnlearnResult, fine_tune, options_from,
+                                         resolve_reset)
 
 REQUEST, REPORT_JSON, REPORT_MD, GOLD = "forget.parquet", "report.json", "report.md", "gold"
 ROWS = ("forget recall@20", "forget ndcg@20", "retain recall@20", "retain ndcg@20", "test recall@20",
@@ -83,6 +88,8 @@ def table(report: dict[str, Any]) -> str:
     r = report["request"]
     head = (f"{report['method']} run {report['run']}: forget {r['describe']} ({r['forgotten_train_pairs']:,} "
             f"training interactions); {report['epochs_run']} unlearning epochs")
+    if report.get("stop_reason"):
+        head += f" (stopped: {report['stop_reason']}; {report.get('epochs_kept')} kept)"
     if report.get("speedup"):
         head += f"; unlearning {report['speedup']:.1f}x faster than Gold"
     return head + "\n\n" + "\n".join(lines)
@@ -97,7 +104,7 @@ def unlearn(run: str, request: ForgetRequest | str, *, options: UnlearnOptions |
     """
     say: Callable[[str], None] = (lambda m: print(f"[unlearn] {m}", flush=True)) if progress else (lambda m: None)
     opts = options if isinstance(options, UnlearnOptions) else options_from(options)
-    run = str(run).rstrip("/")
+    run = location(run)  # every form the other commands take: plain or relative path, file://, s3://
     try:
         config = json.loads(read_bytes(join(run, CONFIG)))
     except FileNotFoundError:
@@ -110,7 +117,7 @@ def unlearn(run: str, request: ForgetRequest | str, *, options: UnlearnOptions |
     if spec0.data.forget:
         raise UserError(f"--run {run} is itself trained without a forget request's data; unlearn from the original run")
     req = read_request(request) if isinstance(request, str) else request
-    output_dir = str(output_dir or _parent(run))
+    output_dir = location(output_dir) if output_dir else _parent(run)
     name = name or default_name(run, req)
     final = join(output_dir, name)
     if _exists(final):
@@ -122,7 +129,7 @@ def unlearn(run: str, request: ForgetRequest | str, *, options: UnlearnOptions |
     data1 = apply_forget(data0, req)  # checks every id against the data first
     say(f"{spec0.method} run {run}: forgetting {req.describe()} ({len(data1.forgotten):,} training interactions)")
     spec1 = spec0.model_copy(deep=True)
-    spec1.data.forget = join(final, REQUEST) if is_url(final) else str(Path(final, REQUEST).resolve())
+    spec1.data.forget = join(final, REQUEST)  # final: a URL or an absolute local path (location)
     spec1.output_dir, spec1.run_name = output_dir, name
 
     local = not is_url(final)
@@ -169,14 +176,15 @@ def _unlearn(run: str, req: ForgetRequest, opts: UnlearnOptions, spec0, spec1, d
     opts = dataclasses.replace(opts, reset=resolve_reset(opts.reset, req.kind, type(p1.model), spec0.train.weight_decay))
     batch_size = opts.batch_size or spec0.train.batch_size
     sampler = make_sampler(spec1, data1, p1.graph, num_negatives=1)  # never an item-wise request's items
-    res = fine_tune(p1.model, data1, sampler, opts, lr=lr, batch_size=batch_size, device=dev,
-                    stop_metric=stop_metric, fresh=lambda: _model_like(p1, None, seed=spec0.train.seed), req=req,
+    # a request of pairs the model never trained on (only in valid/test, cold-start items): nothing to unlearn
+    res = (fine_tune if len(data1.forgotten) else _keep_weights)(p1.model, data1, sampler, opts, lr=lr, batch_size=batch_size, device=dev,
+                    stop_metric=stop_metric, keep_metric=retained_utility(data1, device=dev, max_batch_elems=mbe),
+                    fresh=lambda: _model_like(p1, None, seed=spec0.train.seed), req=req,
                     log=say)
     unlearn_s = setup_s + res.seconds
     fig_unlearned = report_for(p1.model, data0, data1, req, ks, dev, mbe)
     fig_original["seconds"], fig_unlearned["seconds"] = None, unlearn_s
-    state = TrainState(epoch=res.epochs_run, best_epoch=res.epochs_run - 1)
-    (stage / BEST).write_bytes(best_payload(p1.model, state, p1.config))
+    (stage / BEST).write_bytes(_unlearned_best(p1, run, best, req, len(data1.forgotten), res))
     write_json(stage / CONFIG, p1.config)
 
     fig_gold = None
@@ -197,12 +205,16 @@ def _unlearn(run: str, req: ForgetRequest, opts: UnlearnOptions, spec0, spec1, d
         gconf["run_name"] = f"{spec1.run_name}/{GOLD}"
         write_json(stage / GOLD / CONFIG, gconf)
 
+    if not len(data1.forgotten):  # no forgotten training pair: the forget figures measure nothing
+        for fig in (fig_original, fig_unlearned, fig_gold or {}):
+            fig.update({k: None for k in fig if k.startswith("forget ")})
     report = {
         "run": run, "method": spec0.method,
         "request": {"kind": req.kind, "size": len(req), "describe": req.describe(),
                     "forgotten_train_pairs": len(data1.forgotten), "source": req.source},
         "options": {**opts.__dict__, "lr": lr, "batch_size": batch_size},
-        "epochs_run": res.epochs_run, "reset": res.reset, "history": res.history,
+        "epochs_run": res.epochs_run, "epochs_kept": res.epochs_kept, "stop_reason": res.stop_reason,
+        "reset": res.reset, "history": res.history,
         "original": fig_original, "unlearned": fig_unlearned, "gold": fig_gold,
         "speedup": (fig_gold["seconds"] / unlearn_s) if fig_gold else None,
     }
@@ -210,8 +222,52 @@ def _unlearn(run: str, req: ForgetRequest, opts: UnlearnOptions, spec0, spec1, d
     return report
 
 
+def location(path: str | Path) -> str:
+    """A run or output location as this module uses it: a URL (``s3://...``) as given, a local path
+    (plain, relative, ``~``, ``file://``) absolute and plain, so that a ``file://`` prefix never becomes
+    a folder name and a Ray task in another directory finds the same place."""
+    path = str(path)
+    if is_url(path):
+        return path.rstrip("/")
+    return os.path.abspath(os.path.expanduser(path.removeprefix("file://")))
+
+
 def _parent(run: str) -> str:
-    return run.rsplit("/", 1)[0] if "/" in run else "."
+    return run.rsplit("/", 1)[0] if is_url(run) else str(Path(run).parent)
+
+
+def _keep_weights(model: torch.nn.Module, *args: Any, **kwargs: Any) -> UnlearnResult:
+    """In place of :func:`fine_tune` when the request forgets no training pair: the trained weights
+    never saw the request's pairs, so they are the unlearned weights (0 epochs)."""
+    log = kwargs.get("log")
+    if log:
+        log("the request forgets no training interaction (its pairs are only in valid/test or cold-start "
+            "items): the model never trained on them; its weights are kept, over the retain data")
+    model.eval()
+    return UnlearnResult(0, 0.0, [], [], stop_reason="nothing trained on", epochs_kept=0)
+
+
+def _unlearned_best(p1: Pieces, run: str, best: dict[str, Any], req: ForgetRequest, n_forgotten: int,
+                    res: UnlearnResult) -> bytes:
+    """``best.pt`` of the unlearned run: the weights, the retain data's validation and test metrics
+    (the score under ``eval.valid_metric``), the source run's best epoch as ``epoch``, and
+    ``unlearned_from``: the source run, its epoch and score, the request and the unlearning epochs
+    (what ``recommend`` and ``evaluate`` print; :meth:`raymmrec.train.trained.Trained.weights_note`)."""
+    results = local_evaluate({s: p1.evaluators[s] for s in ("valid", "test")})(p1.model)
+    kept = res.epochs_kept if res.epochs_kept >= 0 else res.epochs_run
+    state = TrainState(epoch=kept, best_epoch=int(best["epoch"]),
+                       best_score=float(results["valid"][p1.spec.eval.valid_metric]),
+                       best_valid=dict(results["valid"]), best_test=dict(results["test"]))
+    payload = torch.load(io.BytesIO(best_payload(p1.model, state, p1.config)), weights_only=True)
+    payload["unlearned_from"] = {
+        "run": run, "epoch": int(best["epoch"]), "score": float(best["score"]),
+        "request": {"kind": req.kind, "size": len(req), "describe": req.describe(), "source": req.source,
+                    "forgotten_train_pairs": n_forgotten},
+        "unlearning_epochs": kept,
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return buf.getvalue()
 
 
 def _exists(url: str) -> bool:

@@ -1,0 +1,308 @@
+"""Live top-K recommendations from a trained run with Ray Serve, and in-place model swaps.
+
+    raymmrec serve --run runs/lightgcn-lfm2k [--port 8000] [--replicas 2] [--cpus-per-replica 1]
+    curl 'http://127.0.0.1:8000/recommend?user=3&k=10'
+    curl -X POST http://127.0.0.1:8000/recommend -d '{"users": [3, 17], "k": 10}'
+    curl http://127.0.0.1:8000/info            # method, dataset, epoch, items, the run it serves
+    raymmrec serve --run runs/lightgcn-lfm2k-v2  # on a running app: swaps the model, no downtime
+    raymmrec unlearn --run runs/lightgcn-lfm2k --request items.csv --serve raymmrec  # forget, then swap
+
+Each replica of the application (one deployment, ``recommend``) loads the run's best model once and
+computes its scoring tables once (:class:`raymmrec.serving.Ranker`); a ranking is
+:func:`raymmrec.recommend.top_k`, the same code and tie order as ``raymmrec recommend`` and evaluation.
+Concurrent requests are ranked together (``serve.batch``: one score matrix and one top-K for all).
+
+The run is the deployment's ``user_config``. Deploying the app again with another run is Serve's
+rolling update: with ``max_surge_percent=100`` Serve starts the new replicas (which load the new run)
+while the old ones keep answering, routes to the new ones once they are ready, then drains and stops
+the old ones; ``serve.run`` returns once every replica serves the new run, so no request fails during
+the swap and every answer after it comes from the new run (each answer names its run).
+
+Where this command finds a running Ray cluster (``RAY_ADDRESS``, ``--address`` or a local
+``ray start``), it deploys and returns, and the application lives on in the cluster; otherwise it
+starts Ray in this process and serves until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+
+from raymmrec.errors import UserError, run_main
+from raymmrec.serving import RequestError
+
+DEFAULT_APP = "raymmrec"
+DEPLOYMENT = "recommend"
+DEFAULT_K = 20
+QUIET_LOGS = {"enable_access_log": False, "log_level": "WARNING"}
+
+
+def _json(obj: Any, status: int = 200):
+    from starlette.responses import JSONResponse
+
+    return JSONResponse(obj, status_code=status)
+
+
+class RecommendService:
+    """(Serve deployment) HTTP front of a :class:`~raymmrec.serving.Ranker`; see the module docstring."""
+
+    def __init__(self) -> None:
+        self._ranker = None
+        self._settings: dict[str, Any] = {}
+
+    async def reconfigure(self, settings: dict[str, Any]) -> None:
+        """Load ``settings["run"]`` beside the current model, then switch to it in one assignment."""
+        import torch
+
+        from raymmrec.serving import Ranker
+
+        run = str(settings["run"]).rstrip("/")
+        if self._ranker is None or self._ranker.run != run:
+            torch.set_num_threads(max(1, int(settings.get("cpus") or 1)))
+            device = "cuda" if float(settings.get("gpus") or 0) > 0 else "cpu"
+            ranker = await asyncio.to_thread(Ranker.load, run, device)
+            self._ranker = ranker
+        self._settings = dict(settings)
+
+    def settings(self) -> dict[str, Any]:
+        """The settings this replica was deployed with (run, replicas, cpus, gpus): redeploys keep them."""
+        return dict(self._settings)
+
+    async def __call__(self, request):  # noqa: ANN001 - a starlette Request
+        try:
+            return await self._route(request)
+        except RequestError as e:
+            return _json({"error": str(e)}, e.status)
+        except Exception as e:  # noqa: BLE001 - answered, never raised: the replica keeps serving
+            return _json({"error": f"internal: {type(e).__name__}: {' '.join(str(e).split())}"[:300]}, 500)
+
+    async def _route(self, request):  # noqa: ANN001
+        ranker = self._ranker
+        if ranker is None:
+            return _json({"error": "model: not loaded yet"}, 503)
+        root = request.scope.get("root_path", "") or ""
+        path = request.url.path[len(root):] if request.url.path.startswith(root) else request.url.path
+        path = "/" + path.strip("/")
+        method = request.method
+        allowed = {"/healthz": ("GET",), "/info": ("GET",), "/recommend": ("GET", "POST")}
+        if path not in allowed:
+            raise RequestError("path", f"no route {path}; expected /recommend, /info or /healthz", 404)
+        if method not in allowed[path]:
+            raise RequestError("method", f"{method} {path} is not served; expected {' or '.join(allowed[path])}",
+                               405)
+        if path == "/healthz":
+            return _json({"status": "ok", "run": ranker.run, "epoch": ranker.info["epoch"]})
+        if path == "/info":
+            return _json(ranker.info)
+        if method == "GET":
+            params = request.query_params
+            unknown = sorted(set(params) - {"user", "k"})
+            if unknown:
+                raise RequestError(unknown[0], "unknown query parameter; expected user and k")
+            if "user" not in params:
+                raise RequestError("user", "missing; expected /recommend?user=U&k=K")
+            user = ranker.check_user(params["user"])
+            k = ranker.check_k(params.get("k", str(min(DEFAULT_K, ranker.max_k))))
+            answer, rows = await self._ranked([user], k)
+            return _json({**answer, "user": user, "k": k, "items": rows[0]})
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise RequestError("body", 'expected a JSON object {"users": [...], "k": K}') from None
+        if not isinstance(body, dict):
+            raise RequestError("body", f'expected a JSON object {{"users": [...], "k": K}}, got {type(body).__name__}')
+        unknown = sorted(set(body) - {"users", "k"})
+        if unknown:
+            raise RequestError(unknown[0], "unknown field; expected users and k")
+        users = ranker.check_users(body.get("users"))
+        k = ranker.check_k(body.get("k", min(DEFAULT_K, ranker.max_k)))
+        answer, rows = await self._ranked(users, k)
+        return _json({**answer, "k": k, "results": [{"user": u, "items": r} for u, r in zip(users, rows)]})
+
+    async def _ranked(self, users: list[int], k: int) -> tuple[dict[str, Any], list]:
+        answer, rows = await self._rank((users, k))
+        if answer is None:
+            raise rows
+        return answer, rows
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    async def _rank(self, asks: list[tuple[list[int], int]]) -> list[tuple[dict[str, Any], list]]:
+        """All waiting requests in one ranking: their users stacked, the largest k, each cut to its own k.
+
+        Cutting is exact: rankings are (score desc, item id asc), so top-k is a prefix of top-k'.
+        Every answer of one batch comes from one model, which the answer names.
+        """
+        ranker = self._ranker
+        # checked against the model of the request's arrival; a swap in between may change the ranges
+        fits = [all(u < ranker.n_users for u in us) and k <= ranker.max_k for us, k in asks]
+        users = [u for (us, _), ok in zip(asks, fits) if ok for u in us]
+        k_max = max([k for (_, k), ok in zip(asks, fits) if ok], default=1)
+        rows = await asyncio.to_thread(ranker.recommend, users, k_max)
+        out, start = [], 0
+        head = {"run": ranker.run, "method": ranker.info["method"], "epoch": ranker.info["epoch"]}
+        for (us, k), ok in zip(asks, fits):
+            if not ok:
+                out.append((None, RequestError("users", f"expected ids in [0, {ranker.n_users}) and k <= "
+                                                        f"{ranker.max_k} for the model now served")))
+                continue
+            out.append((head, [r[:k] for r in rows[start:start + len(us)]]))
+            start += len(us)
+        return out
+
+
+# ---------------------------------------------------------------- driver side
+
+
+def connect(address: str | None = None, start_local: bool = True) -> bool:
+    """Connect to a running Ray cluster (``address``, ``RAY_ADDRESS`` or a local ``ray start``).
+
+    Without one: start Ray in this process when ``start_local`` (returns True: this process owns
+    it), else a one-line error.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address == "local":  # a Ray of this process's own, even where another one runs on this machine
+        ray.init(address="local", logging_level=logging.WARNING, log_to_driver=False)
+        return True
+    try:
+        ray.init(address=address or "auto", logging_level=logging.WARNING, log_to_driver=False)
+        return False
+    except ConnectionError:
+        if address or not start_local:
+            raise UserError(f"--address: no running Ray cluster found at {address or 'auto'}") from None
+    ray.init(logging_level=logging.WARNING, log_to_driver=False)
+    return True
+
+
+def _check_run(run: str) -> None:
+    """A one-line error before any deploy when ``run`` is not a finished run folder."""
+    from raymmrec.train.artifacts import BEST, CONFIG
+    from raymmrec.files import is_url, join
+
+    for name in (CONFIG, BEST):
+        path = join(run, name)
+        if is_url(path):
+            from raymmrec.data.io import open_fs
+
+            fs, p = open_fs(path)
+            ok = fs.exists(p)
+        else:
+            ok = Path(path.removeprefix("file://")).is_file()
+        if not ok:
+            raise UserError(f"--run: {run} is not a finished run folder ({path} does not exist)")
+
+
+def running_apps() -> dict[str, Any]:
+    """Serve's applications on the connected cluster (empty when Serve is not running)."""
+    try:
+        return dict(serve.status().applications)
+    except Exception:  # noqa: BLE001 - no Serve controller yet
+        return {}
+
+
+def current_settings(app: str) -> dict[str, Any]:
+    """The settings (run, replicas, cpus, gpus) the running ``app`` was deployed with."""
+    if app not in running_apps():
+        raise UserError(f"--serve: no Serve application named {app!r} on this Ray cluster "
+                        f"(running: {', '.join(running_apps()) or 'none'})")
+    return serve.get_app_handle(app).settings.remote().result(timeout_s=60)
+
+
+def build_app(settings: dict[str, Any]):
+    """The Serve application of ``settings``: run (user_config), replicas, cpus, gpus."""
+    actor = {"num_cpus": float(settings["cpus"]), "num_gpus": float(settings["gpus"])}
+    deployment = serve.deployment(
+        RecommendService, name=DEPLOYMENT, num_replicas=int(settings["replicas"]),
+        ray_actor_options=actor, user_config=dict(settings), max_ongoing_requests=64, max_surge_percent=100,
+        logging_config=QUIET_LOGS, health_check_period_s=5, graceful_shutdown_timeout_s=30)
+    # every deploy is a rolling restart (Serve manages versions itself; its public API sets none):
+    # with a 100 % surge the new replicas load the new run while the old ones keep answering
+    return deployment.bind()
+
+
+def deploy(run: str, *, app: str = DEFAULT_APP, port: int = 8000, host: str = "127.0.0.1", route_prefix: str = "/",
+           replicas: int | None = None, cpus: float | None = None, gpus: float | None = None) -> dict[str, Any]:
+    """Start ``app`` serving ``run``, or swap a running ``app`` to ``run`` in place (rolling update).
+
+    Options left ``None`` keep the running app's values (new app: 1 replica, 1 CPU, 0 GPUs). Returns
+    once every replica serves ``run``: the settings and the HTTP address.
+    """
+    run = str(run).rstrip("/")
+    _check_run(run)
+    old = current_settings(app) if app in running_apps() else {}
+    settings = {"run": run,
+                "replicas": replicas if replicas is not None else old.get("replicas", 1),
+                "cpus": cpus if cpus is not None else old.get("cpus", 1.0),
+                "gpus": gpus if gpus is not None else old.get("gpus", 0.0)}
+    if int(settings["replicas"]) < 1:
+        raise UserError(f"--replicas: expected an integer >= 1, got {settings['replicas']}")
+    serve.start(http_options={"host": host, "port": port}, logging_config=QUIET_LOGS)
+    try:
+        serve.run(build_app(settings), name=app, route_prefix=route_prefix, logging_config=QUIET_LOGS)
+    except Exception as e:  # noqa: BLE001 - a replica that could not load the run
+        raise UserError(f"--run: app {app!r} could not serve {run}: {' '.join(str(e).split())[:400]}") from None
+    try:
+        from ray.serve.context import _get_global_client
+
+        http = _get_global_client().http_config
+        host, port = http.host, http.port
+    except Exception:  # noqa: BLE001 - the requested address, where Serve's own is not readable
+        pass
+    prefix = "" if route_prefix == "/" else route_prefix.rstrip("/")
+    return {**settings, "app": app, "swapped_from": old.get("run"), "url": f"http://{host}:{port}{prefix}"}
+
+
+def parser(prog: str = "raymmrec serve") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    p.add_argument("--run", required=True, help="trained run folder or URL (config.json + best.pt)")
+    p.add_argument("--app", default=DEFAULT_APP, help=f"Serve application name (default {DEFAULT_APP}); "
+                                                      "an existing one is swapped to --run in place")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port when this starts Serve (default 8000)")
+    p.add_argument("--host", default="127.0.0.1", help="HTTP host when this starts Serve (default 127.0.0.1)")
+    p.add_argument("--route-prefix", default="/", help="URL prefix of the app (default /)")
+    p.add_argument("--replicas", type=int, default=None, help="replicas (default 1, or the running app's)")
+    p.add_argument("--cpus-per-replica", type=float, default=None, help="CPUs per replica (default 1)")
+    p.add_argument("--gpus-per-replica", type=float, default=None, help="GPUs per replica (default 0)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a running local cluster, "
+                                                   "else Ray started here); 'local': always start Ray here")
+    p.add_argument("--verbose", action="store_true", help="tracebacks with error messages")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "raymmrec serve") -> int:
+    args = parser(prog).parse_args(argv)
+    return run_main(lambda: _main(args), verbose=args.verbose)
+
+
+def _main(args: argparse.Namespace) -> int:
+    _check_run(args.run)
+    owned = connect(args.address)
+    out = deploy(args.run, app=args.app, port=args.port, host=args.host, route_prefix=args.route_prefix,
+                 replicas=args.replicas, cpus=args.cpus_per_replica, gpus=args.gpus_per_replica)
+    what = f"swapped from {out['swapped_from']} to" if out["swapped_from"] else "serving"
+    print(f"app {out['app']!r}: {what} {out['run']} ({out['replicas']} replica(s)) at {out['url']}\n"
+          f"  curl '{out['url']}/recommend?user=0&k=10'", flush=True)
+    if owned:
+        print("Ray was started by this command: serving until Ctrl-C", flush=True)
+        try:
+            while True:
+                import time
+
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            serve.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""A finished run, rebuilt: its spec, data, and best model in eval mode, from a run folder or URL.
+
+Example::
+
+    trained = load_trained("runs/bm3-lfm2k-seed999")       # or "s3://bucket/runs/bm3-baby"
+    scores = trained.model.scorer()(torch.tensor([3, 17]))  # 2 × n_items
+
+It sits above both :mod:`raymmrec.train.artifacts` (what a run leaves behind) and
+:mod:`raymmrec.train.build` (how a run's pieces are made), which do not import it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from raymmrec.config import RunSpec, spec_from_dict
+from raymmrec.files import join, read_bytes
+from raymmrec.train.artifacts import BEST, CONFIG, read_best
+from raymmrec.train.build import build, resolve_device
+from raymmrec.train.checkpoint import check_format
+
+
+@dataclass
+class Trained:
+    """A trained model rebuilt from a run folder, with its data and spec."""
+
+    spec: RunSpec
+    config: dict[str, Any]
+    model: Any  # Recommender, in eval mode
+    data: Any  # RecData
+    epoch: int  # the epoch the weights come from (best validation)
+    device: torch.device
+    # an unlearned run's origin (best.pt's "unlearned_from", raymmrec.unlearning): the source run, its
+    # best epoch, the request and the unlearning epochs; None for a trained run
+    unlearned_from: dict[str, Any] | None = None
+
+    def weights_note(self) -> str:
+        """Where the weights come from, for a command's header line: ``weights of epoch N``, or for an
+        unlearned run ``unlearned from <run> epoch N (forget 2 users, 3 unlearning epochs)``."""
+        u = self.unlearned_from
+        if not u:
+            return f"weights of epoch {self.epoch}"
+        req = u.get("request", {})
+        n = int(u.get("unlearning_epochs", 0))
+        return (f"unlearned from {u.get('run')} epoch {u.get('epoch')} (forget {req.get('describe', '?')}, "
+                f"{n} unlearning epoch{'' if n == 1 else 's'})")
+
+
+def load_trained(run: str | Path, device: str = "auto") -> Trained:
+    """Rebuild the best model of a finished (or running) run from its folder or URL.
+
+    Reads ``config.json`` and ``best.pt`` (``weights_only``), reloads the run's dataset and
+    prepared inputs, and loads the weights, on ``device`` (``auto``: CUDA when available).
+    """
+    run = str(run).rstrip("/")
+    try:
+        config = json.loads(read_bytes(join(run, CONFIG)))
+        payload = read_best(run)
+        if payload is None:
+            raise FileNotFoundError(f"{join(run, BEST)} does not exist")
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{run} is not a finished run folder: {e} (it needs {CONFIG} and {BEST})") from None
+    check_format(payload, join(run, BEST))
+    spec = spec_from_dict(config)
+    dev = resolve_device(device)
+    pieces = build(spec, device=dev, release_features=True)
+    pieces.model.load_state_dict(payload["model"])
+    pieces.model.eval()
+    return Trained(spec, config, pieces.model, pieces.data, int(payload["epoch"]), dev, payload.get("unlearned_from"))

@@ -1,0 +1,159 @@
+"""Ray Serve: a real application on 127.0.0.1 answering real HTTP requests, model swaps under load,
+and a forget request that reaches the live service (``raymmrec serve``, ``raymmrec unlearn --serve``)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+
+import pandas as pd
+import pytest
+
+from raymmrec.cli import main as cli_main
+from raymmrec.config import load_spec
+from raymmrec.train.run import run
+
+pytestmark = pytest.mark.ray
+APP = "rec-test"
+
+
+def _train(out, name: str, seed: int) -> str:
+    spec = load_spec("lightgcn", overrides=[f"output_dir={out}", f"run_name={name}", "data.source=synthetic:tiny",
+                                            "train.epochs=3", "train.lr=0.01", "train.batch_size=64",
+                                            f"train.seed={seed}"])
+    run(spec, progress=False)
+    return str(out / name)
+
+
+@pytest.fixture(scope="module")
+def served(ray_cluster, tmp_path_factory):
+    """Two tiny runs; the app serves the first (one replica, half a CPU) on a free loopback port."""
+    from conftest import free_port
+    from ray import serve
+
+    from raymmrec.ray.serve import deploy
+
+    out = tmp_path_factory.mktemp("serve")
+    a, b = _train(out, "a", 1), _train(out, "b", 2)
+    info = deploy(a, app=APP, port=free_port(), replicas=1, cpus=0.5)
+    try:
+        yield {"a": a, "b": b, "url": info["url"], "out": out}
+    finally:
+        serve.shutdown()
+
+
+def call(url: str, body: object | bytes | None = None) -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method="GET" if data is None else "POST")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def cli_recommend(run_dir: str, users: str, k: int, capsys) -> dict[int, list[tuple[int, float]]]:
+    assert cli_main(["recommend", "--run", run_dir, "--users", users, "--k", str(k)]) == 0
+    recs: dict[int, list[tuple[int, float]]] = {}
+    for line in capsys.readouterr().out.splitlines():
+        if line and line[0].isdigit():
+            u, _, i, s = line.split("\t")[:4]
+            recs.setdefault(int(u), []).append((int(i), float(s)))
+    return recs
+
+
+def test_answers_equal_raymmrec_recommend(served, capsys):
+    url = served["url"]
+    expected = cli_recommend(served["a"], "0,7,3", 5, capsys)
+    status, one = call(f"{url}/recommend?user=7&k=5")
+    assert status == 200 and one["run"] == served["a"] and one["user"] == 7
+    assert [e["item"] for e in one["items"]] == [i for i, _ in expected[7]]
+    assert [round(e["score"], 4) for e in one["items"]] == pytest.approx([s for _, s in expected[7]], abs=1e-4)
+    status, many = call(f"{url}/recommend", {"users": [0, 7, 3, 0], "k": 5})
+    assert status == 200 and [r["user"] for r in many["results"]] == [0, 7, 3, 0]
+    for r in many["results"]:
+        assert [e["item"] for e in r["items"]] == [i for i, _ in expected[r["user"]]]
+    status, info = call(f"{url}/info")
+    assert status == 200 and info["run"] == served["a"] and info["method"] == "lightgcn" and info["items"] > 0
+    assert call(f"{url}/healthz")[0] == 200
+
+
+@pytest.mark.parametrize("path,body,status,field", [
+    ("/recommend?user=abc&k=5", None, 400, "user"),
+    ("/recommend?user=99999", None, 404, "user"),
+    ("/recommend?k=5", None, 400, "user"),
+    ("/recommend?user=1&k=0", None, 400, "k"),
+    ("/recommend?user=1&k=x", None, 400, "k"),
+    ("/recommend?user=1&k=100000", None, 400, "k"),
+    ("/recommend", b"{not json", 400, "body"),
+    ("/recommend", [1, 2], 400, "body"),
+    ("/recommend", {"users": "1,2"}, 400, "users"),
+    ("/recommend", {"users": [1, -1]}, 404, "users"),
+    ("/recommend", {"users": [1], "k": 2.5}, 400, "k"),
+    ("/nope", None, 404, "path"),
+])
+def test_bad_requests_get_a_4xx_naming_the_field_and_the_service_keeps_answering(served, path, body, status, field):
+    got, answer = call(served["url"] + path, body)
+    assert got == status, answer
+    assert set(answer) == {"error"} and answer["error"].startswith(f"{field}: ") and "\n" not in answer["error"]
+    assert call(f"{served['url']}/recommend?user=1&k=3")[0] == 200
+
+
+def test_swap_under_a_stream_of_requests_fails_none_and_then_answers_only_from_the_new_run(served, capsys):
+    url, a, b = served["url"], served["a"], served["b"]
+    answers: list[tuple[bool, int, str | None]] = []  # (sent after the swap returned, status, run)
+    swapped, stop, first = threading.Event(), threading.Event(), threading.Event()
+
+    def stream() -> None:
+        i = 0
+        while not stop.is_set():
+            after = swapped.is_set()
+            try:
+                if i % 2:
+                    status, body = call(f"{url}/recommend?user={i % 30}&k=10")
+                else:
+                    status, body = call(f"{url}/recommend", {"users": [i % 30, (i + 1) % 30], "k": 10})
+            except Exception as e:  # noqa: BLE001 - a failed request is what this test counts
+                status, body = -1, {"error": repr(e)}
+            answers.append((after, status, body.get("run")))
+            first.set()
+            i += 1
+
+    threads = [threading.Thread(target=stream) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        assert first.wait(60)
+        assert cli_main(["serve", "--run", b, "--app", APP]) == 0
+        swapped.set()
+        while sum(after for after, _, _ in answers) < 30 and all(t.is_alive() for t in threads):
+            threading.Event().wait(0.01)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert "swapped from" in capsys.readouterr().out
+    failed = [x for x in answers if x[1] != 200]
+    assert not failed, failed[:5]
+    assert {run for after, _, run in answers if not after} >= {a}
+    assert {run for after, _, run in answers if after} == {b}
+    assert call(f"{url}/info")[1]["run"] == b
+
+
+def test_unlearn_with_serve_removes_the_forgotten_items_from_the_live_service(served, tmp_path):
+    url = served["url"]
+    status, before = call(f"{url}/recommend", {"users": list(range(30)), "k": 50})
+    assert status == 200
+    counts = pd.Series([e["item"] for r in before["results"] for e in r["items"]]).value_counts()
+    forget = counts.index[:3].tolist()  # the items recommended most often
+    request = tmp_path / "items.csv"
+    pd.DataFrame({"itemID": forget}).to_csv(request, index=False)
+    assert cli_main(["unlearn", "--run", served["a"], "--request", str(request), "--serve", APP,
+                     "--output-dir", str(served["out"]), "--name", "a-forget", "epochs=1"]) == 0
+    status, after = call(f"{url}/recommend", {"users": list(range(30)), "k": 50})
+    assert status == 200 and after["run"] == str(served["out"] / "a-forget")
+    shown = {e["item"] for r in after["results"] for e in r["items"]}
+    assert shown and not shown & set(forget)
+    assert call(f"{url}/info")[1]["forgotten_items"] == 3
