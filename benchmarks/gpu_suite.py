@@ -59,8 +59,8 @@ NAN = float("nan")
 #: the rest of the 8 minutes to installing, the environment probe and start-up. The smoke caps are a safety net
 #: for a slow CI machine (the smoke itself takes about two minutes on two idle cores).
 CHECKS = [
-    (1, "mmrec", "BM3/LightGCN/VBPR, raymmrec vs MMRec", 160, 120),
-    (2, "fault", "Ray Train 1 GPU worker killed, resumes", 55, 90),
+    (1, "mmrec", "BM3/LightGCN/VBPR, raymmrec vs MMRec", 150, 120),
+    (2, "fault", "Ray Train 1 GPU worker killed, resumes", 65, 150),
     (3, "tune", "Tune 4 BM3 trials x 0.25 GPU at once", 85, 150),
     (4, "cm3", "CM3 and LIRDRec at Baby scale", 60, 60),
     (5, "shard", "column-sharded, 2 workers on 1 GPU", 15, 30),

@@ -45,6 +45,16 @@ def is_url(path: str) -> bool:
     return "://" in str(path) and not str(path).startswith("file://")
 
 
+def location(path: str | Path) -> str:
+    """A run, request or output location as commands pass it on: a URL (``s3://...``) as given, a local path
+    (plain, relative, ``~``, ``file://``) absolute and plain, so that a ``file://`` prefix never becomes
+    a folder name and a Ray task in another directory finds the same place."""
+    path = str(path)
+    if is_url(path):
+        return path.rstrip("/")
+    return os.path.abspath(os.path.expanduser(path.removeprefix("file://")))
+
+
 def join(base: str | Path, *parts: str) -> str:
     return "/".join([str(base).rstrip("/"), *parts])
 

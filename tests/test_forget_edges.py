@@ -182,3 +182,18 @@ def test_unlearned_best_records_where_it_came_from(trained, tmp_path):
     line = load_trained(str(tmp_path / "u")).weights_note()
     assert line.startswith(f"unlearned from {trained} epoch {int(src['epoch'])}"), line
     assert load_trained(trained).weights_note() == f"weights of epoch {int(src['epoch'])}"
+
+
+def test_a_cold_item_whose_users_are_all_forgotten_stays_cold():
+    """Review finding: cold items were read off the remaining cold pairs, so forgetting every user of a
+    cold item turned it into an ordinary item (a training negative, a smaller cold candidate set)."""
+    from raymmrec.train.build import build
+
+    data = load_dataset("synthetic:tiny", cold_items=0.1)
+    item = int(data.cold_items()[0])
+    users = np.unique(data.cold.users[data.cold.items == item])
+    after = apply_forget(data, ForgetRequest.of(users=users.tolist()))
+    assert item not in after.cold.items  # every pair of it is gone ...
+    assert item in after.cold_items()  # ... and it is still a cold-start item
+    p = build(_spec("data.cold_items=0.1", "train.negative_pool=all"), data=after)
+    assert item not in p.sampler.candidates.tolist()  # never a training negative

@@ -411,3 +411,18 @@ def test_one_process_stops_at_the_first_non_finite_step():
     with pytest.raises(TrainingDiverged, match="loss became NaN or infinite at epoch 0, batch 2; "):
         trainer._run_epoch(0)
     assert len(steps) == 3  # stopped at the step, before the optimizer applied it
+
+
+def test_a_run_recorded_before_a_model_option_existed_still_resumes():
+    """A model option added after a run was recorded counts at its default (LIRDRec's ablation switches
+    came after its first runs); a real change of a model option is still refused."""
+    from raymmrec.config import load_spec
+    from raymmrec.train.build import check_same_run, resolved_config
+
+    config = resolved_config(load_spec(method="lirdrec", overrides=["data.source=synthetic:tiny"]))
+    assert config["model"]["dct"] is True and config["model"]["weight_copying"] is True
+    saved = {**config, "model": {k: v for k, v in config["model"].items() if k not in ("dct", "weight_copying")}}
+    check_same_run(saved, config, "ckpt")  # config.json of a run from before the options existed
+    changed = {**config, "model": {**config["model"], "dct": False}}
+    with pytest.raises(ValueError, match="model.dct False -> True"):
+        check_same_run(changed, config, "ckpt")

@@ -49,7 +49,7 @@ def test_an_epoch_that_costs_retained_recall_is_undone_and_stops_unlearning(tiny
     assert same(final, seen[1]) and not same(final, seen[2])  # rolled back to the first epoch's weights
     assert [round(h["valid_retain_recall"], 3) for h in res.history] == [0.396, 0.38]
 
-    res, seen, final = run(tiny, aucs, [0.40, 0.30], keep_tol=0.02)  # even the first epoch costs too much
+    res, seen, final = run(tiny, aucs, [0.40, 0.30], keep_tol=0.02, retries=0)  # even the first epoch costs too much
     assert (res.epochs_run, res.epochs_kept, res.stop_reason) == (1, 0, "utility")
     assert same(final, seen[0])  # the weights it started from
 
@@ -57,6 +57,21 @@ def test_an_epoch_that_costs_retained_recall_is_undone_and_stops_unlearning(tiny
     assert (res.epochs_run, res.epochs_kept, res.stop_reason) == (5, 5, "chance")
     res, _, _ = run(tiny, [0.8, 0.7, 0.699], [0.4] * 3)
     assert (res.epochs_run, res.stop_reason) == (2, "plateau")
+
+
+def test_a_first_epoch_undone_is_retried_at_half_the_rate_then_warned(tiny):
+    # the first epoch at lr costs too much (0.30 < 0.392); at lr/2 it is within keep_tol and forgets to chance
+    res, seen, final = run(tiny, [0.8, 0.6, 0.5], [0.40, 0.30, 0.395], keep_tol=0.02)
+    assert (res.epochs_run, res.epochs_kept, res.stop_reason, res.warning) == (2, 1, "chance", None)
+    assert [h["lr"] for h in res.history] == [1e-2, 5e-3] and res.lr == 5e-3
+    assert same(seen[2], final) and not same(final, seen[0])  # the retried epoch's weights are kept
+    # every rate costs too much: the trained weights, and a plain warning
+    res, seen, final = run(tiny, [0.8] + [0.6] * 3, [0.40, 0.30, 0.30, 0.30], keep_tol=0.02, retries=2)
+    assert (res.epochs_run, res.epochs_kept, res.stop_reason) == (3, 0, "utility")
+    assert [h["lr"] for h in res.history] == [1e-2, 5e-3, 2.5e-3]
+    assert same(final, seen[0]) and res.warning.startswith("nothing forgotten beyond the reset")
+    with pytest.raises(ValueError, match="retries"):
+        options_from({"retries": "-1"})
 
 
 def test_the_kept_utility_is_read_from_retained_validation_never_test(tiny):

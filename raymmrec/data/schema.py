@@ -60,6 +60,9 @@ class RecData:
     # and whether a forget request was applied (one whose pairs lie only in valid/test forgets no training pair)
     cold_fraction: float = 0.0
     forget_applied: bool = False
+    # the items held out as cold-start when they were drawn: a forget request may remove every pair of
+    # one, which must not turn it into an ordinary item (a training negative, a smaller cold candidate set)
+    cold_item_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def seen(self) -> Interactions:
         """The pairs evaluation never ranks: training pairs plus hidden positives (true preferences
@@ -75,8 +78,10 @@ class RecData:
         return getattr(self, name)
 
     def cold_items(self) -> np.ndarray:
-        """Sorted ids of the held-out cold-start items (empty when none are held out)."""
-        return np.unique(self.cold.items)
+        """Sorted ids of the held-out cold-start items as drawn, less an item-wise forget request's items
+        (empty when none are held out). A user-wise request may empty a cold item: it stays cold."""
+        drawn = np.union1d(self.cold_item_ids, self.cold.items).astype(np.int64)
+        return np.setdiff1d(drawn, self.forgotten_items) if self.forgotten_items.size else drawn
 
     def summary(self) -> str:
         feats = ", ".join(f"{m} {a.shape[1]}-d" for m, a in self.features.items()) or "none"

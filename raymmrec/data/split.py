@@ -101,7 +101,8 @@ def hold_out_cold_items(data: RecData, fraction: float, seed: int) -> RecData:
     users = np.concatenate([u for u, _ in moved])
     items = np.concatenate([i for _, i in moved])
     order = np.lexsort((items, users))
-    return dataclasses.replace(data, **kept, cold=Interactions(users[order], items[order]), cold_fraction=fraction)
+    return dataclasses.replace(data, **kept, cold=Interactions(users[order], items[order]), cold_fraction=fraction,
+                               cold_item_ids=cold)
 
 
 def hide_positives(data: RecData, fraction: float, seed: int) -> RecData:

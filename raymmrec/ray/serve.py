@@ -36,6 +36,7 @@ from typing import Any
 from ray import serve
 
 from raymmrec.errors import UserError, run_main
+from raymmrec.files import location
 from raymmrec.serving import RequestError
 
 DEFAULT_APP = "raymmrec"
@@ -186,8 +187,8 @@ def connect(address: str | None = None, start_local: bool = True) -> bool:
 
 def _check_run(run: str) -> None:
     """A one-line error before any deploy when ``run`` is not a finished run folder."""
-    from raymmrec.train.artifacts import BEST, CONFIG
     from raymmrec.files import is_url, join
+    from raymmrec.train.artifacts import BEST, CONFIG
 
     for name in (CONFIG, BEST):
         path = join(run, name)
@@ -237,7 +238,7 @@ def deploy(run: str, *, app: str = DEFAULT_APP, port: int = 8000, host: str = "1
     Options left ``None`` keep the running app's values (new app: 1 replica, 1 CPU, 0 GPUs). Returns
     once every replica serves ``run``: the settings and the HTTP address.
     """
-    run = str(run).rstrip("/")
+    run = location(run)  # absolute: a replica (maybe on another node, in another directory) loads it
     _check_run(run)
     old = current_settings(app) if app in running_apps() else {}
     settings = {"run": run,
@@ -251,13 +252,7 @@ def deploy(run: str, *, app: str = DEFAULT_APP, port: int = 8000, host: str = "1
         serve.run(build_app(settings), name=app, route_prefix=route_prefix, logging_config=QUIET_LOGS)
     except Exception as e:  # noqa: BLE001 - a replica that could not load the run
         raise UserError(f"--run: app {app!r} could not serve {run}: {' '.join(str(e).split())[:400]}") from None
-    try:
-        from ray.serve.context import _get_global_client
-
-        http = _get_global_client().http_config
-        host, port = http.host, http.port
-    except Exception:  # noqa: BLE001 - the requested address, where Serve's own is not readable
-        pass
+    # the address asked for: Serve keeps the one it started with, and its public API does not report it
     prefix = "" if route_prefix == "/" else route_prefix.rstrip("/")
     return {**settings, "app": app, "swapped_from": old.get("run"), "url": f"http://{host}:{port}{prefix}"}
 
@@ -285,7 +280,7 @@ def main(argv: list[str] | None = None, prog: str = "raymmrec serve") -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    _check_run(args.run)
+    _check_run(location(args.run))
     owned = connect(args.address)
     out = deploy(args.run, app=args.app, port=args.port, host=args.host, route_prefix=args.route_prefix,
                  replicas=args.replicas, cpus=args.cpus_per_replica, gpus=args.gpus_per_replica)

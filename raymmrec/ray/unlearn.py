@@ -42,7 +42,7 @@ def task_path(path: str | None) -> str | None:
     local path, plain, relative or ``file://``, becomes absolute and plain; a URL stays."""
     if path is None:
         return None
-    from raymmrec.unlearning.run import location
+    from raymmrec.files import location
 
     return location(path)
 

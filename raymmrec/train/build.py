@@ -292,6 +292,15 @@ def _objective_defaults(name: Any) -> dict[str, Any]:
     return dataclasses.asdict(opts()) if opts is not None else {}
 
 
+def _model_defaults(method: Any) -> dict[str, Any]:
+    try:
+        cfg_cls = get_model(method).config_cls
+    except (KeyError, AttributeError):  # no method recorded, or one removed since
+        return {}
+    return {f.name: f.default for f in dataclasses.fields(cfg_cls)
+            if f.init and f.default is not dataclasses.MISSING}
+
+
 def check_same_run(saved: dict[str, Any], config: dict[str, Any], where: str) -> None:
     """Refuse to resume into a different experiment: resolved configs must agree.
 
@@ -309,6 +318,9 @@ def check_same_run(saved: dict[str, Any], config: dict[str, Any], where: str) ->
             a, b = {**defaults[section], **(a or {})}, {**defaults[section], **(b or {})}
         if section == "objective_options":  # so do an objective's options (BPR's came after its first runs)
             base = _objective_defaults(config.get("objective"))
+            a, b = {**base, **(a or {})}, {**base, **(b or {})}
+        if section == "model":  # and a model option added since (the ablation switches came later)
+            base = _model_defaults(config.get("method"))
             a, b = {**base, **(a or {})}, {**base, **(b or {})}
         if section == "train":
             a = {k: v for k, v in (a or {}).items() if k not in free}

@@ -28,7 +28,11 @@ silent these choices are made, each an option:
   users' *validation* Recall@20 (ranked as served; never the test split) is measured before
   unlearning and after each epoch, and an epoch that takes it more than ``keep_tol`` (a fraction)
   below its value before unlearning is undone (the weights roll back to the previous epoch's, or to
-  the trained ones) and ends the run. :class:`UnlearnResult` says which rule stopped it.
+  the trained ones) and ends the run. :class:`UnlearnResult` says which rule stopped it. If even the
+  first epoch is undone, unlearning starts again from the trained weights at half the rate, at most
+  ``retries`` times; if nothing is kept then, the result (and the report, and the command's output)
+  carries the one-line warning "nothing forgotten beyond the reset": a user- or item-wise request has
+  only its rows reset, an interaction-wise request nothing at all.
 * **Reset** (user- and item-wise requests): after fine-tuning, the forgotten users' (or items') own
   rows are overwritten, since no fine-tuning makes a user's own vector forget its history as surely.
   ``auto`` (default) gives them what retraining without their data (Gold) leaves of a row without
@@ -82,6 +86,9 @@ class UnlearnOptions:
     # what is kept: stop, rolling back to the last epoch within it, once the retained users' validation
     # Recall@20 falls more than this fraction below its value before unlearning (None: not watched)
     keep_tol: float | None = 0.02
+    # if even the first epoch is undone (past keep_tol), start again from the trained weights at half
+    # the rate, at most this many times; then warn "nothing forgotten beyond the reset"
+    retries: int = 2
     # user-/item-wise: what the forgotten users' / items' own rows become at the end (auto: what Gold
     # leaves of a row without data, see resolve_reset: zeros or a fresh initialisation)
     reset: Literal["auto", "init", "mean", "zero", "none"] = "auto"
@@ -89,6 +96,7 @@ class UnlearnOptions:
 
     def __post_init__(self) -> None:
         bad = [n for n in ("epochs", "forget_batch_size") if getattr(self, n) < 1]
+        bad += ["retries"] if self.retries < 0 else []
         bad += [n for n in ("lr", "batch_size") if getattr(self, n) is not None and getattr(self, n) <= 0]
         bad += [n for n in ("forget_weight", "retain_weight", "reg_weight") if getattr(self, n) < 0]
         bad += ["keep_tol"] if self.keep_tol is not None and not 0 <= self.keep_tol < 1 else []
@@ -199,7 +207,9 @@ class UnlearnResult:
     # why it stopped: "chance" (membership AUC at stop_auc), "plateau", "utility" (retained validation
     # Recall fell past keep_tol: the weights rolled back one epoch), "epochs" (the cap)
     stop_reason: str = "epochs"
-    epochs_kept: int = -1  # epochs whose updates the returned weights hold (epochs_run less a rolled-back one)
+    epochs_kept: int = -1  # epochs whose updates the returned weights hold (of the last attempt)
+    lr: float | None = None  # the rate of the last attempt (halved on each retry)
+    warning: str | None = None  # set when nothing was kept: "nothing forgotten beyond the reset ..."
 
 
 def fine_tune(model: Recommender, data: RecData, sampler: NegativeSampler, opts: UnlearnOptions, *,
@@ -216,27 +226,66 @@ def fine_tune(model: Recommender, data: RecData, sampler: NegativeSampler, opts:
     """
     view = ScoreView(model)
     objective = MMRecUnLoss(None, opts)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
     history: list[dict[str, float]] = []
     ctx = DistContext()
     t0 = time.perf_counter()
-    epoch = 0
-    prev = math.nan
+    auc0 = math.nan
     if stop_metric is not None and opts.stop_auc is not None:
         model.eval()
-        prev = stop_metric(model)
+        auc0 = stop_metric(model)
         if log:
-            log(f"before unlearning: valid_membership_auc {prev:.4f}")
+            log(f"before unlearning: valid_membership_auc {auc0:.4f}")
     watch = keep_metric is not None and opts.keep_tol is not None
-    floor, kept_state = -math.inf, None
+    floor, trained = -math.inf, None
     if watch:
         model.eval()
         keep0 = keep_metric(model)
         floor = keep0 * (1.0 - opts.keep_tol) if math.isfinite(keep0) else -math.inf
-        kept_state = _snapshot(model)  # the weights of the last epoch within keep_tol (none yet: the trained ones)
+        trained = _snapshot(model)
         if log:
             log(f"before unlearning: valid_retain_recall {keep0:.4f} (kept above {floor:.4f})")
-    reason, kept = "epochs", 0
+    reason, kept, run_total, step_lr = "epochs", 0, 0, lr
+    for attempt in range(opts.retries + 1):
+        if attempt:  # the first epoch at the last rate was undone: start again from the trained weights, half the rate
+            step_lr = lr / 2 ** attempt
+            if log:
+                log(f"retrying from the trained weights at half the rate: lr {step_lr:.3g}")
+        reason, kept, n_run = _attempt(model, view, objective, ctx, data, sampler, opts, step_lr, batch_size, device,
+                                       stop_metric, keep_metric if watch else None, floor, trained, auc0, history,
+                                       attempt, log)
+        run_total += n_run
+        if kept or reason != "utility":
+            break
+    warning = None
+    if kept == 0 and reason == "utility":
+        warning = (f"nothing forgotten beyond the reset: every first unlearning epoch (lr {lr:.3g} down to "
+                   f"{step_lr:.3g}) cost more than keep_tol={opts.keep_tol} of the retained validation Recall "
+                   f"and was undone; the weights are the trained ones"
+                   + (" (an interaction-wise request has no reset: nothing was forgotten)"
+                      if req is not None and req.kind == "interaction" else ""))
+        if log:
+            log("warning: " + warning)
+    reset = []
+    if req is not None:
+        reset = reset_rows(model, req, opts.reset, fresh)
+    model.eval()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return UnlearnResult(run_total, time.perf_counter() - t0, history, reset, reason, kept, step_lr, warning)
+
+
+def _attempt(model: Recommender, view: ScoreView, objective: MMRecUnLoss, ctx: DistContext, data: RecData,
+             sampler: NegativeSampler, opts: UnlearnOptions, lr: float, batch_size: int, device: torch.device,
+             stop_metric: Callable[[Recommender], float] | None, keep_metric: Callable[[Recommender], float] | None,
+             floor: float, trained: dict[str, Tensor] | None, auc0: float, history: list[dict[str, float]],
+             attempt: int, log: Callable[[str], None] | None) -> tuple[str, int, int]:
+    """One run of at most ``opts.epochs`` epochs at ``lr`` from the weights ``model`` holds (the trained
+    ones). Returns (why it stopped, epochs kept, epochs run); an epoch past ``floor`` is undone."""
+    if trained is not None and attempt:
+        model.load_state_dict(trained)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    kept_state = trained  # the weights of the last epoch within keep_tol (none yet: the trained ones)
+    prev, epoch = auc0, 0
     for epoch in range(opts.epochs):
         model.train()
         torch.manual_seed(dropout_seed(opts.seed, epoch))
@@ -256,37 +305,29 @@ def fine_tune(model: Recommender, data: RecData, sampler: NegativeSampler, opts:
             steps += 1
         logs = {k: v / max(steps, 1) for k, v in sums.items()}
         logs["epoch"] = epoch
+        logs["lr"] = lr
         if stop_metric is not None:
             model.eval()
             logs["valid_membership_auc"] = stop_metric(model)
-        if watch:
+        if keep_metric is not None:
             model.eval()
             logs["valid_retain_recall"] = keep_metric(model)
         history.append(logs)
         if log:
-            log("epoch {epoch}: ".format(epoch=epoch) + ", ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "epoch"))
-        if watch and logs["valid_retain_recall"] < floor:  # this epoch cost what is kept: undo it and stop
+            log("epoch {epoch}: ".format(epoch=epoch) + ", ".join(f"{k} {v:.4g}" for k, v in logs.items() if k != "epoch"))
+        if keep_metric is not None and logs["valid_retain_recall"] < floor:  # this epoch cost what is kept: undo it
             model.load_state_dict(kept_state)
-            reason = "utility"
             if log:
                 log(f"epoch {epoch} undone: valid_retain_recall fell more than keep_tol={opts.keep_tol} below "
-                    f"its value before unlearning; keeping {kept} epoch(s)")
-            break
-        kept = epoch + 1
+                    f"its value before unlearning; keeping {epoch} epoch(s)")
+            return "utility", epoch, epoch + 1
         auc = logs.get("valid_membership_auc", math.nan)
         if opts.stop_auc is not None and (auc <= opts.stop_auc or prev - auc < opts.stop_delta):
-            reason = "chance" if auc <= opts.stop_auc else "plateau"
-            break
+            return ("chance" if auc <= opts.stop_auc else "plateau"), epoch + 1, epoch + 1
         prev = auc
-        if watch:
+        if keep_metric is not None:
             kept_state = _snapshot(model)
-    reset = []
-    if req is not None:
-        reset = reset_rows(model, req, opts.reset, fresh)
-    model.eval()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return UnlearnResult(epoch + 1, time.perf_counter() - t0, history, reset, reason, kept)
+    return "epochs", opts.epochs, opts.epochs
 
 
 def _snapshot(model: nn.Module) -> dict[str, Tensor]:

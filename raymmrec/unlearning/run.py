@@ -44,13 +44,13 @@ from raymmrec.config import spec_from_dict
 from raymmrec.data.forget import ForgetRequest, apply_forget, read_request
 from raymmrec.errors import UserError
 from raymmrec.train.artifacts import BEST, CONFIG, best_payload, read_best
-from raymmrec.files import is_url, join, read_bytes, write_json
+from raymmrec.files import is_url, join, read_bytes, write_json, location
 from raymmrec.train.loop import TrainState
 from raymmrec.train.build import Pieces, build, load_data, local_evaluate, make_sampler, resolve_device
 from raymmrec.train.checkpoint import check_format
 from raymmrec.unlearning.measure import held_out_pairs, membership_auc, report_for, retained_utility
 from raymmrec.unlearning.mmrecun import (LR_SCALE, UnlearnOptions, UnlearnResult, fine_tune, options_from,
-                                         resolve_reset)
+                                         reset_rows, resolve_reset)
 
 REQUEST, REPORT_JSON, REPORT_MD, GOLD = "forget.parquet", "report.json", "report.md", "gold"
 ROWS = ("forget recall@20", "forget ndcg@20", "retain recall@20", "retain ndcg@20", "test recall@20",
@@ -92,6 +92,8 @@ def table(report: dict[str, Any]) -> str:
         head += f" (stopped: {report['stop_reason']}; {report.get('epochs_kept')} kept)"
     if report.get("speedup"):
         head += f"; unlearning {report['speedup']:.1f}x faster than Gold"
+    if report.get("warning"):
+        head += f"\nwarning: {report['warning']}"
     return head + "\n\n" + "\n".join(lines)
 
 
@@ -214,7 +216,7 @@ def _unlearn(run: str, req: ForgetRequest, opts: UnlearnOptions, spec0, spec1, d
                     "forgotten_train_pairs": len(data1.forgotten), "source": req.source},
         "options": {**opts.__dict__, "lr": lr, "batch_size": batch_size},
         "epochs_run": res.epochs_run, "epochs_kept": res.epochs_kept, "stop_reason": res.stop_reason,
-        "reset": res.reset, "history": res.history,
+        "final_lr": res.lr, "warning": res.warning, "reset": res.reset, "history": res.history,
         "original": fig_original, "unlearned": fig_unlearned, "gold": fig_gold,
         "speedup": (fig_gold["seconds"] / unlearn_s) if fig_gold else None,
     }
@@ -222,29 +224,24 @@ def _unlearn(run: str, req: ForgetRequest, opts: UnlearnOptions, spec0, spec1, d
     return report
 
 
-def location(path: str | Path) -> str:
-    """A run or output location as this module uses it: a URL (``s3://...``) as given, a local path
-    (plain, relative, ``~``, ``file://``) absolute and plain, so that a ``file://`` prefix never becomes
-    a folder name and a Ray task in another directory finds the same place."""
-    path = str(path)
-    if is_url(path):
-        return path.rstrip("/")
-    return os.path.abspath(os.path.expanduser(path.removeprefix("file://")))
-
-
 def _parent(run: str) -> str:
     return run.rsplit("/", 1)[0] if is_url(run) else str(Path(run).parent)
 
 
-def _keep_weights(model: torch.nn.Module, *args: Any, **kwargs: Any) -> UnlearnResult:
+def _keep_weights(model: torch.nn.Module, data: Any, sampler: Any, opts: UnlearnOptions, **kwargs: Any) -> UnlearnResult:
     """In place of :func:`fine_tune` when the request forgets no training pair: the trained weights
-    never saw the request's pairs, so they are the unlearned weights (0 epochs)."""
+    never saw the request's pairs, so they are the unlearned weights (0 epochs). A user- or item-wise
+    request's rows are still reset as ``opts.reset`` says: the reset is part of forgetting a user or an
+    item, whether or not any of their pairs were trained on (e.g. an item-wise request of cold items)."""
     log = kwargs.get("log")
     if log:
         log("the request forgets no training interaction (its pairs are only in valid/test or cold-start "
             "items): the model never trained on them; its weights are kept, over the retain data")
+    t0 = time.perf_counter()
+    req = kwargs.get("req")
+    reset = reset_rows(model, req, opts.reset, kwargs.get("fresh")) if req is not None else []
     model.eval()
-    return UnlearnResult(0, 0.0, [], [], stop_reason="nothing trained on", epochs_kept=0)
+    return UnlearnResult(0, time.perf_counter() - t0, [], reset, stop_reason="nothing trained on", epochs_kept=0)
 
 
 def _unlearned_best(p1: Pieces, run: str, best: dict[str, Any], req: ForgetRequest, n_forgotten: int,
@@ -263,7 +260,8 @@ def _unlearned_best(p1: Pieces, run: str, best: dict[str, Any], req: ForgetReque
         "run": run, "epoch": int(best["epoch"]), "score": float(best["score"]),
         "request": {"kind": req.kind, "size": len(req), "describe": req.describe(), "source": req.source,
                     "forgotten_train_pairs": n_forgotten},
-        "unlearning_epochs": kept,
+        "unlearning_epochs": kept,  # the epochs these weights hold (epochs_kept)
+        "epochs_run": int(res.epochs_run), "epochs_kept": int(kept),
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
