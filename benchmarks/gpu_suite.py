@@ -57,14 +57,14 @@ NAN = float("nan")
 
 #: (number, name, what, cap in seconds on a GPU, cap with --cpu-smoke). The GPU caps sum to 420 s, leaving
 #: the rest of the 8 minutes to installing, the environment probe and start-up. The smoke caps are a safety net
-#: for a slow CI machine (the smoke itself took 5 minutes on two shared cores, mostly Ray start-ups).
+#: for a slow or shared CI machine (the smoke itself took about 5 minutes on two shared cores, mostly Ray start-ups).
 CHECKS = [
-    (1, "mmrec", "BM3/LightGCN/VBPR, raymmrec vs MMRec", 150, 100),
-    (2, "fault", "Ray Train 1 GPU worker killed, resumes", 65, 150),
-    (3, "tune", "Tune 4 BM3 trials x 0.25 GPU at once", 85, 200),
-    (4, "cm3", "CM3 and LIRDRec at Baby scale", 60, 60),
+    (1, "mmrec", "BM3/LightGCN/VBPR, raymmrec vs MMRec", 150, 180),
+    (2, "fault", "Ray Train 1 GPU worker killed, resumes", 65, 180),
+    (3, "tune", "Tune 4 BM3 trials x 0.25 GPU at once", 85, 240),
+    (4, "cm3", "CM3 and LIRDRec at Baby scale", 60, 90),
     (5, "shard", "column-sharded, 2 workers on 1 GPU", 15, 30),
-    (6, "features", "feature extraction GPU vs CPU", 45, 90),
+    (6, "features", "feature extraction GPU vs CPU", 45, 120),
 ]
 
 
@@ -91,6 +91,19 @@ def find_mmrec() -> Path | None:
     return None
 
 
+RUNNING: set[int] = set()  # process groups started by run_capped and not yet reaped
+
+
+def stop_running(signum: int, frame: Any) -> None:
+    """SIGTERM/SIGINT: kill the process groups of the running checks (they run in sessions of their own)."""
+    for pgid in list(RUNNING):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    raise SystemExit(128 + signum)
+
+
 @dataclasses.dataclass
 class Proc:
     code: int | None  # None: killed at its cap
@@ -100,11 +113,15 @@ class Proc:
 
 
 def run_capped(cmd: list[str], cap: float, *, cwd: Path = ROOT, env: dict[str, str] | None = None,
-               log: Path | None = None) -> Proc:
-    """Run ``cmd`` in its own process group; at ``cap`` seconds the whole group is killed (TERM, then KILL)."""
+               log: Path | None = None, group: bool = True) -> Proc:
+    """Run ``cmd``; at ``cap`` seconds it is killed (TERM, then KILL). ``group``: in a process group of its own,
+    killed whole (the driver's checks); else in the caller's group, so that killing a check reaches it too."""
     out = open(log, "w") if log else tempfile.TemporaryFile("w+")  # noqa: SIM115
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=group)
+    if group:
+        RUNNING.add(proc.pid)
+    signal_it = (lambda sig: os.killpg(proc.pid, sig)) if group else proc.send_signal
     status, usage, killed = None, None, False
     while status is None:
         pid, st, ru = os.wait4(proc.pid, os.WNOHANG)
@@ -115,7 +132,7 @@ def run_capped(cmd: list[str], cap: float, *, cwd: Path = ROOT, env: dict[str, s
             killed = True
             for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 0.0)):
                 try:
-                    os.killpg(proc.pid, sig)
+                    signal_it(sig)
                 except ProcessLookupError:
                     break
                 end = time.monotonic() + grace
@@ -132,9 +149,11 @@ def run_capped(cmd: list[str], cap: float, *, cwd: Path = ROOT, env: dict[str, s
             break
         time.sleep(0.1)
     try:  # Ray and other helpers left in the group after a normal exit
-        os.killpg(proc.pid, signal.SIGKILL)
+        if group:
+            os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+    RUNNING.discard(proc.pid)
     proc.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.monotonic() - t0
     out.flush()
@@ -335,7 +354,7 @@ def mmrec_side(bm: Any, job: Any, side: str, epochs: int, cap: float) -> dict[st
         cmd = bm.command("single", job.method, str(job.folder), epochs, str(job.work / "runs"), run_name, job.extra)
         cwd = ROOT
     gpu = GpuMemory().start() if job.train["use_gpu"] else None
-    p = run_capped(cmd, cap, cwd=cwd, env=job.env)
+    p = run_capped(cmd, cap, cwd=cwd, env=job.env, group=False)
     mem = gpu.stop() if gpu else {}
     out: dict[str, Any] = {"wall_s": round(p.seconds, 2), "peak_rss_mib": round(p.peak_rss_mib), **mem}
     if p.code is None:
@@ -526,7 +545,7 @@ def part_cm3(cfg: dict[str, Any], result: dict[str, Any], save: Callable[[], Non
         cmd = [sys.executable, str(HERE / "bench_train.py"), "--method", method, "--data", data,
                "--device", cfg["device"], "--warmup", "1", "--epochs-measured", str(cfg["epochs"]),
                "--eval-repeats", str(cfg["eval_repeats"])]
-        p = run_capped(cmd, max(1.0, deadline - time.monotonic()))
+        p = run_capped(cmd, max(1.0, deadline - time.monotonic()), group=False)
         if p.code != 0:
             why = "timeout" if p.code is None else f"exit {p.code}: {last_line(p.output)}"
             result[method] = {"status": "fail", "reason": why, "log": tail(p.output)}
@@ -566,7 +585,7 @@ def part_shard(cfg: dict[str, Any], result: dict[str, Any], save: Callable[[], N
         cmd = [sys.executable, str(ROOT / "jobs" / "train.py"), "--method", "bm3", "--data", data, "--epochs",
                str(cfg["epochs"]), "--num-workers", "2", "--shard", "--storage-path", str(work), "--run-name",
                "sharded", "--no-progress", *(["--use-gpu"] if cfg["device"] == "cuda" else []), *mods]
-        p = run_capped(cmd, cfg["cap"] - 10)
+        p = run_capped(cmd, cfg["cap"] - 10, group=False)
         if p.code != 0:
             raise RuntimeError(f"jobs/train.py --shard: {'timeout' if p.code is None else p.code}: {last_line(p.output)}")
         test = json.loads((work / "sharded" / "results.json").read_text())["test"]
@@ -805,7 +824,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="folder for gpu_suite.json and logs/ (default $OUT, else runs/...)")
     p.add_argument("--only", default=None, help="comma-separated check numbers or names, e.g. 1,tune")
     p.add_argument("--budget", type=float, default=None,
-                   help="seconds for the checks (default 450, so that installing too fits 8 minutes; --cpu-smoke 690)")
+                   help="seconds for the checks (default 450, so that installing too fits 8 minutes; --cpu-smoke 900)")
     p.add_argument("--cap-scale", type=float, default=float(os.environ.get("GPU_SUITE_CAP_SCALE", 1.0)),
                    help="multiply every check's cap (and the budget), e.g. 4 on a shared, loaded machine "
                         "(default $GPU_SUITE_CAP_SCALE or 1)")
@@ -820,8 +839,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.part:
         return run_part(a.part, a.cfg, a.result)
 
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, stop_running)
     t_start = time.monotonic()
-    a.budget = (a.budget or (690.0 if a.cpu_smoke else 450.0)) * a.cap_scale
+    a.budget = (a.budget or (900.0 if a.cpu_smoke else 450.0)) * a.cap_scale
     out = Path(a.out or os.environ.get("OUT") or ROOT / "runs" / f"gpu-suite-{time.strftime('%Y%m%d-%H%M%S')}")
     (out / "logs").mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}

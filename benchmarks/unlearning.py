@@ -95,8 +95,9 @@ def print_per_draw(rows: list[dict]) -> None:
     print("|---:|---|---|---|---|---:|---|---:|---|---:|")
     for r in rows:
         u, g = r["unlearned"], r["gold"]
+        why = r["stop_reason"] + (" (nothing forgotten beyond the reset)" if r.get("warning") else "")
         print(f"| {r['seed']} | {r['kind']} {r['fraction']:.0%} | {r['epochs_run']} / {r['epochs_kept']} | "
-              f"{r['stop_reason']} | {u['test recall@20']:.4f} / {g['test recall@20']:.4f} | {rel(r, 'test recall@20')} | "
+              f"{why} | {u['test recall@20']:.4f} / {g['test recall@20']:.4f} | {rel(r, 'test recall@20')} | "
               f"{u['test ndcg@20']:.4f} / {g['test ndcg@20']:.4f} | {rel(r, 'test ndcg@20')} | "
               f"{u['forget recall@20']:.4f} / {g['forget recall@20']:.4f} | {rel(r, 'forget recall@20')} |")
 
@@ -150,6 +151,7 @@ def main() -> None:
                     print(f"\n## seed {seed}, {kind}-wise, {frac:.0%}\n\n{rep['table']}\n", flush=True)
                     rows.append({"seed": seed, "kind": kind, "fraction": frac, "epochs_run": rep["epochs_run"],
                                  "epochs_kept": rep.get("epochs_kept"), "stop_reason": rep.get("stop_reason"),
+                                 "warning": rep.get("warning"),
                                  "history": rep["history"], "options": rep["options"], "speedup": rep["speedup"],
                                  **{m: rep[m] for m in ("original", "unlearned", "gold")}})
     print("\n| kind | size | forget R@20 orig / unl / gold | test R@20 orig / unl / gold | AUC orig / unl / gold "

@@ -104,6 +104,26 @@ def test_unlearning_every_cold_item_keeps_the_cold_split_it_had(trained, tmp_pat
     assert len(t.data.train) == len(data.train)
 
 
+def test_a_request_of_no_training_pairs_still_resets_its_items(trained, tmp_path):
+    """Cold items only (no training pair): reset=zero must still zero their rows of every item-indexed tensor."""
+    from raymmrec.train.artifacts import read_best
+    from raymmrec.train.trained import load_trained
+    from raymmrec.unlearning.reset import indexed_tensors
+
+    cold = load_dataset("synthetic:tiny", cold_items=0.1).cold_items()[:2]
+    rep = unlearn(trained, ForgetRequest.of(items=cold), output_dir=str(tmp_path), name="z",
+                  options={"reset": "zero"}, progress=False)
+    assert rep["epochs_run"] == 0 and rep["request"]["forgotten_train_pairs"] == 0
+    keys = [k for k, (_, d) in indexed_tensors(load_trained(trained).model, "items").items() if not d.derived]
+    assert keys and set(keys) <= set(rep["reset"])
+    before, after = read_best(trained)["model"], read_best(str(tmp_path / "z"))["model"]
+    for k in keys:
+        ax = indexed_tensors(load_trained(trained).model, "items")[k][1].axis
+        rows = torch.as_tensor(cold, dtype=torch.long)
+        assert before[k].index_select(ax, rows).abs().sum() > 0, k  # they held something to reset
+        assert after[k].index_select(ax, rows).abs().sum() == 0, k
+
+
 # -- defect 5: every form of --run ----------------------------------------------------------------
 
 @pytest.mark.parametrize("form", ["file", "relative", "plain"])
@@ -177,7 +197,9 @@ def test_unlearned_best_records_where_it_came_from(trained, tmp_path):
     best = read_best(str(tmp_path / "u"))
     origin = best["unlearned_from"]
     assert origin["run"] == trained and origin["epoch"] == int(src["epoch"])
-    assert origin["request"]["kind"] == "user" and origin["unlearning_epochs"] == rep["epochs_run"]
+    assert origin["request"]["kind"] == "user"
+    assert (origin["epochs_run"], origin["epochs_kept"]) == (rep["epochs_run"], rep["epochs_kept"])
+    assert origin["unlearning_epochs"] == rep["epochs_kept"]  # the epochs the weights hold
     assert np.isfinite(best["score"]) and best["valid"] and best["test"]
     line = load_trained(str(tmp_path / "u")).weights_note()
     assert line.startswith(f"unlearned from {trained} epoch {int(src['epoch'])}"), line
