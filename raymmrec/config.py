@@ -292,6 +292,10 @@ class TrainSpec(_Spec):
     seed: int = Field(999, ge=0)  # seeds model init, shuffling, negatives and dropout
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     eval_every: int = Field(1, ge=1)  # evaluate every N epochs
+    # how a multi-worker Ray Train run splits the work: "columns" (each worker holds a block of every
+    # table's columns, raymmrec.shard), "none" (data-parallel DDP: every worker holds everything), or
+    # "auto" (columns where the method and objective support it, else none); one process ignores it
+    shard: Literal["auto", "none", "columns"] = "auto"
     # write the resumable checkpoint every N epochs (0: never; None: the runner's default: in one
     # process after the first epoch ending 60 s after the last save, under Ray every 5 epochs;
     # both also after the last epoch)

@@ -11,11 +11,16 @@ helpers below build such per-rank surrogates:
 * :meth:`DistContext.global_norm` of a row-sharded table: the Frobenius norm over all ranks'
   rows, differentiable with respect to this rank's rows only;
 * :meth:`DistContext.all_gather` with gradients, for in-batch statistics (uniformity terms).
+
+In a column-sharded run (:mod:`raymmrec.shard`) every rank sees the whole batch (``world_size`` 1
+here: nothing to average) and holds a block of every table's columns: ``columns`` is set, and
+:meth:`DistContext.global_norm` also sums the squared norms over the column blocks.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -28,6 +33,7 @@ class DistContext:
 
     rank: int = 0
     world_size: int = 1
+    columns: Any = None  # raymmrec.shard.Columns of a column-sharded run, else None
 
     @classmethod
     def current(cls) -> "DistContext":
@@ -63,8 +69,11 @@ class DistContext:
         return per_row.sum() * (self.world_size / global_rows)
 
     def global_norm(self, rows: Tensor) -> Tensor:
-        """Frobenius norm of the table whose rows are split over the ranks."""
-        return self.global_sum(rows.pow(2).sum()).clamp_min(1e-24).sqrt()
+        """Frobenius norm of the table whose rows (DDP) or columns (``columns``) are split over the ranks."""
+        squares = rows.pow(2).sum()
+        if self.columns is not None:
+            squares = self.columns.reduce(squares)
+        return self.global_sum(squares).clamp_min(1e-24).sqrt()
 
     def all_gather(self, t: Tensor) -> Tensor:
         """Concatenate every rank's rows of ``t`` along dim 0 (rank order), with gradients.

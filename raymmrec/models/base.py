@@ -88,6 +88,9 @@ class ModelOutput:
     neg: Tensor | None = None
     ego: tuple[Tensor, ...] = ()
     extra: dict[str, Tensor] = field(default_factory=dict)
+    #: Set when ``users``/``pos``/``neg`` hold this rank's column block (a column-sharded run): sums
+    #: the ranks' partial dot products (:meth:`raymmrec.shard.Columns.reduce`).
+    reduce: Callable[[Tensor], Tensor] | None = None
 
     def scores(self) -> tuple[Tensor, Tensor]:
         """Positive (``B``) and negative (``B`` or ``B × S``) dot-product scores."""
@@ -95,7 +98,11 @@ class ModelOutput:
             raise ValueError("this objective needs user, positive and negative representations")
         pos = (self.users * self.pos).sum(-1)
         u = self.users if self.neg.dim() == 2 else self.users.unsqueeze(1)
-        return pos, (u * self.neg).sum(-1)
+        neg = (u * self.neg).sum(-1)
+        if self.reduce is not None:  # one all-reduce of the batch's B × (1 + S) partial scores
+            both = self.reduce(torch.cat([pos.unsqueeze(-1), neg.reshape(pos.shape[0], -1)], -1))
+            return both[:, 0], both[:, 1:].reshape(neg.shape)
+        return pos, neg
 
 
 @dataclass
@@ -187,6 +194,10 @@ class Recommender(nn.Module, ABC):
     #: project's defaults for this method, under the user's YAML and ``train.key=value`` overrides
     #: (:func:`raymmrec.config.method_train_defaults`); ``config.json`` records the values used.
     train_defaults: ClassVar[dict[str, Any]] = {}
+    #: True when the method trains column-sharded (``train.shard=columns``, :mod:`raymmrec.shard`): it
+    #: names its split tensors in :meth:`column_layout` and computes on its blocks once ``columns`` is set.
+    column_sharding: ClassVar[bool] = False
+    columns: Any = None  # this rank's raymmrec.shard.Columns in a column-sharded run, else None
 
     def __init__(self, cfg: Any, graph: RecGraph) -> None:
         super().__init__()
@@ -254,6 +265,19 @@ class Recommender(nn.Module, ABC):
         per-modality user fusion weights. Called on every rank; return the same values on each.
         """
         return {}
+
+    def column_layout(self) -> dict[str, int | tuple[int, int]]:
+        """State-dict key -> the dimension split over the ranks of a column-sharded run (or
+        ``(dim, parts)``: ``parts`` equal sections split each on its own); unlisted tensors are replicated."""
+        return {}
+
+    def full_columns(self, t: Tensor, width: int, parts: int = 1) -> Tensor:
+        """``t``'s last dimension joined over the ranks into ``width`` columns (itself in one process)."""
+        return t if self.columns is None else self.columns.gather(t, width, -1, parts)
+
+    def partial_sum(self, t: Tensor) -> Tensor:
+        """Sum over the column blocks of a per-rank partial sum (itself in one process)."""
+        return t if self.columns is None else self.columns.reduce(t)
 
     def on_epoch_start(self, epoch: int, ctx: Any) -> None:
         """Hook run before each training epoch (epoch counts from 0), after seeding.

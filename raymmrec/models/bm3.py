@@ -78,6 +78,10 @@ class BM3(Recommender):
     untrained_rows = "zero"  # L_reg over the full final tables decays rows without data
     static_tensors = ("adj",)
     indexed = {"feat.": Indexed("items")}  # the trainable feature copies: one row per item
+    # Column-sharded: ID tables by embedding column, feature copies and their projections by feature
+    # column (each rank projects its block; the partial projections are summed); the batch's views are
+    # then joined into full rows, and the predictor and the loss run replicated on every rank.
+    column_sharding = True
 
     @classmethod
     def prepared_inputs(cls, cfg: BM3Config) -> dict:
@@ -143,15 +147,36 @@ class BM3(Recommender):
         hu, hi = self.propagate()
         users, u_index = torch.unique(batch.users, return_inverse=True)
         items, i_index = torch.unique(batch.pos_items, return_inverse=True)
-        views = torch.cat([gather(hu, users), gather(hi, items),
-                           *(self.proj[m](gather(self.feat[m], items)) for m in self.modalities)])
+        d = self.cfg.embedding_size
+        views = torch.cat([self.full_columns(gather(hu, users), d), self.full_columns(gather(hi, items), d),
+                           *(self.project(m, gather(self.feat[m], items)) for m in self.modalities)])
         with torch.no_grad():
             target = views * torch.cat(self._masks(users, items, 1 + len(self.modalities)))
         layout = torch.tensor([users.numel(), items.numel(), len(self.modalities)])
         return ModelOutput(extra={"online": self.predictor(views), "target": target, "layout": layout,
                                   "u_index": u_index, "i_index": i_index,
-                                  "reg": (hu.norm() + hi.norm()) / self.n_items})
+                                  "reg": (self.norm(hu) + self.norm(hi)) / self.n_items})
+
+    def project(self, m: str, x: Tensor) -> Tensor:
+        """``proj[m](x)``; column-sharded, ``x`` and the weight hold this rank's feature columns and the
+        ranks' partial products are summed before the (replicated) bias."""
+        lin = self.proj[m]
+        if self.columns is None:
+            return lin(x)
+        return self.partial_sum(x @ lin.weight.t()) + lin.bias
+
+    def norm(self, t: Tensor) -> Tensor:
+        """Frobenius norm of a table, over the column blocks of every rank."""
+        return t.norm() if self.columns is None else self.partial_sum(t.pow(2).sum()).sqrt()
+
+    def column_layout(self) -> dict[str, int]:
+        layout = {"user_emb.weight": 1, "item_emb.weight": 1}
+        for m in self.modalities:
+            layout[f"feat.{m}"] = 1
+            layout[f"proj.{m}.weight"] = 1
+        return layout
 
     def scoring_embeddings(self) -> tuple[Tensor, Tensor]:
         hu, hi = self.propagate()
-        return self.predictor(hu), self.predictor(hi)
+        d = self.cfg.embedding_size
+        return self.predictor(self.full_columns(hu, d)), self.predictor(self.full_columns(hi, d))

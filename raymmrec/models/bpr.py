@@ -33,6 +33,8 @@ class BPR(Recommender):
         wide={"model.reg_weight": LogUniform(1e-6, 2.0), "train.lr": LogUniform(1e-4, 1e-2)},
     )
 
+    column_sharding = True  # scores are partial dot products over the column blocks
+
     def __init__(self, cfg: BPRConfig, graph: RecGraph) -> None:
         super().__init__(cfg, graph)
         self.user_emb = xavier_embedding(graph.n_users, cfg.embedding_size)
@@ -42,7 +44,12 @@ class BPR(Recommender):
         u = gather(self.user_emb.weight, batch.users)
         p = gather(self.item_emb.weight, batch.pos_items)
         n = None if batch.neg_items is None else gather(self.item_emb.weight, batch.neg_items)
-        return ModelOutput(u, p, n, ego=(u, p) if n is None else (u, p, n))
+        return ModelOutput(u, p, n, ego=(u, p) if n is None else (u, p, n),
+                           reduce=None if self.columns is None else self.columns.reduce)
+
+    def column_layout(self) -> dict[str, int]:
+        return {"user_emb.weight": 1, "item_emb.weight": 1}
 
     def scoring_embeddings(self) -> tuple[Tensor, Tensor]:
-        return self.user_emb.weight, self.item_emb.weight
+        d = self.cfg.embedding_size
+        return self.full_columns(self.user_emb.weight, d), self.full_columns(self.item_emb.weight, d)

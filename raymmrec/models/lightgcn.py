@@ -38,6 +38,7 @@ class LightGCN(Recommender):
               "train.lr": LogUniform(1e-4, 1e-2)},
     )
     static_tensors = ("adj",)
+    column_sharding = True  # propagation acts on each column alone; scores are partial dot products
 
     @classmethod
     def prepared_inputs(cls, cfg: LightGCNConfig) -> dict:
@@ -62,7 +63,13 @@ class LightGCN(Recommender):
         if neg is not None:
             ego = (*ego, gather(items, neg))
         return ModelOutput(gather(hu, batch.users), gather(hi, batch.pos_items),
-                           None if neg is None else gather(hi, neg), ego=ego)
+                           None if neg is None else gather(hi, neg), ego=ego,
+                           reduce=None if self.columns is None else self.columns.reduce)
+
+    def column_layout(self) -> dict[str, int]:
+        return {"user_emb.weight": 1, "item_emb.weight": 1}
 
     def scoring_embeddings(self) -> tuple[Tensor, Tensor]:
-        return self.propagate()
+        hu, hi = self.propagate()
+        d = self.cfg.embedding_size
+        return self.full_columns(hu, d), self.full_columns(hi, d)

@@ -43,6 +43,7 @@ class VBPR(Recommender):
     static_tensors = ("content",)
     indexed: dict[str, Indexed | None] = {"item_linear.": None}  # W: features -> D, not one row per item
     scores_cold_items = True  # the projected features W f_i; γ_i of a cold item is untrained
+    column_sharding = True  # each half ([γ ; W f] and θ's two halves) split over the ranks on its own
 
     def __init__(self, cfg: VBPRConfig, graph: RecGraph) -> None:
         super().__init__(cfg, graph)
@@ -73,7 +74,13 @@ class VBPR(Recommender):
             rows = gather(self.item_table(distinct), index)
         p = rows[: pos.shape[0]]
         n = None if neg is None else rows[pos.shape[0] :].view(*neg.shape, rows.shape[-1])
-        return ModelOutput(u, p, n, ego=(u, p) if n is None else (u, p, n))
+        return ModelOutput(u, p, n, ego=(u, p) if n is None else (u, p, n),
+                           reduce=None if self.columns is None else self.columns.reduce)
+
+    def column_layout(self) -> dict[str, int | tuple[int, int]]:
+        # θ_u pairs with [γ_i ; W f_i]: a rank holds the same block of both halves of each
+        return {"user_emb.weight": (1, 2), "item_emb.weight": 1, "item_linear.weight": 0, "item_linear.bias": 0}
 
     def scoring_embeddings(self) -> tuple[Tensor, Tensor]:
-        return self.user_emb.weight, self.item_table()
+        d = 2 * self.cfg.embedding_size
+        return self.full_columns(self.user_emb.weight, d, 2), self.full_columns(self.item_table(), d, 2)

@@ -35,6 +35,10 @@ class Objective:
     requires: ClassVar[frozenset[str]] = frozenset({"pairwise"})
     config_fields: ClassVar[tuple[str, ...]] = ()
     options_cls: ClassVar[type | None] = None
+    #: True when the loss is exact on column blocks (``train.shard=columns``, :mod:`raymmrec.shard`):
+    #: it reads dot products through ``ModelOutput.scores`` and norms through ``ctx.global_norm``, or
+    #: full rows the model joined.
+    column_sharding: ClassVar[bool] = False
 
     def __init__(self, model_cfg: Any, options: Any = None) -> None:
         self.cfg = model_cfg

@@ -40,6 +40,7 @@ class BM3Loss(Objective):
     needs_negatives = False
     requires = frozenset({"bm3"})
     config_fields = ("reg_weight", "cl_weight", "cl_terms")
+    column_sharding = True  # exact on column blocks: scores and norms are reduced (raymmrec.shard)
 
     def __call__(self, out: ModelOutput, batch: Batch, ctx: DistContext) -> LossOutput:
         x, n = out.extra, batch.global_rows

@@ -59,6 +59,7 @@ class BPRLoss(Objective):
     needs_negatives = True
     config_fields = ("reg_weight",)
     options_cls = BPROptions
+    column_sharding = True  # exact on column blocks: scores and norms are reduced (raymmrec.shard)
 
     def __call__(self, out: ModelOutput, batch: Batch, ctx: DistContext) -> LossOutput:
         rank = ranking_term(out, batch, ctx)

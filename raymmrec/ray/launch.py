@@ -28,6 +28,7 @@ from raymmrec.ray import storage as st
 from raymmrec.ray.logs import DriverLines, ingest_options, lines_to_driver
 from raymmrec.train.artifacts import CONFIG, DIVERGED, RESULTS, TB, results_dict, results_table
 from raymmrec.files import write_json
+from raymmrec.shard import resolve_mode
 from raymmrec.train.build import check_same_run, load_data, prepared_inputs, resolved_config, run_notes
 from raymmrec.train.loop import TrainingDiverged, TrainState
 
@@ -196,6 +197,8 @@ def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True, verbose: 
     config = resolved_config(spec)  # bad methods and options fail here, before Ray starts
     if spec.train.checkpoint_every == 0:
         raise ValueError("train.checkpoint_every: expected an integer >= 1 under Ray (metrics reach Ray with "
+    # train.shard=columns with a method that cannot: one line, before Ray starts
+    resolve_mode(spec.train.shard, spec.method, spec.objective, args.num_workers)
                          "each checkpoint); 0 (never) applies to single-process runs")
     storage = args.storage_path or spec.output_dir
     if not st.is_remote(storage):  # workers run in their own directories: hand them an absolute path
@@ -255,6 +258,7 @@ def _launch_on_ray(spec: RunSpec, args: ScalingArgs, config: dict[str, Any], sto
     loop_config: dict[str, Any] = {
         "spec": spec.to_dict(),
         "progress": progress,
+        "shard": resolve_mode(spec.train.shard, spec.method, spec.objective, args.num_workers),
         "verbose": verbose,
         "lines": lines.queue,  # rank 0's lines to this driver (raymmrec.ray.logs)
         "prepared": prepared_ref,
@@ -334,7 +338,11 @@ def state_from_metrics(m: dict[str, Any]) -> TrainState:
 
 
 def add_scaling_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers (data-parallel ranks)")
+    p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers")
+    p.add_argument("--shard", choices=("auto", "columns", "none"), default=None,
+                   help="how workers split the model (train.shard): columns (each holds a block of every "
+                        "table's columns), none (data-parallel, each holds everything), auto (columns where "
+                        "the method supports it; the default)")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL); default CPU (gloo)")
     p.add_argument("--cpus-per-worker", type=float, default=None, help="CPU resource per worker")
     p.add_argument("--max-failures", type=int, default=2, help="worker failures to recover from")
@@ -348,7 +356,7 @@ def add_scaling_arguments(p: argparse.ArgumentParser) -> None:
 def main(default_method: str | None = None, argv: list[str] | None = None) -> int:
     """Entry point of ``jobs/train.py`` (``--method X``) and the ``jobs/train_<method>.py`` scripts."""
     what = default_method or "a registered method (--method)"
-    p = argparse.ArgumentParser(description=f"Train {what} with Ray Train (data-parallel).")
+    p = argparse.ArgumentParser(description=f"Train {what} with Ray Train (column-sharded or data-parallel workers).")
     add_run_arguments(p, default_method=default_method)
     add_scaling_arguments(p)
     p.add_argument("--smoke-test", action="store_true", help="2 epochs on synthetic:tiny (checks the setup)")
@@ -363,6 +371,9 @@ def main(default_method: str | None = None, argv: list[str] | None = None) -> in
 
     def go() -> int:
         spec = spec_from_args(a)
+    if a.shard is not None:
+        a.overrides.append(f"train.shard={a.shard}")
+
         scaling = ScalingArgs(a.num_workers, a.use_gpu, a.cpus_per_worker, a.max_failures, a.storage_path,
                               a.wait_for_resources, a.allow_local_paths)
         state = launch(spec, scaling, progress=not a.no_progress, verbose=a.verbose)

@@ -132,6 +132,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     methods = [m.strip().lower() for m in a.methods.split(",") if m.strip()]
     datasets = [d.strip() for d in a.data.split(",") if d.strip()]
     name = a.name or f"reproduce-{'_'.join(methods)}-{'_'.join(dataset_label(d) for d in datasets)}"
+    if a.shard is not None:
+        a.overrides.append(f"train.shard={a.shard}")
     args = sweep_args_from(a)  # each sweep's name and storage are set by reproduce()
     root = st.join(a.storage_path or a.output_dir, name)
     if not st.is_remote(root):

@@ -28,6 +28,7 @@ import torch
 from raymmrec.config import spec_from_dict
 from raymmrec.data import Interactions
 from raymmrec.dist import DistContext
+from raymmrec.shard import Columns, full_model_state
 from raymmrec.ray.logs import lines_to_driver, worker_stdout
 from raymmrec.train.artifacts import DIVERGED, report_metrics, resume_best
 from raymmrec.files import join, write_json
@@ -59,9 +60,10 @@ class RayReportCallback(Callback):
     """
 
     def __init__(self, config: dict[str, Any], rank: int, every: int, on_checkpoint: Any = None,
-                 best: BestWeightsCallback | None = None) -> None:
+                 best: BestWeightsCallback | None = None, columns: bool = False) -> None:
         self.config = config
         self.rank = rank
+        self.columns = columns  # column-sharded: every rank joins in assembling the checkpoint
         self.every = max(1, every)
         self.on_checkpoint = on_checkpoint
         self.best = best  # rank 0's best weights, stored in the checkpoint when not the current ones
@@ -79,7 +81,17 @@ class RayReportCallback(Callback):
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
         else:
+            if self.columns:  # rank 0 assembles the tables: this rank sends its blocks
+                checkpoint_with_best(trainer, state, self.config, None)
             ray.train.report(metrics)
+
+
+class ColumnPeer(Callback):
+    """A column-sharded rank other than 0: sends its blocks when rank 0 snapshots a new best."""
+
+    def on_epoch_end(self, trainer: Trainer, state: TrainState, logs: dict[str, float]) -> None:
+        if state.best_epoch == int(logs["epoch"]):
+            full_model_state(trainer.model)
 
 
 class SyncedTensorBoard(TensorBoardCallback):
@@ -118,7 +130,10 @@ def _train_loop(config: dict[str, Any]) -> None:
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # "Dataset ... execution finished"
     spec = spec_from_dict(config["spec"])
     tctx = ray.train.get_context()
-    ctx = DistContext(tctx.get_world_rank(), tctx.get_world_size())
+    rows = DistContext(tctx.get_world_rank(), tctx.get_world_size())  # evaluation: users split over ranks
+    columns = config.get("shard") == "columns" and rows.distributed
+    # column-sharded: every rank sees every batch and holds a block of every table's columns (raymmrec.shard)
+    ctx = DistContext(columns=Columns(rows.rank, rows.world_size)) if columns else rows
     device = ray.train.torch.get_device()
     if device.type == "cpu":
         torch.set_num_threads(int(config.get("threads", 1)))
@@ -136,23 +151,24 @@ def _train_loop(config: dict[str, Any]) -> None:
             # epochs after it then decides as the killed run did (artifacts.resume_best)
             payload = load_checkpoint(Path(d) / CKPT_FILE)
             state = restore(p, payload, f"checkpoint of run {spec.resolved_run_name!r}")
-            if ctx.rank == 0:  # the writer of best.pt puts it back to the checkpoint's best
+            if rows.rank == 0:  # the writer of best.pt puts it back to the checkpoint's best
                 best_weights = resume_best(config["run_root"], state, payload, p.model, p.config)
             del payload
-        if ctx.rank == 0:
+        if rows.rank == 0:
             print(f"[raymmrec] resuming from checkpoint at epoch {state.epoch}", file=OUT, flush=True)
     model: torch.nn.Module = p.model
     if ctx.distributed:  # DDP: gloo on CPU, NCCL on GPU; gradients written straight into the buckets
         model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"gradient_as_bucket_view": True})
-    if ctx.rank == 0:
-        print(f"[raymmrec] {p.summary}; {ctx.world_size} worker(s) on {device}; "
+    if rows.rank == 0:
+        mode = "column-sharded" if columns else ("data-parallel" if rows.distributed else "one")
+        print(f"[raymmrec] {p.summary}; {rows.world_size} worker(s) on {device} ({mode}); "
               f"setup {time.perf_counter() - t0:.1f}s", file=OUT, flush=True)
         for split, note in p.notes.items():
             print(f"[raymmrec] {split}: {note}", file=OUT, flush=True)
     callbacks: list[Callback] = []
     before_checkpoint: list = []
     best: BestWeightsCallback | None = None
-    if ctx.rank == 0:
+    if rows.rank == 0:
         callbacks.append(ProgressCallback(spec.eval.valid_metric, enabled=config.get("progress", True), stream=OUT))
         tb = SyncedTensorBoard(config.get("tb_local_dir") or tempfile.mkdtemp(prefix="raymmrec-tb-"),
                                config.get("tb_remote_dir"))
@@ -160,17 +176,19 @@ def _train_loop(config: dict[str, Any]) -> None:
         best.resume(best_weights)
         callbacks += [tb, best]
         before_checkpoint = [tb.sync, best.wait]  # a checkpoint never claims a best that is not stored
-    callbacks.append(RayReportCallback(p.config, ctx.rank, config["checkpoint_every"],
+    elif columns:
+        callbacks.append(ColumnPeer())
+    callbacks.append(RayReportCallback(p.config, rows.rank, config["checkpoint_every"],
                                        on_checkpoint=lambda: [f() for f in before_checkpoint],
-                                       best=best))
+                                       best=best, columns=columns))
     fault = config.get("inject_fault")  # testing hook: {"rank": r, "epoch": e, "marker": path}
     if fault:
-        callbacks.insert(0, _FaultInjector(ctx.rank, **fault))
-    trainer = make_trainer(p, sharded_evaluate(p.evaluators, ctx, device, p.fixed_results), callbacks, model=model)
+        callbacks.insert(0, _FaultInjector(rows.rank, **fault))
+    trainer = make_trainer(p, sharded_evaluate(p.evaluators, rows, device, p.fixed_results), callbacks, model=model)
     try:
         trainer.fit(state)
     except TrainingDiverged as e:  # every rank raises at the same step; a retry would diverge again,
-        if ctx.rank == 0:  # so every rank returns normally and the driver reports the reason
+        if rows.rank == 0:  # so every rank returns normally and the driver reports the reason
             write_json(join(config["run_root"], DIVERGED), {"error": str(e)})
 
 

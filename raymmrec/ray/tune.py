@@ -594,7 +594,9 @@ def add_sweep_arguments(p: Any, *, grid_default: str = "paper") -> None:
     p.add_argument("--gpus-per-trial", type=float, default=None,
                    help="GPUs per trial; fractions share a GPU (default: 1 on a cluster with GPUs, else 0)")
     p.add_argument("--workers-per-trial", type=int, default=1,
-                   help=">1: each trial is a data-parallel Ray Train run with this many workers")
+                   help=">1: each trial is a Ray Train run with this many workers (see --shard)")
+    p.add_argument("--shard", choices=("auto", "columns", "none"), default=None,
+                   help="with --workers-per-trial > 1: how a trial's workers split the model (train.shard)")
     p.add_argument("--scheduler", choices=["asha", "fifo"], default=None,
                    help="asha stops bad trials early (default for --grid wide); fifo runs every trial to the end")
     p.add_argument("--select", choices=["valid", "test"], default="valid",
@@ -624,6 +626,8 @@ def tune_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     add_sweep_arguments(p)
     p.add_argument("--name", default=None, help="sweep folder name; rerunning with the same name resumes it")
     a = p.parse_args(argv)
+    if a.shard is not None:
+        a.overrides.append(f"train.shard={a.shard}")
     if a.device is not None:
         p.error("--device applies to single-process runs; use --gpus-per-trial")
     if a.run_name is not None:

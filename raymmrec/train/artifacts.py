@@ -27,6 +27,7 @@ from raymmrec.files import join, read_bytes, write_bytes
 from raymmrec.eval import METRICS
 from raymmrec.eval.cold import COLD_SPLITS
 from raymmrec.train.checkpoint import FORMAT_VERSION
+from raymmrec.shard import full_model_state
 from raymmrec.train.loop import TrainState
 
 CONFIG, BEST, RESULTS, TB = "config.json", "best.pt", "results.json", "tb"
@@ -34,8 +35,10 @@ DIVERGED = "diverged.json"  # written by rank 0 when the loss became NaN (Ray ru
 
 
 def cpu_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A CPU copy of the model's state dict: a copy on the CPU too, since the weights keep training."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    """A CPU copy of the model's state dict: a copy on the CPU too, since the weights keep training.
+
+    Column-sharded, the assembled tensors (a collective: every rank calls it at the same point)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in full_model_state(model).items()}
 
 
 def best_payload(model: torch.nn.Module | None, state: TrainState, config: dict[str, Any],
@@ -99,8 +102,8 @@ def resume_best(run: str | Path, state: TrainState, checkpoint: dict[str, Any], 
     """
     if state.best_epoch < 0:
         return None  # no evaluation before the checkpoint: the replay's first one writes best.pt
-    if state.best_epoch == state.epoch - 1:
-        weights = cpu_weights(model)
+    if state.best_epoch == state.epoch - 1:  # the checkpoint's own (assembled) weights
+        weights = {k: v.detach().to("cpu", copy=True) for k, v in checkpoint["model"].items()}
     else:
         weights = checkpoint.get(BEST_IN_CHECKPOINT)
     on_disk = read_best(run)

@@ -26,6 +26,8 @@ from raymmrec.models.base import RecGraph, Recommender, build_config
 from raymmrec.objectives.base import Objective, build_objective
 from raymmrec.prepared import prepare
 from raymmrec.registry import get_model, get_objective
+from raymmrec.shard import (check_supported, full_model_state, full_optimizer_state, local_model_state,
+                            local_optimizer_state, shard_model)
 from raymmrec.train.checkpoint import FORMAT_VERSION, check_format
 from raymmrec.train.loop import Callback, EvalFn, Trainer, TrainingDiverged, TrainState, unwrap
 from raymmrec.train.sampling import NegativeSampler, canonical_pairs, epoch_batches, epoch_generator
@@ -185,6 +187,9 @@ def build(spec: RunSpec, *, device: torch.device | None = None, data: RecData | 
     optimizer, scheduler = cls.configure_optimizer(parameter_groups(model), spec.train)
     sampler = make_sampler(spec, data, graph) if objective.needs_negatives else None
     candidates = ranked_items(data)
+    if ctx is not None and ctx.columns is not None:  # keep this rank's column blocks (raymmrec.shard)
+        check_supported(cls, type(objective))
+        shard_model(model, ctx.columns)
     evaluators = {
         split: Evaluator(data.n_items, data.seen(), data.split(split), ks=tuple(spec.eval.ks),
                          max_batch_elems=spec.eval.max_batch_elems, device=device, candidates=candidates)
@@ -272,11 +277,16 @@ def make_trainer(p: Pieces, evaluate: EvalFn, callbacks: list[Callback], model: 
 
 
 def checkpoint_payload(trainer: Trainer, state: TrainState, config: dict[str, Any]) -> dict[str, Any]:
-    """Everything needed to resume: weights, optimizer (and schedule), loop state, config, world size."""
+    """Everything needed to resume: weights, optimizer (and schedule), loop state, config, world size.
+
+    Column-sharded, the tensors are assembled (a collective: every rank calls this at the same point),
+    so the checkpoint resumes with any number of ranks and loads into one process.
+    """
+    model = unwrap(trainer.model)
     return {
         "format_version": FORMAT_VERSION,
-        "model": unwrap(trainer.model).state_dict(),
-        "optimizer": trainer.optimizer.state_dict(),
+        "model": full_model_state(model),
+        "optimizer": full_optimizer_state(trainer.optimizer, model),
         "scheduler": None if trainer.scheduler is None else trainer.scheduler.state_dict(),
         "state": state.to_dict(),
         "config": config,
@@ -309,7 +319,7 @@ def check_same_run(saved: dict[str, Any], config: dict[str, Any], where: str) ->
     ks); the epoch cap, patience, device and checkpointing may change between sessions.
     """
     old = saved
-    free = {"epochs", "patience", "device", "checkpoint_every", "eval_every"}
+    free = {"epochs", "patience", "device", "checkpoint_every", "eval_every", "shard"}
     defaults = RunSpec().to_dict()
     diffs = []
     for section in ("method", "objective", "objective_options", "model", "data", "train", "eval"):
@@ -341,8 +351,8 @@ def restore(p: Pieces, payload: dict[str, Any], where: str) -> TrainState:
     (early stopping included: the checkpoint alone decides, see artifacts.resume_best)."""
     check_format(payload, where)
     check_same_run(payload["config"], p.config, where)
-    p.model.load_state_dict(payload["model"])
-    p.optimizer.load_state_dict(payload["optimizer"])
+    p.model.load_state_dict(local_model_state(p.model, payload["model"]))
+    p.optimizer.load_state_dict(local_optimizer_state(p.optimizer, p.model, payload["optimizer"]))
     if p.scheduler is not None and payload.get("scheduler") is not None:
         p.scheduler.load_state_dict(payload["scheduler"])
     state = TrainState.from_dict(payload["state"])
