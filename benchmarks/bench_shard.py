@@ -1,7 +1,7 @@
 """Strong scaling of one training epoch: one process, column-sharded workers and data-parallel workers.
 
     python benchmarks/bench_shard.py [--methods lightgcn,bm3] [--data synthetic:clothing] [--epochs 3]
-        [--modes one,columns-2,ddp-2,columns-4] [--repeats 1] [key=value ...]
+        [--modes one,columns-2,ddp-2,columns-4] [--repeats 1] [--device cpu|cuda] [key=value ...]
 
 Each mode runs in fresh processes started here (``torch.multiprocessing``, gloo): the same pieces a Ray
 Train worker runs (``raymmrec.train.build.build`` and the core ``Trainer``), without Ray's start-up.
@@ -82,17 +82,20 @@ class TimedColumns(Columns):
 
 
 def worker(rank: int, world: int, port: int, mode: str, method: str, data: str, epochs: int, extra: list[str],
-           out: str) -> None:
+           out: str, device_name: str = "cpu") -> None:
     cores = sorted(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cores[rank % len(cores)]})
     torch.set_num_threads(1)
+    device = torch.device(f"cuda:{rank}") if device_name == "cuda" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if world > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        dist.init_process_group("gloo", rank=rank, world_size=world)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
     spec = spec_for(method, data, epochs, os.path.dirname(out), extra)
     columns = mode == "columns" and world > 1
     ctx = DistContext(columns=TimedColumns(rank, world)) if columns else DistContext(rank, world)
-    p = build(spec, data=load_data(spec), ctx=ctx, device=torch.device("cpu"), release_features=True)
+    p = build(spec, data=load_data(spec), ctx=ctx, device=device, release_features=True)
     model = p.model
     if mode == "ddp" and world > 1:
         model = torch.nn.parallel.DistributedDataParallel(p.model, gradient_as_bucket_view=True)
@@ -103,6 +106,8 @@ def worker(rank: int, world: int, port: int, mode: str, method: str, data: str, 
             dist.barrier()
         t0 = time.perf_counter()
         trainer._run_epoch(epoch)  # the per-epoch code of Trainer.fit, without evaluation
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t0)
     n_steps = -(-p.graph.train_users.numel() // spec.train.batch_size) * epochs
     traffic = ctx.columns.traffic if columns else None
@@ -130,11 +135,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_mode(mode: str, method: str, data: str, epochs: int, extra: list[str]) -> dict[str, Any]:
+def run_mode(mode: str, method: str, data: str, epochs: int, extra: list[str], device: str = "cpu") -> dict[str, Any]:
     kind, world = (mode.split("-")[0], int(mode.split("-")[1])) if "-" in mode else (mode, 1)
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "r")
-        mp.start_processes(worker, args=(world, free_port(), kind, method, data, epochs, extra, out), nprocs=world,
+        mp.start_processes(worker, args=(world, free_port(), kind, method, data, epochs, extra, out, device), nprocs=world,
                            join=True, start_method="spawn")
         ranks = [json.loads(Path(f"{out}.{r}").read_text()) for r in range(world)]
     slope = [max(r["epoch_s"][e] for r in ranks) for e in range(1, epochs)] or [ranks[0]["epoch_s"][0]]
@@ -150,11 +155,18 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=3, help="epochs per mode (the first is a warm-up)")
     ap.add_argument("--modes", default="one,columns-2,ddp-2,columns-4")
     ap.add_argument("--repeats", type=int, default=1, help="runs of every mode (medians reported)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cuda: rank r on GPU r with NCCL (a W-worker mode needs W GPUs)")
     ap.add_argument("overrides", nargs="*", metavar="section.key=value")
     a = ap.parse_args()
     if a.epochs < 2:
         ap.error("--epochs: at least 2 (the first is a warm-up)")
     modes = [m.strip() for m in a.modes.split(",") if m.strip()]
+    if a.device == "cuda":
+        gpus = torch.cuda.device_count()
+        need = max(int(m.split("-")[1]) if "-" in m else 1 for m in modes)
+        if need > gpus:
+            ap.error(f"--modes {a.modes}: {need} workers need {need} GPUs (one each, NCCL); this machine has {gpus}")
     print(f"cores: {len(os.sched_getaffinity(0))}; torch {torch.__version__}; data {a.data}; "
           f"{a.epochs} epochs per mode (first one a warm-up); repeats {a.repeats}", flush=True)
     report: dict[str, Any] = {}
@@ -165,7 +177,7 @@ def main() -> int:
         rows: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
         for _ in range(a.repeats):  # modes interleaved, so drift in the machine's load hits all of them
             for mode in modes:
-                r = run_mode(mode, method, a.data, a.epochs, a.overrides)
+                r = run_mode(mode, method, a.data, a.epochs, a.overrides, a.device)
                 rows[mode].append(r)
                 print(f"  {method} {mode}: {r['s_per_epoch']:.2f} s/epoch", flush=True)
         med = {m: {k: statistics.median(r[k] for r in rs) if isinstance(rs[0][k], (int, float)) else rs[0][k]

@@ -11,8 +11,8 @@
    checkpoint and ends with the uninterrupted (one-process) run's best epoch and test metrics;
 3. ``tune``: four BM3 trials at 0.25 GPU each at once, against the same four one after another;
 4. ``cm3``: CM3 and LIRDRec at Baby scale, epoch and evaluation seconds (benchmarks/bench_train.py);
-5. ``shard``: the column-sharded mode, two workers sharing one GPU, correctness only (skips until
-   ``jobs/train.py`` has ``--shard``);
+5. ``shard``: two column-sharded workers against one process (metrics); with two GPUs also the epoch
+   speed of W = 1 against W = 2, column-sharded and data-parallel (``benchmarks/bench_shard.py``);
 6. ``features``: text and image feature extraction throughput on the GPU against the CPU;
 7. ``memory``: the GPU memory high-water mark of each check (nvidia-smi, the device's used memory above
    what it used before the check; and torch's max allocated where the check measures in its own process);
@@ -63,7 +63,7 @@ CHECKS = [
     (2, "fault", "Ray Train 1 GPU worker killed, resumes", 65, 180),
     (3, "tune", "Tune 4 BM3 trials x 0.25 GPU at once", 85, 240),
     (4, "cm3", "CM3 and LIRDRec at Baby scale", 60, 90),
-    (5, "shard", "column-sharded, 2 workers on 1 GPU", 15, 30),
+    (5, "shard", "column-sharded 2 workers (speed with 2 GPUs)", 15, 30),
     (6, "features", "feature extraction GPU vs CPU", 45, 120),
 ]
 
@@ -570,11 +570,17 @@ def shard_option() -> bool:
 
 
 def part_shard(cfg: dict[str, Any], result: dict[str, Any], save: Callable[[], None]) -> None:
+    """Two column-sharded workers against one process (metrics); with 2 GPUs also the epoch speed of one
+    GPU, 2 column-sharded GPUs and 2 data-parallel GPUs (benchmarks/bench_shard.py, NCCL). NCCL needs one
+    GPU per rank, so on a one-GPU machine the two workers run on the CPU and the speed is not measured."""
     if not shard_option():
         raise Skip("column-sharded mode not built")
+    import torch
+
     from raymmrec.config import load_spec
     from raymmrec.train.run import run
 
+    gpus = torch.cuda.device_count() if cfg["device"] == "cuda" else 0
     data, mods = lfm2k_or_synthetic(cfg)
     work = Path(tempfile.mkdtemp(prefix="gpu-suite-shard-"))
     try:
@@ -583,8 +589,8 @@ def part_shard(cfg: dict[str, Any], result: dict[str, Any], save: Callable[[], N
         spec.train.device = cfg["device"]
         one = run(spec, progress=False)
         cmd = [sys.executable, str(ROOT / "jobs" / "train.py"), "--method", "bm3", "--data", data, "--epochs",
-               str(cfg["epochs"]), "--num-workers", "2", "--shard", "--storage-path", str(work), "--run-name",
-               "sharded", "--no-progress", *(["--use-gpu"] if cfg["device"] == "cuda" else []), *mods]
+               str(cfg["epochs"]), "--num-workers", "2", "--shard", "columns", "--storage-path", str(work),
+               "--run-name", "sharded", "--no-progress", *(["--use-gpu"] if gpus >= 2 else []), *mods]
         p = run_capped(cmd, cfg["cap"] - 10, group=False)
         if p.code != 0:
             raise RuntimeError(f"jobs/train.py --shard: {'timeout' if p.code is None else p.code}: {last_line(p.output)}")
@@ -592,8 +598,22 @@ def part_shard(cfg: dict[str, Any], result: dict[str, Any], save: Callable[[], N
     finally:
         shutil.rmtree(work, ignore_errors=True)
     worst = max(abs(test.get(k, NAN) - v) / max(abs(v), 1e-12) for k, v in one.best_test.items())
-    result.update(max_rel_diff_test=worst, status="ok" if worst <= cfg["tolerance"] else "fail")
-    result["line"] = f"2 sharded workers vs one process: test metrics max rel diff {worst:.1e}"
+    result.update(max_rel_diff_test=worst, status="ok" if worst <= cfg["tolerance"] else "fail", gpus=gpus)
+    where = "on 2 GPUs" if gpus >= 2 else "on the CPU (one GPU: NCCL needs one per rank)"
+    result["line"] = f"2 column-sharded workers {where} vs one process: test metrics max rel diff {worst:.1e}"
+    save()
+    if gpus >= 2:
+        cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_shard.py"), "--device", "cuda", "--methods",
+               "lightgcn,bm3", "--data", cfg.get("speed_data", "synthetic:clothing"), "--modes", "one,columns-2,ddp-2",
+               "--epochs", "3"]
+        p = run_capped(cmd, max(60, cfg["cap"] - 60), group=False)
+        if p.code == 0:
+            report = json.loads(p.output.strip().splitlines()[-1])
+            speed = {m: {mode: r["median"]["one"]["s_per_epoch"] / r["median"][mode]["s_per_epoch"]
+                         for mode in ("columns-2", "ddp-2")} for m, r in report.items()}
+            result["speed_up"] = speed
+            result["line"] += "; speed-up at W=2 " + ", ".join(
+                f"{m} columns {v['columns-2']:.2f}x ddp {v['ddp-2']:.2f}x" for m, v in speed.items())
 
 
 # --------------------------------------------------------------------------------------------- 6 features

@@ -77,6 +77,9 @@ def two_worker_run(ray_cluster, tmp_path_factory):
 def test_two_workers_leave_every_artefact(two_worker_run):
     spec, state, out = two_worker_run
     run_root = out / "r"
+    payload = latest_payload(run_root)  # train.shard=auto: LightGCN's workers split its columns
+    assert payload["shard"] == "columns" and payload["world_size"] == 2
+    assert payload["model"]["user_emb.weight"].shape[1] == 64  # assembled, not one worker's block
     assert state.epoch == 4 and 0 <= state.best_epoch < 4
     assert set(state.best_test) >= {"recall@20", "ndcg@20", "map@10", "hit@50"}
     results = json.loads((run_root / "results.json").read_text())

@@ -19,7 +19,7 @@ METHODS = supported_methods()
 
 
 def test_supported_methods_and_uneven_split():
-    assert set(METHODS) == {"bpr", "lightgcn", "vbpr", "bm3"}
+    assert set(METHODS) == {"bpr", "lightgcn", "vbpr", "bm3", "bpo", "nbpo"}
     assert split_sizes(64, 3) == [22, 21, 21] and sum(split_sizes(7, 4)) == 7
     t = torch.arange(2 * 10.0).view(2, 10)
     blocks = [Columns(r, 3).local(t, 1, parts=2) for r in range(3)]
@@ -89,9 +89,13 @@ def test_unsupported_methods_and_objectives_are_refused_in_one_line(tmp_path):
 
     with pytest.raises(ShardingUnsupported) as e:
         build(spec("cm3", str(tmp_path), 1), data=tiny_data(), ctx=DistContext(columns=Columns(0, 1)))
-    assert "method 'cm3' does not support train.shard=columns; methods that do: bm3, bpr, lightgcn, vbpr" in str(e.value)
-    s = spec("bpr", str(tmp_path), 1)
-    s.objective = "nbpo"
-    with pytest.raises(ShardingUnsupported, match="objective 'nbpo' does not support train.shard=columns; "
-                                                  "objectives that do: bm3, bpr"):
-        build(s, data=tiny_data(), ctx=DistContext(columns=Columns(0, 1)))
+    assert ("method 'cm3' does not support train.shard=columns; methods that do: bm3, bpo, bpr, lightgcn, nbpo, vbpr"
+            in str(e.value))
+    from raymmrec.objectives.base import Objective
+    from raymmrec.registry import get_model
+    from raymmrec.shard import check_supported
+
+    plain = type("Plain", (Objective,), {"name": "plain"})  # an objective that never declared column support
+    with pytest.raises(ShardingUnsupported, match="objective 'plain' does not support train.shard=columns; "
+                                                  "objectives that do: bm3, bpo, bpr, nbpo, nbpo_original, nbpo_surrogate"):
+        check_supported(get_model("lightgcn"), plain)

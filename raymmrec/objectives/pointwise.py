@@ -149,6 +149,9 @@ class PointwiseLoss(Objective):
     config_fields = ("reg_weight",)
     options_cls = PointwiseOptions
     uses_flip = False
+    # column-sharded: scores and EmbLoss are reduced (ModelOutput.scores, ctx.global_norm); the flip
+    # tables are replicated, and get the same gradient on every worker from the same loss
+    column_sharding = True
 
     def make_module(self, n_users: int, n_items: int) -> nn.Module | None:
         return FlipModel(n_users, n_items, self.opts.flip_dim) if self.uses_flip else None

@@ -195,10 +195,10 @@ def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True, verbose: 
 
     absolute_data_paths(spec)
     config = resolved_config(spec)  # bad methods and options fail here, before Ray starts
-    if spec.train.checkpoint_every == 0:
-        raise ValueError("train.checkpoint_every: expected an integer >= 1 under Ray (metrics reach Ray with "
     # train.shard=columns with a method that cannot: one line, before Ray starts
     resolve_mode(spec.train.shard, spec.method, spec.objective, args.num_workers)
+    if spec.train.checkpoint_every == 0:
+        raise ValueError("train.checkpoint_every: expected an integer >= 1 under Ray (metrics reach Ray with "
                          "each checkpoint); 0 (never) applies to single-process runs")
     storage = args.storage_path or spec.output_dir
     if not st.is_remote(storage):  # workers run in their own directories: hand them an absolute path
@@ -256,9 +256,9 @@ def _launch_on_ray(spec: RunSpec, args: ScalingArgs, config: dict[str, Any], sto
         fs.rm(f"{root}/{DIVERGED}")
     every = spec.train.checkpoint_every if spec.train.checkpoint_every is not None else RAY_CHECKPOINT_EVERY
     loop_config: dict[str, Any] = {
+        "shard": resolve_mode(spec.train.shard, spec.method, spec.objective, args.num_workers),
         "spec": spec.to_dict(),
         "progress": progress,
-        "shard": resolve_mode(spec.train.shard, spec.method, spec.objective, args.num_workers),
         "verbose": verbose,
         "lines": lines.queue,  # rank 0's lines to this driver (raymmrec.ray.logs)
         "prepared": prepared_ref,
@@ -369,11 +369,11 @@ def main(default_method: str | None = None, argv: list[str] | None = None) -> in
         a.data = a.data or "synthetic:tiny"
         a.epochs = a.epochs or 2
 
-    def go() -> int:
-        spec = spec_from_args(a)
     if a.shard is not None:
         a.overrides.append(f"train.shard={a.shard}")
 
+    def go() -> int:
+        spec = spec_from_args(a)
         scaling = ScalingArgs(a.num_workers, a.use_gpu, a.cpus_per_worker, a.max_failures, a.storage_path,
                               a.wait_for_resources, a.allow_local_paths)
         state = launch(spec, scaling, progress=not a.no_progress, verbose=a.verbose)

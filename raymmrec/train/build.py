@@ -184,12 +184,12 @@ def build(spec: RunSpec, *, device: torch.device | None = None, data: RecData | 
     model = cls(cfg, graph)
     objective.attach(model, data.n_users, data.n_items)  # an objective's own parameters (NBPO's flip model)
     model = model.to(device)
-    optimizer, scheduler = cls.configure_optimizer(parameter_groups(model), spec.train)
-    sampler = make_sampler(spec, data, graph) if objective.needs_negatives else None
-    candidates = ranked_items(data)
     if ctx is not None and ctx.columns is not None:  # keep this rank's column blocks (raymmrec.shard)
         check_supported(cls, type(objective))
         shard_model(model, ctx.columns)
+    optimizer, scheduler = cls.configure_optimizer(parameter_groups(model), spec.train)
+    sampler = make_sampler(spec, data, graph) if objective.needs_negatives else None
+    candidates = ranked_items(data)
     evaluators = {
         split: Evaluator(data.n_items, data.seen(), data.split(split), ks=tuple(spec.eval.ks),
                          max_batch_elems=spec.eval.max_batch_elems, device=device, candidates=candidates)
@@ -290,7 +290,8 @@ def checkpoint_payload(trainer: Trainer, state: TrainState, config: dict[str, An
         "scheduler": None if trainer.scheduler is None else trainer.scheduler.state_dict(),
         "state": state.to_dict(),
         "config": config,
-        "world_size": trainer.ctx.world_size,
+        "world_size": cols.world_size if (cols := trainer.ctx.columns) is not None else trainer.ctx.world_size,
+        "shard": "columns" if cols is not None else "none",
     }
 
 
