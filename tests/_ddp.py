@@ -1,8 +1,13 @@
-"""Helpers of the DDP gradient test, importable by spawned processes (tests/ is on their sys.path)."""
+"""Helpers of the DDP tests, importable by spawned processes (tests/ is on their sys.path).
+
+Starting a process costs seconds (torch, and DDP's own imports of torch._dynamo), so every
+multi-process scenario of the suite runs in one ``mp.spawn`` (:func:`run_scenarios`, the session
+fixture ``gloo_runs``): the processes join a fresh gloo group for each scenario and leave it after.
+"""
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 import torch
 
@@ -50,9 +55,16 @@ def gradients(method: str, rank: int, world: int, n: int, num_negatives: int) ->
     return {k: p.grad.detach().clone() for k, p in model.named_parameters()}
 
 
-def worker(rank: int, world: int, port: int, methods: list[str], n: int, num_negatives: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+def init_group(init: str, rank: int, world: int, timeout_s: float | None = None) -> None:
+    """Join the gloo group ``init`` (a ``file://`` store: a fresh file per group, so no port can be taken)."""
+    import datetime
+
+    kw = {"timeout": datetime.timedelta(seconds=timeout_s)} if timeout_s else {}
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world, **kw)
+
+
+def worker(rank: int, world: int, init: str, methods: list[str], n: int, num_negatives: int, out: str) -> None:
+    init_group(init, rank, world)
     try:
         grads = {m: gradients(m, rank, world, n, num_negatives) for m in methods}
         if rank == 0:
@@ -73,15 +85,12 @@ def shutdown() -> None:
     torch.distributed.destroy_process_group()
 
 
-def eval_worker(rank: int, world: int, port: int, out: str) -> None:
+def eval_worker(rank: int, world: int, init: str, out: str) -> None:
     """Sharded evaluation where only the last rank's users get NaN scores: every rank must stop."""
-    import datetime
-
     from raymmrec.eval import Evaluator
     from raymmrec.train.build import sharded_evaluate
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=30))
+    init_group(init, rank, world, timeout_s=30)
     data = tiny_data()
     ev = Evaluator(data.n_items, data.train, data.valid, ks=(5,))
     poisoned = set(ev.shard_users(world - 1, world).tolist())
@@ -111,7 +120,10 @@ def record_outcome(run, diverged, path: str) -> None:  # noqa: ANN001
         outcome = f"{type(e).__name__}: {e}"
     with open(path, "w") as f:
         f.write(outcome)
-    shutdown()
+    try:
+        shutdown()
+    except Exception:  # noqa: BLE001 - the group broke (a timed-out collective): leave it for the next scenario
+        torch.distributed.destroy_process_group()
 
 
 def loss_parts(method: str, rank: int, world: int, n: int) -> dict[str, torch.Tensor]:
@@ -122,10 +134,9 @@ def loss_parts(method: str, rank: int, world: int, n: int) -> dict[str, torch.Te
     return {k: v.detach().reshape(()) for k, v in out.parts.items()}
 
 
-def parts_worker(rank: int, world: int, port: int, method: str, n: int, out: str) -> None:
+def parts_worker(rank: int, world: int, init: str, method: str, n: int, out: str) -> None:
     """Sum every rank's share of each loss part; rank 0 saves the global values."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    init_group(init, rank, world)
     try:
         parts = loss_parts(method, rank, world, n)
         total = {k: DistContext(rank, world).all_reduce_sum(v) for k, v in parts.items()}
@@ -135,15 +146,12 @@ def parts_worker(rank: int, world: int, port: int, method: str, n: int, out: str
         shutdown()
 
 
-def train_nan_worker(rank: int, world: int, port: int, out: str) -> None:
+def train_nan_worker(rank: int, world: int, init: str, out: str) -> None:
     """Two ranks train; only rank 1's loss turns NaN at its third batch: every rank must stop."""
-    import datetime
-
     from raymmrec.models.base import LossOutput
     from raymmrec.train.loop import Trainer
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=30))
+    init_group(init, rank, world, timeout_s=30)
     model = torch.nn.Linear(2, 1)
     steps = []
 
@@ -172,3 +180,47 @@ def train_nan_worker(rank: int, world: int, port: int, out: str) -> None:
     trainer = Trainer(net, objective, torch.optim.SGD(net.parameters(), lr=0.1), batches, lambda m: {},
                       epochs=1, patience=1, seed=0, ctx=DistContext(rank, world))
     record_outcome(lambda: trainer._run_epoch(0), lambda e: f"diverged after {len(steps)} steps: {e}", f"{out}.{rank}")
+
+
+BATCH = 61  # not a multiple of 2 or 3: ranks hold unequal shares
+
+
+def scenarios(out: Path) -> list[tuple[str, int, str, tuple]]:
+    """(name, world size, worker function, its arguments after ``init``) of every scenario, in order.
+
+    Each worker writes its outcome under ``out``; the grouped gradients first (they need 3 processes).
+    """
+    from raymmrec.registry import model_names
+
+    methods = model_names()
+    return [
+        ("grads-3-2", 3, "worker", (methods, BATCH, 2, str(out / "grads-3-2.pt"))),
+        ("grads-2-1", 2, "worker", (methods, BATCH, 1, str(out / "grads-2-1.pt"))),
+        ("cm3-parts", 2, "parts_worker", ("cm3", BATCH, str(out / "cm3-parts.pt"))),
+        ("eval-nan", 2, "eval_worker", (str(out / "eval-nan"),)),
+        ("train-nan", 2, "train_nan_worker", (str(out / "train-nan"),)),
+    ]
+
+
+def scenario_process(rank: int, plan: list[tuple[str, int, str, tuple]], out: str) -> None:
+    """(one spawned process) run every scenario that has a rank ``rank``, each in its own group."""
+    # imported before any group exists: its all_gather's default group (bound at import) is then None,
+    # the current default group, rather than the first scenario's group, destroyed after it
+    import torch.distributed.nn.functional  # noqa: F401
+
+    torch.set_num_threads(1)  # 3 processes on a small machine: no oversubscription
+    for name, world, fn, args in plan:
+        if rank < world:
+            globals()[fn](rank, world, f"file://{out}/{name}.store", *args)
+
+
+def run_scenarios(out: Path) -> str | None:
+    """Run every scenario in one set of processes; None, or the error that ended the spawn."""
+    import torch.multiprocessing as mp
+
+    plan = scenarios(out)
+    try:
+        mp.spawn(scenario_process, args=(plan, str(out)), nprocs=max(w for _, w, _, _ in plan), join=True)
+    except Exception as e:  # noqa: BLE001 - reported by every test whose outcome is missing
+        return f"{type(e).__name__}: {e}"
+    return None

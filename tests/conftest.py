@@ -11,6 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+
+# One torch (OpenMP) thread in this process and, unless set, in the processes it starts: the tests use
+# tiny tensors, and on a 2-core machine where anything else runs (the Ray cluster, a spawned rank) a
+# second thread only waits at OpenMP barriers (LightGCN on the tiny data: 20 s for 15 epochs, not 0.5 s).
+# Ray Train, Tune and unlearning tasks set their own thread counts (raymmrec.ray).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -39,6 +47,26 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real datasets not present at {SHARED_DATA} (they sit beside the checkout in CI)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def gloo_runs(tmp_path_factory):
+    """Every multi-process gloo scenario (tests/_ddp.py) run once, in one set of spawned processes.
+
+    Returns ``outcome(*files)``: the folder holding those files, after checking that the
+    spawn did not end before them (else the test fails with the spawn's error).
+    """
+    from _ddp import run_scenarios
+
+    out = tmp_path_factory.mktemp("gloo")
+    error = run_scenarios(out)
+
+    def outcome(*files: str) -> Path:
+        missing = [f for f in files if not (out / f).exists()]
+        assert not missing, f"no {missing} from the spawned processes: {error or 'they wrote nothing'}"
+        return out
+
+    return outcome
 
 
 @pytest.fixture(scope="session")

@@ -7,12 +7,10 @@ import math
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch.nn import functional as F
 
-from _ddp import loss_parts, parts_worker
+from _ddp import BATCH, loss_parts
 from _tiny import tiny_data
-from conftest import free_port
 from raymmrec.dist import DistContext
 from raymmrec.graph import modality_weights
 from raymmrec.models.base import Batch, build_config
@@ -194,11 +192,9 @@ def test_scoring_is_deterministic_by_default_and_published_behaviour_is_an_optio
     assert "last_users" in cached.state_dict()
 
 
-def test_uniformity_values_under_ddp_equal_one_process_on_the_global_batch(tmp_path):
-    out = tmp_path / "parts.pt"
-    mp.spawn(parts_worker, args=(2, free_port(), "cm3", 61, str(out)), nprocs=2, join=True)
-    ddp = torch.load(out, weights_only=True)
-    single = loss_parts("cm3", 0, 1, 61)
+def test_uniformity_values_under_ddp_equal_one_process_on_the_global_batch(gloo_runs):
+    ddp = torch.load(gloo_runs("cm3-parts.pt") / "cm3-parts.pt", weights_only=True)  # 2 ranks (tests/_ddp.py)
+    single = loss_parts("cm3", 0, 1, BATCH)
     assert set(ddp) == {"align", "unif_user", "unif_item"}
     for k in single:
         torch.testing.assert_close(ddp[k], single[k], rtol=1e-5, atol=1e-6, msg=lambda m: f"{k}: {m}")

@@ -115,12 +115,24 @@ def test_sharded_evaluation_equals_single_process(two_worker_run):
             assert last[f"{split}/{k}"] == pytest.approx(v, abs=1e-12), f"{split}/{k}"
 
 
-def test_one_worker_reproduces_the_single_process_run(ray_cluster, tmp_path):
+@pytest.fixture(scope="module")
+def one_worker_runs(ray_cluster, tmp_path_factory):
+    """BM3 on one Ray Train worker: 2 epochs, then the same name with 4 epochs (a resume: one run,
+    two launches); and the same 4 epochs in one process."""
     from raymmrec.ray.launch import launch
 
-    single = run(tiny_spec(tmp_path / "a", "bm3", 4), progress=False)
-    ray_one = launch(tiny_spec(tmp_path / "b", "bm3", 4), scaling(num_workers=1, cpus_per_worker=1), progress=False)
-    hist = latest_payload(tmp_path / "b" / "r")["state"]["history"]
+    out = tmp_path_factory.mktemp("ray1")
+    one = scaling(num_workers=1, cpus_per_worker=1)
+    first = launch(tiny_spec(out / "b", "bm3", 2), one, progress=False)
+    second = launch(tiny_spec(out / "b", "bm3", 4), one, progress=False)
+    single = run(tiny_spec(out / "a", "bm3", 4), progress=False)
+    return first, second, single, out / "b"
+
+
+def test_one_worker_reproduces_the_single_process_run(one_worker_runs):
+    """Every epoch's loss and the best metrics: epochs 0-1 from the first launch, 2-3 from its resume."""
+    _, ray_one, single, folder = one_worker_runs
+    hist = latest_payload(folder / "r")["state"]["history"]
     assert [h["loss"] for h in hist] == [h["loss"] for h in single.history]
     assert ray_one.best_test == single.best_test and ray_one.best_epoch == single.best_epoch
 
@@ -155,17 +167,15 @@ def test_killed_worker_resumes_to_identical_metrics(ray_cluster, tmp_path):
         assert faulty.best_test[k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
 
 
-def test_same_name_resumes_the_run(ray_cluster, tmp_path):
+def test_same_name_resumes_the_run(one_worker_runs):
     from raymmrec.ray.launch import launch
 
-    one = scaling(num_workers=1, cpus_per_worker=1)
-    first = launch(tiny_spec(tmp_path, "bpr", 2), one, progress=False)
-    second = launch(tiny_spec(tmp_path, "bpr", 4), one, progress=False)
+    first, second, _, folder = one_worker_runs
     assert first.resumes == [] and second.resumes == [2]  # a restart from scratch would say []
-    hist = latest_payload(tmp_path / "r")["state"]["history"]
+    hist = latest_payload(folder / "r")["state"]["history"]
     assert second.epoch == 4 and [int(h["epoch"]) for h in hist] == [0, 1, 2, 3]
-    with pytest.raises(ValueError, match="method 'bpr' -> 'lightgcn'"):
-        launch(tiny_spec(tmp_path, "lightgcn", 4), one, progress=False)
+    with pytest.raises(ValueError, match="method 'bm3' -> 'lightgcn'"):
+        launch(tiny_spec(folder, "lightgcn", 4), scaling(num_workers=1, cpus_per_worker=1), progress=False)
 
 
 def test_nan_loss_stops_every_rank_without_retries(ray_cluster, tmp_path):
@@ -251,7 +261,11 @@ def test_ray_job_submit(ray_cluster, tmp_path):
            "--runtime-env-json", json.dumps({"excludes": ["runs", ".git", "*.egg-info"]}),
            "--", sys.executable, "jobs/train_bm3.py", "--smoke-test", "--num-workers", "2",
            "--cpus-per-worker", "0.5", "--storage-path", str(tmp_path), "--run-name", "job", "--no-progress"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    for _ in range(5):  # a busy head's job agent may not be up yet: Ray's answer is "try again later"
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+        if "No available agent to submit job" not in out.stdout + out.stderr:
+            break
+        threading.Event().wait(2.0)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = re.sub(r"\x1b\[[0-9;]*m", "", out.stdout + out.stderr)
     assert re.search(r"Job 'raysubmit_\w+' succeeded", text), text[-3000:]

@@ -126,8 +126,9 @@ def ray_cluster_idle(timeout: float) -> None:
 
 
 def _tune_cmd(out: Path) -> list[str]:
-    return [sys.executable, "-m", "raymmrec", "tune", "--method", "bpr", "--max-concurrent", "1",
-            "--output-dir", str(out), "--name", "k", "--epochs", "40", *TINY]
+    # two trials at a time: trials cost their actor's start, not their epochs (8 here)
+    return [sys.executable, "-m", "raymmrec", "tune", "--method", "bpr", "--max-concurrent", "2",
+            "--output-dir", str(out), "--name", "k", "--epochs", "8", *TINY]
 
 
 def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_cluster, tmp_path):
@@ -170,7 +171,7 @@ def test_reproduce_writes_the_comparison_table_and_resumes(ray_cluster, tmp_path
     from raymmrec.ray.reproduce import reproduce
     from raymmrec.ray.tune import SweepArgs
 
-    args = SweepArgs(grid="wide", samples=2, scheduler="fifo", progress=False)
+    args = SweepArgs(grid="wide", samples=1, scheduler="fifo", progress=False)  # one trial per method
     root = str(tmp_path / "rep")
     summary = reproduce(["bpr", "lightgcn"], ["synthetic:tiny"], [*TINY[1:], "train.epochs=2"], args, root)
     table = (tmp_path / "rep" / "table.md").read_text()
@@ -193,7 +194,11 @@ def test_trials_with_several_workers_run_ray_train(ray_cluster, tmp_path):
     res = sweep(spec, SweepArgs(workers_per_trial=2, cpus_per_trial=0.5, name="w", progress=False),
                 space={"model.reg_weight": Grid((0.1,))})
     (d,) = trial_dirs(tmp_path / "w")
-    assert list(d.glob("checkpoint_*/latest.pt")), "no Ray Train checkpoint in the trial folder"
+    ckpts = list(d.glob("checkpoint_*/latest.pt"))
+    assert ckpts, "no Ray Train checkpoint in the trial folder"
+    from raymmrec.train.checkpoint import load_checkpoint
+
+    assert load_checkpoint(ckpts[0])["shard"] == "columns"  # train.shard=auto: the trial's workers split columns
     results = json.loads((d / "results.json").read_text())
     assert results["epochs_run"] == 2
     assert res.best["test recall@20"] == pytest.approx(results["test"]["recall@20"])
@@ -246,23 +251,26 @@ def test_sweep_on_s3_storage(ray_cluster, s3_bucket, tmp_path):
 def test_wide_space_uses_asha_and_stops_weak_trials(ray_cluster, tmp_path):
     from raymmrec.ray.tune import SweepArgs, sweep
 
-    spec = load_spec("lightgcn", overrides=[*TINY, "train.epochs=30", f"output_dir={tmp_path}"])
-    res = sweep(spec, SweepArgs(grid="wide", samples=6, max_concurrent=1, name="a", progress=False))
+    # ASHA's one rung is at epoch 10 (grace period min(10, epochs)); 11 epochs: a trial it lets through runs one more
+    spec = load_spec("lightgcn", overrides=[*TINY, "train.epochs=11", f"output_dir={tmp_path}"])
+    # four trials, one at a time: ASHA decides each at the rung from the trials before it (the fourth stops)
+    res = sweep(spec, SweepArgs(grid="wide", samples=4, max_concurrent=1, name="a", progress=False))
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
-    assert summary["scheduler"] == "asha" and summary["trials"] == 6
+    assert summary["scheduler"] == "asha" and summary["trials"] == 4
     stopped = [r for r in res.rows if r["status"] == "stopped (ASHA)"]
     # one trial at a time: every trial after the first that is below the rung's top third at epoch 10 stops
-    assert stopped and all(r["epochs_run"] < 30 for r in stopped)
+    assert stopped and all(r["epochs_run"] == 10 for r in stopped), res.rows
+    assert all(r["epochs_run"] == 11 for r in res.rows if r["status"] == "finished"), res.rows
 
 
 def test_tune_job_under_ray_job_submit(ray_cluster, tmp_path):
     cmd = ["ray", "job", "submit", "--address", ray_cluster["dashboard"], "--working-dir", str(ROOT),
            "--runtime-env-json", json.dumps({"excludes": ["runs", ".git", "*.egg-info"]}),
-           "--", sys.executable, "jobs/tune.py", "--method", "bpr", "--output-dir", str(tmp_path), "--name", "job",
-           "--epochs", "2", *TINY]
+           "--", sys.executable, "jobs/tune.py", "--method", "bpr", "--grid", "wide", "--samples", "2",
+           "--scheduler", "fifo", "--output-dir", str(tmp_path), "--name", "job", "--epochs", "2", *TINY]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "winner (valid recall@20)" in out.stdout
     with open(tmp_path / "job" / "trials.csv", newline="") as f:
-        assert len(list(csv.DictReader(f))) == 7  # bpr's paper grid
+        assert len(list(csv.DictReader(f))) == 2  # --samples 2
     assert (tmp_path / "job" / "best" / "best.pt").exists()
