@@ -32,6 +32,7 @@ class Builder:
     fn: Callable[..., Tensor]
     version: int = 1
     uses_features: bool = False
+    uses_block_map: bool = False  # takes ``map_blocks=`` (a runner of its row blocks; same result)
 
 
 _BUILDERS: dict[str, Builder] = {}
@@ -39,11 +40,15 @@ _BUILDERS: dict[str, Builder] = {}
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 
-def register_builder(name: str, version: int = 1, uses_features: bool = False) -> Callable:
-    """Decorator: register ``fn(data: RecData, **params) -> Tensor`` as a prepared-input builder."""
+def register_builder(name: str, version: int = 1, uses_features: bool = False,
+                     uses_block_map: bool = False) -> Callable:
+    """Decorator: register ``fn(data: RecData, **params) -> Tensor`` as a prepared-input builder.
+
+    ``uses_block_map``: ``fn`` also takes ``map_blocks=`` (see :func:`prepare`).
+    """
 
     def wrap(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        _BUILDERS[name] = Builder(fn, version, uses_features)
+        _BUILDERS[name] = Builder(fn, version, uses_features, uses_block_map)
         return fn
 
     return wrap
@@ -57,9 +62,9 @@ def _norm_adj(data: RecData) -> Tensor:
     return normalized_adjacency(data.n_users, data.n_items, data.train.users, data.train.items)
 
 
-@register_builder("item_knn", uses_features=True)
+@register_builder("item_knn", uses_features=True, uses_block_map=True)
 def _item_knn(data: RecData, k: int = 10, weights: dict[str, float] | None = None,
-              non_text_weight: float | None = None) -> Tensor:
+              non_text_weight: float | None = None, map_blocks: Callable | None = None) -> Tensor:
     """Item-item cosine top-k graph of each modality, mixed with ``weights``.
 
     Without ``weights``: :func:`~raymmrec.graph.modality_weights` with ``non_text_weight`` when it is
@@ -70,7 +75,7 @@ def _item_knn(data: RecData, k: int = 10, weights: dict[str, float] | None = Non
     if weights is None and non_text_weight is not None:
         weights = modality_weights(list(data.features), non_text_weight)
     # an item-wise forget request's items leave the graph: no other item keeps them as a neighbour
-    return mixed_knn_graph(data.features, weights=weights, k=k, exclude=data.forgotten_items)
+    return mixed_knn_graph(data.features, weights=weights, k=k, exclude=data.forgotten_items, map_blocks=map_blocks)
 
 
 @register_builder("dct_features", uses_features=True)
@@ -137,18 +142,25 @@ def _from_payload(p: dict[str, Any]) -> Tensor:
 
 
 def prepare(data: RecData, requests: dict[str, tuple[str, dict[str, Any]]],
-            cache_dir: str | Path | None = None, log: Callable[[str], None] | None = None) -> dict[str, Tensor]:
-    """Build (or load from the cache) every requested input; ``{name: tensor}`` on the CPU."""
+            cache_dir: str | Path | None = None, log: Callable[[str], None] | None = None,
+            map_blocks: Callable | None = None) -> dict[str, Tensor]:
+    """Build (or load from the cache) every requested input; ``{name: tensor}`` on the CPU.
+
+    ``map_blocks``: how builders that work in row blocks (the item-item graph) run them
+    (:data:`raymmrec.graph.build.BlockMap`; the Ray layer passes one that runs them as tasks).
+    It never changes the result, so it is not part of the cache key.
+    """
     out: dict[str, Tensor] = {}
     for name, (builder, params) in requests.items():
-        fn = _get(builder).fn
+        b = _get(builder)
         path = None if cache_dir is None else Path(cache_dir) / "prepared" / f"{builder}-{cache_key(data, builder, params)}.pt"
         if path is not None and path.is_file():
             out[name] = _from_payload(load_tensors(path)["tensor"])
             continue
         if log:
             log(f"building prepared input {name!r} ({builder}, {params or 'defaults'})")
-        out[name] = fn(data, **params)
+        extra = {"map_blocks": map_blocks} if map_blocks is not None and b.uses_block_map else {}
+        out[name] = b.fn(data, **params, **extra)
         if path is not None:
             save_tensors(path, {"tensor": _to_payload(out[name]), "builder": builder, "params": params})
     return out

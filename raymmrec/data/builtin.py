@@ -4,7 +4,8 @@
   installed, never stored in the repository); every rating is an implicit positive; text features are
   all-MiniLM-L6-v2 embeddings of ``"title (year) genres"``; MMRec per-user random split. Built once and
   cached in columnar form under ``$RAYMMREC_CACHE`` (default ``~/.cache/raymmrec``).
-* ``synthetic`` / ``synthetic:<preset>``: generated in memory (see :mod:`raymmrec.data.synthetic`).
+* ``synthetic`` / ``synthetic:<preset>`` / ``synthetic:users=U,items=I,interactions=N[,dims=m:d,...]``:
+  generated in memory (see :mod:`raymmrec.data.synthetic`).
 * any path or fsspec URL holding an MMRec folder or a columnar dataset.
 """
 
@@ -27,7 +28,7 @@ from raymmrec.data.filters import filter_recdata, frame_to_recdata
 from raymmrec.data.io import META_FILE, open_fs, read_columnar, read_mmrec, write_columnar
 from raymmrec.data.schema import DataError, RecData
 from raymmrec.data.split import hold_out_cold_items, mmrec_split
-from raymmrec.data.synthetic import PRESETS, generate_synthetic
+from raymmrec.data.synthetic import PRESETS, generate_synthetic, parse_synthetic
 
 DEFAULT_SEED = 999  # MMRec's default seed
 RECBOLE_REQUIREMENT = "recbole==1.2.1"
@@ -211,7 +212,8 @@ def load_dataset(
     """Load a dataset by name or location and return it validated, with dense ids.
 
     Args:
-        spec: ``ml100k``, ``synthetic``, ``synthetic:<preset>`` (tiny, baby, clothing), or a local path / fsspec URL
+        spec: ``ml100k``, ``synthetic``, ``synthetic:<preset>`` (tiny, baby, clothing), a sized
+            ``synthetic:users=U,items=I,interactions=N[,dims=text:384,image:512]``, or a local path / fsspec URL
             of an MMRec folder or of a columnar dataset.
         modalities: feature modalities to keep (default: all, or ``dataset.yaml``'s list); ``[]`` for none.
         rating_threshold: keep rows with ``rating >= t`` (MMRec folders only; they carry the rating column).
@@ -226,10 +228,7 @@ def load_dataset(
     if spec == "ml100k":
         data = read_columnar(str(ml100k_path(cache_dir, seed)), modalities=modalities)
     elif spec == "synthetic" or spec.startswith("synthetic:"):
-        preset = spec.split(":", 1)[1] if ":" in spec else "small"
-        if preset not in PRESETS:
-            raise _unknown(spec, f"unknown synthetic preset {preset!r} in {spec!r}")
-        data = _select_modalities(generate_synthetic(PRESETS[preset], seed, spec)[0], modalities)
+        data = _select_modalities(generate_synthetic(parse_synthetic(spec), seed, spec)[0], modalities)
     elif "://" in spec or os.sep in spec or spec.startswith((".", "~")) or os.path.exists(spec):
         fs, folder = open_fs(spec, storage_options)
         if not fs.exists(folder):

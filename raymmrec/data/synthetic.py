@@ -52,6 +52,97 @@ PRESETS: dict[str, SyntheticSpec] = {
 }
 
 
+#: Keys of a sized spec (``synthetic:users=U,items=I,interactions=N[,dims=m:d,...]``); the first three are required.
+SIZE_KEYS = ("users", "items", "interactions", "dims")
+_DEFAULT_DIMS = {"text": 64, "image": 128}
+
+
+def interaction_range(n_users: int, n_items: int) -> tuple[int, int]:
+    """The interaction counts a synthetic dataset of this many users and items can have: ``[lo, hi]``."""
+    cap = max(_MIN_PER_USER, n_items // 2)
+    return max(_MIN_PER_USER * n_users, n_items), n_users * cap
+
+
+def _spec_int(source: str, key: str, value: str, least: int) -> int:
+    text = value.strip().replace("_", "")
+    if not text.isdigit():
+        raise DataError(f"{source}: {key}={value!r} must be an integer >= {least}")
+    n = int(text)
+    if n < least:
+        raise DataError(f"{source}: {key}={value} must be an integer >= {least}")
+    return n
+
+
+def _spec_dims(source: str, entries: list[str]) -> dict[str, int]:
+    dims: dict[str, int] = {}
+    for entry in entries:
+        name, sep, width = entry.partition(":")
+        name = name.strip()
+        if not sep or not name or not name.isidentifier():
+            raise DataError(f"{source}: dims entry {entry!r} must be modality:width, e.g. dims=text:384,image:512")
+        if name in dims:
+            raise DataError(f"{source}: dims names modality {name!r} twice")
+        if not width.strip().replace("_", "").isdigit() or int(width.strip().replace("_", "")) < 1:
+            raise DataError(f"{source}: dims entry {entry!r} needs a width that is an integer >= 1")
+        dims[name] = int(width.strip().replace("_", ""))
+    if not dims:
+        raise DataError(f"{source}: dims= is empty; expected modality:width entries, e.g. dims=text:384,image:512")
+    return dims
+
+
+def parse_synthetic(source: str) -> SyntheticSpec:
+    """The :class:`SyntheticSpec` of ``synthetic``, ``synthetic:<preset>`` or a sized spec.
+
+    Sized: ``synthetic:users=1000000,items=100000,interactions=10000000`` with an optional trailing
+    ``dims=text:384,image:512`` (feature width per modality; default ``text:64,image:128``). Integers may
+    use ``_`` separators. Anything else is a one-line :class:`DataError` naming the key and what was expected.
+    """
+    body = source.split(":", 1)[1] if ":" in source else "small"
+    if "=" not in body:
+        if body not in PRESETS:
+            raise DataError(
+                f"unknown synthetic preset {body!r} in {source!r}; expected one of {', '.join(PRESETS)} or "
+                "users=U,items=I,interactions=N[,dims=text:384,image:512]"
+            )
+        return PRESETS[body]
+    values: dict[str, str] = {}
+    dims: list[str] | None = None
+    for token in body.split(","):
+        key, sep, value = token.partition("=")
+        key = key.strip()
+        if not sep:
+            if dims is None:
+                raise DataError(f"{source}: {token!r} is not key=value; expected users=, items=, interactions=, dims=")
+            dims.append(token)  # a further modality of dims=...
+            continue
+        if key not in SIZE_KEYS:
+            raise DataError(f"{source}: unknown key {key!r}; expected {', '.join(SIZE_KEYS)}")
+        if key in values or (key == "dims" and dims is not None):
+            raise DataError(f"{source}: {key}= is given twice")
+        if key == "dims":
+            dims = [value]
+        elif dims is not None:
+            raise DataError(f"{source}: dims= must come last (its entries are comma-separated too)")
+        else:
+            values[key] = value
+    missing = [k for k in SIZE_KEYS[:3] if k not in values]
+    if missing:
+        raise DataError(
+            f"{source}: missing {', '.join(k + '=' for k in missing)}; expected users=U,items=I,interactions=N"
+        )
+    n_users = _spec_int(source, "users", values["users"], 1)
+    n_items = _spec_int(source, "items", values["items"], _MIN_PER_USER)
+    n_inter = _spec_int(source, "interactions", values["interactions"], 1)
+    lo, hi = interaction_range(n_users, n_items)
+    if not lo <= n_inter <= hi:
+        raise DataError(
+            f"{source}: interactions={n_inter} must lie in [{lo}, {hi}] for users={n_users}, items={n_items} "
+            f"(>= {_MIN_PER_USER} per user, every item once, <= {hi // n_users} per user)"
+        )
+    dims_out = _spec_dims(source, dims) if dims is not None else dict(_DEFAULT_DIMS)
+    return SyntheticSpec(n_users, n_items, n_inter, dims_out)
+
+
 @dataclass
 class SyntheticTruth:
     """The planted structure: ``item_cluster [n_items]``, ``user_clusters``/``user_weights [n_users, 3]``."""
@@ -69,7 +160,7 @@ def _check_sizes(spec: SyntheticSpec) -> int:
         raise DataError(
             f"synthetic: need n_users >= 1 and n_items >= {_MIN_PER_USER}, got {spec.n_users}, {spec.n_items}"
         )
-    lo, hi = max(_MIN_PER_USER * spec.n_users, spec.n_items), spec.n_users * cap
+    lo, hi = interaction_range(spec.n_users, spec.n_items)
     if not lo <= spec.n_interactions <= hi:
         raise DataError(
             f"synthetic: n_interactions={spec.n_interactions} must lie in [{lo}, {hi}] for {spec.n_users} users and "
@@ -119,14 +210,29 @@ def _sample_pairs(
             break
         draws = np.where(need > 0, np.ceil(need * 1.3).astype(np.int64) + 1, 0)
         users = np.repeat(np.arange(deg.size), draws)
-        slot = (rng.random(users.size)[:, None] > cum_w[users]).sum(axis=1).clip(max=2)
-        cluster = truth.user_clusters[users, slot]
-        pick = np.searchsorted(cum_in, cluster + rng.random(users.size), side="right")
-        local = by_cluster[pick.clip(max=n_items - 1)]
+        # four uniform draws per candidate, each drawn whole and used up before the next (peak memory:
+        # a few arrays of the candidates, not all the intermediate ones at once)
+        r = rng.random(users.size)
+        slot = np.zeros(users.size, dtype=np.int8)
+        for j in range(cum_w.shape[1]):  # (r > cum_w[users]).sum(1) without the [N x 3] temporaries
+            slot += r > cum_w[:, j][users]
+        np.minimum(slot, 2, out=slot)
+        r = truth.user_clusters[users, slot].astype(np.float64)  # the cluster drawn from the user's favourites
+        del slot
+        r += rng.random(users.size)
+        local = by_cluster[np.searchsorted(cum_in, r, side="right").clip(max=n_items - 1)]
         mix = _GLOBAL_MIX if round_ < 10 else 0.5
-        glob = np.searchsorted(global_cdf, rng.random(users.size), side="right")
-        items = np.where(rng.random(users.size) < mix, glob, local).clip(max=n_items - 1)
-        keys = _keep_first(np.r_[keys, users * n_items + items], deg, n_items)
+        r = rng.random(users.size)
+        glob = np.searchsorted(global_cdf, r, side="right")
+        rng.random(users.size, out=r)
+        local = np.where(r < mix, glob, local)
+        del r, glob
+        np.minimum(local, n_items - 1, out=local)
+        users *= n_items
+        users += local  # the candidate keys user * n_items + item
+        del local
+        keys = _keep_first(np.concatenate([keys, users]), deg, n_items)
+        del users
     users, items = keys // n_items, keys % n_items
     need = deg - np.bincount(users, minlength=deg.size)
     extra_u, extra_i = [], []
@@ -142,13 +248,20 @@ def _sample_pairs(
 def _keep_first(keys: np.ndarray, deg: np.ndarray, n_items: int) -> np.ndarray:
     """Drop repeated keys (first occurrence wins), then keep each user's first ``deg[u]`` keys in order."""
     _, first = np.unique(keys, return_index=True)
-    keys = keys[np.sort(first)]
+    first.sort()
+    keys = keys[first]
+    del first
     users = keys // n_items
     order = np.argsort(users, kind="stable")
     su = users[order]
+    del users
     starts = np.flatnonzero(np.r_[True, su[1:] != su[:-1]])
-    pos = np.arange(su.size) - np.repeat(starts, np.diff(np.r_[starts, su.size]))
-    return keys[np.sort(order[pos < deg[su]])]
+    pos = np.arange(su.size)
+    pos -= np.repeat(starts, np.diff(np.r_[starts, su.size]))
+    keep = order[pos < deg[su]]
+    del order, su, pos
+    keep.sort()
+    return keys[keep]
 
 
 def _cover_items(users: np.ndarray, items: np.ndarray, cluster: np.ndarray, rng: np.random.Generator) -> None:
@@ -164,15 +277,39 @@ def _cover_items(users: np.ndarray, items: np.ndarray, cluster: np.ndarray, rng:
     donors = rng.permutation(np.flatnonzero(spare))
     left: list[np.ndarray] = []
     used = np.zeros(items.size, dtype=bool)
+    # the donors grouped by their item's cluster in one stable sort (random order kept within a cluster);
+    # each cluster is visited once, so none of its donors is used yet when it is
+    donor_cluster = cluster[items[donors]]
+    by = np.argsort(donor_cluster, kind="stable")
+    grouped, donor_cluster = donors[by], donor_cluster[by]
+    del by
     for k in np.unique(cluster[missing]):
         want = missing[cluster[missing] == k]
-        pool = donors[(cluster[items[donors]] == k) & ~used[donors]][: want.size]
+        lo, hi = np.searchsorted(donor_cluster, [k, k + 1])
+        pool = grouped[lo:hi][: want.size]
         items[pool] = want[: pool.size]
         used[pool] = True
         left.append(want[pool.size :])
     rest = np.concatenate(left)
     pool = donors[~used[donors]][: rest.size]
     items[pool] = rest  # sizes were checked: n_interactions >= n_items, so enough spare rows exist
+
+
+def _favourite_clusters(log_share: np.ndarray, n_users: int, n_fav: int, rng: np.random.Generator,
+                        block: int = 1 << 14) -> np.ndarray:
+    """Each user's ``n_fav`` clusters, drawn without replacement in proportion to ``share`` (Gumbel top-k).
+
+    Drawn in blocks of users (the same stream as one ``[n_users x K]`` draw), so memory stays
+    ``block x K`` rather than ``n_users x K``; the top ``n_fav`` come out in descending order.
+    """
+    k = log_share.size
+    favs = np.empty((n_users, n_fav), dtype=np.int64)
+    for s in range(0, n_users, block):
+        g = log_share[None, :] - np.log(-np.log(rng.random((min(block, n_users - s), k))))
+        g = -g
+        top = np.argpartition(g, n_fav - 1, axis=1)[:, :n_fav] if n_fav < k else np.argsort(g, axis=1)
+        favs[s : s + g.shape[0]] = np.take_along_axis(top, np.argsort(np.take_along_axis(g, top, 1), axis=1), 1)
+    return favs
 
 
 def generate_synthetic(spec: SyntheticSpec, seed: int = 0, name: str = "synthetic") -> tuple[RecData, SyntheticTruth]:
@@ -187,8 +324,7 @@ def generate_synthetic(spec: SyntheticSpec, seed: int = 0, name: str = "syntheti
     share = np.bincount(cluster, minlength=n_clusters) / spec.n_items
     popularity = rng.lognormal(0.0, 1.0, spec.n_items)
     n_fav = min(3, n_clusters)
-    gumbel = np.log(share)[None, :] - np.log(-np.log(rng.random((spec.n_users, n_clusters))))
-    favs = np.argsort(-gumbel, axis=1)[:, :n_fav]
+    favs = _favourite_clusters(np.log(share), spec.n_users, n_fav, rng)
     if n_fav < 3:
         favs = np.pad(favs, ((0, 0), (0, 3 - n_fav)), mode="edge")
     n_liked = rng.choice([1, 2, 3], spec.n_users, p=[0.5, 0.3, 0.2])
@@ -225,7 +361,5 @@ def make_synthetic(
     name: str = "synthetic",
 ) -> RecData:
     """Generate a synthetic dataset of exactly the requested size (see the module docstring)."""
-    spec = SyntheticSpec(
-        n_users, n_items, n_interactions, dict(dims) if dims is not None else {"text": 64, "image": 128}
-    )
+    spec = SyntheticSpec(n_users, n_items, n_interactions, dict(dims) if dims is not None else dict(_DEFAULT_DIMS))
     return generate_synthetic(spec, seed, name)[0]

@@ -28,6 +28,10 @@ from raymmrec.data.schema import Interactions
 from raymmrec.eval.metrics import metric_names, ranking_metrics, topk_ordered
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
+#: On CPU a score block stays below 32 MiB, the most glibc serves from its heap (raymmrec.allocator):
+#: a larger block is a fresh mmap every time, and touching its pages anew cost a third of an evaluation
+#: at 100k items (0.88 against 0.54 ms of CPU per user; benchmarks/bench_growth.py, docs/growth.md).
+CPU_BLOCK_BYTES = (32 << 20) - (1 << 20)
 
 
 def _csr_by_user(inter: Interactions, n_users: int, n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,7 +87,8 @@ class Evaluator:
         train: training interactions; these items are masked (-inf) per user.
         truth: interactions of the evaluated split (validation or test); its users are evaluated.
         ks: cutoffs K; all come from one top-max(K).
-        max_batch_elems: users are scored in chunks of B with B × I <= max_batch_elems.
+        max_batch_elems: users are scored in chunks of B with B × I <= max_batch_elems (on CPU also
+            B × I × 4 bytes <= ``CPU_BLOCK_BYTES``).
         device: device of ``.users`` and of the users passed to ``score_fn``; default CPU.
             Scores returned on another device are handled there (index structures are copied once).
         candidates: item ids that may be ranked (default: all); every other item is set to -inf
@@ -113,7 +118,10 @@ class Evaluator:
         self.kmax = max(self.ks)
         self.names = metric_names(self.ks)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.batch_users = max(1, int(max_batch_elems) // max(self.n_items, 1))
+        elems = int(max_batch_elems)
+        if self.device.type == "cpu":  # a score block under glibc's mmap threshold is reused, not page-faulted anew
+            elems = min(elems, CPU_BLOCK_BYTES // 4)
+        self.batch_users = max(1, elems // max(self.n_items, 1))
         n_users = 1 + max(int(np.max(train.users, initial=-1)), int(np.max(truth.users, initial=-1)))
         self.n_users = n_users
         tr_ptr, tr_idx = _csr_by_user(train, n_users, self.n_items)
@@ -146,6 +154,21 @@ class Evaluator:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, {world_size})")
         return self.users[rank::world_size]
+
+    def sample_users(self, n: int, seed: int) -> "Evaluator":
+        """Rank only a fixed random sample of ``n`` of ``.users`` from now on; returns self.
+
+        Users are drawn uniformly without replacement by ``seed`` alone (the same on every rank, so
+        :meth:`shard_users` still splits one sample), and kept sorted; ``n`` >= their number (or 0)
+        keeps all. Whole users are sampled, never items, so the averaged metric is an unbiased
+        estimate of the metric over every user (``eval.valid_users``).
+        """
+        if n < 0:
+            raise ValueError(f"n must be >= 0 (0: all users), got {n}")
+        if 0 < n < self.users.numel():
+            pick = np.random.default_rng(seed).permutation(self.users.numel())[:n]
+            self.users = self.users[torch.from_numpy(np.sort(pick)).to(self.users.device)]
+        return self
 
     def _block_top(self, scores: torch.Tensor, ub: torch.Tensor, k: int) -> torch.Tensor:
         """Top-``k`` item ids [B × min(k, I)] of a score block after masking; validates the block."""

@@ -15,7 +15,7 @@ the authors' code enoche/BM3 and enoche/CM3):
 from __future__ import annotations
 
 import warnings
-from typing import Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -84,8 +84,41 @@ def normalized_adjacency(
     return _csr(crow, cols, vals, (n, n), device)
 
 
+#: ``map_blocks(fn, shared, spans)``: ``[fn(*shared, start, stop) for (start, stop) in spans]``, in order.
+#: :func:`knn_graph` hands its row blocks to one; the default runs them here, and the Ray layer
+#: (``raymmrec.ray.item_graph``) runs them as tasks. Any runner must call ``fn`` on exactly these spans:
+#: a block's similarities are then computed by the same matrix product, so the graph is the same.
+BlockMap = Callable[[Callable[..., torch.Tensor], tuple, list[tuple[int, int]]], Sequence[torch.Tensor]]
+
+
+def local_blocks(fn: Callable[..., torch.Tensor], shared: tuple, spans: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """The default :data:`BlockMap`: every block in this process, one after another."""
+    return [fn(*shared, start, stop) for start, stop in spans]
+
+
+def knn_block(x: torch.Tensor, inv: torch.Tensor, banned: torch.Tensor | None, k: int,
+              start: int, stop: int) -> torch.Tensor:
+    """Rows ``start:stop`` of :func:`knn_graph`: ``[stop - start, k]`` int64 neighbour ids, ascending in each row.
+
+    ``x``: the features as :func:`knn_graph` computes with; ``inv``: 1 / row norm (0 for a zero row);
+    ``banned``: item ids no row may pick (or None). Peak extra memory ≈ (stop - start) × I × 4 bytes.
+    """
+    with torch.no_grad():
+        sim = x[start:stop] @ x.T  # [b × I]
+        sim.mul_(inv[start:stop, None]).mul_(inv[None, :])
+        rows = torch.arange(stop - start, device=x.device)
+        if banned is not None:
+            sim[:, banned] = float("-inf")
+        sim[rows, rows + start] = float("inf")  # the item itself always counts
+        _, idx = topk_ordered(sim, k)
+        del sim
+        # CSR wants column indices sorted within a row
+        return torch.sort(idx, dim=1).values
+
+
 def knn_graph(features: torch.Tensor | np.ndarray, k: int = 10, block_size: int = 1024,
-              exclude: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
+              exclude: np.ndarray | torch.Tensor | None = None,
+              map_blocks: BlockMap | None = None) -> torch.Tensor:
     """Normalised top-k cosine-similarity item–item graph, built in row blocks.
 
     Row i keeps the k items with the largest cosine similarity to item i, always including i itself;
@@ -94,7 +127,8 @@ def knn_graph(features: torch.Tensor | np.ndarray, k: int = 10, block_size: int 
     Zero-norm rows have similarity 0 to everything (no NaN), so they keep themselves plus the
     k-1 lowest-id other items.
 
-    Peak extra memory ≈ block_size × I × 4 bytes (plus the I-vector of norms); I × I is never built.
+    Peak extra memory ≈ block_size × I × 4 bytes (plus the I-vector of norms and the I × k result);
+    I × I is never built.
 
     Args:
         features: [I × d] raw item features (any float dtype; computed in float32 unless float64).
@@ -102,6 +136,7 @@ def knn_graph(features: torch.Tensor | np.ndarray, k: int = 10, block_size: int 
         block_size: rows of the similarity matrix computed at once.
         exclude: items no row may pick as a neighbour (an item-wise forget request's); each still
             keeps itself.
+        map_blocks: runs :func:`knn_block` over the row blocks (:data:`BlockMap`); default: here, in turn.
 
     Returns:
         float32 sparse CSR tensor [I × I] on the device of ``features``.
@@ -117,29 +152,20 @@ def knn_graph(features: torch.Tensor | np.ndarray, k: int = 10, block_size: int 
         raise ValueError(f"k ({k}) and block_size ({block_size}) must be >= 1")
     norms = torch.linalg.vector_norm(x, dim=1)
     inv = torch.where(norms > 0, 1.0 / norms, torch.zeros_like(norms))
-    cols = torch.empty(n, k, dtype=torch.int64, device=x.device)
     banned = None
     if exclude is not None and len(exclude):
         banned = torch.as_tensor(np.asarray(exclude), dtype=torch.int64, device=x.device)
         k = max(1, min(k, n - int(banned.unique().numel())))
-        cols = cols[:, :k]
-    with torch.no_grad():
-        for start in range(0, n, block_size):
-            stop = min(start + block_size, n)
-            sim = x[start:stop] @ x.T  # [b × I]
-            sim.mul_(inv[start:stop, None]).mul_(inv[None, :])
-            rows = torch.arange(stop - start, device=x.device)
-            if banned is not None:
-                sim[:, banned] = float("-inf")
-            sim[rows, rows + start] = float("inf")  # the item itself always counts
-            _, idx = topk_ordered(sim, k)
-            cols[start:stop] = idx
-            del sim
+    spans = [(start, min(start + block_size, n)) for start in range(0, n, block_size)]
+    blocks = (map_blocks or local_blocks)(knn_block, (x, inv, banned, k), spans)
+    if len(blocks) != len(spans):
+        raise ValueError(f"map_blocks returned {len(blocks)} blocks for {len(spans)} spans")
+    cols = torch.cat([torch.as_tensor(b, dtype=torch.int64, device=x.device) for b in blocks]).reshape(-1)
+    if cols.numel() != n * k:
+        raise ValueError(f"map_blocks returned {cols.numel()} neighbour ids, expected {n} items x {k}")
     crow = torch.arange(0, n * k + 1, k, dtype=torch.int64, device=x.device)
     # row degrees are all k  ->  weight 1/sqrt(k·k) = 1/k
     vals = torch.full((n * k,), 1.0 / k, dtype=torch.float32, device=x.device)
-    # CSR wants column indices sorted within a row
-    cols = torch.sort(cols, dim=1).values.reshape(-1)
     return _csr(crow, cols, vals, (n, n), x.device)
 
 
@@ -168,6 +194,7 @@ def mixed_knn_graph(
     k: int = 10,
     block_size: int = 1024,
     exclude: np.ndarray | torch.Tensor | None = None,
+    map_blocks: BlockMap | None = None,
 ) -> torch.Tensor:
     """Weighted sum of per-modality kNN graphs: Â_mm = Σ_m w_m · knn_graph(features[m], k).
 
@@ -175,7 +202,7 @@ def mixed_knn_graph(
         features: modality name -> [I × d_m] features (same I for all).
         weights: modality name -> weight, same keys as ``features``, summing to 1
             (e.g. ``{"image": 0.1, "text": 0.9}``). Default: equal weights.
-        k, block_size, exclude: passed to :func:`knn_graph`.
+        k, block_size, exclude, map_blocks: passed to :func:`knn_graph`.
 
     Returns:
         float32 sparse CSR [I × I]; each row sums to 1.
@@ -196,7 +223,8 @@ def mixed_knn_graph(
         raise ValueError(f"modalities have different item counts: {n_items}")
     acc = None
     for m in names:
-        g = knn_graph(features[m], k=k, block_size=block_size, exclude=exclude).to_sparse_coo()
+        g = knn_graph(features[m], k=k, block_size=block_size, exclude=exclude,
+                      map_blocks=map_blocks).to_sparse_coo()
         g = g * float(weights[m])
         acc = g if acc is None else acc + g
     return acc.coalesce().to_sparse_csr()

@@ -89,7 +89,9 @@ def _load_and_prepare(spec_dict: dict[str, Any], want_pairs: bool, lines: Any = 
         spec = spec_from_dict(spec_dict)
         data = load_data(spec)
         pairs = pa.table({"user": data.train.users, "item": data.train.items}) if want_pairs else None
-        return data.summary(), prepared_inputs(spec, data), pairs
+        from raymmrec.ray.item_graph import RayBlockMap  # the item-item graph's blocks as tasks
+
+        return data.summary(), prepared_inputs(spec, data, map_blocks=RayBlockMap(log=print)), pairs
 
 
 def get_or_raise_cause(ref: Any, *siblings: Any) -> Any:

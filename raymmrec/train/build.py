@@ -99,10 +99,13 @@ def resolved_config(spec: RunSpec) -> dict[str, Any]:
     return _resolved(spec, cfg, objective)
 
 
-def prepared_inputs(spec: RunSpec, data: RecData, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """The model's prepared inputs, from the cache next to the datasets' (built there if absent)."""
+def prepared_inputs(spec: RunSpec, data: RecData, log: Callable[[str], None] | None = None,
+                    map_blocks: Callable | None = None) -> dict[str, Any]:
+    """The model's prepared inputs, from the cache next to the datasets' (built there if absent).
+
+    ``map_blocks``: runs the item-item graph's row blocks (:func:`raymmrec.prepared.prepare`)."""
     cls, cfg, _ = check_spec(spec)
-    return prepare(data, cls.prepared_inputs(cfg), cache_root(), log)
+    return prepare(data, cls.prepared_inputs(cfg), cache_root(), log, map_blocks)
 
 
 def build_graph(data: RecData, device: torch.device, prepared: dict[str, Any] | None = None) -> RecGraph:
@@ -195,6 +198,8 @@ def build(spec: RunSpec, *, device: torch.device | None = None, data: RecData | 
                          max_batch_elems=spec.eval.max_batch_elems, device=device, candidates=candidates)
         for split in ("valid", "test")
     }
+    # eval.valid_users: validation ranks a fixed sample of users (data seed, same on every rank); test ranks all
+    evaluators["valid"].sample_users(spec.eval.valid_users, DEFAULT_SEED)
     notes, fixed = run_notes(spec), {}
     if len(data.cold):  # cold-start items held out (data.cold_items)
         if "cold" not in notes:
@@ -220,14 +225,34 @@ def batch_fn(p: Pieces) -> Callable[[int], Any]:
     return batches
 
 
+def _chosen(evaluators: dict[str, Evaluator], skip: tuple[str, ...], only: tuple[str, ...] | None) -> dict[str, Evaluator]:
+    """The evaluators an evaluation ranks: all but ``skip``, or ``only`` those."""
+    return {k: ev for k, ev in evaluators.items() if k not in skip and (only is None or k in only)}
+
+
+def _fixed(fixed: dict[str, dict[str, float]] | None, skip: tuple[str, ...], only: tuple[str, ...] | None
+           ) -> dict[str, dict[str, float]]:
+    """The fixed results (the cold split's content-kNN baseline) go with the cold split."""
+    if not fixed or "cold" in skip or (only is not None and "cold" not in only):
+        return {}
+    return dict(fixed)
+
+
+def lazy_splits(spec: RunSpec) -> tuple[str, ...]:
+    """``eval.valid_users`` > 0: test (and cold) splits are ranked only at a new best validation metric."""
+    return ("test", "cold") if spec.eval.valid_users > 0 else ()
+
+
 def local_evaluate(evaluators: dict[str, Evaluator], fixed: dict[str, dict[str, float]] | None = None) -> EvalFn:
     """Every split in this process; ``fixed`` results (``Pieces.fixed_results``) are returned with them."""
 
-    def evaluate(model: Recommender) -> dict[str, dict[str, float]]:
-        evs = list(evaluators.values())
+    def evaluate(model: Recommender, skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None
+                 ) -> dict[str, dict[str, float]]:
+        chosen = _chosen(evaluators, skip, only)
+        evs = list(chosen.values())
         sums = joint_metric_sums(evs, model.scorer())  # valid and test share each user's ranking
-        out = {split: ev.finalize(s, ev.users.numel()) for (split, ev), s in zip(evaluators.items(), sums)}
-        return {**out, **(fixed or {})}
+        out = {split: ev.finalize(s, ev.users.numel()) for (split, ev), s in zip(chosen.items(), sums)}
+        return {**out, **_fixed(fixed, skip, only)}
 
     return evaluate
 
@@ -242,8 +267,10 @@ def sharded_evaluate(evaluators: dict[str, Evaluator], ctx: DistContext, device:
     that raised alone would leave the others waiting in the all-reduce).
     """
 
-    def evaluate(model: Recommender) -> dict[str, dict[str, float]]:
-        splits, evs = list(evaluators), list(evaluators.values())
+    def evaluate(model: Recommender, skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None
+                 ) -> dict[str, dict[str, float]]:
+        chosen = _chosen(evaluators, skip, only)
+        splits, evs = list(chosen), list(chosen.values())
         users = [ev.shard_users(ctx.rank, ctx.world_size) for ev in evs]
         error, sums = "", []
         try:
@@ -263,7 +290,7 @@ def sharded_evaluate(evaluators: dict[str, Evaluator], ctx: DistContext, device:
             m = len(ev.names)
             out[split] = ev.finalize(packed[at:at + m], int(packed[at + m].item()))
             at += m + 1
-        return {**out, **(fixed or {})}
+        return {**out, **_fixed(fixed, skip, only)}
 
     return evaluate
 
@@ -273,7 +300,8 @@ def make_trainer(p: Pieces, evaluate: EvalFn, callbacks: list[Callback], model: 
     t = p.spec.train
     return Trainer(model or p.model, p.objective, p.optimizer, batch_fn(p), evaluate, epochs=t.epochs,
                    patience=t.patience, seed=t.seed, valid_metric=p.spec.eval.valid_metric,
-                   eval_every=t.eval_every, callbacks=callbacks, device=p.device, ctx=p.ctx, scheduler=p.scheduler)
+                   eval_every=t.eval_every, callbacks=callbacks, device=p.device, ctx=p.ctx, scheduler=p.scheduler,
+                   lazy_splits=lazy_splits(p.spec))
 
 
 def checkpoint_payload(trainer: Trainer, state: TrainState, config: dict[str, Any]) -> dict[str, Any]:

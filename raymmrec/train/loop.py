@@ -98,6 +98,7 @@ class Trainer:
         device: torch.device | str = "cpu",
         ctx: DistContext | None = None,
         scheduler: Any = None,
+        lazy_splits: tuple[str, ...] = (),
     ) -> None:
         self.model = model
         self.objective = objective
@@ -113,6 +114,9 @@ class Trainer:
         self.callbacks = callbacks or []
         self.device = torch.device(device)
         self.ctx = ctx or DistContext()
+        # splits ranked only at an evaluation whose validation metric is a new best (eval.valid_users:
+        # validation ranks a sample, and the test metrics a run reports are those of its best epoch)
+        self.lazy_splits = tuple(lazy_splits)
 
     def _run_epoch(self, epoch: int) -> dict[str, float]:
         model = self.model
@@ -190,7 +194,7 @@ class Trainer:
             logs["epoch"] = epoch
             if (epoch + 1) % self.eval_every == 0 or epoch + 1 == self.epochs:
                 t1 = time.perf_counter()
-                results = self.evaluate(unwrap(self.model))
+                results = self._evaluate(state)
                 logs["time/eval_s"] = time.perf_counter() - t1
                 for split, metrics in results.items():
                     logs.update({f"{split}/{k}": v for k, v in metrics.items()})
@@ -202,6 +206,17 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_fit_end(self, state)
         return state
+
+    def _evaluate(self, state: TrainState) -> dict[str, dict[str, float]]:
+        """Every split, or with ``lazy_splits`` the others first and those only when validation improved
+        (the same decision on every rank: validation metrics are all-reduced)."""
+        model = unwrap(self.model)
+        if not self.lazy_splits:
+            return self.evaluate(model)
+        results = self.evaluate(model, skip=self.lazy_splits)
+        if results.get("valid", {}).get(self.valid_metric, -math.inf) > state.best_score:
+            results.update(self.evaluate(model, only=self.lazy_splits))
+        return results
 
     def _update_best(self, state: TrainState, epoch: int, results: dict[str, dict[str, float]]) -> None:
         valid = results.get("valid", {})

@@ -118,7 +118,11 @@ class NegativeSampler:
                 return neg[:, 0] if s == 1 else neg
             idx = bad.nonzero(as_tuple=True)
             neg[idx] = draw(idx[0].numel())
-            bad = self._bad(users, neg)
+            # only the redrawn rows can change: check those, not the whole batch (at 10M training pairs
+            # the lookup in the sorted keys is the sampler's whole cost, and few rows are ever redrawn)
+            rows = torch.unique(idx[0])
+            bad = torch.zeros_like(bad)
+            bad[rows] = self._bad(users[rows], neg[rows])
         raise RuntimeError("negative sampling did not converge: some user has interacted with every item")
 
 

@@ -1,0 +1,358 @@
+"""How cost grows with the data: LightGCN and BM3 at several sizes, one process per size and method.
+
+    python benchmarks/bench_growth.py [--sizes 200k,1m,3m,10m] [--methods lightgcn,bm3] [--modes one]
+                                      [--steps 16] [--eval-users 0] [--threads 0] [--out growth.png] [--quick]
+
+A size ``N`` is ``synthetic:users=N/10,items=N/100,interactions=N`` (the shape of the issue's largest
+run, 1M users x 100k items x 10M interactions, scaled down). Every (size, method) runs in a fresh
+subprocess, so its peak memory (``ru_maxrss``) is that size's alone; the item-item kNN graph of each
+size (the prepared input of CM3 and LIRDRec: ``raymmrec.prepared``'s ``item_knn`` builder, k = 10,
+text and image features) is built in a subprocess of its own. Per size it prints:
+
+* ``gen_s``: generating the dataset (``raymmrec.data.load_dataset``);
+* ``adj_s``: building the normalised user-item graph (the ``norm_adj`` prepared input, uncached);
+* ``knn_s``: building the item-item kNN graph (``item_knn``, uncached);
+* ``epoch_s``: one training epoch of ``--steps`` steps: the batch is ``ceil(train pairs / steps)``,
+  so it grows with the data, as the full-graph propagation of every step requires (a fixed batch
+  makes an epoch cost grow with the square of the interactions: steps x propagation);
+* ``eval_s``: one full evaluation (validation and test ranked together, every user, exact and in
+  blocks); with ``--eval-users M`` only M users per split are ranked and the time is scaled to all
+  users (the cost of a block of users does not depend on which users it holds), marked ``~``;
+* ``peak_GiB``: the subprocess's peak resident memory.
+
+Wall seconds and CPU seconds (``process_time``, all threads) are both printed: the second is the
+steadier figure on a shared machine. Last come the fitted growth exponents (least squares of
+log(time) on log(interactions); evaluation also against log(users x items)) and one JSON line;
+``--out`` writes a PNG of the curves. ``--modes one,columns`` is the hook for the column-sharded
+2-worker mode (not available yet: only ``one`` runs). ``--quick`` runs three small sizes (about
+one minute of CPU; under two minutes of wall clock on an idle 2-core machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+MODES = ("one", "columns")
+AVAILABLE_MODES = ("one",)
+METHODS = ("lightgcn", "bm3")
+QUICK_SIZES = "10k,30k,100k"
+FULL_SIZES = "200k,1m,3m,10m"
+DIMS = "text:64,image:128"
+
+
+def parse_size(text: str) -> int:
+    """``200k`` -> 200000, ``1m`` -> 1000000, ``3000000`` -> 3000000."""
+    t = text.strip().lower().replace("_", "")
+    scale = {"k": 10**3, "m": 10**6}.get(t[-1:], 1)
+    body = t[:-1] if scale > 1 else t
+    try:
+        n = int(float(body) * scale)
+    except ValueError:
+        raise SystemExit(f"--sizes: {text!r} is not a size; expected e.g. 200k, 1m or 3000000") from None
+    if n < 1000:
+        raise SystemExit(f"--sizes: {text!r} is below 1000 interactions")
+    return n
+
+
+def source(n: int) -> str:
+    return f"synthetic:users={n // 10},items={max(n // 100, 10)},interactions={n},dims={DIMS}"
+
+
+def peak_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+class Clock:
+    """Wall and CPU seconds of a block."""
+
+    def __enter__(self) -> "Clock":
+        self.w, self.c = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.w, time.process_time() - self.c
+
+
+# ----------------------------------------------------------------------------------------- children
+def child_train(n: int, method: str, steps: int, eval_users: int) -> dict[str, Any]:
+    import torch
+
+    from raymmrec.config import load_spec
+    from raymmrec.prepared import prepare
+    from raymmrec.train.build import build, check_spec, load_data, local_evaluate, make_trainer
+
+    spec = load_spec(method, None, [f"data.source={source(n)}", "train.epochs=1", "train.batch_size=1"])
+    with Clock() as gen:
+        data = load_data(spec)
+    batch = math.ceil(len(data.train) / steps)
+    spec = load_spec(method, None, [f"data.source={source(n)}", "train.epochs=1", f"train.batch_size={batch}"])
+    cls, cfg, _ = check_spec(spec)
+    with Clock() as adj:  # the model's prepared inputs (the user-item graph), uncached
+        prepared = prepare(data, cls.prepared_inputs(cfg), cache_dir=None)
+    with Clock() as setup:
+        pieces = build(spec, data=data, prepared=prepared, release_features=True)
+    del prepared
+    union_all = torch.unique(torch.cat([ev.users for ev in pieces.evaluators.values()])).numel()
+    if eval_users:
+        for ev in pieces.evaluators.values():
+            ev.sample_users(eval_users, 0)
+    union = torch.unique(torch.cat([ev.users for ev in pieces.evaluators.values()])).numel()
+    times: dict[str, float] = {}
+
+    def evaluate(model: Any) -> dict[str, dict[str, float]]:
+        with Clock() as ev:
+            out = local_evaluate(pieces.evaluators)(model)
+        times["eval_s"], times["eval_cpu_s"] = ev.wall, ev.cpu
+        return out
+
+    trainer = make_trainer(pieces, evaluate, [])
+    c0 = time.process_time()
+    state = trainer.fit()
+    fit_cpu = time.process_time() - c0
+    h = state.history[0]
+    scale = union_all / max(union, 1)
+    return {
+        "interactions": n, "users": data.n_users, "items": data.n_items, "method": method, "mode": "one",
+        "train_pairs": len(data.train), "batch": batch, "steps": math.ceil(len(data.train) / batch),
+        "gen_s": gen.wall, "gen_cpu_s": gen.cpu, "adj_s": adj.wall, "adj_cpu_s": adj.cpu,
+        "setup_s": setup.wall, "epoch_s": h["time/train_s"], "epoch_cpu_s": fit_cpu - times["eval_cpu_s"],
+        "eval_s": times["eval_s"] * scale, "eval_cpu_s": times["eval_cpu_s"] * scale,
+        "eval_scaled": scale > 1.0, "eval_users_ranked": union, "eval_users_all": union_all,
+        "test_recall@20": state.best_test.get("recall@20", float("nan")),
+        "peak_GiB": peak_gib(), "threads": torch.get_num_threads(),
+    }
+
+
+def child_knn(n: int) -> dict[str, Any]:
+    from raymmrec.data import load_dataset
+    from raymmrec.prepared import prepare
+
+    with Clock() as gen:
+        data = load_dataset(source(n))
+    with Clock() as knn:
+        prepare(data, {"g": ("item_knn", {"k": 10})}, cache_dir=None)
+    return {"interactions": n, "items": data.n_items, "gen_s": gen.wall, "knn_s": knn.wall, "knn_cpu_s": knn.cpu,
+            "knn_peak_GiB": peak_gib()}
+
+
+def run_child(args: list[str], threads: int) -> dict[str, Any]:
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(ROOT))
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-6:])
+        return {"error": f"exit {proc.returncode}: {tail.splitlines()[-1] if tail else 'no output'}", "detail": tail}
+    return json.loads(lines[-1])
+
+
+# ----------------------------------------------------------------------------------------- summary
+def exponent(xs: list[float], ys: list[float]) -> float:
+    """Slope of the least-squares line of log(y) on log(x); NaN with fewer than two points."""
+    pts = [(math.log(x), math.log(y)) for x, y in zip(xs, ys) if x > 0 and y and y > 0 and math.isfinite(y)]
+    if len(pts) < 2:
+        return float("nan")
+    mx = sum(p[0] for p in pts) / len(pts)
+    my = sum(p[1] for p in pts) / len(pts)
+    sxx = sum((p[0] - mx) ** 2 for p in pts)
+    return sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx if sxx > 0 else float("nan")
+
+
+def fmt(v: Any, width: int = 9, digits: int = 2, mark: str = "") -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return f"{'-':>{width}}"
+    return f"{mark}{v:.{digits}f}".rjust(width)
+
+
+def plot(rows: list[dict[str, Any]], knn: dict[int, dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(16.0, 3.6), squeeze=False)
+    axes = list(axes[0])
+    panels = [("epoch_cpu_s", "training epoch (CPU s)", "interactions"),
+              ("eval_cpu_s", "full evaluation (CPU s)", "users x items"),
+              ("peak_GiB", "peak memory (GiB)", "interactions"), (None, "prepared-input build (CPU s)", "interactions")]
+    for ax, (key, label, xname) in zip(axes, panels):
+        if key is None:
+            for name, k, src in (("user-item graph", "adj_cpu_s", rows),
+                                 ("item-item kNN", "knn_cpu_s", list(knn.values()))):
+                pts = sorted({r["interactions"]: r[k] for r in src if k in r and r.get("method", "lightgcn") ==
+                              "lightgcn"}.items())
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name, linewidth=1.2)
+        else:
+            for m in sorted({r["method"] for r in rows}):
+                pts = sorted((r["users"] * r["items"] if xname == "users x items" else r["interactions"], r[key])
+                             for r in rows if r["method"] == m)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m, linewidth=1.2)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(xname)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.suptitle("raymmrec: cost against data size (one process; synthetic users=N/10, items=N/100; CPU seconds)",
+                 fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default=None, help=f"interaction counts (default {FULL_SIZES}; --quick: {QUICK_SIZES})")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--modes", default="one", help="one (this process); columns (2 column-sharded workers): not yet")
+    ap.add_argument("--steps", type=int, default=16, help="training steps per epoch (batch = train pairs / steps)")
+    ap.add_argument("--eval-users", type=int, default=0,
+                    help="rank only this many users per split, time scaled (0: all)")
+    ap.add_argument("--max-bm3", default=None, help="largest size BM3 runs at (default: every size)")
+    ap.add_argument("--no-knn", action="store_true", help="skip the item-item kNN graph")
+    ap.add_argument("--max-knn", default=None, help="largest size the item-item kNN graph is built at (default: every)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads in each subprocess (0: torch's default)")
+    ap.add_argument("--out", type=Path, default=None, help="PNG of the curves")
+    ap.add_argument("--results", type=Path, default=None,
+                    help="JSON-lines file: every finished measurement is appended; a rerun reuses those it finds")
+    ap.add_argument("--quick", action="store_true", help=f"sizes {QUICK_SIZES}, 4 steps (about a minute of CPU)")
+    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+
+    if a.child:
+        import torch
+
+        if a.threads:
+            torch.set_num_threads(a.threads)
+        kind, n = a.child[0], int(a.child[1])
+        out = child_knn(n) if kind == "knn" else child_train(n, kind, int(a.child[2]), int(a.child[3]))
+        print(json.dumps(out), flush=True)
+        return
+
+    modes = [m.strip() for m in a.modes.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise SystemExit(f"--modes: unknown mode {bad[0]!r}; expected one of {', '.join(MODES)}")
+    for m in modes:
+        if m not in AVAILABLE_MODES:
+            print(f"mode {m!r}: not available yet (only {', '.join(AVAILABLE_MODES)}); skipped", flush=True)
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    sizes = sorted({parse_size(s) for s in (a.sizes or (QUICK_SIZES if a.quick else FULL_SIZES)).split(",")})
+    steps = 4 if a.quick and a.steps == 16 else a.steps
+    max_bm3 = parse_size(a.max_bm3) if a.max_bm3 else None
+    max_knn = parse_size(a.max_knn) if a.max_knn else None
+
+    print(f"sizes {sizes}; methods {methods}; {steps} steps per epoch; cores {os.cpu_count()}; "
+          f"load {os.getloadavg()[0]:.1f}", flush=True)
+    rows: list[dict[str, Any]] = []
+    knn: dict[int, dict[str, Any]] = {}
+    failed: list[str] = []
+    done: dict[tuple, dict[str, Any]] = {}
+    if a.results and a.results.exists():
+        for line in a.results.read_text().splitlines():
+            r = json.loads(line)
+            done[(r.get("method", "knn"), r["interactions"], r.get("steps_asked", 0), r.get("eval_users_asked", 0))] = r
+
+    def measured(key: tuple, child: list[str]) -> dict[str, Any]:
+        if key in done:
+            return done[key]
+        r = run_child(child, a.threads)
+        if "error" not in r and a.results:
+            r.update(steps_asked=key[2], eval_users_asked=key[3])
+            with open(a.results, "a") as f:
+                f.write(json.dumps(r) + "\n")
+        return r
+    for n in sizes:
+        for m in methods:
+            if m == "bm3" and max_bm3 is not None and n > max_bm3:
+                failed.append(f"bm3 at {n:,}: not run (--max-bm3 {a.max_bm3})")
+                continue
+            t0 = time.perf_counter()
+            r = measured((m, n, steps, a.eval_users), [m, str(n), str(steps), str(a.eval_users)])
+            if "error" in r:
+                failed.append(f"{m} at {n:,}: {r['error']}")
+                print(f"{m:<9} {n:>11,}  FAILED {r['error']}", flush=True)
+                continue
+            rows.append(r)
+            print(f"{m:<9} {n:>11,}  epoch {r['epoch_s']:.1f}s  eval {r['eval_s']:.1f}s  peak {r['peak_GiB']:.2f} GiB"
+                  f"  ({time.perf_counter() - t0:.0f}s)", flush=True)
+        if not a.no_knn and max_knn is not None and n > max_knn:
+            failed.append(f"knn at {n:,}: not run (--max-knn {a.max_knn})")
+        elif not a.no_knn:
+            r = measured(("knn", n, 0, 0), ["knn", str(n)])
+            if "error" in r:
+                failed.append(f"knn at {n:,}: {r['error']}")
+            else:
+                knn[n] = r
+                print(f"{'item-knn':<9} {n:>11,}  {r['knn_s']:.1f}s  peak {r['knn_peak_GiB']:.2f} GiB", flush=True)
+
+    print()
+    head = (f"{'method':<9}{'interactions':>13}{'users':>10}{'items':>8}{'batch':>8}{'gen_s':>8}{'adj_s':>8}"
+            f"{'adj_cpu':>8}{'knn_s':>8}{'knn_cpu':>8}{'epoch_s':>9}{'ep_cpu':>8}{'eval_s':>10}{'ev_cpu':>10}"
+            f"{'peak_GiB':>9}{'R@20':>7}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        mark = "~" if r["eval_scaled"] else ""
+        k = knn.get(r["interactions"], {})
+        print(f"{r['method']:<9}{r['interactions']:>13,}{r['users']:>10,}{r['items']:>8,}{r['batch']:>8,}"
+              f"{fmt(r['gen_s'], 8, 1)}{fmt(r['adj_s'], 8, 2)}{fmt(r['adj_cpu_s'], 8, 2)}{fmt(k.get('knn_s'), 8, 1)}"
+              f"{fmt(k.get('knn_cpu_s'), 8, 2)}{fmt(r['epoch_s'], 9, 1)}"
+              f"{fmt(r['epoch_cpu_s'], 8, 1)}{fmt(r['eval_s'], 10, 1, mark)}{fmt(r['eval_cpu_s'], 10, 1, mark)}"
+              f"{fmt(r['peak_GiB'], 9, 2)}{fmt(r['test_recall@20'], 7, 3)}")
+    print("(~: evaluation timed on a sample of users and scaled to all; knn_s: item-item kNN graph, k=10)")
+    print()
+    exps: dict[str, dict[str, float]] = {}
+    for m in sorted({r["method"] for r in rows}):
+        mine = [r for r in rows if r["method"] == m]
+        x = [r["interactions"] for r in mine]
+        ui = [r["users"] * r["items"] for r in mine]
+        exps[m] = {
+            "epoch_s~interactions": exponent(x, [r["epoch_s"] for r in mine]),
+            "epoch_cpu_s~interactions": exponent(x, [r["epoch_cpu_s"] for r in mine]),
+            "eval_s~users*items": exponent(ui, [r["eval_s"] for r in mine]),
+            "eval_cpu_s~users*items": exponent(ui, [r["eval_cpu_s"] for r in mine]),
+            "eval_s~interactions": exponent(x, [r["eval_s"] for r in mine]),
+            "peak_GiB~interactions": exponent(x, [r["peak_GiB"] for r in mine]),
+            "adj_s~interactions": exponent(x, [r["adj_s"] for r in mine]),
+            "adj_cpu_s~interactions": exponent(x, [r["adj_cpu_s"] for r in mine]),
+            "gen_s~interactions": exponent(x, [r["gen_s"] for r in mine]),
+        }
+    if knn:
+        exps["item-knn"] = {"knn_s~items": exponent([k["items"] for k in knn.values()],
+                                                    [k["knn_s"] for k in knn.values()]),
+                            "knn_cpu_s~items": exponent([k["items"] for k in knn.values()],
+                                                        [k["knn_cpu_s"] for k in knn.values()])}
+    print("fitted growth exponents (log-log least squares):")
+    for m, e in exps.items():
+        print(f"  {m:<9} " + "  ".join(f"{k} {v:.2f}" for k, v in e.items() if math.isfinite(v)))
+    for f in failed:
+        print(f"not measured: {f}")
+    if a.out and rows:
+        plot(rows, knn, a.out)
+        print(f"wrote {a.out}")
+    print(json.dumps({"rows": rows, "knn": list(knn.values()), "exponents": exps, "failed": failed,
+                      "steps": steps, "modes": [m for m in modes if m in AVAILABLE_MODES],
+                      "load_avg_1m_end": os.getloadavg()[0]}))
+
+
+if __name__ == "__main__":
+    main()
