@@ -23,8 +23,9 @@ text and image features) is built in a subprocess of its own. Per size it prints
 Wall seconds and CPU seconds (``process_time``, all threads) are both printed: the second is the
 steadier figure on a shared machine. Last come the fitted growth exponents (least squares of
 log(time) on log(interactions); evaluation also against log(users x items)) and one JSON line;
-``--out`` writes a PNG of the curves. ``--modes one,columns`` is the hook for the column-sharded
-2-worker mode (not available yet: only ``one`` runs). ``--quick`` runs three small sizes (about
+``--out`` writes a PNG of the curves. ``--modes one,columns`` adds two column-sharded workers (one thread
+and one core each, ``benchmarks/bench_shard.py``) at every size: their training epoch (the second of two)
+and each worker's peak memory, against the one-process epoch. ``--quick`` runs three small sizes (about
 one minute of CPU; under two minutes of wall clock on an idle 2-core machine).
 """
 
@@ -45,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 MODES = ("one", "columns")
-AVAILABLE_MODES = ("one",)
+AVAILABLE_MODES = ("one", "columns")
 METHODS = ("lightgcn", "bm3")
 QUICK_SIZES = "10k,30k,100k"
 FULL_SIZES = "200k,1m,3m,10m"
@@ -135,6 +136,23 @@ def child_train(n: int, method: str, steps: int, eval_users: int) -> dict[str, A
     }
 
 
+def child_columns(n: int, method: str, steps: int) -> dict[str, Any]:
+    """Two column-sharded workers (one thread, one core each) on the same data and batch: seconds per epoch
+    (the second of two; the first warms up) and each worker's peak memory (benchmarks/bench_shard.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_shard import run_mode
+
+    from raymmrec.config import load_spec
+    from raymmrec.train.build import load_data
+
+    spec = load_spec(method, None, [f"data.source={source(n)}", "train.epochs=1", "train.batch_size=1"])
+    pairs = len(load_data(spec).train)
+    batch = math.ceil(pairs / steps)
+    r = run_mode("columns-2", method, source(n), 2, [f"train.batch_size={batch}"])
+    return {"interactions": n, "method": method, "mode": "columns-2", "batch": batch, "epoch_s": r["s_per_epoch"],
+            "peak_GiB": r["peak_rss_mb"] / 1024, "mb_per_step": r["mb_per_step"], "state_mb": r["state_mb"]}
+
+
 def child_knn(n: int) -> dict[str, Any]:
     from raymmrec.data import load_dataset
     from raymmrec.prepared import prepare
@@ -222,7 +240,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default=None, help=f"interaction counts (default {FULL_SIZES}; --quick: {QUICK_SIZES})")
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--modes", default="one", help="one (this process); columns (2 column-sharded workers): not yet")
+    ap.add_argument("--modes", default="one", help="one (this process); columns (2 column-sharded workers, training only)")
     ap.add_argument("--steps", type=int, default=16, help="training steps per epoch (batch = train pairs / steps)")
     ap.add_argument("--eval-users", type=int, default=0,
                     help="rank only this many users per split, time scaled (0: all)")
@@ -243,7 +261,12 @@ def main() -> None:
         if a.threads:
             torch.set_num_threads(a.threads)
         kind, n = a.child[0], int(a.child[1])
-        out = child_knn(n) if kind == "knn" else child_train(n, kind, int(a.child[2]), int(a.child[3]))
+        if kind == "knn":
+            out = child_knn(n)
+        elif kind.startswith("columns:"):
+            out = child_columns(n, kind.split(":", 1)[1], int(a.child[2]))
+        else:
+            out = child_train(n, kind, int(a.child[2]), int(a.child[3]))
         print(json.dumps(out), flush=True)
         return
 
@@ -265,6 +288,7 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     knn: dict[int, dict[str, Any]] = {}
     failed: list[str] = []
+    cols_rows: list[dict[str, Any]] = []  # --modes columns: two column-sharded workers
     done: dict[tuple, dict[str, Any]] = {}
     if a.results and a.results.exists():
         for line in a.results.read_text().splitlines():
@@ -294,6 +318,14 @@ def main() -> None:
             rows.append(r)
             print(f"{m:<9} {n:>11,}  epoch {r['epoch_s']:.1f}s  eval {r['eval_s']:.1f}s  peak {r['peak_GiB']:.2f} GiB"
                   f"  ({time.perf_counter() - t0:.0f}s)", flush=True)
+            if "columns" in modes:
+                c = measured((f"columns:{m}", n, steps, 0), [f"columns:{m}", str(n), str(steps), "0"])
+                if "error" in c:
+                    failed.append(f"{m} columns-2 at {n:,}: {c['error']}")
+                    continue
+                cols_rows.append(c)
+                print(f"{m:<9} {n:>11,}  columns-2: epoch {c['epoch_s']:.1f}s  peak per worker "
+                      f"{c['peak_GiB']:.2f} GiB", flush=True)
         if not a.no_knn and max_knn is not None and n > max_knn:
             failed.append(f"knn at {n:,}: not run (--max-knn {a.max_knn})")
         elif not a.no_knn:
@@ -341,6 +373,19 @@ def main() -> None:
                                                     [k["knn_s"] for k in knn.values()]),
                             "knn_cpu_s~items": exponent([k["items"] for k in knn.values()],
                                                         [k["knn_cpu_s"] for k in knn.values()])}
+    for m in sorted({c["method"] for c in cols_rows}):
+        mine = [c for c in cols_rows if c["method"] == m]
+        one = {r["interactions"]: r for r in rows if r["method"] == m}
+        print(f"{m}, 2 column-sharded workers (one thread each; 'one' used torch's threads):")
+        for c in mine:
+            base = one.get(c["interactions"])
+            ratio = f"{base['epoch_s'] / c['epoch_s']:.2f}x" if base else "-"
+            print(f"  {c['interactions']:>11,}  epoch {c['epoch_s']:.1f}s ({ratio} of one process)  peak per worker "
+                  f"{c['peak_GiB']:.2f} GiB  {c['mb_per_step']:.2f} MB/step")
+        exps[f"{m} columns-2"] = {"epoch_s~interactions": exponent([c["interactions"] for c in mine],
+                                                                   [c["epoch_s"] for c in mine]),
+                                  "peak_GiB~interactions": exponent([c["interactions"] for c in mine],
+                                                                    [c["peak_GiB"] for c in mine])}
     print("fitted growth exponents (log-log least squares):")
     for m, e in exps.items():
         print(f"  {m:<9} " + "  ".join(f"{k} {v:.2f}" for k, v in e.items() if math.isfinite(v)))
@@ -349,7 +394,7 @@ def main() -> None:
     if a.out and rows:
         plot(rows, knn, a.out)
         print(f"wrote {a.out}")
-    print(json.dumps({"rows": rows, "knn": list(knn.values()), "exponents": exps, "failed": failed,
+    print(json.dumps({"rows": rows, "columns": cols_rows, "knn": list(knn.values()), "exponents": exps, "failed": failed,
                       "steps": steps, "modes": [m for m in modes if m in AVAILABLE_MODES],
                       "load_avg_1m_end": os.getloadavg()[0]}))
 
