@@ -180,12 +180,13 @@ def resolve_mode(requested: str, method: str, objective: str | None, workers: in
     if workers <= 1 or requested == "none":
         return "none"
     model_cls = get_model(method)
-    objective_cls = get_objective(objective or model_cls.default_objective)
-    if requested == "columns":
-        check_supported(model_cls, objective_cls)
-        return "columns"
-    ok = getattr(model_cls, "column_sharding", False) and getattr(objective_cls, "column_sharding", False)
-    return "columns" if ok else "none"
+    try:
+        check_supported(model_cls, get_objective(objective or model_cls.default_objective))
+    except ShardingUnsupported:
+        if requested == "columns":
+            raise
+        return "none"
+    return "columns"
 
 
 def shard_model(model: nn.Module, cols: Columns) -> None:
@@ -231,21 +232,31 @@ def full_model_state(model: nn.Module) -> dict[str, Tensor]:
     return {k: cols.gather_plain(v, full[k], *layout[k]) if k in layout else v for k, v in state.items()}
 
 
+def _map_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, sd: dict[str, Any], fn: Any
+                         ) -> dict[str, Any]:
+    """``sd`` with ``fn(tensor, key, dim, parts)`` applied to each column-sharded parameter's state tensors.
+
+    The per-parameter dicts are copied first: ``optimizer.state_dict()`` shares them with the live
+    optimizer, and replacing a tensor there would replace the optimizer's own state.
+    """
+    out = {**sd, "state": {i: dict(st) for i, st in sd["state"].items()}}
+    for i, (key, (dim, parts)) in _layout_of_optimizer(optimizer, model).items():
+        st = out["state"].get(i, {})
+        for name, v in list(st.items()):
+            if torch.is_tensor(v) and v.dim() > dim:
+                st[name] = fn(v, key, dim, parts)
+    return out
+
+
 def full_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, Any]:
     """The optimizer state dict with every column-sharded tensor assembled (a collective)."""
     cols: Columns | None = getattr(model, "columns", None)
     sd = optimizer.state_dict()
     if cols is None:
         return sd
-    # state_dict() shares each parameter's state dict with the live optimizer: copy before replacing
-    sd = {**sd, "state": {i: dict(s) for i, s in sd["state"].items()}}
     full = model.column_widths
-    for i, (key, (dim, parts)) in _layout_of_optimizer(optimizer, model).items():
-        st = sd["state"].get(i, {})
-        for name, v in list(st.items()):
-            if torch.is_tensor(v) and v.dim() > dim:
-                st[name] = cols.gather_plain(v, full[key], dim, parts)
-    return sd
+    return _map_optimizer_state(optimizer, model, sd,
+                                lambda v, key, dim, parts: cols.gather_plain(v, full[key], dim, parts))
 
 
 def local_model_state(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -262,10 +273,4 @@ def local_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, sd
     cols: Columns | None = getattr(model, "columns", None)
     if cols is None:
         return sd
-    out = {"state": {i: dict(s) for i, s in sd["state"].items()}, "param_groups": sd["param_groups"]}
-    for i, (key, (dim, parts)) in _layout_of_optimizer(optimizer, model).items():
-        st = out["state"].get(i, {})
-        for name, v in list(st.items()):
-            if torch.is_tensor(v) and v.dim() > dim:
-                st[name] = cols.local(v, dim, parts)
-    return out
+    return _map_optimizer_state(optimizer, model, sd, lambda v, key, dim, parts: cols.local(v, dim, parts))
