@@ -381,6 +381,32 @@ def test_allocator_tuning_applies_once_and_can_be_turned_off():
         assert on == ["True", "True"]
 
 
+_MMAPPED = """
+import ctypes, sys, torch
+from raymmrec.allocator import keep_large_blocks
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                              "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = Info
+print(keep_large_blocks(int(sys.argv[1])), end=" ")
+before = libc.mallinfo2().hblkhd
+t = torch.empty(64 << 20, dtype=torch.uint8)  # 64 MiB, over the 32 MiB mmap ceiling
+print(libc.mallinfo2().hblkhd - before >= 64 << 20)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt and mallinfo2 are glibc's")
+def test_tables_over_the_mmap_ceiling_are_served_from_the_heap():
+    def mapped(largest: int, **env: str) -> list[str]:
+        return subprocess.run([sys.executable, "-c", _MMAPPED, str(largest)], capture_output=True, text=True,
+                              check=True, env={**os.environ, **env}).stdout.split()
+
+    assert mapped(1 << 20) == ["False", "True"]  # small tables: large blocks still come from mmap
+    assert mapped(256 << 20) == ["True", "False"]  # a 256 MB table: every block from the heap
+    assert mapped(256 << 20, RAYMMREC_MALLOC_TUNING="0") == ["False", "True"]
+
+
 def test_one_process_stops_at_the_first_non_finite_step():
     from raymmrec.models.base import Batch, LossOutput
     from raymmrec.train.loop import Trainer, TrainingDiverged
@@ -426,3 +452,23 @@ def test_a_run_recorded_before_a_model_option_existed_still_resumes():
     changed = {**config, "model": {**config["model"], "dct": False}}
     with pytest.raises(ValueError, match="model.dct False -> True"):
         check_same_run(changed, config, "ckpt")
+
+
+def test_a_long_epoch_reports_its_steps_and_evaluation_in_a_log():
+    import io
+
+    from raymmrec.config import load_spec
+    from raymmrec.train.build import build, local_evaluate, make_trainer
+    from raymmrec.train.callbacks import ProgressCallback
+
+    spec = load_spec("bpr", overrides=["data.source=synthetic:tiny", "train.epochs=1", "train.batch_size=64"])
+    p = build(spec)
+    log = io.StringIO()  # not a terminal: lines, not bars; every_s=0 reports every step
+    trainer = make_trainer(p, local_evaluate(p.evaluators), [ProgressCallback(stream=log, every_s=0.0)])
+    trainer.fit()
+    lines = log.getvalue().splitlines()
+    steps = -(-len(p.data.train) // 64)
+    assert trainer.steps_per_epoch == steps > 2
+    assert [ln.split(",")[0] for ln in lines[:steps - 1]] == [f"epoch 0: step {k}/{steps}" for k in range(2, steps + 1)]
+    assert "s/step, about 0 s left in the epoch" in lines[steps - 2]
+    assert lines[steps - 1] == "epoch 0: evaluating" and lines[steps].startswith("epoch 0: loss=")

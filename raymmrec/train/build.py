@@ -19,7 +19,7 @@ from raymmrec.config import RunSpec
 from raymmrec.data import DEFAULT_SEED, RecData, cache_root, hide_positives, hold_out_cold_items, load_dataset
 from raymmrec.data.forget import apply_forget, read_request
 from raymmrec.dist import DistContext
-from raymmrec.allocator import tune_allocator
+from raymmrec.allocator import keep_large_blocks, tune_allocator
 from raymmrec.eval import Evaluator, joint_metric_sums
 from raymmrec.eval.cold import COLD_KNN, cold_evaluator, cold_notes, content_knn_metrics
 from raymmrec.models.base import RecGraph, Recommender, build_config
@@ -190,6 +190,8 @@ def build(spec: RunSpec, *, device: torch.device | None = None, data: RecData | 
     if ctx is not None and ctx.columns is not None:  # keep this rank's column blocks (raymmrec.shard)
         check_supported(cls, type(objective))
         shard_model(model, ctx.columns)
+    if device.type == "cpu":  # a table over the mmap ceiling: keep its step buffers in the heap too
+        keep_large_blocks(max((p.numel() * p.element_size() for p in model.parameters()), default=0))
     optimizer, scheduler = cls.configure_optimizer(parameter_groups(model), spec.train)
     sampler = make_sampler(spec, data, graph) if objective.needs_negatives else None
     candidates = ranked_items(data)
@@ -301,7 +303,7 @@ def make_trainer(p: Pieces, evaluate: EvalFn, callbacks: list[Callback], model: 
     return Trainer(model or p.model, p.objective, p.optimizer, batch_fn(p), evaluate, epochs=t.epochs,
                    patience=t.patience, seed=t.seed, valid_metric=p.spec.eval.valid_metric,
                    eval_every=t.eval_every, callbacks=callbacks, device=p.device, ctx=p.ctx, scheduler=p.scheduler,
-                   lazy_splits=lazy_splits(p.spec))
+                   lazy_splits=lazy_splits(p.spec), steps_per_epoch=-(-len(p.graph.train_users) // t.batch_size))
 
 
 def checkpoint_payload(trainer: Trainer, state: TrainState, config: dict[str, Any]) -> dict[str, Any]:

@@ -18,35 +18,85 @@ from raymmrec.train.loop import Callback, Trainer, TrainState, unwrap
 
 
 class ProgressCallback(Callback):
-    """A bar over epochs with loss, validation metric and best score; a log line otherwise."""
+    """A bar over epochs with loss, validation metric and best score; a log line otherwise.
 
-    def __init__(self, valid_metric: str = "recall@20", enabled: bool = True, stream: Any = None) -> None:
+    Epochs that take long get more: on a terminal a second bar over the epoch's steps, and in a log
+    (not a terminal, e.g. a Ray job) a line every ``every_s`` seconds with the step, the seconds per step
+    and the time left in the epoch, then one when evaluation starts.
+    """
+
+    def __init__(self, valid_metric: str = "recall@20", enabled: bool = True, stream: Any = None,
+                 every_s: float = 60.0) -> None:
         self.valid_metric = valid_metric
         self.enabled = enabled
         self.stream = stream  # None: sys.stdout at the time of printing
+        self.every_s = every_s
         self.bar: Any = None
+        self.steps_bar: Any = None
+        self._epoch_t0 = self._last_line = 0.0
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream or sys.stdout, flush=True)
+
+    def _terminal(self) -> bool:
+        return self.bar is not None and not self.bar.disable
 
     def on_fit_start(self, trainer: Trainer, state: TrainState) -> None:
         if self.enabled:
             self.bar = tqdm(total=trainer.epochs, initial=state.epoch, desc="epochs", unit="ep",
                             dynamic_ncols=True, file=sys.stderr, disable=None)
 
+    def on_step_end(self, trainer: Trainer, epoch: int, step: int) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if step == 0:
+            self._epoch_t0 = self._last_line = now
+            return
+        total = trainer.steps_per_epoch
+        if self._terminal():
+            if self.steps_bar is None and now - self._epoch_t0 > 2.0:  # only epochs long enough to watch
+                self.steps_bar = tqdm(total=total, initial=step + 1, desc=f"epoch {epoch} steps", unit="step",
+                                      dynamic_ncols=True, file=sys.stderr, leave=False)
+            elif self.steps_bar is not None:
+                self.steps_bar.update(1)
+        elif now - self._last_line >= self.every_s:
+            self._last_line = now
+            per = (now - self._epoch_t0) / step  # the first step (start-up) is not counted
+            left = f", about {per * (total - step - 1):.0f} s left in the epoch" if total else ""
+            self._print(f"epoch {epoch}: step {step + 1}{f'/{total}' if total else ''}, {per:.2f} s/step{left}")
+
+    def on_eval_start(self, trainer: Trainer, epoch: int) -> None:
+        if not self.enabled:
+            return
+        if self.steps_bar is not None:
+            self.steps_bar.close()
+            self.steps_bar = None
+        if self._terminal():
+            self.bar.set_postfix_str("evaluating")
+        elif time.perf_counter() - self._epoch_t0 >= self.every_s:  # a long epoch: say why nothing moves
+            self._print(f"epoch {epoch}: evaluating")
+
     def on_epoch_end(self, trainer: Trainer, state: TrainState, logs: dict[str, float]) -> None:
         if not self.enabled:
             return
+        if self.steps_bar is not None:
+            self.steps_bar.close()
+            self.steps_bar = None
         key = f"valid/{self.valid_metric}"
         line = {"loss": f"{logs['loss']:.4f}", "train_s": f"{logs['time/train_s']:.2f}"}
         if key in logs:
             line[self.valid_metric] = f"{logs[key]:.4f}"
             line["best"] = f"{state.best_score:.4f}@{state.best_epoch}"
-        if self.bar is not None and not self.bar.disable:
+        if self._terminal():
             self.bar.update(1)
             self.bar.set_postfix(line)
         else:  # not a terminal (e.g. a Ray job log): one line per epoch
-            print(f"epoch {int(logs['epoch'])}: " + " ".join(f"{k}={v}" for k, v in line.items()),
-                  file=self.stream or sys.stdout, flush=True)
+            self._print(f"epoch {int(logs['epoch'])}: " + " ".join(f"{k}={v}" for k, v in line.items()))
 
     def on_fit_end(self, trainer: Trainer, state: TrainState) -> None:
+        if self.steps_bar is not None:
+            self.steps_bar.close()
         if self.bar is not None:
             self.bar.close()
 

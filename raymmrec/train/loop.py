@@ -66,6 +66,10 @@ class Callback:
 
     def on_fit_start(self, trainer: "Trainer", state: TrainState) -> None: ...
 
+    def on_step_end(self, trainer: "Trainer", epoch: int, step: int) -> None: ...  # after step ``step`` (0-based)
+
+    def on_eval_start(self, trainer: "Trainer", epoch: int) -> None: ...
+
     def on_epoch_end(self, trainer: "Trainer", state: TrainState, logs: dict[str, float]) -> None: ...
 
     def on_fit_end(self, trainer: "Trainer", state: TrainState) -> None: ...
@@ -99,6 +103,7 @@ class Trainer:
         ctx: DistContext | None = None,
         scheduler: Any = None,
         lazy_splits: tuple[str, ...] = (),
+        steps_per_epoch: int | None = None,
     ) -> None:
         self.model = model
         self.objective = objective
@@ -117,6 +122,7 @@ class Trainer:
         # splits ranked only at an evaluation whose validation metric is a new best (eval.valid_users:
         # validation ranks a sample, and the test metrics a run reports are those of its best epoch)
         self.lazy_splits = tuple(lazy_splits)
+        self.steps_per_epoch = steps_per_epoch  # for progress only; None: not known in advance
 
     def _run_epoch(self, epoch: int) -> dict[str, float]:
         model = self.model
@@ -152,6 +158,8 @@ class Trainer:
             for k, v in out.parts.items():
                 sums[f"loss/{k}"] = sums.get(f"loss/{k}", 0) + v
             n_batches += 1
+            for cb in self.callbacks:
+                cb.on_step_end(self, epoch, n_batches - 1)
         if not immediate:
             self._check_first_bad(first_bad, epoch)
         if self.ctx.distributed and sums:  # each rank holds its share of the global values
@@ -194,6 +202,8 @@ class Trainer:
             logs["epoch"] = epoch
             if (epoch + 1) % self.eval_every == 0 or epoch + 1 == self.epochs:
                 t1 = time.perf_counter()
+                for cb in self.callbacks:
+                    cb.on_eval_start(self, epoch)
                 results = self._evaluate(state)
                 logs["time/eval_s"] = time.perf_counter() - t1
                 for split, metrics in results.items():
