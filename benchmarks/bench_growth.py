@@ -23,7 +23,9 @@ text and image features) is built in a subprocess of its own. Per size it prints
 Wall seconds and CPU seconds (``process_time``, all threads) are both printed: the second is the
 steadier figure on a shared machine. Last come the fitted growth exponents (least squares of
 log(time) on log(interactions); evaluation also against log(users x items)) and one JSON line;
-``--out`` writes a PNG of the curves. ``--modes one,columns`` adds two column-sharded workers (one thread
+``--out`` writes a PNG of the curves. Per size it also times one propagation layer alone (``spmm``:
+nanoseconds per non-zero of the graph, one thread; ``--no-spmm`` skips it): the cost per non-zero rises
+while the propagated table outgrows the caches, which is what bends the epoch curve at small sizes. ``--modes one,columns`` adds two column-sharded workers (one thread
 and one core each, ``benchmarks/bench_shard.py``) at every size: their training epoch (the second of two)
 and each worker's peak memory, against the one-process epoch. ``--quick`` runs three small sizes (about
 one minute of CPU; under two minutes of wall clock on an idle 2-core machine).
@@ -165,6 +167,30 @@ def child_knn(n: int) -> dict[str, Any]:
             "knn_peak_GiB": peak_gib()}
 
 
+def child_spmm(n: int, repeats: int = 5) -> dict[str, Any]:
+    """One propagation layer (CSR SpMM of the normalised user-item graph and a [nodes x 64] table), one
+    thread: nanoseconds per non-zero, the cost that decides whether an epoch grows linearly."""
+    import statistics
+
+    import torch
+
+    from raymmrec.data import load_dataset
+    from raymmrec.prepared import prepare
+
+    torch.set_num_threads(1)
+    adj = prepare(load_dataset(source(n)), {"adj": ("norm_adj", {})}, cache_dir=None)["adj"]
+    x = torch.randn(adj.shape[0], 64)
+    torch.sparse.mm(adj, x)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.sparse.mm(adj, x)
+        times.append(time.perf_counter() - t0)
+    nnz = adj.values().numel()
+    return {"method": "spmm", "interactions": n, "nnz": nnz, "table_mb": x.numel() * 4 / 2**20,
+            "spmm_s": statistics.median(times), "spmm_ns_per_nnz": statistics.median(times) / nnz * 1e9}
+
+
 def run_child(args: list[str], threads: int) -> dict[str, Any]:
     env = dict(os.environ)
     if threads:
@@ -196,15 +222,16 @@ def fmt(v: Any, width: int = 9, digits: int = 2, mark: str = "") -> str:
     return f"{mark}{v:.{digits}f}".rjust(width)
 
 
-def plot(rows: list[dict[str, Any]], knn: dict[int, dict[str, Any]], path: Path) -> None:
+def plot(rows: list[dict[str, Any]], knn: dict[int, dict[str, Any]], path: Path,
+         spmm: dict[int, dict[str, Any]] | None = None, cols_rows: list[dict[str, Any]] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(16.0, 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, 5 if spmm else 4, figsize=(20.0 if spmm else 16.0, 3.6), squeeze=False)
     axes = list(axes[0])
-    panels = [("epoch_cpu_s", "training epoch (CPU s)", "interactions"),
+    panels = [("epoch_cpu_s", "training epoch (CPU s; wall where marked)", "interactions"),
               ("eval_cpu_s", "full evaluation (CPU s)", "users x items"),
               ("peak_GiB", "peak memory (GiB)", "interactions"), (None, "prepared-input build (CPU s)", "interactions")]
     for ax, (key, label, xname) in zip(axes, panels):
@@ -220,12 +247,39 @@ def plot(rows: list[dict[str, Any]], knn: dict[int, dict[str, Any]], path: Path)
                 pts = sorted((r["users"] * r["items"] if xname == "users x items" else r["interactions"], r[key])
                              for r in rows if r["method"] == m)
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m, linewidth=1.2)
+            if key == "peak_GiB" and cols_rows:
+                for m in sorted({c["method"] for c in cols_rows}):
+                    pts = sorted((c["interactions"], c["peak_GiB"]) for c in cols_rows if c["method"] == m)
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="s", linestyle="--", linewidth=1.0,
+                            label=f"{m} (per worker, 2 column workers)")
+            if key == "epoch_cpu_s" and cols_rows:  # wall seconds of 2 workers against the one-process wall
+                for m in sorted({c["method"] for c in cols_rows}):
+                    pts = sorted((c["interactions"], c["epoch_s"]) for c in cols_rows if c["method"] == m)
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="s", linestyle="--", linewidth=1.0,
+                            label=f"{m} (wall s, 2 column workers)")
+                for m in sorted({r["method"] for r in rows}):
+                    pts = sorted((r["interactions"], r["epoch_s"]) for r in rows if r["method"] == m)
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="^", linestyle=":", linewidth=1.0,
+                            label=f"{m} (wall s, one process)")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(xname)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
+    if spmm:
+        ax = axes[4]
+        pts = sorted((n, r["spmm_ns_per_nnz"]) for n, r in spmm.items())
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", linewidth=1.2, color="tab:purple")
+        for n, r in sorted(spmm.items()):
+            ax.annotate(f"{r['table_mb']:.0f} MB", (n, r["spmm_ns_per_nnz"]), fontsize=7,
+                        textcoords="offset points", xytext=(3, -10))
+        ax.set_xscale("log")
+        ax.set_xlabel("interactions")
+        ax.set_ylabel("SpMM ns per non-zero (64 columns)")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3, which="both")
+        ax.set_title("one propagation layer (labels: table size)", fontsize=8)
     fig.suptitle("raymmrec: cost against data size (one process; synthetic users=N/10, items=N/100; CPU seconds)",
                  fontsize=10)
     fig.tight_layout()
@@ -246,6 +300,7 @@ def main() -> None:
                     help="rank only this many users per split, time scaled (0: all)")
     ap.add_argument("--max-bm3", default=None, help="largest size BM3 runs at (default: every size)")
     ap.add_argument("--no-knn", action="store_true", help="skip the item-item kNN graph")
+    ap.add_argument("--no-spmm", action="store_true", help="skip timing one propagation layer per size")
     ap.add_argument("--max-knn", default=None, help="largest size the item-item kNN graph is built at (default: every)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads in each subprocess (0: torch's default)")
     ap.add_argument("--out", type=Path, default=None, help="PNG of the curves")
@@ -263,6 +318,8 @@ def main() -> None:
         kind, n = a.child[0], int(a.child[1])
         if kind == "knn":
             out = child_knn(n)
+        elif kind == "spmm":
+            out = child_spmm(n)
         elif kind.startswith("columns:"):
             out = child_columns(n, kind.split(":", 1)[1], int(a.child[2]))
         else:
@@ -287,13 +344,17 @@ def main() -> None:
           f"load {os.getloadavg()[0]:.1f}", flush=True)
     rows: list[dict[str, Any]] = []
     knn: dict[int, dict[str, Any]] = {}
+    spmm: dict[int, dict[str, Any]] = {}
     failed: list[str] = []
     cols_rows: list[dict[str, Any]] = []  # --modes columns: two column-sharded workers
     done: dict[tuple, dict[str, Any]] = {}
     if a.results and a.results.exists():
         for line in a.results.read_text().splitlines():
             r = json.loads(line)
-            done[(r.get("method", "knn"), r["interactions"], r.get("steps_asked", 0), r.get("eval_users_asked", 0))] = r
+            kind = r.get("method", "knn")
+            if str(r.get("mode", "")).startswith("columns"):
+                kind = f"columns:{kind}"
+            done[(kind, r["interactions"], r.get("steps_asked", 0), r.get("eval_users_asked", 0))] = r
 
     def measured(key: tuple, child: list[str]) -> dict[str, Any]:
         if key in done:
@@ -304,6 +365,15 @@ def main() -> None:
             with open(a.results, "a") as f:
                 f.write(json.dumps(r) + "\n")
         return r
+    def side(kind: str, n: int, store: dict[int, dict[str, Any]], line: Any) -> None:
+        """A per-size measurement besides training (the item-kNN build, one SpMM layer)."""
+        r = measured((kind, n, 0, 0), [kind, str(n)])
+        if "error" in r:
+            failed.append(f"{kind} at {n:,}: {r['error']}")
+        else:
+            store[n] = r
+            print(f"{'item-knn' if kind == 'knn' else kind:<9} {n:>11,}  {line(r)}", flush=True)
+
     for n in sizes:
         for m in methods:
             if m == "bm3" and max_bm3 is not None and n > max_bm3:
@@ -329,12 +399,10 @@ def main() -> None:
         if not a.no_knn and max_knn is not None and n > max_knn:
             failed.append(f"knn at {n:,}: not run (--max-knn {a.max_knn})")
         elif not a.no_knn:
-            r = measured(("knn", n, 0, 0), ["knn", str(n)])
-            if "error" in r:
-                failed.append(f"knn at {n:,}: {r['error']}")
-            else:
-                knn[n] = r
-                print(f"{'item-knn':<9} {n:>11,}  {r['knn_s']:.1f}s  peak {r['knn_peak_GiB']:.2f} GiB", flush=True)
+            side("knn", n, knn, lambda r: f"{r['knn_s']:.1f}s  peak {r['knn_peak_GiB']:.2f} GiB")
+        if not a.no_spmm:
+            side("spmm", n, spmm,
+                 lambda r: f"{r['spmm_ns_per_nnz']:.2f} ns per non-zero (table {r['table_mb']:.0f} MB)")
 
     print()
     head = (f"{'method':<9}{'interactions':>13}{'users':>10}{'items':>8}{'batch':>8}{'gen_s':>8}{'adj_s':>8}"
@@ -373,6 +441,13 @@ def main() -> None:
                                                     [k["knn_s"] for k in knn.values()]),
                             "knn_cpu_s~items": exponent([k["items"] for k in knn.values()],
                                                         [k["knn_cpu_s"] for k in knn.values()])}
+    if spmm:
+        print("one propagation layer (CSR SpMM, [nodes x 64] float table, one thread, median of 5):")
+        for n, r in sorted(spmm.items()):
+            print(f"  {n:>11,}  {r['nnz']:>11,} non-zeros  table {r['table_mb']:>6.0f} MB  {r['spmm_s'] * 1e3:>8.1f} ms  "
+                  f"{r['spmm_ns_per_nnz']:.2f} ns per non-zero")
+        exps["spmm"] = {"spmm_s~interactions": exponent([r["interactions"] for r in spmm.values()],
+                                                         [r["spmm_s"] for r in spmm.values()])}
     for m in sorted({c["method"] for c in cols_rows}):
         mine = [c for c in cols_rows if c["method"] == m]
         one = {r["interactions"]: r for r in rows if r["method"] == m}
@@ -392,9 +467,9 @@ def main() -> None:
     for f in failed:
         print(f"not measured: {f}")
     if a.out and rows:
-        plot(rows, knn, a.out)
+        plot(rows, knn, a.out, spmm, cols_rows)
         print(f"wrote {a.out}")
-    print(json.dumps({"rows": rows, "columns": cols_rows, "knn": list(knn.values()), "exponents": exps, "failed": failed,
+    print(json.dumps({"rows": rows, "columns": cols_rows, "knn": list(knn.values()), "spmm": list(spmm.values()), "exponents": exps, "failed": failed,
                       "steps": steps, "modes": [m for m in modes if m in AVAILABLE_MODES],
                       "load_avg_1m_end": os.getloadavg()[0]}))
 

@@ -13,7 +13,8 @@ whatever the threshold: :func:`keep_large_blocks` then serves every block from t
 batch 65536 went from 4.7 to 2.9 s (two threads), the peak from 3.9 to 5.9 GiB
 (``benchmarks/bench_growth.py``; docs/growth.md).
 
-It is process-wide, idempotent, and a no-op outside glibc; ``RAYMMREC_MALLOC_TUNING=0`` turns it off.
+It is process-wide, idempotent, and a no-op outside glibc; ``RAYMMREC_MALLOC_TUNING=0`` turns it off,
+``RAYMMREC_MALLOC_TUNING=threshold`` keeps the thresholds but not :func:`keep_large_blocks`.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def keep_large_blocks(largest_bytes: int) -> bool:
     global _large
     if _large:
         return True
-    if largest_bytes < MMAP_THRESHOLD or not tune_allocator():
+    if largest_bytes < MMAP_THRESHOLD or os.environ.get("RAYMMREC_MALLOC_TUNING") == "threshold" or not tune_allocator():
         return False
     mallopt = _libc_mallopt()
     _large = bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, LARGE_TRIM_THRESHOLD))

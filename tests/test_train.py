@@ -382,29 +382,32 @@ def test_allocator_tuning_applies_once_and_can_be_turned_off():
 
 
 _MMAPPED = """
-import ctypes, sys, torch
+import ctypes, sys
 from raymmrec.allocator import keep_large_blocks
 class Info(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
 libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = Info
-print(keep_large_blocks(int(sys.argv[1])), end=" ")
-before = libc.mallinfo2().hblkhd
-t = torch.empty(64 << 20, dtype=torch.uint8)  # 64 MiB, over the 32 MiB mmap ceiling
-print(libc.mallinfo2().hblkhd - before >= 64 << 20)
+libc.malloc.restype = ctypes.c_void_p
+for largest in map(int, sys.argv[1:]):
+    on = keep_large_blocks(largest)
+    before = libc.mallinfo2().hblkhd
+    libc.malloc(64 << 20)  # 64 MiB, over the 32 MiB mmap ceiling (kept: the process ends here)
+    print(on, libc.mallinfo2().hblkhd - before >= 64 << 20, end=" ")
 """
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt and mallinfo2 are glibc's")
 def test_tables_over_the_mmap_ceiling_are_served_from_the_heap():
-    def mapped(largest: int, **env: str) -> list[str]:
-        return subprocess.run([sys.executable, "-c", _MMAPPED, str(largest)], capture_output=True, text=True,
+    def mapped(*largest: int, **env: str) -> list[str]:
+        return subprocess.run([sys.executable, "-c", _MMAPPED, *map(str, largest)], capture_output=True, text=True,
                               check=True, env={**os.environ, **env}).stdout.split()
 
-    assert mapped(1 << 20) == ["False", "True"]  # small tables: large blocks still come from mmap
-    assert mapped(256 << 20) == ["True", "False"]  # a 256 MB table: every block from the heap
+    # small tables: a large block still comes from mmap; then a 256 MB table: every block from the heap
+    assert mapped(1 << 20, 256 << 20) == ["False", "True", "True", "False"]
     assert mapped(256 << 20, RAYMMREC_MALLOC_TUNING="0") == ["False", "True"]
+    assert mapped(256 << 20, RAYMMREC_MALLOC_TUNING="threshold") == ["False", "True"]
 
 
 def test_one_process_stops_at_the_first_non_finite_step():

@@ -279,6 +279,11 @@ class Recommender(nn.Module, ABC):
         """Sum over the column blocks of a per-rank partial sum (itself in one process)."""
         return t if self.columns is None else self.columns.reduce(t)
 
+    @property
+    def score_reduce(self) -> Any:
+        """What :class:`ModelOutput` sums partial scores with: the column all-reduce, or None in one process."""
+        return None if self.columns is None else self.columns.reduce
+
     def on_epoch_start(self, epoch: int, ctx: Any) -> None:
         """Hook run before each training epoch (epoch counts from 0), after seeding.
 

@@ -45,7 +45,7 @@ class BPR(Recommender):
         p = gather(self.item_emb.weight, batch.pos_items)
         n = None if batch.neg_items is None else gather(self.item_emb.weight, batch.neg_items)
         return ModelOutput(u, p, n, ego=(u, p) if n is None else (u, p, n),
-                           reduce=None if self.columns is None else self.columns.reduce)
+                           reduce=self.score_reduce)
 
     def column_layout(self) -> dict[str, int]:
         return {"user_emb.weight": 1, "item_emb.weight": 1}

@@ -64,7 +64,7 @@ class LightGCN(Recommender):
             ego = (*ego, gather(items, neg))
         return ModelOutput(gather(hu, batch.users), gather(hi, batch.pos_items),
                            None if neg is None else gather(hi, neg), ego=ego,
-                           reduce=None if self.columns is None else self.columns.reduce)
+                           reduce=self.score_reduce)
 
     def column_layout(self) -> dict[str, int]:
         return {"user_emb.weight": 1, "item_emb.weight": 1}

@@ -75,7 +75,7 @@ class VBPR(Recommender):
         p = rows[: pos.shape[0]]
         n = None if neg is None else rows[pos.shape[0] :].view(*neg.shape, rows.shape[-1])
         return ModelOutput(u, p, n, ego=(u, p) if n is None else (u, p, n),
-                           reduce=None if self.columns is None else self.columns.reduce)
+                           reduce=self.score_reduce)
 
     def column_layout(self) -> dict[str, int | tuple[int, int]]:
         # θ_u pairs with [γ_i ; W f_i]: a rank holds the same block of both halves of each
