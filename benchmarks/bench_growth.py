@@ -280,7 +280,8 @@ def plot(rows: list[dict[str, Any]], knn: dict[int, dict[str, Any]], path: Path,
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3, which="both")
         ax.set_title("one propagation layer (labels: table size)", fontsize=8)
-    fig.suptitle("raymmrec: cost against data size (one process; synthetic users=N/10, items=N/100; CPU seconds)",
+    fig.suptitle("raymmrec: cost against data size (synthetic users=N/10, items=N/100; one process unless marked; "
+                 "CPU seconds unless marked)",
                  fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,9 +9,8 @@ reuses them: 10 to 15 % off a BM3 epoch on CPU, with the same peak memory.
 
 Tables larger than the 32 MiB ceiling (a million users' 64-d embeddings are 256 MB) still go to ``mmap``
 whatever the threshold: :func:`keep_large_blocks` then serves every block from the heap
-(``M_MMAP_MAX`` = 0) and keeps up to 4 GiB of free memory in it. LightGCN at a million users: a step of
-batch 65536 went from 4.7 to 2.9 s (two threads), the peak from 3.9 to 5.9 GiB
-(``benchmarks/bench_growth.py``; docs/growth.md).
+(``M_MMAP_MAX`` = 0). LightGCN at a million users: a step of batch 65536 went from 4.85 to 3.11 s (two
+threads), the peak from 3.9 to 6.1 GiB (``benchmarks/bench_phases.py``; docs/growth.md).
 
 It is process-wide, idempotent, and a no-op outside glibc; ``RAYMMREC_MALLOC_TUNING=0`` turns it off,
 ``RAYMMREC_MALLOC_TUNING=threshold`` keeps the thresholds but not :func:`keep_large_blocks`.
@@ -28,7 +27,10 @@ M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
 MMAP_THRESHOLD = 32 << 20  # blocks below this come from the heap (the most glibc accepts on 64-bit)
 TRIM_THRESHOLD = 256 << 20  # free memory kept at the top of the heap before it is returned
-LARGE_TRIM_THRESHOLD = 4 << 30  # the same, once the heap serves blocks of any size
+# the same once the heap serves blocks of any size: 0, free memory at the top of the heap goes back at
+# once. Measured at 1M users (bench_phases.py, two invocations): a step 1.56x faster than without
+# keep_large_blocks with 0 here, 1.35x with 1 GiB kept. (mallopt takes a C int: 4 GiB would wrap to 0.)
+LARGE_TRIM_THRESHOLD = 0
 
 _mallopt = None
 

@@ -410,6 +410,16 @@ def test_tables_over_the_mmap_ceiling_are_served_from_the_heap():
     assert mapped(256 << 20, RAYMMREC_MALLOC_TUNING="threshold") == ["False", "True"]
 
 
+def test_allocator_settings_fit_the_c_int_that_mallopt_takes():
+    import ctypes
+
+    from raymmrec import allocator
+
+    for name in ("MMAP_THRESHOLD", "TRIM_THRESHOLD", "LARGE_TRIM_THRESHOLD"):
+        value = getattr(allocator, name)  # a larger value would wrap silently (4 GiB becomes 0)
+        assert ctypes.c_int(value).value == value >= 0, name
+
+
 def test_one_process_stops_at_the_first_non_finite_step():
     from raymmrec.models.base import Batch, LossOutput
     from raymmrec.train.loop import Trainer, TrainingDiverged
