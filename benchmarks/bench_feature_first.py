@@ -29,6 +29,7 @@ For lfm2k folders the modalities are text + audio_whisper. Prints a report and, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import statistics
@@ -59,19 +60,23 @@ def speed(a: argparse.Namespace) -> dict:
     methods = a.methods.split(",")
     setups, trainers = {}, {}
     data = None
-    for m in methods:
-        spec = spec_for(m, a.data, a.overrides)
-        data = data or load_data(spec)
-        setups[m] = build(spec, data=data)
-        trainers[m] = make_trainer(setups[m])
-        trainers[m]._run_epoch(0)  # warm-up
     train = {m: [] for m in methods}
     evals = {m: [] for m in methods}
-    for r in range(a.epochs):
+    with contextlib.ExitStack() as heaps:
         for m in methods:
-            train[m].append(timed(lambda: trainers[m]._run_epoch(r + 1), torch.device("cpu"))[1])
-            evals[m].append(timed(lambda: local_evaluate(setups[m].evaluators)(setups[m].model), torch.device("cpu"))[1])
-        print(f"  round {r}: " + "  ".join(f"{m} {train[m][-1]:.2f}+{evals[m][-1]:.2f}s" for m in methods), flush=True)
+            spec = spec_for(m, a.data, a.overrides)
+            data = data or load_data(spec)
+            setups[m] = build(spec, data=data)
+            trainers[m] = make_trainer(setups[m])
+            heaps.enter_context(trainers[m].heap())  # the allocator settings Trainer.fit trains under
+            trainers[m]._run_epoch(0)  # warm-up
+        for r in range(a.epochs):
+            for m in methods:
+                train[m].append(timed(lambda: trainers[m]._run_epoch(r + 1), torch.device("cpu"))[1])
+                evals[m].append(timed(lambda: local_evaluate(setups[m].evaluators)(setups[m].model),
+                                      torch.device("cpu"))[1])
+            print(f"  round {r}: " + "  ".join(f"{m} {train[m][-1]:.2f}+{evals[m][-1]:.2f}s" for m in methods),
+                  flush=True)
     base = methods[0]
     out = {}
     for m in methods:

@@ -18,9 +18,11 @@ Per method and mode it prints:
 * ``peak RSS MB``: the largest peak resident set over the ranks (start-up included: a worker
   builds the full model once before keeping its columns);
 * ``MB/step``: bytes a rank sends into collectives per training step: the column blocks joined or
-  summed (counted by ``raymmrec.shard.Traffic``), or DDP's all-reduced gradient (every parameter's);
+  summed and the replicated parameters' averaged gradients (counted by ``raymmrec.shard.Traffic``), or
+  DDP's all-reduced gradient (every parameter's);
 * ``comm``: for column-sharded modes, the share of a step rank 0 spends inside its collectives
-  (waiting for the others included).
+  (waiting for the others included);
+* ``repl KB``: of ``MB/step``, the replicated parameters' gradients averaged over the ranks (KB).
 
 The last line is one JSON object with every figure. Run it on a quiet machine.
 """
@@ -66,7 +68,8 @@ def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int
 
 
 class TimedColumns(Columns):
-    """:class:`Columns` whose collectives also add their wall time to ``traffic.seconds``."""
+    """:class:`Columns` whose collectives also add their wall time to ``traffic.seconds`` (and the replicated
+    parameters' averaged gradients their bytes to ``traffic.replicated``)."""
 
     def reduce(self, t):  # noqa: ANN001, ANN201
         t0 = time.perf_counter()
@@ -77,6 +80,13 @@ class TimedColumns(Columns):
     def gather(self, t, full, dim=-1, parts=1):  # noqa: ANN001, ANN201
         t0 = time.perf_counter()
         out = super().gather(t, full, dim, parts)
+        self.traffic.seconds = getattr(self.traffic, "seconds", 0.0) + time.perf_counter() - t0
+        return out
+
+    def average_(self, t):  # noqa: ANN001, ANN201
+        self.traffic.replicated = getattr(self.traffic, "replicated", 0) + t.numel() * t.element_size()
+        t0 = time.perf_counter()
+        out = super().average_(t)
         self.traffic.seconds = getattr(self.traffic, "seconds", 0.0) + time.perf_counter() - t0
         return out
 
@@ -101,14 +111,15 @@ def worker(rank: int, world: int, port: int, mode: str, method: str, data: str, 
         model = torch.nn.parallel.DistributedDataParallel(p.model, gradient_as_bucket_view=True)
     trainer = make_trainer(p, lambda m: {}, [], model=model)
     times, steps = [], 0
-    for epoch in range(epochs):
-        if world > 1:
-            dist.barrier()
-        t0 = time.perf_counter()
-        trainer._run_epoch(epoch)  # the per-epoch code of Trainer.fit, without evaluation
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
+    with trainer.heap():  # the allocator settings Trainer.fit trains under (raymmrec.allocator)
+        for epoch in range(epochs):
+            if world > 1:
+                dist.barrier()
+            t0 = time.perf_counter()
+            trainer._run_epoch(epoch)  # the per-epoch code of Trainer.fit, without evaluation
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - t0)
     n_steps = -(-p.graph.train_users.numel() // spec.train.batch_size) * epochs
     traffic = ctx.columns.traffic if columns else None
     result = {
@@ -119,6 +130,7 @@ def worker(rank: int, world: int, port: int, mode: str, method: str, data: str, 
                            (sum(q.numel() * q.element_size() for q in p.model.parameters()) if mode == "ddp" and world > 1
                             else 0)),
         "comm_share": (getattr(traffic, "seconds", 0.0) / sum(times)) if traffic is not None else None,
+        "replicated_bytes_per_step": getattr(traffic, "replicated", 0) / n_steps,
     }
     with open(f"{out}.{rank}", "w") as f:
         json.dump(result, f)
@@ -145,7 +157,8 @@ def run_mode(mode: str, method: str, data: str, epochs: int, extra: list[str], d
     slope = [max(r["epoch_s"][e] for r in ranks) for e in range(1, epochs)] or [ranks[0]["epoch_s"][0]]
     return {"mode": mode, "s_per_epoch": statistics.median(slope), "epoch_s": [r["epoch_s"] for r in ranks],
             "state_mb": ranks[0]["state_bytes"] / 2**20, "peak_rss_mb": max(r["peak_rss_mb"] for r in ranks),
-            "mb_per_step": ranks[0]["bytes_per_step"] / 2**20, "comm_share": ranks[0]["comm_share"]}
+            "mb_per_step": ranks[0]["bytes_per_step"] / 2**20, "comm_share": ranks[0]["comm_share"],
+            "repl_kb_per_step": ranks[0]["replicated_bytes_per_step"] / 2**10}
 
 
 def main() -> int:
@@ -181,18 +194,18 @@ def main() -> int:
                 rows[mode].append(r)
                 print(f"  {method} {mode}: {r['s_per_epoch']:.2f} s/epoch", flush=True)
         med = {m: {k: statistics.median(r[k] for r in rs) if isinstance(rs[0][k], (int, float)) else rs[0][k]
-                   for k in ("s_per_epoch", "state_mb", "peak_rss_mb", "mb_per_step", "comm_share")}
+                   for k in ("s_per_epoch", "state_mb", "peak_rss_mb", "mb_per_step", "comm_share", "repl_kb_per_step")}
                for m, rs in rows.items()}
         base = med.get("one")
         print(f"\n{method} on {a.data}")
         print(f"{'mode':<12}{'s/epoch':>9}{'speed-up':>10}{'param+opt MB':>14}{'vs one':>8}{'peak RSS MB':>13}"
-              f"{'MB/step':>9}{'comm':>7}")
+              f"{'MB/step':>9}{'comm':>7}{'repl KB':>9}")
         for m, r in med.items():
             speed = f"{base['s_per_epoch'] / r['s_per_epoch']:.2f}x" if base else "-"
             mem = f"{r['state_mb'] / base['state_mb']:.2f}" if base else "-"
             comm = f"{100 * r['comm_share']:.0f}%" if r["comm_share"] is not None else "-"
             print(f"{m:<12}{r['s_per_epoch']:>9.2f}{speed:>10}{r['state_mb']:>14.1f}{mem:>8}{r['peak_rss_mb']:>13.0f}"
-                  f"{r['mb_per_step']:>9.2f}{comm:>7}")
+                  f"{r['mb_per_step']:>9.2f}{comm:>7}{r['repl_kb_per_step']:>9.1f}")
         report[method] = {"median": med, "runs": rows}
     print(json.dumps(report))
     return 0

@@ -94,13 +94,14 @@ def time_epochs(setup: Setup, warmup: int, measured: int, log: bool = True) -> t
     """Seconds of each measured ``_run_epoch`` (after ``warmup`` untimed ones) and the last epoch's losses."""
     trainer = make_trainer(setup)
     times, logs = [], {}
-    for epoch in range(warmup + measured):
-        logs, dt = timed(lambda: trainer._run_epoch(epoch), setup.device)
-        if log:
-            kind = "warm-up" if epoch < warmup else "timed"
-            print(f"  epoch {epoch} ({kind}): {dt:.3f}s  loss {logs.get('loss', float('nan')):.4f}", flush=True)
-        if epoch >= warmup:
-            times.append(dt)
+    with trainer.heap():  # the allocator settings Trainer.fit trains under (raymmrec.allocator)
+        for epoch in range(warmup + measured):
+            logs, dt = timed(lambda: trainer._run_epoch(epoch), setup.device)
+            if log:
+                kind = "warm-up" if epoch < warmup else "timed"
+                print(f"  epoch {epoch} ({kind}): {dt:.3f}s  loss {logs.get('loss', float('nan')):.4f}", flush=True)
+            if epoch >= warmup:
+                times.append(dt)
     return times, logs
 
 

@@ -1,4 +1,4 @@
-"""Every GPU claim of the project in one prepared run: seven checks, each with its own time cap.
+"""Every GPU claim of the project in one prepared run: eight checks, each with its own time cap.
 
     bash benchmarks/gpu_suite.sh [--cpu-smoke] [--out DIR] [--only 1,3] [--budget 480]
 
@@ -14,7 +14,10 @@
 5. ``shard``: two column-sharded workers against one process (metrics); with two GPUs also the epoch
    speed of W = 1 against W = 2, column-sharded and data-parallel (``benchmarks/bench_shard.py``);
 6. ``features``: text and image feature extraction throughput on the GPU against the CPU;
-7. ``memory``: the GPU memory high-water mark of each check (nvidia-smi, the device's used memory above
+7. ``unlearn``: a user-wise and an item-wise MMRecUn request with ``reset=init`` on the run's device (the
+   fresh model and the model on CUDA, the request's ids on the CPU): the forgotten rows hold the fresh
+   initialisation's values;
+8. ``memory``: the GPU memory high-water mark of each check (nvidia-smi, the device's used memory above
    what it used before the check; and torch's max allocated where the check measures in its own process);
    peak RSS on CPU.
 
@@ -55,8 +58,8 @@ PREP = Path(os.environ.get("GPU_SUITE_PREP", ROOT / ".gpu-prep"))
 SHARED = ROOT.parent / "shared"
 NAN = float("nan")
 
-#: (number, name, what, cap in seconds on a GPU, cap with --cpu-smoke). The GPU caps sum to 420 s, leaving
-#: the rest of the 8 minutes to installing, the environment probe and start-up. The smoke caps are a safety net
+#: (number, name, what, cap in seconds on a GPU, cap with --cpu-smoke). The GPU caps sum to 450 s, leaving
+#: the rest of the 8 minutes (--budget 480) to installing, the environment probe and start-up. The smoke caps are a safety net
 #: for a slow or shared CI machine (the smoke itself took about 5 minutes on two shared cores, mostly Ray start-ups).
 CHECKS = [
     (1, "mmrec", "BM3/LightGCN/VBPR, raymmrec vs MMRec", 150, 180),
@@ -65,6 +68,7 @@ CHECKS = [
     (4, "cm3", "CM3 and LIRDRec at Baby scale", 60, 90),
     (5, "shard", "column-sharded 2 workers (speed with 2 GPUs)", 60, 180),
     (6, "features", "feature extraction GPU vs CPU", 45, 120),
+    (7, "unlearn", "user- and item-wise unlearning, reset=init", 30, 90),
 ]
 
 
@@ -617,6 +621,51 @@ def part_shard(cfg: dict[str, Any], result: dict[str, Any], save: Callable[[], N
                 f"{m} columns {v['columns-2']:.2f}x ddp {v['ddp-2']:.2f}x" for m, v in speed.items())
 
 
+# --------------------------------------------------------------------------------------------- 7 unlearn
+def part_unlearn(cfg: dict[str, Any], result: dict[str, Any], save: Callable[[], None]) -> None:
+    """Train a small run on the device, then forget users and items with ``reset=init``: the request's ids
+    come from the CPU and index tables on the device. Each request's best.pt must hold, in the forgotten
+    rows of every user- (item-) indexed table, the values of a freshly initialised model of the run's seed."""
+    import torch
+
+    from raymmrec.config import load_spec
+    from raymmrec.data.forget import ForgetRequest
+    from raymmrec.train.build import build
+    from raymmrec.train.run import run
+    from raymmrec.unlearning import unlearn
+
+    work = Path(tempfile.mkdtemp(prefix="gpu-suite-unlearn-"))
+    parts, bad = [], []
+    try:
+        spec = load_spec(cfg["method"], overrides=[f"output_dir={work}", "run_name=trained",
+                                                   f"data.source={cfg['data']}", f"train.epochs={cfg['epochs']}"])
+        spec.train.device = cfg["device"]
+        run(spec, progress=False)
+        untrained = build(spec)  # an untrained model of the run's seed: what reset=init writes
+        fresh = {k: v.cpu() for k, v in untrained.model.state_dict().items()}
+        sizes = {"users": untrained.data.n_users, "items": untrained.data.n_items}
+        for who, req in (("users", ForgetRequest.of(users=[1, 2, 3])), ("items", ForgetRequest.of(items=[4, 5]))):
+            t0 = time.monotonic()
+            rep = unlearn(str(work / "trained"), req, name=f"forget-{who}", progress=False, device=cfg["device"],
+                          options={"epochs": cfg["unlearn_epochs"], "reset": "init"})
+            best = torch.load(Path(rep["folder"]) / "best.pt", weights_only=True, map_location="cpu")["model"]
+            ids = torch.tensor([1, 2, 3] if who == "users" else [4, 5])
+            checked = [k for k, t in best.items() if t.dim() and k in fresh and t.shape == fresh[k].shape
+                       and t.shape[0] == sizes[who]]
+            wrong = [k for k in checked if not torch.equal(best[k][ids], fresh[k][ids])]
+            result[who] = {"seconds": round(time.monotonic() - t0, 1), "reset": rep.get("reset"),
+                           "checked": checked, "not_fresh": wrong}
+            if not rep.get("reset") or wrong:
+                bad.append(f"{who}: reset {rep.get('reset')}, rows not fresh in {wrong}")
+            parts.append(f"{who} {result[who]['seconds']:.1f}s ({len(rep.get('reset') or [])} tensors reset)")
+            save()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result["status"] = "fail" if bad else "ok"
+    result["line"] = (f"{cfg['method']} {cfg['data']} on {cfg['device']}, reset=init: " + ", ".join(parts)
+                      + (f"; FAILED {'; '.join(bad)}" if bad else ""))
+
+
 # --------------------------------------------------------------------------------------------- 6 features
 def part_features(cfg: dict[str, Any], result: dict[str, Any], save: Callable[[], None]) -> None:
     import importlib.util
@@ -701,7 +750,7 @@ def image_encoder(device: str) -> Any:
 
 PARTS: dict[str, Callable[[dict[str, Any], dict[str, Any], Callable[[], None]], None]] = {
     "mmrec": part_mmrec, "fault": part_fault, "tune": part_tune, "cm3": part_cm3, "shard": part_shard,
-    "features": part_features,
+    "features": part_features, "unlearn": part_unlearn,
 }
 
 
@@ -720,6 +769,7 @@ def configs(smoke: bool) -> dict[str, dict[str, Any]]:
             "cm3": {"device": dev, "data": "synthetic:small", "epochs": 1, "eval_repeats": 1},  # tiny: < top-50 items
             "shard": {"device": dev, "data": "synthetic:tiny", "epochs": 2, "tolerance": 1e-6},
             "features": {"devices": [dev, dev], "texts": 8, "images": 8, "batch_size": 4},
+            "unlearn": {"device": dev, "method": "lightgcn", "data": "synthetic:tiny", "epochs": 1, "unlearn_epochs": 1},
         }
         return {name: {**c, "threads": max(1, min(2, os.cpu_count() or 1))} for name, c in tiny.items()}
     dev = "cuda"
@@ -734,6 +784,7 @@ def configs(smoke: bool) -> dict[str, dict[str, Any]]:
         "cm3": {"device": dev, "data": "synthetic:baby", "epochs": 2, "eval_repeats": 2},
         "shard": {"device": dev, "data": "lfm2k", "fallback": "synthetic:small", "epochs": 3, "tolerance": 1e-4},
         "features": {"devices": [dev, "cpu"], "texts": 512, "images": 256, "batch_size": 64},
+        "unlearn": {"device": dev, "method": "lightgcn", "data": "synthetic:small", "epochs": 2, "unlearn_epochs": 2},
     }
 
 
@@ -928,7 +979,7 @@ def drive(a: argparse.Namespace, out: Path, env: dict[str, str], t_start: float)
             text = f"skip: {res.get('reason', '')}"
         print(f"{num} {name:8s} {res['status']:7s} {res.get('seconds', 0):6.1f}s of {cap:3.0f}s | {text}", flush=True)
         write_json_atomic(out / "gpu_suite.json", summary)
-    print(f"7 {'memory':8s} {'ok':7s} {'':15s} | {memory_line(summary, bool(gpu) and not a.cpu_smoke)}", flush=True)
+    print(f"8 {'memory':8s} {'ok':7s} {'':15s} | {memory_line(summary, bool(gpu) and not a.cpu_smoke)}", flush=True)
     total = time.monotonic() - t_start
     summary["total_s"] = round(total, 1)
     write_json_atomic(out / "gpu_suite.json", summary)

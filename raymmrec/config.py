@@ -320,8 +320,9 @@ class EvalSpec(_Spec):
     valid_metric: str = Field("recall@20", validate_default=True)
     max_batch_elems: int = Field(2**25, ge=1)  # bound on users × items scored at once
     # validation (early stopping) ranks a fixed random sample of this many of its users, drawn with the
-    # data seed (0: all; more than there are: all); sampled users, not items, so the metric stays an
-    # unbiased estimate of the full one. Test metrics always rank every user
+    # data seed (0: all; more than there are: all); sampled users, not items, so one epoch's metric is an
+    # unbiased estimate of the full one (the best over epochs is biased upward: selection picks the
+    # noise too). Test metrics always rank every user
     valid_users: int = Field(0, ge=0)
 
     @field_validator("valid_metric")

@@ -17,16 +17,23 @@ used below for the dense layers and the loss:
   of the replicated loss with respect to the full rows is the same on every rank, and a rank keeps
   the slice of it that belongs to its block.
 
-Parameters that are not split (a predictor, a bias) are replicated: every rank computes the same
-gradient for them from the same loss, so they stay identical without communication.
+Parameters that are not split (BM3's predictor and projection biases, NBPO's flip tables) are
+replicated: every rank holds a full copy. Every rank computes their gradient from the same loss, but
+not always bit for bit the same one (on CUDA ``index_add_`` accumulates in varying order), and copies
+that drift apart would feed the all-gather's backward gradients from different predictors.
+:func:`average_replicated_grads` therefore averages their gradients over the ranks after every
+backward, in one all-reduce (they are small; of a per-user or per-item table only the rows the batch
+indexes), and :func:`check_replicated` compares the copies at each checkpoint, which keeps rank 0's.
 
 Plain ``torch.distributed`` (no Ray): Ray Train starts the process group, a test spawns it with gloo.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -90,6 +97,15 @@ class Columns:
             local = self.span(each)[1] - self.span(each)[0]
             return torch.cat([self.gather(c, each, dim) for c in t.split(local, dim)], dim)
         return _Gather.apply(t, self, full, dim)
+
+    @torch.no_grad()
+    def average_(self, t: Tensor) -> Tensor:
+        """``t`` replaced in place by its mean over the ranks (no autograd: gradients of replicated parameters)."""
+        if self.world_size > 1:
+            self.traffic.add(t)
+            dist.all_reduce(t)
+            t.div_(self.world_size)
+        return t
 
     @torch.no_grad()
     def gather_plain(self, t: Tensor, full: int, dim: int, parts: int = 1) -> Tensor:
@@ -201,7 +217,109 @@ def shard_model(model: nn.Module, cols: Columns) -> None:
     for key, (dim, parts) in layout.items():
         t = state[key]
         t.data = cols.local(t.data, dim, parts)
+    model.replicated = replicated_layout(model)
     model.columns = cols
+
+
+def replicated_layout(model: nn.Module) -> dict[str, tuple[str, int] | None]:
+    """The trainable parameters a column-sharded run replicates (those ``column_layout`` leaves out):
+    name -> ``(who, axis)`` for a table indexed by users or items (``indexed_state``), else None."""
+    layout = layout_of(model)
+    indexed = model.indexed_state() if hasattr(model, "indexed_state") else {}
+    out: dict[str, tuple[str, int] | None] = {}
+    for name, p in model.named_parameters():
+        if name not in layout and p.requires_grad:
+            how = indexed.get(name)
+            out[name] = (how.who, how.axis) if how is not None else None
+    return out
+
+
+def batch_rows(batch: Any, who: str) -> Tensor:
+    """The ids of ``who`` (``"users"`` or ``"items"``: positives and negatives) a batch indexes, repeats kept."""
+    if who == "users":
+        return batch.users.reshape(-1)
+    if batch.neg_items is None:
+        return batch.pos_items.reshape(-1)
+    return torch.cat([batch.pos_items.reshape(-1), batch.neg_items.reshape(-1)])
+
+
+@torch.no_grad()
+def average_replicated_grads(model: nn.Module, batch: Any) -> None:
+    """Replace each replicated parameter's gradient by its mean over the ranks, in one all-reduce; called
+    on every rank after each backward of a column-sharded run (a no-op otherwise).
+
+    Of a table indexed by users or items (NBPO's flip tables, ``U × K1`` and ``I × K1``: not small) only
+    the rows of the batch's users or items are averaged: a loss reaches its other rows only through
+    whole-table terms (a squared norm), elementwise and so the same on every rank.
+    :func:`check_replicated` would report a table for which that did not hold.
+    """
+    cols: Columns | None = getattr(model, "columns", None)
+    if cols is None or cols.world_size == 1:
+        return
+    rows: dict[str, Tensor] = {}
+    parts: list[tuple[Tensor, int, Tensor | None]] = []
+    for name, how in model.replicated.items():
+        g = model.get_parameter(name).grad
+        if g is None:  # the same on every rank: one loss, one graph
+            continue
+        if how is None:
+            parts.append((g, 0, None))
+        else:
+            who, axis = how
+            if who not in rows:
+                rows[who] = batch_rows(batch, who).to(g.device)
+            parts.append((g, axis, rows[who]))
+    if not parts:
+        return
+    flat = torch.cat([(g if idx is None else g.index_select(axis, idx)).reshape(-1) for g, axis, idx in parts])
+    cols.average_(flat)
+    at = 0
+    for g, axis, idx in parts:
+        if idx is None:
+            g.copy_(flat[at:at + g.numel()].view_as(g))
+            at += g.numel()
+        else:  # a repeated row gets the same mean from each of its places
+            shape = (*g.shape[:axis], idx.numel(), *g.shape[axis + 1:])
+            n = math.prod(shape)
+            g.index_copy_(axis, idx, flat[at:at + n].view(shape).to(g.dtype))
+            at += n
+
+
+@torch.no_grad()
+def replicated_differences(model: nn.Module) -> dict[str, float]:
+    """Each replicated parameter whose copy on some rank differs from rank 0's -> the largest absolute
+    difference (NaN counts as infinite); empty when every copy agrees. A collective: every rank calls it."""
+    cols: Columns | None = getattr(model, "columns", None)
+    if cols is None or cols.world_size == 1 or not model.replicated:
+        return {}
+    names = list(model.replicated)
+    worst = []
+    for name in names:  # one parameter at a time: a flip table is the size of an ID table
+        t = model.get_parameter(name).detach()
+        ref = t.clone()
+        cols.traffic.add(ref)
+        dist.broadcast(ref, 0)
+        d = ref.sub_(t).abs_().nan_to_num_(nan=math.inf)
+        worst.append(d.max().to(torch.float64) if d.numel() else torch.zeros((), dtype=torch.float64, device=t.device))
+    largest = torch.stack(worst)
+    dist.all_reduce(largest, op=dist.ReduceOp.MAX)
+    return {n: w for n, w in zip(names, largest.tolist()) if w > 0}
+
+
+def check_replicated(model: nn.Module, warn: Callable[[str], None] | None = None) -> dict[str, float]:
+    """:func:`replicated_differences` (a collective, for every rank at each checkpoint); when some copies
+    differ, rank 0 reports it in one line naming them, through ``warn`` (default :func:`warnings.warn`)."""
+    diff = replicated_differences(model)
+    cols: Columns | None = getattr(model, "columns", None)
+    if diff and cols is not None and cols.rank == 0:
+        names = ", ".join(f"{k} (by up to {v:.3g})" for k, v in diff.items())
+        line = (f"replicated parameters differ across the {cols.world_size} column-sharded workers: {names}; "
+                "the checkpoint keeps worker 0's copy")
+        if warn is None:
+            warnings.warn(line, RuntimeWarning, stacklevel=2)
+        else:
+            warn(line)
+    return diff
 
 
 def _layout_of_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[int, tuple[str, tuple[int, int]]]:

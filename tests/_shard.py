@@ -71,7 +71,9 @@ def run_methods(methods: list[str], out: str, epochs: int, world: int = 1, rank:
     return res
 
 
-def worker(rank: int, world: int, port: int, methods: list[str], out: str, epochs: int, resume_from: str) -> None:
+def worker(rank: int, world: int, port: int, methods: list[str], out: str, epochs: int, resume_from: str,
+           replicas_out: str = "") -> None:
+    """:func:`run_methods` on this rank (rank 0 saves to ``out``); then, with ``replicas_out``, :func:`replicas`."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     try:
@@ -79,6 +81,40 @@ def worker(rank: int, world: int, port: int, methods: list[str], out: str, epoch
         res = run_methods(methods, os.path.dirname(out), epochs, world, rank, resume)
         if rank == 0:
             torch.save(res, out)
+        if replicas_out:  # in the same processes: starting new ones costs seconds
+            rep = replicas(rank, world, os.path.dirname(out))
+            if rank == 0:
+                torch.save(rep, replicas_out)
     finally:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+
+
+def replicas(rank: int, world: int, out: str) -> dict:
+    """BM3's predictor (dense) and NBPO's flip table ``P`` (rows of users), replicated on every rank: the
+    copies' check when fresh, after an epoch in which rank 1's gradient of the parameter is 0.1 % off
+    (averaging keeps the copies equal), and after rank 1's copy is changed (the check names it)."""
+    import warnings
+
+    from raymmrec.shard import check_replicated
+
+    res = {}
+    for method, name in (("bm3", "predictor.weight"), ("nbpo", "objective_module.P")):
+        p = pieces(method, out, 1, Columns(rank, world))
+        prm = p.model.get_parameter(name)
+        lines: list[str] = []
+        r = {"replicated": sorted(p.model.replicated), "fresh": check_replicated(p.model, lines.append)}
+        if rank == 1:  # a gradient computed in another order (CUDA's index_add_), much exaggerated
+            prm.register_hook(lambda g: g * 1.001)  # NBPO's P: the batch's rows only (the others' are 0)
+        make_trainer(p, lambda m: {}, [])._run_epoch(0)
+        r["trained"] = check_replicated(p.model, lines.append)
+        if rank == 1:
+            with torch.no_grad():
+                prm.view(-1)[0] += 1e-3
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            r["perturbed"] = check_replicated(p.model)  # the default report: a warning
+        r["lines"] = lines + [str(w.message) for w in caught]
+        res[method] = r
+    return res
+

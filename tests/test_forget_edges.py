@@ -147,9 +147,10 @@ def test_unlearn_accepts_every_run_path_form(trained, tmp_path, monkeypatch, for
     assert folder.parent == (run_dir.parent if form == "relative" else out)
     assert list(cwd.iterdir()) == []  # no stray ./file:/... tree
     forget = json.loads((folder / "config.json").read_text())["data"]["forget"]
-    assert forget == str(folder / "forget.parquet") and Path(forget).is_file()
+    assert forget == "forget.parquet" and (folder / forget).is_file()  # relative to the run folder
     monkeypatch.chdir(tmp_path)
-    assert load_trained(str(folder)).data.forget_applied
+    t = load_trained(str(folder))
+    assert t.data.forget_applied and t.spec.data.forget == str(folder / "forget.parquet")
     if form == "relative":
         import shutil
 

@@ -186,6 +186,43 @@ def test_nan_loss_stops_every_rank_without_retries(ray_cluster, tmp_path):
         launch(spec, scaling(max_failures=2), progress=False)
 
 
+def test_an_error_on_rank_1_ends_the_run_with_one_line_and_its_log(ray_cluster, tmp_path, capfd):
+    """Ray's output stays off the driver, yet a rank-1 error reaches the user: one line with the rank,
+    the error and where that worker's log (holding the traceback) is."""
+    from raymmrec.errors import run_main
+    from raymmrec.ray.launch import launch
+
+    spec = tiny_spec(tmp_path, "bpr", 1)  # rank 1 raises at the end of the one epoch, on each try
+    fault = {"rank": 1, "epoch": 1, "error": "injected disk full"}
+    code = run_main(lambda: launch(spec, scaling(max_failures=0), progress=False, inject_fault=fault))
+    out, err = capfd.readouterr()
+    assert code == 2 and "Traceback" not in out + err, out + err
+    assert len(err.splitlines()) == 1, err
+    m = re.fullmatch(r"error: rank 1 failed: RuntimeError: injected disk full; log: (\S+) on node \S+ "
+                     r"\(`ray logs actor --id \w+ --err`\)\n", err)
+    assert m, err
+    log = Path(m.group(1))
+    assert log.is_file() and "injected disk full" in log.read_text()
+
+
+def test_a_dead_worker_is_named_before_the_ranks_that_failed_with_it():
+    """A rank without a log location died (no error from our code); its peers' collective errors follow."""
+    from raymmrec.ray.logs import WHERE, worker_failure
+
+    collateral = RuntimeError("gloo: Connection reset by peer")
+    setattr(collateral, WHERE, "/logs/worker-0.err on node n")
+    died = Exception("A worker health check failed.\nWorker info: ...")
+    died.health_check_failure = type("ActorDied", (Exception,), {"actor_id": "ab12"})()
+    group = type("WorkerGroupError", (Exception,), {})("Training failed")
+    group.worker_failures = {0: collateral, 1: died}
+    assert str(worker_failure(group)) == ("rank 1 failed: Exception: A worker health check failed. (also failed: "
+                                          "rank 0); log: `ray logs actor --id ab12 --err`")
+    group.worker_failures = {2: collateral, 3: RuntimeError("x")}
+    setattr(group.worker_failures[3], WHERE, "/logs/worker-3.err on node n")
+    assert str(worker_failure(group)).startswith("rank 2 failed: RuntimeError: gloo: Connection reset by peer (also "
+                                                 "failed: rank 3); log: /logs/worker-0.err")
+
+
 def test_bad_options_fail_on_the_driver_before_ray_starts(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     cmd = [sys.executable, str(ROOT / "jobs" / "train_bm3.py"), "--smoke-test", "--output-dir", str(tmp_path),

@@ -1,9 +1,13 @@
 """Ray Serve: a real application on 127.0.0.1 answering real HTTP requests, model swaps under load,
-and a forget request that reaches the live service (``raymmrec serve``, ``raymmrec unlearn --serve``)."""
+and a forget request that reaches the live service (``raymmrec serve``, ``raymmrec unlearn --serve``).
+
+The app runs under a route prefix that is not "/", with small request limits: swaps keep both."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import threading
 import urllib.error
 import urllib.request
@@ -17,6 +21,8 @@ from raymmrec.train.run import run
 
 pytestmark = pytest.mark.ray
 APP = "rec-test"
+PREFIX = "/rec"
+LIMITS = {"max_users": 50, "max_k": 100, "max_results": 2000}
 
 
 def _train(out, name: str, seed: int) -> str:
@@ -29,7 +35,8 @@ def _train(out, name: str, seed: int) -> str:
 
 @pytest.fixture(scope="module")
 def served(ray_cluster, tmp_path_factory):
-    """Two tiny runs; the app serves the first (one replica, half a CPU) on a free loopback port."""
+    """Two tiny runs; the app serves the first (one replica, half a CPU) on a free loopback port, at
+    ``PREFIX``, with ``LIMITS``."""
     from conftest import free_port
     from ray import serve
 
@@ -37,9 +44,12 @@ def served(ray_cluster, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("serve")
     a, b = _train(out, "a", 1), _train(out, "b", 2)
-    info = deploy(a, app=APP, port=free_port(), replicas=1, cpus=0.5)
+    port = free_port()
+    info = deploy(a, app=APP, port=port, route_prefix=PREFIX, replicas=1, cpus=0.5, **LIMITS)
+    root = f"http://127.0.0.1:{port}"
+    assert info["url"] == root + PREFIX  # the address Serve reports, not only the one asked for
     try:
-        yield {"a": a, "b": b, "url": info["url"], "out": out}
+        yield {"a": a, "b": b, "url": info["url"], "root": root, "out": out}
     finally:
         serve.shutdown()
 
@@ -51,7 +61,11 @@ def call(url: str, body: object | bytes | None = None) -> tuple[int, dict]:
         with urllib.request.urlopen(req, timeout=60) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+        raw = e.read()
+        try:
+            return e.code, json.loads(raw)
+        except ValueError:  # an answer of Serve's own (e.g. no app at this path), not of the app
+            return e.code, {"text": raw.decode(errors="replace")}
 
 
 def cli_recommend(run_dir: str, users: str, k: int, capsys) -> dict[int, list[tuple[int, float]]]:
@@ -68,7 +82,7 @@ def test_answers_equal_raymmrec_recommend(served, capsys):
     url = served["url"]
     expected = cli_recommend(served["a"], "0,7,3", 5, capsys)
     status, one = call(f"{url}/recommend?user=7&k=5")
-    assert status == 200 and one["run"] == served["a"] and one["user"] == 7
+    assert status == 200 and one["run"] == "a" and one["user"] == 7  # the run's name, never its path
     assert [e["item"] for e in one["items"]] == [i for i, _ in expected[7]]
     assert [round(e["score"], 4) for e in one["items"]] == pytest.approx([s for _, s in expected[7]], abs=1e-4)
     status, many = call(f"{url}/recommend", {"users": [0, 7, 3, 0], "k": 5})
@@ -76,8 +90,11 @@ def test_answers_equal_raymmrec_recommend(served, capsys):
     for r in many["results"]:
         assert [e["item"] for e in r["items"]] == [i for i, _ in expected[r["user"]]]
     status, info = call(f"{url}/info")
-    assert status == 200 and info["run"] == served["a"] and info["method"] == "lightgcn" and info["items"] > 0
-    assert call(f"{url}/healthz")[0] == 200
+    assert status == 200 and info["run"] == "a" and info["method"] == "lightgcn" and info["items"] > 0
+    assert info["dataset"] == "synthetic:tiny" and {k: info[k] for k in LIMITS} == LIMITS
+    assert not [v for v in info.values() if isinstance(v, str) and "/" in v], info  # no filesystem path
+    status, health = call(f"{url}/healthz")
+    assert status == 200 and health["run"] == "a"
 
 
 @pytest.mark.parametrize("path,body,status,field", [
@@ -101,8 +118,65 @@ def test_bad_requests_get_a_4xx_naming_the_field_and_the_service_keeps_answering
     assert call(f"{served['url']}/recommend?user=1&k=3")[0] == 200
 
 
+@pytest.mark.parametrize("path,body,field,limit", [
+    ("/recommend?user=1&k=101", None, "k", "max_k"),
+    ("/recommend", {"users": list(range(51)), "k": 1}, "users", "max_users"),
+    ("/recommend", {"users": list(range(30)), "k": 100}, "users", "max_results"),  # 3,000 > 2,000
+    ("/recommend", b'{"users": [' + b"0, " * 2000 + b'0], "k": 1}', "body", "max_users"),
+])
+def test_a_request_over_a_limit_gets_a_4xx_naming_the_limit(served, path, body, field, limit):
+    got, answer = call(served["url"] + path, body)
+    assert 400 <= got < 500 and answer["error"].startswith(f"{field}: ") and limit in answer["error"], answer
+    assert call(f"{served['url']}/recommend", {"users": list(range(20)), "k": 100})[0] == 200  # 2,000: at the limit
+
+
+def test_an_internal_error_is_logged_and_answered_without_its_text(served):
+    """The reply says "internal" and nothing of the exception (paths, internals); the log has it all."""
+    from starlette.requests import Request
+
+    from raymmrec.ray.serve import INTERNAL, RecommendService
+    from raymmrec.serving import Ranker
+
+    service = RecommendService()
+    service._ranker = Ranker.load(served["a"])
+    secret = f"cannot read {served['out']}/secret.bin"
+
+    def broken(*args):
+        raise OSError(secret)
+
+    service._ranker.check_user = broken  # an unexpected error while answering (serve.batch needs a replica)
+    scope = {"type": "http", "method": "GET", "path": "/recommend", "query_string": b"user=1&k=3",
+             "headers": [], "root_path": ""}
+    logged: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = logged.append  # Serve's logger (a replica's log file) does not propagate to pytest's
+    log = logging.getLogger("ray.serve")
+    log.addHandler(handler)
+    try:
+        reply = asyncio.run(service(Request(scope)))
+    finally:
+        log.removeHandler(handler)
+    assert reply.status_code == 500 and json.loads(reply.body) == {"error": INTERNAL}
+    assert secret not in INTERNAL and str(served["out"]) not in INTERNAL
+    assert any(r.exc_info and secret in str(r.exc_info[1]) for r in logged), logged
+
+
+def test_the_printed_address_is_serves_or_says_it_cannot_tell():
+    from raymmrec.ray.serve import listen_url, where
+
+    details = {"http_options": {"host": "0.0.0.0", "port": 8123}, "applications": {"x": {"route_prefix": "/p"}}}
+    assert listen_url(details, "x") == "http://0.0.0.0:8123/p"
+    assert listen_url(details, "y") is None and listen_url(None, "x") is None
+    assert "cannot tell" in where({"url": None, "asked": "http://127.0.0.1:8000"})
+
+
 def test_swap_under_a_stream_of_requests_fails_none_and_then_answers_only_from_the_new_run(served, capsys):
     url, a, b = served["url"], served["a"], served["b"]
+    # a swap that would move the app, or ask Serve for another port, is refused before any deploy
+    assert cli_main(["serve", "--run", b, "--app", APP, "--route-prefix", "/"]) == 2
+    assert cli_main(["serve", "--run", b, "--app", APP, "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"--route-prefix: app {APP!r}'s route prefix is {PREFIX}" in err and "--port: " in err
     answers: list[tuple[bool, int, str | None]] = []  # (sent after the swap returned, status, run)
     swapped, stop, first = threading.Event(), threading.Event(), threading.Event()
 
@@ -134,15 +208,19 @@ def test_swap_under_a_stream_of_requests_fails_none_and_then_answers_only_from_t
         stop.set()
         for t in threads:
             t.join(60)
-    assert "swapped from" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "swapped from" in printed and f"at {url}\n" in printed  # the prefix and port kept, and printed
     failed = [x for x in answers if x[1] != 200]
     assert not failed, failed[:5]
-    assert {run for after, _, run in answers if not after} >= {a}
-    assert {run for after, _, run in answers if after} == {b}
-    assert call(f"{url}/info")[1]["run"] == b
+    assert {run for after, _, run in answers if not after} >= {"a"}
+    assert {run for after, _, run in answers if after} == {"b"}
+    info = call(f"{url}/info")[1]
+    assert info["run"] == "b" and {k: info[k] for k in LIMITS} == LIMITS  # the limits kept too
+    status, root = call(f"{served['root']}/recommend?user=1&k=3")  # "/" did not get the app
+    assert status == 404 and "run" not in root
 
 
-def test_unlearn_with_serve_removes_the_forgotten_items_from_the_live_service(served, tmp_path):
+def test_unlearn_with_serve_removes_the_forgotten_items_from_the_live_service(served, tmp_path, capsys):
     url = served["url"]
     status, before = call(f"{url}/recommend", {"users": list(range(30)), "k": 50})
     assert status == 200
@@ -152,8 +230,9 @@ def test_unlearn_with_serve_removes_the_forgotten_items_from_the_live_service(se
     pd.DataFrame({"itemID": forget}).to_csv(request, index=False)
     assert cli_main(["unlearn", "--run", served["a"], "--request", str(request), "--serve", APP,
                      "--output-dir", str(served["out"]), "--name", "a-forget", "epochs=1"]) == 0
+    assert f"at {url}\n" in capsys.readouterr().out  # the app's prefix, host and port kept
     status, after = call(f"{url}/recommend", {"users": list(range(30)), "k": 50})
-    assert status == 200 and after["run"] == str(served["out"] / "a-forget")
+    assert status == 200 and after["run"] == "a-forget"
     shown = {e["item"] for r in after["results"] for e in r["items"]}
     assert shown and not shown & set(forget)
     assert call(f"{url}/info")[1]["forgotten_items"] == 3

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -369,55 +365,6 @@ def test_the_run_prints_the_dataset_summary_with_its_features(tmp_path, capsys):
     run(spec, progress=True)  # loads the data itself, so it releases the features after building
     first = capsys.readouterr().out.splitlines()[0]
     assert "features: text 8-d, image 8-d" in first, first
-
-
-def test_allocator_tuning_applies_once_and_can_be_turned_off():
-    code = "from raymmrec.allocator import tune_allocator as t; print(t(), t())"
-    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "RAYMMREC_MALLOC_TUNING": "0"}).stdout.split()
-    assert off == ["False", "False"]
-    if platform.libc_ver()[0] == "glibc":
-        assert on == ["True", "True"]
-
-
-_MMAPPED = """
-import ctypes, sys
-from raymmrec.allocator import keep_large_blocks
-class Info(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                              "fsmblks", "uordblks", "fordblks", "keepcost")]
-libc = ctypes.CDLL(None)
-libc.mallinfo2.restype = Info
-libc.malloc.restype = ctypes.c_void_p
-for largest in map(int, sys.argv[1:]):
-    on = keep_large_blocks(largest)
-    before = libc.mallinfo2().hblkhd
-    libc.malloc(64 << 20)  # 64 MiB, over the 32 MiB mmap ceiling (kept: the process ends here)
-    print(on, libc.mallinfo2().hblkhd - before >= 64 << 20, end=" ")
-"""
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt and mallinfo2 are glibc's")
-def test_tables_over_the_mmap_ceiling_are_served_from_the_heap():
-    def mapped(*largest: int, **env: str) -> list[str]:
-        return subprocess.run([sys.executable, "-c", _MMAPPED, *map(str, largest)], capture_output=True, text=True,
-                              check=True, env={**os.environ, **env}).stdout.split()
-
-    # small tables: a large block still comes from mmap; then a 256 MB table: every block from the heap
-    assert mapped(1 << 20, 256 << 20) == ["False", "True", "True", "False"]
-    assert mapped(256 << 20, RAYMMREC_MALLOC_TUNING="0") == ["False", "True"]
-    assert mapped(256 << 20, RAYMMREC_MALLOC_TUNING="threshold") == ["False", "True"]
-
-
-def test_allocator_settings_fit_the_c_int_that_mallopt_takes():
-    import ctypes
-
-    from raymmrec import allocator
-
-    for name in ("MMAP_THRESHOLD", "TRIM_THRESHOLD", "LARGE_TRIM_THRESHOLD"):
-        value = getattr(allocator, name)  # a larger value would wrap silently (4 GiB becomes 0)
-        assert ctypes.c_int(value).value == value >= 0, name
 
 
 def test_one_process_stops_at_the_first_non_finite_step():

@@ -129,6 +129,11 @@ def test_unlearning_writes_a_new_run_and_never_alters_the_original(trained, tmp_
     w = torch.load(folder / "best.pt", weights_only=True)["model"]["user_emb.weight"]
     assert w[torch.as_tensor(users)].abs().sum() == 0 and w.abs().sum() > 0
     assert rep["unlearned"]["forget recall@20"] < rep["original"]["forget recall@20"]
+    # Gold records the request beside it, relative to its own folder, and loads from it
+    from raymmrec.train.trained import load_trained
+
+    assert json.loads((folder / "gold" / "config.json").read_text())["data"]["forget"] == "../forget.parquet"
+    assert len(load_trained(str(folder / "gold")).data.forgotten) == len(load_trained(str(folder)).data.forgotten) > 0
 
 
 def test_unlearned_run_never_recommends_forgotten_items(trained, tmp_path):
@@ -143,6 +148,32 @@ def test_unlearned_run_never_recommends_forgotten_items(trained, tmp_path):
     top, _ = top_k(t, torch.arange(data.n_users), k=10)
     assert not torch.isin(top, torch.as_tensor(items)).any()
     assert set(evaluate(t)) == {"valid", "test"}
+
+
+def test_a_moved_unlearned_run_still_evaluates_and_ranks(trained, tmp_path, capsys):
+    """The request is recorded relative to the run folder: a moved (or uploaded) folder loads; so does
+    an older one that recorded the absolute path it was written at."""
+    import shutil
+
+    from raymmrec.cli import main as cli_main
+    from raymmrec.serving import Ranker
+
+    items = np.unique(load_dataset("synthetic:tiny").train.items)[:4]
+    unlearn(trained, ForgetRequest.of(items=items), output_dir=str(tmp_path / "a"), name="i", progress=False)
+    moved = tmp_path / "b" / "i"
+    shutil.move(tmp_path / "a" / "i", moved)
+    config = json.loads((moved / "config.json").read_text())
+    assert config["data"]["forget"] == "forget.parquet"
+    assert cli_main(["evaluate", "--run", str(moved)]) == 0
+    assert "test " in capsys.readouterr().out
+    ranker = Ranker.load(str(moved))
+    assert ranker.info["forgotten_items"] == len(items)
+    shown = {e["item"] for row in ranker.recommend(list(range(ranker.n_users)), 10) for e in row}
+    assert shown and not shown & set(items.tolist())
+    # as the previous version wrote it: the absolute path of the folder before it was moved
+    config["data"]["forget"] = str(tmp_path / "a" / "i" / "forget.parquet")
+    (moved / "config.json").write_text(json.dumps(config))
+    assert Ranker.load(str(moved)).info["forgotten_items"] == len(items)
 
 
 def test_a_failed_request_leaves_no_partial_folder(trained, tmp_path, monkeypatch):
@@ -434,3 +465,33 @@ def test_unlearned_best_pt_holds_no_forgotten_users_state(method, how, tmp_path)
             assert not torch.equal(t[idx], trained[key][idx]), key
             checked.append(key)
     assert {"nbpo": "objective_module.P", "cm3": "branch_logits"}[method] in checked
+
+
+def _to_fake_device(model, device: torch.device) -> None:
+    """Move ``model``'s dense parameters and buffers to ``device`` as fake tensors (the graph's sparse
+    buffers stay: a reset never reads them)."""
+    for mod in model.modules():
+        for p in mod._parameters.values():
+            if p is not None and p.layout == torch.strided:
+                p.data = p.data.to(device)
+        for name, b in list(mod._buffers.items()):
+            if b is not None and b.layout == torch.strided:
+                mod._buffers[name] = b.to(device)
+
+
+@pytest.mark.parametrize("method, objective", _pairs())
+def test_a_reset_keeps_every_index_on_its_tables_device(method, objective):
+    """On a GPU the model and the fresh model live on CUDA while request ids arrive on the CPU. Fake
+    CUDA tensors (no GPU needed) check devices as CUDA does, so an index left on the CPU raises here."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from raymmrec.unlearning.reset import reset_state
+
+    model, fresh = _build(method, objective, {}), _build(method, objective, {}, seed=1)
+    cuda = torch.device("cuda", 0)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        _to_fake_device(model, cuda)
+        _to_fake_device(fresh, cuda)
+        written = [reset_state(model, who, np.array([1, 5]), how, fresh=lambda: fresh)
+                   for who in ("users", "items") for how in ("zero", "init", "mean")]
+    assert any(written), f"{method} x {objective}: nothing was reset"

@@ -160,8 +160,9 @@ class Evaluator:
 
         Users are drawn uniformly without replacement by ``seed`` alone (the same on every rank, so
         :meth:`shard_users` still splits one sample), and kept sorted; ``n`` >= their number (or 0)
-        keeps all. Whole users are sampled, never items, so the averaged metric is an unbiased
-        estimate of the metric over every user (``eval.valid_users``).
+        keeps all. Whole users are sampled, never items, so one evaluation's averaged metric is an
+        unbiased estimate of the metric over every user (``eval.valid_users``); the best of many such
+        evaluations, as early stopping takes it, is biased upward.
         """
         if n < 0:
             raise ValueError(f"n must be >= 0 (0: all users), got {n}")

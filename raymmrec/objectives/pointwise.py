@@ -150,7 +150,7 @@ class PointwiseLoss(Objective):
     options_cls = PointwiseOptions
     uses_flip = False
     # column-sharded: scores and EmbLoss are reduced (ModelOutput.scores, ctx.global_norm); the flip
-    # tables are replicated, and get the same gradient on every worker from the same loss
+    # tables are replicated, their gradients averaged over the workers (raymmrec.shard)
     column_sharding = True
 
     def make_module(self, n_users: int, n_items: int) -> nn.Module | None:

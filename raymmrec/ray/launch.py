@@ -25,7 +25,7 @@ from raymmrec.data import arrow_filesystem, is_columnar, resolve_source, train_p
 from raymmrec.errors import UserError, run_main
 from raymmrec.eval.cold import COLD_SPLITS
 from raymmrec.ray import storage as st
-from raymmrec.ray.logs import DriverLines, ingest_options, lines_to_driver
+from raymmrec.ray.logs import DriverLines, ingest_options, lines_to_driver, worker_failure
 from raymmrec.train.artifacts import CONFIG, DIVERGED, RESULTS, TB, results_dict, results_table
 from raymmrec.files import write_json
 from raymmrec.shard import resolve_mode
@@ -288,10 +288,14 @@ def _launch_on_ray(spec: RunSpec, args: ScalingArgs, config: dict[str, Any], sto
         # every worker reads all pairs once; Ray's ingest options without the deprecated field it warns about
         dataset_config=ray.train.DataConfig(datasets_to_split=[], execution_options=ingest_options()),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+    except ray.train.WorkerGroupError as e:  # a worker raised: one line (rank, error, its log), not Ray's tracebacks
+        lines.close()
+        raise worker_failure(e) from e
     lines.close()  # the workers' last lines before the results
-    if result.error is not None:
-        raise result.error
     metrics = result.metrics or {}
     if fs.exists(f"{root}/{DIVERGED}"):
         raise TrainingDiverged(json.loads(fs.cat_file(f"{root}/{DIVERGED}"))["error"])

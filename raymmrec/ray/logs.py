@@ -21,17 +21,23 @@ Ray API only:
   Without a queue, or once it is gone, the lines go to the process's own streams.
 
 Errors need no channel: Ray Train raises a worker's error from ``TorchTrainer.fit`` on the driver,
-and ``ray.get`` a task's.
+and ``ray.get`` a task's. A Train worker's error carries where that worker's log is
+(:func:`note_worker_log`), and the driver turns Ray Train's ``WorkerGroupError`` (every failed
+rank's exception, one Ray-formatted traceback each) into one line naming the rank, the error and
+that log (:func:`worker_failure`).
 """
 
 from __future__ import annotations
 
 import io
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from typing import Any, TextIO
+
+from raymmrec.errors import UserError, error_message
 
 STDOUT, STDERR = "stdout", "stderr"
 
@@ -189,3 +195,61 @@ class DriverLines:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: The attribute of a Train worker's exception that says where that worker's log is.
+WHERE = "raymmrec_worker_log"
+
+
+class WorkerFailed(UserError, RuntimeError):
+    """Training stopped because a worker raised (``--verbose``: with Ray's tracebacks)."""
+
+
+def worker_log() -> str:
+    """(Ray worker) Where this process's output and tracebacks are: its stderr file on its node (Ray's
+    session logs folder there) and the ``ray logs`` command that shows it from any machine."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    try:  # Ray points a worker's stderr at its log file (Linux: the file behind descriptor 2)
+        path = os.readlink("/proc/self/fd/2")
+        path = path if os.path.isfile(path) else None
+    except OSError:
+        path = None
+    if path is None:
+        path = os.path.join(ctx.get_temp_dir(), ctx.get_session_name(), "logs") + os.sep
+    where = f"{path} on node {ray.util.get_node_ip_address()}"
+    actor = ctx.get_actor_id()
+    return f"{where} (`ray logs actor --id {actor} --err`)" if actor else where
+
+
+def note_worker_log(exc: BaseException) -> None:
+    """(Ray Train worker) Record on ``exc`` where this worker's log is; it travels with the exception."""
+    try:
+        setattr(exc, WHERE, worker_log())
+    except Exception:  # an exception without attributes, or no Ray context: the driver says less
+        pass
+
+
+def worker_failure(error: Any) -> WorkerFailed:
+    """One line for Ray Train's ``WorkerGroupError`` (``worker_failures``: rank -> exception).
+
+    Names one rank, its error and its log, then the other failed ranks. A rank whose error carries no
+    log location failed outside our code (its process died: a crash, the OOM killer), which makes the
+    others fail with it (a collective whose peer left), so it comes first; then the lowest rank.
+    """
+    failures: dict[int, BaseException] = dict(getattr(error, "worker_failures", None) or {})
+    if not failures:
+        return WorkerFailed(f"training failed: {error_message(error)}")
+    rank = min(failures, key=lambda r: (getattr(failures[r], WHERE, None) is not None, r))
+    exc = failures[rank]
+    log = getattr(exc, WHERE, None)
+    if log is None:  # a dead worker: Ray Train's error wraps the actor's (its id names the log)
+        text = (str(exc).strip().splitlines() or [""])[0]  # the first line: the rest is Ray's worker dump
+        actor = getattr(getattr(exc, "health_check_failure", exc), "actor_id", None)
+        log = f"`ray logs actor --id {actor} --err`" if actor else "the worker's file in Ray's session logs (`ray logs`)"
+    else:
+        text = error_message(exc)
+    others = sorted(set(failures) - {rank})
+    also = f" (also failed: rank{'s' if len(others) > 1 else ''} {', '.join(map(str, others))})" if others else ""
+    return WorkerFailed(f"rank {rank} failed: {type(exc).__name__}: {text or 'no message'}{also}; log: {log}")

@@ -3,20 +3,25 @@
     raymmrec serve --run runs/lightgcn-lfm2k [--port 8000] [--replicas 2] [--cpus-per-replica 1]
     curl 'http://127.0.0.1:8000/recommend?user=3&k=10'
     curl -X POST http://127.0.0.1:8000/recommend -d '{"users": [3, 17], "k": 10}'
-    curl http://127.0.0.1:8000/info            # method, dataset, epoch, items, the run it serves
+    curl http://127.0.0.1:8000/info            # the run's name, method, dataset, epoch, sizes, limits
     raymmrec serve --run runs/lightgcn-lfm2k-v2  # on a running app: swaps the model, no downtime
     raymmrec unlearn --run runs/lightgcn-lfm2k --request items.csv --serve raymmrec  # forget, then swap
 
 Each replica of the application (one deployment, ``recommend``) loads the run's best model once and
 computes its scoring tables once (:class:`raymmrec.serving.Ranker`); a ranking is
 :func:`raymmrec.recommend.top_k`, the same code and tie order as ``raymmrec recommend`` and evaluation.
-Concurrent requests are ranked together (``serve.batch``: one score matrix and one top-K for all).
+Concurrent requests are ranked together (``serve.batch``: one ranking per distinct k for all).
+A request is bounded (:class:`raymmrec.serving.Limits`: users, k, users x k; ``--max-users``,
+``--max-k``, ``--max-results``); an error reply names the client's mistake, or says "internal" and
+leaves the details to the replica's log; answers and ``/info`` name the run and dataset, never a path.
 
 The run is the deployment's ``user_config``. Deploying the app again with another run is Serve's
 rolling update: with ``max_surge_percent=100`` Serve starts the new replicas (which load the new run)
 while the old ones keep answering, routes to the new ones once they are ready, then drains and stops
 the old ones; ``serve.run`` returns once every replica serves the new run, so no request fails during
-the swap and every answer after it comes from the new run (each answer names its run).
+the swap and every answer after it comes from the new run (each answer names its run). A swap keeps
+the app's route prefix, and Serve keeps its host and port; the address printed is the one Serve
+reports for the app.
 
 Where this command finds a running Ray cluster (``RAY_ADDRESS``, ``--address`` or a local
 ``ray start``), it deploys and returns, and the application lives on in the cluster; otherwise it
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import sys
@@ -37,12 +43,15 @@ from ray import serve
 
 from raymmrec.errors import UserError, run_main
 from raymmrec.files import location
-from raymmrec.serving import RequestError
+from raymmrec.serving import Limits, RequestError
 
 DEFAULT_APP = "raymmrec"
 DEPLOYMENT = "recommend"
 DEFAULT_K = 20
 QUIET_LOGS = {"enable_access_log": False, "log_level": "WARNING"}
+INTERNAL = "internal: the service could not answer this request (the details are in its log)"
+BODY_BYTES_PER_USER = 32
+LOG = logging.getLogger("ray.serve")
 
 
 def _json(obj: Any, status: int = 200):
@@ -65,24 +74,28 @@ class RecommendService:
         from raymmrec.serving import Ranker
 
         run = str(settings["run"]).rstrip("/")
+        limits = Limits.of(settings)
         if self._ranker is None or self._ranker.run != run:
             torch.set_num_threads(max(1, int(settings.get("cpus") or 1)))
             device = "cuda" if float(settings.get("gpus") or 0) > 0 else "cpu"
-            ranker = await asyncio.to_thread(Ranker.load, run, device)
-            self._ranker = ranker
+            self._ranker = await asyncio.to_thread(Ranker.load, run, device, limits)
+        self._ranker.limits = limits
         self._settings = dict(settings)
 
     def settings(self) -> dict[str, Any]:
-        """The settings this replica was deployed with (run, replicas, cpus, gpus): redeploys keep them."""
+        """The settings this replica was deployed with (run, replicas, cpus, gpus, limits, route prefix):
+        redeploys keep them."""
         return dict(self._settings)
 
     async def __call__(self, request):  # noqa: ANN001 - a starlette Request
         try:
             return await self._route(request)
-        except RequestError as e:
+        except RequestError as e:  # the client's fault: its message names the field and what was expected
             return _json({"error": str(e)}, e.status)
-        except Exception as e:  # noqa: BLE001 - answered, never raised: the replica keeps serving
-            return _json({"error": f"internal: {type(e).__name__}: {' '.join(str(e).split())}"[:300]}, 500)
+        except Exception:  # noqa: BLE001 - answered, never raised: the replica keeps serving
+            # the details (paths, internals) go to the replica's log, never to the client
+            LOG.exception("%s %s failed", request.method, request.url.path)
+            return _json({"error": INTERNAL}, 500)
 
     async def _route(self, request):  # noqa: ANN001
         ranker = self._ranker
@@ -94,26 +107,31 @@ class RecommendService:
         method = request.method
         allowed = {"/healthz": ("GET",), "/info": ("GET",), "/recommend": ("GET", "POST")}
         if path not in allowed:
-            raise RequestError("path", f"no route {path}; expected /recommend, /info or /healthz", 404)
+            raise RequestError("path", f"no route {path}; expected /recommend, /info or /healthz"[:200], 404)
         if method not in allowed[path]:
             raise RequestError("method", f"{method} {path} is not served; expected {' or '.join(allowed[path])}",
                                405)
         if path == "/healthz":
-            return _json({"status": "ok", "run": ranker.run, "epoch": ranker.info["epoch"]})
+            return _json({"status": "ok", "run": ranker.name, "epoch": ranker.info["epoch"]})
         if path == "/info":
             return _json(ranker.info)
+        limits = ranker.limits
         if method == "GET":
             params = request.query_params
             unknown = sorted(set(params) - {"user", "k"})
             if unknown:
-                raise RequestError(unknown[0], "unknown query parameter; expected user and k")
+                raise RequestError(unknown[0][:40], "unknown query parameter; expected user and k")
             if "user" not in params:
                 raise RequestError("user", "missing; expected /recommend?user=U&k=K")
             user = ranker.check_user(params["user"])
-            k = ranker.check_k(params.get("k", str(min(DEFAULT_K, ranker.max_k))))
+            k = ranker.check_k(params.get("k", str(min(DEFAULT_K, limits.max_k))))
+            limits.check(1, k)
             answer, rows = await self._ranked([user], k)
             return _json({**answer, "user": user, "k": k, "items": rows[0]})
         raw = await request.body()
+        most = BODY_BYTES_PER_USER * limits.max_users + 1024  # room for max_users ids, each written out long
+        if len(raw) > most:
+            raise RequestError("body", f"{len(raw):,} bytes; at most {most:,} for max_users={limits.max_users}", 413)
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
@@ -122,9 +140,10 @@ class RecommendService:
             raise RequestError("body", f'expected a JSON object {{"users": [...], "k": K}}, got {type(body).__name__}')
         unknown = sorted(set(body) - {"users", "k"})
         if unknown:
-            raise RequestError(unknown[0], "unknown field; expected users and k")
+            raise RequestError(unknown[0][:40], "unknown field; expected users and k")
         users = ranker.check_users(body.get("users"))
-        k = ranker.check_k(body.get("k", min(DEFAULT_K, ranker.max_k)))
+        k = ranker.check_k(body.get("k", min(DEFAULT_K, limits.max_k)))
+        limits.check(len(users), k)
         answer, rows = await self._ranked(users, k)
         return _json({**answer, "k": k, "results": [{"user": u, "items": r} for u, r in zip(users, rows)]})
 
@@ -136,26 +155,29 @@ class RecommendService:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def _rank(self, asks: list[tuple[list[int], int]]) -> list[tuple[dict[str, Any], list]]:
-        """All waiting requests in one ranking: their users stacked, the largest k, each cut to its own k.
+        """All waiting requests ranked together: one ranking per distinct k over their users stacked.
 
-        Cutting is exact: rankings are (score desc, item id asc), so top-k is a prefix of top-k'.
+        Ranking each k on its own keeps a batch's answer the sum of its requests' (each within
+        ``max_results``): one large-k request never makes every other request's users ranked to its k.
         Every answer of one batch comes from one model, which the answer names.
         """
         ranker = self._ranker
-        # checked against the model of the request's arrival; a swap in between may change the ranges
-        fits = [all(u < ranker.n_users for u in us) and k <= ranker.max_k for us, k in asks]
-        users = [u for (us, _), ok in zip(asks, fits) if ok for u in us]
-        k_max = max([k for (_, k), ok in zip(asks, fits) if ok], default=1)
-        rows = await asyncio.to_thread(ranker.recommend, users, k_max)
-        out, start = [], 0
-        head = {"run": ranker.run, "method": ranker.info["method"], "epoch": ranker.info["epoch"]}
-        for (us, k), ok in zip(asks, fits):
-            if not ok:
-                out.append((None, RequestError("users", f"expected ids in [0, {ranker.n_users}) and k <= "
-                                                        f"{ranker.max_k} for the model now served")))
-                continue
-            out.append((head, [r[:k] for r in rows[start:start + len(us)]]))
-            start += len(us)
+        out: list[Any] = [None] * len(asks)
+        by_k: dict[int, list[int]] = {}
+        for i, (us, k) in enumerate(asks):
+            # checked against the model of the request's arrival; a swap in between may change the range
+            if all(u < ranker.n_users for u in us):
+                by_k.setdefault(k, []).append(i)
+            else:
+                out[i] = (None, RequestError("users", f"expected ids in [0, {ranker.n_users}) for the model "
+                                                      "now served"))
+        head = {"run": ranker.name, "method": ranker.info["method"], "epoch": ranker.info["epoch"]}
+        for k, which in by_k.items():
+            rows = await asyncio.to_thread(ranker.recommend, [u for i in which for u in asks[i][0]], k)
+            start = 0
+            for i in which:
+                out[i] = (head, rows[start:start + len(asks[i][0])])
+                start += len(asks[i][0])
         return out
 
 
@@ -212,15 +234,40 @@ def running_apps() -> dict[str, Any]:
 
 
 def current_settings(app: str) -> dict[str, Any]:
-    """The settings (run, replicas, cpus, gpus) the running ``app`` was deployed with."""
+    """The settings (run, replicas, cpus, gpus, limits) the running ``app`` was deployed with."""
     if app not in running_apps():
         raise UserError(f"--serve: no Serve application named {app!r} on this Ray cluster "
                         f"(running: {', '.join(running_apps()) or 'none'})")
     return serve.get_app_handle(app).settings.remote().result(timeout_s=60)
 
 
+def serve_details() -> dict[str, Any] | None:
+    """Serve's own record of its HTTP address and applications (the controller's), or None where
+    Serve is not running or does not tell (its public API reports neither address nor route prefix)."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        details = _get_global_client().get_serve_details()
+        return details if isinstance(details.get("http_options"), dict) else None
+    except Exception:  # noqa: BLE001 - no Serve controller, or an API that moved: "cannot tell"
+        return None
+
+
+def listen_url(details: dict[str, Any] | None, app: str) -> str | None:
+    """The URL ``app`` answers at, from Serve's record (:func:`serve_details`); None where it has none."""
+    try:
+        http = details["http_options"]
+        host, port, prefix = http["host"], int(http["port"]), details["applications"][app]["route_prefix"]
+    except (TypeError, KeyError, ValueError):
+        return None
+    if not host or not isinstance(prefix, str):
+        return None
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{port}{'' if prefix == '/' else prefix.rstrip('/')}"
+
+
 def build_app(settings: dict[str, Any]):
-    """The Serve application of ``settings``: run (user_config), replicas, cpus, gpus."""
+    """The Serve application of ``settings``: run (user_config), replicas, cpus, gpus, limits."""
     actor = {"num_cpus": float(settings["cpus"]), "num_gpus": float(settings["gpus"])}
     deployment = serve.deployment(
         RecommendService, name=DEPLOYMENT, num_replicas=int(settings["replicas"]),
@@ -231,30 +278,67 @@ def build_app(settings: dict[str, Any]):
     return deployment.bind()
 
 
-def deploy(run: str, *, app: str = DEFAULT_APP, port: int = 8000, host: str = "127.0.0.1", route_prefix: str = "/",
-           replicas: int | None = None, cpus: float | None = None, gpus: float | None = None) -> dict[str, Any]:
+def _keep(option: str, given: Any, running: Any, what: str) -> Any:
+    """``running`` where ``given`` is None or the same; a one-line error where it differs."""
+    if given is None or running is None or given == running:
+        return running if given is None else given
+    raise UserError(f"{option}: {what} is {running}, which a running Serve keeps (asked for {given}); "
+                    "leave the option out, or delete the app (serve.delete / serve shutdown) to change it")
+
+
+def deploy(run: str, *, app: str = DEFAULT_APP, port: int | None = None, host: str | None = None,
+           route_prefix: str | None = None, replicas: int | None = None, cpus: float | None = None,
+           gpus: float | None = None, max_users: int | None = None, max_k: int | None = None,
+           max_results: int | None = None) -> dict[str, Any]:
     """Start ``app`` serving ``run``, or swap a running ``app`` to ``run`` in place (rolling update).
 
-    Options left ``None`` keep the running app's values (new app: 1 replica, 1 CPU, 0 GPUs). Returns
-    once every replica serves ``run``: the settings and the HTTP address.
+    Options left ``None`` keep the running app's values: its route prefix, the host and port Serve
+    listens on, its replicas, CPUs, GPUs and request limits (new app: route ``/``, 127.0.0.1:8000,
+    1 replica, 1 CPU, 0 GPUs, :class:`~raymmrec.serving.Limits`' defaults). A host, port or route
+    prefix that differs from the running one is an error: Serve keeps its address, and a swap that
+    moved the app would leave its clients with 404s. Returns once every replica serves ``run``: the
+    settings and ``url``, the address Serve reports for the app (None where it does not tell).
     """
     run = location(run)  # absolute: a replica (maybe on another node, in another directory) loads it
     _check_run(run)
-    old = current_settings(app) if app in running_apps() else {}
+    swap = app in running_apps()
+    old = current_settings(app) if swap else {}
+    details = serve_details()
+    http = (details or {}).get("http_options") or {}
+    host = _keep("--host", host, http.get("host"), "the host Serve listens on")
+    port = _keep("--port", port, http.get("port"), "the port Serve listens on")
+    if swap:
+        running_prefix = ((details or {}).get("applications", {}).get(app) or {}).get("route_prefix")
+        route_prefix = _keep("--route-prefix", route_prefix, running_prefix or old.get("route_prefix"),
+                             f"app {app!r}'s route prefix")
+        if route_prefix is None:
+            raise UserError(f"--route-prefix: Serve does not tell app {app!r}'s route prefix; give the one it "
+                            "runs at, which a swap keeps")
+    route_prefix = route_prefix or "/"
+    if not route_prefix.startswith("/"):
+        raise UserError(f"--route-prefix: expected a path starting with /, got {route_prefix!r}")
     settings = {"run": run,
                 "replicas": replicas if replicas is not None else old.get("replicas", 1),
                 "cpus": cpus if cpus is not None else old.get("cpus", 1.0),
-                "gpus": gpus if gpus is not None else old.get("gpus", 0.0)}
+                "gpus": gpus if gpus is not None else old.get("gpus", 0.0),
+                "route_prefix": route_prefix}
+    try:
+        given = {"max_users": max_users, "max_k": max_k, "max_results": max_results}
+        limits = Limits.of({**old, **{key: v for key, v in given.items() if v is not None}})
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    settings.update(dataclasses.asdict(limits))
     if int(settings["replicas"]) < 1:
         raise UserError(f"--replicas: expected an integer >= 1, got {settings['replicas']}")
-    serve.start(http_options={"host": host, "port": port}, logging_config=QUIET_LOGS)
+    if not http:  # Serve not started yet (a running one keeps its address whatever is passed here)
+        host, port = host or "127.0.0.1", port or 8000
+        serve.start(http_options={"host": host, "port": port}, logging_config=QUIET_LOGS)
     try:
         serve.run(build_app(settings), name=app, route_prefix=route_prefix, logging_config=QUIET_LOGS)
     except Exception as e:  # noqa: BLE001 - a replica that could not load the run
         raise UserError(f"--run: app {app!r} could not serve {run}: {' '.join(str(e).split())[:400]}") from None
-    # the address asked for: Serve keeps the one it started with, and its public API does not report it
-    prefix = "" if route_prefix == "/" else route_prefix.rstrip("/")
-    return {**settings, "app": app, "swapped_from": old.get("run"), "url": f"http://{host}:{port}{prefix}"}
+    return {**settings, "app": app, "swapped_from": old.get("run"), "url": listen_url(serve_details(), app),
+            "asked": f"http://{host}:{port}{'' if route_prefix == '/' else route_prefix.rstrip('/')}"}
 
 
 def parser(prog: str = "raymmrec serve") -> argparse.ArgumentParser:
@@ -262,12 +346,21 @@ def parser(prog: str = "raymmrec serve") -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="trained run folder or URL (config.json + best.pt)")
     p.add_argument("--app", default=DEFAULT_APP, help=f"Serve application name (default {DEFAULT_APP}); "
                                                       "an existing one is swapped to --run in place")
-    p.add_argument("--port", type=int, default=8000, help="HTTP port when this starts Serve (default 8000)")
-    p.add_argument("--host", default="127.0.0.1", help="HTTP host when this starts Serve (default 127.0.0.1)")
-    p.add_argument("--route-prefix", default="/", help="URL prefix of the app (default /)")
+    p.add_argument("--port", type=int, default=None,
+                   help="HTTP port when this starts Serve (default 8000; a running Serve keeps its own)")
+    p.add_argument("--host", default=None,
+                   help="HTTP host when this starts Serve (default 127.0.0.1; a running Serve keeps its own)")
+    p.add_argument("--route-prefix", default=None, help="URL prefix of a new app (default /; a swap keeps the app's)")
     p.add_argument("--replicas", type=int, default=None, help="replicas (default 1, or the running app's)")
     p.add_argument("--cpus-per-replica", type=float, default=None, help="CPUs per replica (default 1)")
     p.add_argument("--gpus-per-replica", type=float, default=None, help="GPUs per replica (default 0)")
+    d = Limits()
+    p.add_argument("--max-users", type=int, default=None,
+                   help=f"users per request (default {d.max_users:,}, or the running app's)")
+    p.add_argument("--max-k", type=int, default=None,
+                   help=f"items per user, k (default {d.max_k:,}, or the running app's)")
+    p.add_argument("--max-results", type=int, default=None,
+                   help=f"users x k per request (default {d.max_results:,}, or the running app's)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a running local cluster, "
                                                    "else Ray started here); 'local': always start Ray here")
     p.add_argument("--verbose", action="store_true", help="tracebacks with error messages")
@@ -279,14 +372,23 @@ def main(argv: list[str] | None = None, prog: str = "raymmrec serve") -> int:
     return run_main(lambda: _main(args), verbose=args.verbose)
 
 
+def where(out: dict[str, Any]) -> str:
+    """``at <url>`` where Serve reports the app's address, else a line saying this cannot tell."""
+    if out["url"]:
+        return f"at {out['url']}"
+    return f"at an address Serve does not report (this command cannot tell; it asked for {out['asked']})"
+
+
 def _main(args: argparse.Namespace) -> int:
     _check_run(location(args.run))
     owned = connect(args.address)
     out = deploy(args.run, app=args.app, port=args.port, host=args.host, route_prefix=args.route_prefix,
-                 replicas=args.replicas, cpus=args.cpus_per_replica, gpus=args.gpus_per_replica)
+                 replicas=args.replicas, cpus=args.cpus_per_replica, gpus=args.gpus_per_replica,
+                 max_users=args.max_users, max_k=args.max_k, max_results=args.max_results)
     what = f"swapped from {out['swapped_from']} to" if out["swapped_from"] else "serving"
-    print(f"app {out['app']!r}: {what} {out['run']} ({out['replicas']} replica(s)) at {out['url']}\n"
-          f"  curl '{out['url']}/recommend?user=0&k=10'", flush=True)
+    print(f"app {out['app']!r}: {what} {out['run']} ({out['replicas']} replica(s)) {where(out)}", flush=True)
+    if out["url"]:
+        print(f"  curl '{out['url']}/recommend?user=0&k=10'", flush=True)
     if owned:
         print("Ray was started by this command: serving until Ctrl-C", flush=True)
         try:

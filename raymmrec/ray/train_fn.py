@@ -28,8 +28,8 @@ import torch
 from raymmrec.config import spec_from_dict
 from raymmrec.data import Interactions
 from raymmrec.dist import DistContext
-from raymmrec.shard import Columns, full_model_state
-from raymmrec.ray.logs import lines_to_driver, worker_stdout
+from raymmrec.shard import Columns, check_replicated, full_model_state
+from raymmrec.ray.logs import lines_to_driver, note_worker_log, worker_stdout
 from raymmrec.train.artifacts import DIVERGED, report_metrics, resume_best
 from raymmrec.files import join, write_json
 from raymmrec.train.build import build, load_data, make_trainer, restore, sharded_evaluate
@@ -73,6 +73,8 @@ class RayReportCallback(Callback):
         done = state.stopped_early or state.epoch >= trainer.epochs
         if not (state.epoch % self.every == 0 or done):  # the same decision on every rank
             return
+        if self.columns:  # every rank: do the replicated parameters' copies still agree? (raymmrec.shard)
+            check_replicated(trainer.model, lambda line: print(f"[raymmrec] warning: {line}", file=OUT, flush=True))
         if self.rank == 0:
             if self.on_checkpoint is not None:
                 self.on_checkpoint()
@@ -117,11 +119,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Entry point of each Ray Train worker; ``config = {"spec": RunSpec.to_dict(), ...}``.
 
     Rank 0's lines (``OUT``) go to the driver's queue ``config["lines"]``; the data warnings reach the
-    driver from the loading task, Ray's own output stays in the worker's log (raymmrec.ray.logs).
+    driver from the loading task, Ray's own output stays in the worker's log (raymmrec.ray.logs). An
+    error leaves with that log's location, for the driver's one line.
     """
     rank = ray.train.get_context().get_world_rank()
     with lines_to_driver(config.get("lines") if rank == 0 else None, redirect=False):
-        _train_loop(config)
+        try:
+            _train_loop(config)
+        except Exception as e:
+            note_worker_log(e)
+            raise
 
 
 def _train_loop(config: dict[str, Any]) -> None:
@@ -181,7 +188,7 @@ def _train_loop(config: dict[str, Any]) -> None:
     callbacks.append(RayReportCallback(p.config, rows.rank, config["checkpoint_every"],
                                        on_checkpoint=lambda: [f() for f in before_checkpoint],
                                        best=best, columns=columns))
-    fault = config.get("inject_fault")  # testing hook: {"rank": r, "epoch": e, "marker": path}
+    fault = config.get("inject_fault")  # testing hook: {"rank": r, "epoch": e, "marker": path} or {..., "error": msg}
     if fault:
         callbacks.insert(0, _FaultInjector(rows.rank, **fault))
     trainer = make_trainer(p, sharded_evaluate(p.evaluators, rows, device, p.fixed_results), callbacks, model=model)
@@ -193,14 +200,18 @@ def _train_loop(config: dict[str, Any]) -> None:
 
 
 class _FaultInjector(Callback):
-    """Kills this worker process once (tests of fault tolerance); a marker file makes it one-shot."""
+    """Kills this worker process once (tests of fault tolerance); a marker file makes it one-shot.
+    With ``error``: raises ``RuntimeError(error)`` there instead, every time."""
 
-    def __init__(self, my_rank: int, rank: int, epoch: int, marker: str) -> None:
+    def __init__(self, my_rank: int, rank: int, epoch: int, marker: str = "", error: str | None = None) -> None:
         self.active = my_rank == rank
         self.epoch = epoch
         self.marker = Path(marker)
+        self.error = error
 
     def on_epoch_end(self, trainer: Trainer, state: TrainState, logs: dict[str, float]) -> None:
+        if self.active and state.epoch == self.epoch and self.error is not None:
+            raise RuntimeError(self.error)
         if self.active and state.epoch == self.epoch and not self.marker.exists():
             self.marker.write_text("killed")
             os._exit(1)

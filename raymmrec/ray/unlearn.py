@@ -151,10 +151,10 @@ def _serve(app: str | None, report: dict[str, Any]) -> int:
     """``--serve APP``: the live app now answers from the unlearned run (Serve's in-place rolling update)."""
     if app is None:
         return 0
-    from raymmrec.ray.serve import deploy
+    from raymmrec.ray.serve import deploy, where
 
-    out = deploy(report["folder"], app=app)
-    print(f"app {app!r}: swapped from {out['swapped_from']} to {out['run']} at {out['url']}", flush=True)
+    out = deploy(report["folder"], app=app)  # the app's route prefix, host and port are kept
+    print(f"app {app!r}: swapped from {out['swapped_from']} to {out['run']} {where(out)}", flush=True)
     return 0
 
 

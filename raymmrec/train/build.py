@@ -19,7 +19,6 @@ from raymmrec.config import RunSpec
 from raymmrec.data import DEFAULT_SEED, RecData, cache_root, hide_positives, hold_out_cold_items, load_dataset
 from raymmrec.data.forget import apply_forget, read_request
 from raymmrec.dist import DistContext
-from raymmrec.allocator import keep_large_blocks, tune_allocator
 from raymmrec.eval import Evaluator, joint_metric_sums
 from raymmrec.eval.cold import COLD_KNN, cold_evaluator, cold_notes, content_knn_metrics
 from raymmrec.models.base import RecGraph, Recommender, build_config
@@ -169,7 +168,6 @@ def build(spec: RunSpec, *, device: torch.device | None = None, data: RecData | 
     ``fixed_results`` hold the content-kNN baseline (:mod:`raymmrec.eval.cold`), computed here once.
     """
     device = device or resolve_device(spec.train.device)
-    tune_allocator()  # the training step's large buffers stay in the heap (raymmrec.allocator)
     cls, cfg, objective = check_spec(spec)
     data = data or load_data(spec)
     # data handed in without load_data's steps gets them here, each once (a forget request may have
@@ -190,8 +188,6 @@ def build(spec: RunSpec, *, device: torch.device | None = None, data: RecData | 
     if ctx is not None and ctx.columns is not None:  # keep this rank's column blocks (raymmrec.shard)
         check_supported(cls, type(objective))
         shard_model(model, ctx.columns)
-    if device.type == "cpu":  # a table over the mmap ceiling: keep its step buffers in the heap too
-        keep_large_blocks(max((p.numel() * p.element_size() for p in model.parameters()), default=0))
     optimizer, scheduler = cls.configure_optimizer(parameter_groups(model), spec.train)
     sampler = make_sampler(spec, data, graph) if objective.needs_negatives else None
     candidates = ranked_items(data)

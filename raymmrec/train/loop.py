@@ -12,16 +12,19 @@ validation metric, and training stops when that count exceeds it (MMRec's ``cur_
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, ContextManager, Iterable
 
 import torch
 from torch import nn
 
+from raymmrec.allocator import training_heap
 from raymmrec.dist import DistContext
 from raymmrec.models.base import Batch, Recommender
+from raymmrec.shard import average_replicated_grads
 from raymmrec.train.sampling import dropout_seed
 
 
@@ -153,6 +156,8 @@ class Trainer:
             if immediate:
                 self._check_first_bad(first_bad, epoch)
             out.total.backward()
+            if self.ctx.columns is not None:  # column-sharded: the replicated parameters' gradients averaged
+                average_replicated_grads(unwrap(model), batch)
             self.optimizer.step()
             sums["loss"] = sums.get("loss", 0) + out.value
             for k, v in out.parts.items():
@@ -187,7 +192,18 @@ class Trainer:
 
     def fit(self, state: TrainState | None = None) -> TrainState:
         """Train from ``state`` (a fresh one by default) until the cap or early stop."""
-        state = state or TrainState()
+        with self.heap():
+            return self._fit(state or TrainState())
+
+    def heap(self) -> ContextManager[bool]:
+        """On CPU, a block where freed step buffers stay in the heap (:func:`raymmrec.allocator.training_heap`,
+        blocks of any size when a table is over glibc's mmap ceiling); glibc's own settings again after it.
+        ``fit`` runs inside it; on a GPU it changes nothing."""
+        if self.device.type != "cpu":
+            return contextlib.nullcontext(False)
+        return training_heap(max((p.numel() * p.element_size() for p in self.model.parameters()), default=0))
+
+    def _fit(self, state: TrainState) -> TrainState:
         for cb in self.callbacks:
             cb.on_fit_start(self, state)
         while state.epoch < self.epochs and not state.stopped_early:

@@ -12,6 +12,8 @@ It sits above both :mod:`raymmrec.train.artifacts` (what a run leaves behind) an
 from __future__ import annotations
 
 import json
+import os
+import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from typing import Any
 import torch
 
 from raymmrec.config import RunSpec, spec_from_dict
-from raymmrec.files import join, read_bytes
+from raymmrec.files import is_url, join, open_fs, read_bytes
 from raymmrec.train.artifacts import BEST, CONFIG, read_best
 from raymmrec.train.build import build, resolve_device
 from raymmrec.train.checkpoint import check_format
@@ -67,8 +69,43 @@ def load_trained(run: str | Path, device: str = "auto") -> Trained:
         raise FileNotFoundError(f"{run} is not a finished run folder: {e} (it needs {CONFIG} and {BEST})") from None
     check_format(payload, join(run, BEST))
     spec = spec_from_dict(config)
+    if spec.data.forget:
+        spec.data.forget = _forget_request(run, spec.data.forget, unlearned="unlearned_from" in payload)
     dev = resolve_device(device)
     pieces = build(spec, device=dev, release_features=True)
     pieces.model.load_state_dict(payload["model"])
     pieces.model.eval()
     return Trained(spec, config, pieces.model, pieces.data, int(payload["epoch"]), dev, payload.get("unlearned_from"))
+
+
+def _forget_request(run: str, recorded: str, unlearned: bool) -> str:
+    """Where a run's recorded ``data.forget`` is read from.
+
+    A relative path names a file in the run folder (an unlearned run records ``forget.parquet``, its
+    Gold ``../forget.parquet``), so a moved or uploaded folder still loads; where the run folder has no
+    such file but the path names one from here, that one is read (a run trained in one process with a
+    path relative to where it started). An unlearned run of an older version recorded an absolute
+    path: where that is gone (the folder moved), the request of that name in the run folder is read.
+    """
+    if is_url(recorded) or os.path.isabs(recorded.removeprefix("file://")):
+        if unlearned and not _exists(recorded):
+            inside = join(run, posixpath.basename(recorded.rstrip("/")))
+            return inside if _exists(inside) else recorded
+        return recorded
+    inside = _under(run, recorded)
+    return recorded if not _exists(inside) and _exists(recorded) else inside
+
+
+def _under(run: str, relative: str) -> str:
+    """``relative`` (``..`` allowed) resolved against the run folder or URL ``run``."""
+    if is_url(run):
+        scheme, path = run.split("://", 1)
+        return f"{scheme}://{posixpath.normpath(posixpath.join(path, relative))}"
+    return os.path.normpath(os.path.join(run.removeprefix("file://"), relative))
+
+
+def _exists(path: str) -> bool:
+    if not is_url(path):
+        return os.path.isfile(path.removeprefix("file://"))
+    fs, p = open_fs(path)
+    return fs.exists(p)

@@ -66,18 +66,20 @@ def reset_state(model: Recommender, who: str, ids: Sequence[int] | np.ndarray | 
         elif how == "init":
             if key not in new or new[key].shape != t.shape:
                 raise ValueError(f"the fresh model has no {key} of shape {tuple(t.shape)} to reset from")
-            t.index_copy_(ax, idx, new[key].index_select(ax, idx_cpu).to(t.device, t.dtype))
+            src = new[key]  # the fresh model's tensor, on its own device (the run's, as is the model's)
+            t.index_copy_(ax, idx, src.index_select(ax, idx_cpu.to(src.device)).to(t.device, t.dtype))
         else:
-            keep = torch.ones(t.shape[ax], dtype=torch.bool, device=t.device)
-            keep[idx] = False
-            rest = t.index_select(ax, keep.nonzero().flatten())
-            if rest.shape[ax]:
-                mean = rest.to(torch.float64).mean(ax, keepdim=True).to(t.dtype)
-            else:  # every row forgotten: nothing to average
-                mean = torch.zeros_like(t.narrow(ax, 0, 1))
-            shape = list(t.shape)
-            shape[ax] = idx.numel()
-            t.index_copy_(ax, idx, mean.expand(shape).contiguous())
+            keep = torch.ones(t.shape[ax], dtype=torch.float64, device=t.device)
+            keep.index_fill_(0, idx, 0.0)
+            shape = [1] * t.dim()
+            shape[ax] = -1
+            # the mean of the rows kept (zeros when every row is forgotten), in float64, without a
+            # data-dependent gather
+            total = (t.to(torch.float64) * keep.view(shape)).sum(ax, keepdim=True)
+            mean = (total / keep.sum().clamp_min(1.0)).to(t.dtype)
+            reps = [1] * t.dim()
+            reps[ax] = idx.numel()
+            t.index_copy_(ax, idx, mean.repeat(reps))
         written.append(key)
     if derived:
         model.refresh_derived()

@@ -7,7 +7,8 @@ trained weights, runs MMRecUn (:mod:`raymmrec.unlearning.mmrecun`), measures ori
 (when asked) Gold models (:mod:`raymmrec.unlearning.measure`), and writes::
 
     <output_dir>/<name>/
-        config.json     the run's config with data.forget -> forget.parquet here (load_trained reads it)
+        config.json     the run's config with data.forget = "forget.parquet": relative, the request in
+                        this folder, so a moved or uploaded folder still loads (load_trained reads it)
         forget.parquet  the request
         best.pt         the unlearned weights, their validation/test metrics, and ``unlearned_from``:
                         the source run, its best epoch, the request, the unlearning epochs
@@ -131,7 +132,7 @@ def unlearn(run: str, request: ForgetRequest | str, *, options: UnlearnOptions |
     data1 = apply_forget(data0, req)  # checks every id against the data first
     say(f"{spec0.method} run {run}: forgetting {req.describe()} ({len(data1.forgotten):,} training interactions)")
     spec1 = spec0.model_copy(deep=True)
-    spec1.data.forget = join(final, REQUEST)  # final: a URL or an absolute local path (location)
+    spec1.data.forget = join(final, REQUEST)  # while running (data1 has it applied); config.json: REQUEST
     spec1.output_dir, spec1.run_name = output_dir, name
 
     local = not is_url(final)
@@ -187,7 +188,7 @@ def _unlearn(run: str, req: ForgetRequest, opts: UnlearnOptions, spec0, spec1, d
     fig_unlearned = report_for(p1.model, data0, data1, req, ks, dev, mbe)
     fig_original["seconds"], fig_unlearned["seconds"] = None, unlearn_s
     (stage / BEST).write_bytes(_unlearned_best(p1, run, best, req, len(data1.forgotten), res))
-    write_json(stage / CONFIG, p1.config)
+    write_json(stage / CONFIG, _in_folder(p1.config, REQUEST))
 
     fig_gold = None
     if gold:
@@ -205,7 +206,7 @@ def _unlearn(run: str, req: ForgetRequest, opts: UnlearnOptions, spec0, spec1, d
         gconf = json.loads((stage / GOLD / CONFIG).read_text())
         gconf["output_dir"] = spec1.output_dir
         gconf["run_name"] = f"{spec1.run_name}/{GOLD}"
-        write_json(stage / GOLD / CONFIG, gconf)
+        write_json(stage / GOLD / CONFIG, _in_folder(gconf, f"../{REQUEST}"))
 
     if not len(data1.forgotten):  # no forgotten training pair: the forget figures measure nothing
         for fig in (fig_original, fig_unlearned, fig_gold or {}):
@@ -222,6 +223,12 @@ def _unlearn(run: str, req: ForgetRequest, opts: UnlearnOptions, spec0, spec1, d
     }
     report["table"] = table(report)
     return report
+
+
+def _in_folder(config: dict[str, Any], request: str) -> dict[str, Any]:
+    """``config`` with ``data.forget`` = ``request``, a path relative to the run folder that holds the
+    config (:func:`raymmrec.train.trained.load_trained` reads it so): never where the folder was written."""
+    return {**config, "data": {**config["data"], "forget": request}}
 
 
 def _parent(run: str) -> str:
