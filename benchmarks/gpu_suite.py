@@ -643,16 +643,16 @@ def part_unlearn(cfg: dict[str, Any], result: dict[str, Any], save: Callable[[],
         run(spec, progress=False)
         untrained = build(spec)  # an untrained model of the run's seed: what reset=init writes
         fresh = {k: v.cpu() for k, v in untrained.model.state_dict().items()}
-        sizes = {"users": untrained.data.n_users, "items": untrained.data.n_items}
+        declared = untrained.model.indexed_state()  # the tables a reset writes, by whom they are indexed
         for who, req in (("users", ForgetRequest.of(users=[1, 2, 3])), ("items", ForgetRequest.of(items=[4, 5]))):
             t0 = time.monotonic()
             rep = unlearn(str(work / "trained"), req, name=f"forget-{who}", progress=False, device=cfg["device"],
                           options={"epochs": cfg["unlearn_epochs"], "reset": "init"})
             best = torch.load(Path(rep["folder"]) / "best.pt", weights_only=True, map_location="cpu")["model"]
             ids = torch.tensor([1, 2, 3] if who == "users" else [4, 5])
-            checked = [k for k, t in best.items() if t.dim() and k in fresh and t.shape == fresh[k].shape
-                       and t.shape[0] == sizes[who]]
-            wrong = [k for k in checked if not torch.equal(best[k][ids], fresh[k][ids])]
+            checked = [k for k, d in declared.items() if d.who == who and not d.derived and k in best]
+            wrong = [k for k in checked if not torch.equal(best[k].index_select(declared[k].axis, ids),
+                                                           fresh[k].index_select(declared[k].axis, ids))]
             result[who] = {"seconds": round(time.monotonic() - t0, 1), "reset": rep.get("reset"),
                            "checked": checked, "not_fresh": wrong}
             if not rep.get("reset") or wrong:

@@ -58,17 +58,19 @@ _on = False  # the thresholds are in effect
 _large = False  # every block is served from the heap (M_MMAP_MAX = 0)
 
 
-def _setting() -> str:
+def check_setting() -> str:
+    """``RAYMMREC_MALLOC_TUNING``'s value, or a one-line error naming it (runs check it before they load data)."""
     value = os.environ.get("RAYMMREC_MALLOC_TUNING", "1")
     if value not in SETTINGS:
         raise ValueError(f"RAYMMREC_MALLOC_TUNING={value!r}: expected one of {', '.join(SETTINGS)}")
     return value
 
 
+
 def _glibc() -> Any:
     """glibc, or None (tuning off, not Linux, or not glibc)."""
     global _libc
-    if _setting() == "0" or not sys.platform.startswith("linux"):
+    if check_setting() == "0" or not sys.platform.startswith("linux"):
         return None
     if _libc is None:
         try:
@@ -106,7 +108,7 @@ def training_heap(largest_bytes: int = 0) -> Iterator[bool]:
     if libc is None:
         yield False
         return
-    large = largest_bytes >= MMAP_THRESHOLD and _setting() != "threshold"
+    large = largest_bytes >= MMAP_THRESHOLD and check_setting() != "threshold"
     with _lock:
         if _depth == 0:
             _on = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(

@@ -122,3 +122,14 @@ def test_allocator_settings_fit_the_c_int_that_mallopt_takes():
     for name in ("MMAP_THRESHOLD", "TRIM_THRESHOLD", "LARGE_TRIM_THRESHOLD"):
         value = getattr(allocator, name)  # a larger value would wrap silently (4 GiB becomes 0)
         assert ctypes.c_int(value).value == value >= 0, name
+
+
+def test_a_bad_setting_is_refused_before_any_data_is_loaded(monkeypatch):
+    """The run's checks name the variable; nothing is loaded or built first."""
+    import raymmrec.train.build as b
+    from raymmrec.config import load_spec
+
+    monkeypatch.setenv("RAYMMREC_MALLOC_TUNING", "off")
+    monkeypatch.setattr(b, "load_data", lambda spec: pytest.fail("data loaded before the setting was checked"))
+    with pytest.raises(ValueError, match="RAYMMREC_MALLOC_TUNING='off'"):
+        b.build(load_spec("bpr", overrides=["data.source=synthetic:tiny"]))

@@ -130,6 +130,42 @@ def test_a_request_over_a_limit_gets_a_4xx_naming_the_limit(served, path, body, 
     assert call(f"{served['url']}/recommend", {"users": list(range(20)), "k": 100})[0] == 200  # 2,000: at the limit
 
 
+def test_a_body_without_a_declared_length_is_cut_off_at_the_limit(served):
+    """Chunked, without end (no Content-Length): the replica stops reading once past the limit and answers
+    413 while the client is still sending; reading the whole body first would never answer."""
+    import http.client
+    import socket
+    import threading
+    from urllib.parse import urlsplit
+
+    url = urlsplit(served["url"])
+    sock = socket.create_connection((url.hostname, url.port), timeout=120)
+    sock.sendall(f"POST {url.path}/recommend HTTP/1.1\r\nHost: {url.hostname}\r\n"
+                 "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+    answered = threading.Event()
+
+    def feed() -> None:  # '{"users": [0, 0, 0, ...' for as long as the server reads
+        chunk = b"0, " * 1000
+        try:
+            sock.sendall(b'b\r\n{"users": [\r\n')
+            while not answered.is_set():
+                sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+        except OSError:  # the server closed the connection after its answer
+            pass
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        r = http.client.HTTPResponse(sock)
+        r.begin()
+        answer = json.loads(r.read())
+    finally:
+        answered.set()
+        sock.close()
+        feeder.join()
+    assert r.status == 413 and answer["error"].startswith("body: ") and "max_users" in answer["error"], answer
+
+
 def test_an_internal_error_is_logged_and_answered_without_its_text(served):
     """The reply says "internal" and nothing of the exception (paths, internals); the log has it all."""
     from starlette.requests import Request

@@ -150,7 +150,7 @@ def test_unlearned_run_never_recommends_forgotten_items(trained, tmp_path):
     assert set(evaluate(t)) == {"valid", "test"}
 
 
-def test_a_moved_unlearned_run_still_evaluates_and_ranks(trained, tmp_path, capsys):
+def test_a_moved_unlearned_run_still_evaluates_and_ranks(trained, tmp_path, capsys, monkeypatch):
     """The request is recorded relative to the run folder: a moved (or uploaded) folder loads; so does
     an older one that recorded the absolute path it was written at."""
     import shutil
@@ -164,6 +164,8 @@ def test_a_moved_unlearned_run_still_evaluates_and_ranks(trained, tmp_path, caps
     shutil.move(tmp_path / "a" / "i", moved)
     config = json.loads((moved / "config.json").read_text())
     assert config["data"]["forget"] == "forget.parquet"
+    best = torch.load(moved / "best.pt", weights_only=True)
+    assert best["config"]["data"]["forget"] == "forget.parquet"  # best.pt agrees with config.json
     assert cli_main(["evaluate", "--run", str(moved)]) == 0
     assert "test " in capsys.readouterr().out
     ranker = Ranker.load(str(moved))
@@ -174,6 +176,16 @@ def test_a_moved_unlearned_run_still_evaluates_and_ranks(trained, tmp_path, caps
     config["data"]["forget"] = str(tmp_path / "a" / "i" / "forget.parquet")
     (moved / "config.json").write_text(json.dumps(config))
     assert Ranker.load(str(moved)).info["forgotten_items"] == len(items)
+    # a request of the same name where the command runs is never read in place of the run's own
+    config["data"]["forget"] = "forget.parquet"
+    (moved / "config.json").write_text(json.dumps(config))
+    (moved / "forget.parquet").rename(moved / "kept.parquet")
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "forget.parquet").write_bytes(ForgetRequest.of(items=items[:1]).to_parquet_bytes())
+    monkeypatch.chdir(other)
+    with pytest.raises(Exception, match="forget.parquet"):
+        Ranker.load(str(moved))
 
 
 def test_a_failed_request_leaves_no_partial_folder(trained, tmp_path, monkeypatch):

@@ -128,10 +128,8 @@ class RecommendService:
             limits.check(1, k)
             answer, rows = await self._ranked([user], k)
             return _json({**answer, "user": user, "k": k, "items": rows[0]})
-        raw = await request.body()
         most = BODY_BYTES_PER_USER * limits.max_users + 1024  # room for max_users ids, each written out long
-        if len(raw) > most:
-            raise RequestError("body", f"{len(raw):,} bytes; at most {most:,} for max_users={limits.max_users}", 413)
+        raw = await _bounded_body(request, most, limits.max_users)
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
@@ -182,6 +180,24 @@ class RecommendService:
 
 
 # ---------------------------------------------------------------- driver side
+
+
+async def _bounded_body(request, most: int, max_users: int) -> bytes:  # noqa: ANN001 - a starlette Request
+    """The request's body, refused with a 413 as soon as it is over ``most`` bytes: a declared length
+    is checked before anything is read, and the stream is cut off once past it (a client cannot make the
+    replica buffer more than ``most`` bytes)."""
+    def too_long(n: str) -> RequestError:
+        return RequestError("body", f"{n} bytes; at most {most:,} for max_users={max_users}", 413)
+
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > most:
+        raise too_long(f"{int(declared):,}")
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > most:
+            raise too_long(f"over {most:,}")
+    return bytes(raw)
 
 
 def connect(address: str | None = None, start_local: bool = True) -> bool:
@@ -286,6 +302,15 @@ def _keep(option: str, given: Any, running: Any, what: str) -> Any:
                     "leave the option out, or delete the app (serve.delete / serve shutdown) to change it")
 
 
+def running_prefix(app: str, details: dict[str, Any] | None = None, settings: dict[str, Any] | None = None
+                   ) -> str | None:
+    """The route prefix the running ``app`` answers at: Serve's record, else the one its settings hold
+    (None: neither tells, so a swap must be given it)."""
+    details = serve_details() if details is None else details
+    settings = current_settings(app) if settings is None else settings
+    return ((details or {}).get("applications", {}).get(app) or {}).get("route_prefix") or settings.get("route_prefix")
+
+
 def deploy(run: str, *, app: str = DEFAULT_APP, port: int | None = None, host: str | None = None,
            route_prefix: str | None = None, replicas: int | None = None, cpus: float | None = None,
            gpus: float | None = None, max_users: int | None = None, max_k: int | None = None,
@@ -308,8 +333,7 @@ def deploy(run: str, *, app: str = DEFAULT_APP, port: int | None = None, host: s
     host = _keep("--host", host, http.get("host"), "the host Serve listens on")
     port = _keep("--port", port, http.get("port"), "the port Serve listens on")
     if swap:
-        running_prefix = ((details or {}).get("applications", {}).get(app) or {}).get("route_prefix")
-        route_prefix = _keep("--route-prefix", route_prefix, running_prefix or old.get("route_prefix"),
+        route_prefix = _keep("--route-prefix", route_prefix, running_prefix(app, details, old),
                              f"app {app!r}'s route prefix")
         if route_prefix is None:
             raise UserError(f"--route-prefix: Serve does not tell app {app!r}'s route prefix; give the one it "

@@ -123,12 +123,14 @@ def _main(args: argparse.Namespace) -> int:
     if len(names) != len(args.request):
         raise UserError(f"--name given {len(names)} times for {len(args.request)} requests")
     if args.serve is not None:  # checked before any work: one request, and the app runs on this cluster
-        from raymmrec.ray.serve import connect, current_settings
+        from raymmrec.ray.serve import connect, running_prefix
 
         if len(args.request) != 1:
             raise UserError(f"--serve: expected one --request (the run it serves), got {len(args.request)}")
         connect(start_local=False)
-        current_settings(args.serve)
+        if running_prefix(args.serve) is None:  # the swap keeps the app's prefix: it must be known
+            raise UserError(f"--serve: Serve does not tell app {args.serve!r}'s route prefix, which the swap "
+                            "keeps; swap with `raymmrec serve --run <unlearned run> --route-prefix <its prefix>`")
     if args.local:
         from raymmrec.unlearning import unlearn
 

@@ -18,6 +18,7 @@ import torch
 from raymmrec.config import RunSpec
 from raymmrec.data import DEFAULT_SEED, RecData, cache_root, hide_positives, hold_out_cold_items, load_dataset
 from raymmrec.data.forget import apply_forget, read_request
+from raymmrec.allocator import check_setting
 from raymmrec.dist import DistContext
 from raymmrec.eval import Evaluator, joint_metric_sums
 from raymmrec.eval.cold import COLD_KNN, cold_evaluator, cold_notes, content_knn_metrics
@@ -74,6 +75,7 @@ def ranked_items(data: RecData) -> np.ndarray | None:
 
 def check_spec(spec: RunSpec) -> tuple[type[Recommender], Any, Objective]:
     """Resolve method, model options and objective, or raise one clear error (no data loaded)."""
+    check_setting()  # the environment's allocator setting, before anything is loaded
     cls = get_model(spec.method)
     cfg = build_config(cls, spec.model)
     return cls, cfg, build_objective(cls, cfg, spec.objective, spec.objective_options)

@@ -82,9 +82,9 @@ def _forget_request(run: str, recorded: str, unlearned: bool) -> str:
     """Where a run's recorded ``data.forget`` is read from.
 
     A relative path names a file in the run folder (an unlearned run records ``forget.parquet``, its
-    Gold ``../forget.parquet``), so a moved or uploaded folder still loads; where the run folder has no
-    such file but the path names one from here, that one is read (a run trained in one process with a
-    path relative to where it started). An unlearned run of an older version recorded an absolute
+    Gold ``../forget.parquet``; only there), so a moved or uploaded folder still loads; for any other
+    run, where the run folder has no such file but the path names one from here, that one is read (a
+    run trained in one process with a path relative to where it started). An unlearned run of an older version recorded an absolute
     path: where that is gone (the folder moved), the request of that name in the run folder is read.
     """
     if is_url(recorded) or os.path.isabs(recorded.removeprefix("file://")):
@@ -93,6 +93,8 @@ def _forget_request(run: str, recorded: str, unlearned: bool) -> str:
             return inside if _exists(inside) else recorded
         return recorded
     inside = _under(run, recorded)
+    if unlearned:  # its request lives in (or, for Gold, beside) the run folder: never another one of that name
+        return inside
     return recorded if not _exists(inside) and _exists(recorded) else inside
 
 
