@@ -1,11 +1,11 @@
 """Data-parallel Ray Train epochs against single-process epochs, on the same data and global batch size.
 
     python benchmarks/bench_ray.py --method bm3 --data /work/shared/data/lfm2k --num-workers 2 \
-        [--cpus-per-worker 0.5] [--epochs 6] [--use-gpu] [--single-epochs 5] [--skip-single] [key=value ...]
+        [--cpus-per-worker 0.5] [--epochs 6] [--device cpu|cuda] [--single-epochs 5] [--skip-single] [key=value ...]
 
 (a) single process: ``warmup`` untimed + ``single-epochs`` timed ``Trainer._run_epoch`` calls and
     full evaluations (scorer + valid + test), as in ``bench_train.py``;
-(b) ``raymmrec.ray.launch`` with N workers for ``--epochs`` epochs into a fresh temporary storage
+(b) ``raymmrec.ray.launch`` (what ``raymmrec train --num-workers N`` calls) with N workers for ``--epochs`` epochs into a fresh temporary storage
     folder under a unique run name; rank 0's per-epoch ``time/train_s`` and ``time/eval_s`` are read
     from ``state.history`` in the run's latest checkpoint (epoch 0 skipped as warm-up).
 Prints the medians, the ratios ray/single and, last, one JSON line. Starts its own local Ray
@@ -67,7 +67,7 @@ def ray_run(spec, a: argparse.Namespace) -> dict:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
-    from raymmrec.ray.launch import ScalingArgs, launch
+    from raymmrec.ray.launch import Workers, launch
 
     storage = tempfile.mkdtemp(prefix="raymmrec-bench-ray-", dir=a.storage_dir)
     spec.run_name = f"bench-{spec.method}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -79,12 +79,11 @@ def ray_run(spec, a: argparse.Namespace) -> dict:
         print(f"ray {ray.__version__} started/connected in {time.perf_counter() - t0:.1f}s; "
               f"cluster {ray.cluster_resources().get('CPU', 0):g} CPU, {ray.cluster_resources().get('GPU', 0):g} GPU",
               flush=True)
-    scaling = ScalingArgs(num_workers=a.num_workers, use_gpu=a.use_gpu, cpus_per_worker=a.cpus_per_worker,
-                          max_failures=0, storage_path=storage)
+    workers = Workers(num_workers=a.num_workers, cpus_per_worker=a.cpus_per_worker, max_failures=0)
     print(f"(b) ray: {a.num_workers} workers, cpus/worker {a.cpus_per_worker or 'default'}, "
-          f"gpu {a.use_gpu}, {a.epochs} epochs, run {spec.run_name} in {storage}", flush=True)
+          f"device {spec.train.device}, {a.epochs} epochs, run {spec.run_name} in {storage}", flush=True)
     try:
-        _, wall = timed(lambda: launch(spec, scaling, progress=not a.quiet_workers), torch.device("cpu"))
+        _, wall = timed(lambda: launch(spec, workers, progress=not a.quiet_workers), torch.device("cpu"))
         history = latest_history(os.path.join(storage, spec.run_name))
     finally:
         if not a.keep:
@@ -104,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     add_common_arguments(p)
     p.add_argument("--num-workers", type=int, default=2, help="Ray Train workers")
     p.add_argument("--cpus-per-worker", type=float, default=None, help="CPU resource per worker (default: launch's)")
-    p.add_argument("--use-gpu", action="store_true", help="one GPU per Ray worker; the single-process run uses cuda")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cuda: one GPU per Ray worker and the single-process run on cuda (default cpu)")
     p.add_argument("--epochs", type=int, default=6, help="epochs of the Ray run (epoch 0 is not counted)")
     p.add_argument("--single-epochs", type=int, default=5, help="timed single-process epochs")
     p.add_argument("--eval-repeats", type=int, default=3, help="timed single-process full evaluations")
@@ -116,14 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.epochs < 2:
         p.error("--epochs must be >= 2 (epoch 0 is warm-up and not counted)")
-    spec = make_spec(a, "cuda" if a.use_gpu else "cpu")
+    spec = make_spec(a, a.device)
     env = environment(resolve_device(spec.train.device))
     print(f"{env['device']} | torch {env['torch']} | threads {env['threads']} | cores {env['cores']} "
           f"| load {env['load_avg_1m']:.2f}", flush=True)
     single = None if a.skip_single else single_process(spec, a.warmup, a.single_epochs, a.eval_repeats)
     ray_res = ray_run(spec, a)
     res = {"method": spec.method, "data": a.data, "num_workers": a.num_workers, "cpus_per_worker": a.cpus_per_worker,
-           "use_gpu": a.use_gpu, "batch_size": spec.train.batch_size, "overrides": list(a.overrides), **env,
+           "device": a.device, "batch_size": spec.train.batch_size, "overrides": list(a.overrides), **env,
            "load_avg_1m_end": os.getloadavg()[0], "single": single, "ray": ray_res}
     if single:
         print(f"single: train epoch median {single['train_s']['median']:.3f}s "

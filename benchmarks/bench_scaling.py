@@ -7,7 +7,7 @@ For each method and each mode it runs the real commands users type, as subproces
 and ``--long`` epochs (no early stopping, evaluation every epoch):
 
 * one process:  ``python -m raymmrec train --method M ...``
-* Ray, N workers: ``python jobs/train.py --method M --num-workers N ...`` (a fresh local Ray each time)
+* Ray, N workers: ``python -m raymmrec train --method M --num-workers N ...`` (a fresh local Ray each time)
 
 and reports, per mode: the slope ``(T_long - T_short) / (long - short)`` (seconds per epoch after
 start-up, evaluation included), the time from the command's start to its first epoch line
@@ -34,11 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def command(mode: str, method: str, data: str, epochs: int, out: str, name: str, extra: list[str]) -> list[str]:
     common = ["--method", method, "--data", data, "--epochs", str(epochs), "--run-name", name]
-    if mode == "single":
-        return [sys.executable, "-m", "raymmrec", "train", *common, "--output-dir", out, *extra]
-    workers = mode.split("-")[1]
-    return [sys.executable, str(ROOT / "jobs" / "train.py"), *common, "--storage-path", out,
-            "--num-workers", workers, *extra]
+    cmd = [sys.executable, "-m", "raymmrec", "train", *common, "--output-dir", out, *extra]
+    return cmd if mode == "single" else [*cmd, "--num-workers", mode.split("-")[1]]
 
 
 def timed_run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:

@@ -392,7 +392,7 @@ def part_fault(cfg: dict[str, Any], result: dict[str, Any], save: Callable[[], N
     import ray
 
     from raymmrec.config import load_spec
-    from raymmrec.ray.launch import ScalingArgs, launch
+    from raymmrec.ray.launch import Workers, launch
     from raymmrec.train.run import run
 
     gpu = cfg["device"] == "cuda"
@@ -416,8 +416,9 @@ def part_fault(cfg: dict[str, Any], result: dict[str, Any], save: Callable[[], N
                                   daemon=True)
         killer.start()
         t0 = time.perf_counter()
-        faulty = launch(spec("ray"), ScalingArgs(num_workers=1, use_gpu=gpu, cpus_per_worker=1, max_failures=2),
-                        progress=False)
+        ray_spec = spec("ray")
+        ray_spec.train.device = cfg["device"]  # cuda: one GPU for the worker
+        faulty = launch(ray_spec, Workers(num_workers=1, cpus_per_worker=1, max_failures=2), progress=False)
         result["ray_with_kill_s"] = round(time.perf_counter() - t0, 2)
         killed["stop"] = True
         ray.shutdown()
@@ -568,8 +569,8 @@ def part_cm3(cfg: dict[str, Any], result: dict[str, Any], save: Callable[[], Non
 
 # --------------------------------------------------------------------------------------------- 5 shard
 def shard_option() -> bool:
-    """Whether ``jobs/train.py`` offers ``--shard`` (the column-sharded mode)."""
-    sources = [ROOT / "jobs" / "train.py", ROOT / "raymmrec" / "ray" / "launch.py"]
+    """Whether ``raymmrec train`` offers ``--shard`` (the column-sharded mode)."""
+    sources = [ROOT / "raymmrec" / "cli.py"]
     return any('"--shard"' in p.read_text() for p in sources if p.is_file())
 
 
@@ -592,12 +593,13 @@ def part_shard(cfg: dict[str, Any], result: dict[str, Any], save: Callable[[], N
                                            f"train.epochs={cfg['epochs']}", *mods])
         spec.train.device = cfg["device"]
         one = run(spec, progress=False)
-        cmd = [sys.executable, str(ROOT / "jobs" / "train.py"), "--method", "bm3", "--data", data, "--epochs",
-               str(cfg["epochs"]), "--num-workers", "2", "--shard", "columns", "--storage-path", str(work),
-               "--run-name", "sharded", "--no-progress", *(["--use-gpu"] if gpus >= 2 else []), *mods]
+        cmd = [sys.executable, "-m", "raymmrec", "train", "--method", "bm3", "--data", data, "--epochs",
+               str(cfg["epochs"]), "--num-workers", "2", "--shard", "columns", "--output-dir", str(work),
+               "--run-name", "sharded", "--no-progress", "--device", "cuda" if gpus >= 2 else "cpu", *mods]
         p = run_capped(cmd, cfg["cap"] - 10, group=False)
         if p.code != 0:
-            raise RuntimeError(f"jobs/train.py --shard: {'timeout' if p.code is None else p.code}: {last_line(p.output)}")
+            raise RuntimeError(f"raymmrec train --shard: {'timeout' if p.code is None else p.code}: "
+                               f"{last_line(p.output)}")
         test = json.loads((work / "sharded" / "results.json").read_text())["test"]
     finally:
         shutil.rmtree(work, ignore_errors=True)

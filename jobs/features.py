@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from raymmrec.ray.features import main
+from raymmrec.cli import job_main  # noqa: E402  (`raymmrec features`, as its own program)
 
 if __name__ == "__main__":
-    sys.exit(main(prog="jobs/features.py"))
+    sys.exit(job_main("features", prog="jobs/features.py"))

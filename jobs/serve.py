@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from raymmrec.ray.serve import main  # noqa: E402
+from raymmrec.cli import job_main  # noqa: E402  (`raymmrec serve`, as its own program)
 
 if __name__ == "__main__":
-    sys.exit(main(prog="jobs/serve.py"))
+    sys.exit(job_main("serve", prog="jobs/serve.py"))

@@ -1,8 +1,8 @@
-"""Train bm3 data-parallel with Ray Train.
+"""`raymmrec train --method bm3` on Ray Train workers (1 unless --num-workers says otherwise), for `ray job submit`.
 
 Local:    python jobs/train_bm3.py [--data ml100k] [--num-workers 2] [train.epochs=50 ...]
-Cluster:  ray job submit --working-dir . -- python jobs/train_bm3.py --num-workers 4 --use-gpu \
-              --storage-path s3://bucket/raymmrec
+Cluster:  ray job submit --working-dir . -- python jobs/train_bm3.py --num-workers 4 --device cuda \\
+              --output-dir s3://bucket/raymmrec
 """
 
 import sys
@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from raymmrec.ray.launch import main  # noqa: E402
+from raymmrec.cli import train_main  # noqa: E402
 
 if __name__ == "__main__":
-    raise SystemExit(main(default_method="bm3"))
+    raise SystemExit(train_main(prog="jobs/train_bm3.py", default_method="bm3", default_workers=1))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from raymmrec.ray.tune import tune_main  # noqa: E402
+from raymmrec.cli import job_main  # noqa: E402  (`raymmrec tune`, as its own program)
 
 if __name__ == "__main__":
-    sys.exit(tune_main(prog="jobs/tune.py"))
+    sys.exit(job_main("tune", prog="jobs/tune.py"))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from raymmrec.ray.unlearn import main  # noqa: E402
+from raymmrec.cli import job_main  # noqa: E402  (`raymmrec unlearn`, as its own program)
 
 if __name__ == "__main__":
-    sys.exit(main(prog="jobs/unlearn.py"))
+    sys.exit(job_main("unlearn", prog="jobs/unlearn.py"))

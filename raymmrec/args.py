@@ -1,5 +1,6 @@
-"""Command-line arguments shared by every command that trains a run: ``raymmrec train`` and the Ray
-entry points (``jobs/train.py``, ``raymmrec tune``) parse the same flags into the same validated spec.
+"""Command-line arguments shared by every command that trains a run: ``raymmrec train`` (in one process
+or on Ray workers, and ``jobs/train*.py`` through it) and ``raymmrec tune`` parse the same flags into
+the same validated spec.
 
 It sits below both the CLI and the Ray layer, so neither imports the other for them.
 """
@@ -16,8 +17,10 @@ def add_run_arguments(p: argparse.ArgumentParser, default_method: str | None = N
     p.add_argument("--data", default=None, help="ml100k | synthetic[:preset] | path or URL of an MMRec folder")
     p.add_argument("--config", default=None, help="YAML file with data/train/eval/model sections")
     p.add_argument("--epochs", type=int, default=None, help="shortcut for train.epochs=N")
-    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--output-dir", default=None, help="folder for run folders (default: runs)")
+    p.add_argument("--device", default=None,
+                   help="auto | cpu | cuda | cuda:N (with Ray workers: auto | cpu | cuda, one GPU per worker)")
+    p.add_argument("--output-dir", default=None,
+                   help="parent of the run folder: a local folder, or with Ray workers also s3://... (default: runs)")
     p.add_argument("--run-name", default=None, help="run folder name; reusing one resumes that run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
     p.add_argument("--verbose", action="store_true",

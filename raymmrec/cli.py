@@ -1,6 +1,7 @@
 """Command line: ``raymmrec train|tune|reproduce|recommend|evaluate|serve|methods``.
 
-``raymmrec train --method bm3 --data ml100k [--config run.yaml] [key=value ...]``.
+``raymmrec train --method bm3 --data ml100k [--config run.yaml] [key=value ...]`` (one process).
+``raymmrec train ... --num-workers N [--address HOST:PORT]`` (Ray Train workers: a local Ray or a cluster).
 ``raymmrec tune --method bm3 --data lfm2k [--grid paper|wide] [--samples N]`` (Ray Tune).
 ``raymmrec reproduce --methods bpr,lightgcn,vbpr,bm3 --data lfm2k,dbbook`` (Ray Tune, one table).
 ``raymmrec unlearn --run runs/bm3-lfm2k --request forget.parquet [--gold]`` (one Ray task per request).
@@ -19,6 +20,7 @@ import argparse
 import sys
 
 from raymmrec.args import add_run_arguments, spec_from_args
+from raymmrec.config import ConfigError
 from raymmrec.errors import run_main
 
 #: Exit code of a command whose reader closed the pipe (128 + SIGPIPE, as shells report ``yes | head``).
@@ -33,36 +35,52 @@ _RAY_COMMANDS = {"tune": "sweep a method's hyperparameters with Ray Tune (see `r
                  "features": "turn an item catalogue into <modality>_feat.npy (text, image, image2text) with Ray Data"}
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] == "tune":  # the Ray commands parse their own arguments
+def _own_parser(command: str):  # noqa: ANN202 - main(argv, prog) of a command that parses its own arguments
+    """The ``main(argv, prog=...)`` of ``raymmrec <command>`` for the commands that parse their own
+    arguments; imported only when that command runs (the Ray layer only for a Ray command)."""
+    if command == "tune":
         from raymmrec.ray.tune import tune_main
 
-        return tune_main(argv[1:], prog="raymmrec tune")
-    if argv and argv[0] == "study":  # no Ray: runs one after another in this process
+        return tune_main
+    if command == "study":  # no Ray: runs one after another in this process
         from raymmrec.study import main as study_main
 
-        return study_main(argv[1:], prog="raymmrec study")
-    if argv and argv[0] == "features":
+        return study_main
+    if command == "features":
         from raymmrec.ray.features import main as features_main
 
-        return features_main(argv[1:], prog="raymmrec features")
-    if argv and argv[0] == "unlearn":
+        return features_main
+    if command == "unlearn":
         from raymmrec.ray.unlearn import main as unlearn_main
 
-        return unlearn_main(argv[1:], prog="raymmrec unlearn")
-    if argv and argv[0] == "serve":
+        return unlearn_main
+    if command == "serve":
         from raymmrec.ray.serve import main as serve_main
 
-        return serve_main(argv[1:], prog="raymmrec serve")
-    if argv and argv[0] == "reproduce":
+        return serve_main
+    if command == "reproduce":
         from raymmrec.ray.reproduce import main as reproduce_main
 
-        return reproduce_main(argv[1:], prog="raymmrec reproduce")
+        return reproduce_main
+    raise KeyError(command)
+
+
+def job_main(command: str, *, prog: str, argv: list[str] | None = None) -> int:
+    """``raymmrec <command>`` as its own program: the entry point of ``jobs/<command>.py``, which
+    ``ray job submit`` runs on a cluster without installing the package."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return _own_parser(command)(argv, prog=prog)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in _RAY_COMMANDS:  # these commands parse their own arguments
+        return job_main(argv[0], prog=f"raymmrec {argv[0]}", argv=argv[1:])
     parser = argparse.ArgumentParser(prog="raymmrec", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    add_run_arguments(sub.add_parser("train", help="train and evaluate one method in this process"))
+    add_train_arguments(sub.add_parser("train", help="train and evaluate one method, in this process or on Ray "
+                                                     "workers (--num-workers N)"))
     sub.add_parser("methods", help="list registered methods")
     for name, what in _RAY_COMMANDS.items():
         sub.add_parser(name, help=what, add_help=False)
@@ -90,15 +108,79 @@ def main(argv: list[str] | None = None) -> int:
     return run_main(lambda: train(args), verbose=args.verbose)
 
 
+#: ``raymmrec train``'s options that spread a run over Ray workers: (flag, dest); they mean nothing in one process
+WORKER_OPTIONS = (("--address", "address"), ("--shard", "shard"), ("--cpus-per-worker", "cpus_per_worker"),
+                  ("--max-failures", "max_failures"), ("--wait-for-resources", "wait_for_resources"),
+                  ("--allow-local-paths", "allow_local_paths"))
+
+
+def add_train_arguments(p: argparse.ArgumentParser, default_method: str | None = None) -> None:
+    """``raymmrec train``'s options (also those of ``jobs/train*.py``, which call :func:`train_main`)."""
+    add_run_arguments(p, default_method=default_method)
+    p.add_argument("--smoke-test", action="store_true", help="2 epochs on synthetic:tiny (checks the setup)")
+    g = p.add_argument_group("Ray workers", "train with Ray Train workers instead of this process; the other "
+                                            "options apply unchanged (--device cuda: one GPU per worker)")
+    g.add_argument("--num-workers", type=int, default=None,
+                   help="Ray Train workers (a local Ray, or the cluster of --address / RAY_ADDRESS); "
+                        "without it the run is one process")
+    g.add_argument("--address", default=None, help="Ray cluster to join, e.g. 10.0.0.5:6379 (default: RAY_ADDRESS, "
+                                                   "else a local Ray)")
+    g.add_argument("--shard", choices=("auto", "columns", "none"), default=None,
+                   help="how workers split the model (train.shard): columns (each holds a block of every "
+                        "table's columns), none (data-parallel, each holds everything), auto (columns where "
+                        "the method supports it; the default)")
+    g.add_argument("--cpus-per-worker", type=float, default=None,
+                   help="CPU resource per worker (default: what fits; 0.5 each for 2 workers on 2 cores)")
+    g.add_argument("--max-failures", type=int, default=None, help="worker failures to recover from (default 2)")
+    g.add_argument("--wait-for-resources", action="store_true",
+                   help="don't fail fast when the cluster is too small (autoscaling clusters)")
+    g.add_argument("--allow-local-paths", action="store_true",
+                   help="allow local output/data paths on a multi-node cluster (a shared mount on every node)")
+
+
+def train_main(argv: list[str] | None = None, *, prog: str, default_method: str | None = None,
+               default_workers: int | None = None) -> int:
+    """``raymmrec train`` as its own program: the entry point of ``jobs/train*.py`` for ``ray job submit``
+    (``default_workers=1``: on Ray, one worker unless ``--num-workers`` says otherwise)."""
+    what = default_method or "a registered method (--method)"
+    p = argparse.ArgumentParser(prog=prog, description=f"Train {what}: `raymmrec train` on Ray workers "
+                                                       f"({default_workers or 'no'} unless --num-workers is given).")
+    add_train_arguments(p, default_method=default_method)
+    p.set_defaults(num_workers=default_workers)
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    return run_main(lambda: train(args), verbose=args.verbose)
+
+
 def train(args: argparse.Namespace) -> int:
-    """``raymmrec train``: build and check the spec first, then train in this process."""
+    """``raymmrec train``: check the options and the spec, then train in this process or, with
+    ``--num-workers``, on Ray Train workers (the Ray layer is imported only then)."""
+    if args.num_workers is None:
+        given = [flag for flag, dest in WORKER_OPTIONS if getattr(args, dest) not in (None, False)]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: {'options' if len(given) > 1 else 'an option'} of Ray workers; "
+                              "add --num-workers N to train on Ray (without it the run is one process)")
+    if args.smoke_test:
+        args.data = args.data or "synthetic:tiny"
+        args.epochs = args.epochs or 2
+    if args.shard is not None:
+        args.overrides.append(f"train.shard={args.shard}")
     spec = spec_from_args(args)
     from raymmrec.train.build import run_notes
     from raymmrec.train.run import results_table, run
 
-    state = run(spec, progress=not args.no_progress)
-    if args.no_progress:  # run() already printed the table otherwise
-        print(results_table(state, spec.eval.ks, run_notes(spec)))
+    if args.num_workers is None:
+        state = run(spec, progress=not args.no_progress)
+    else:
+        from raymmrec.ray.launch import Workers, launch
+
+        workers = Workers(num_workers=args.num_workers, cpus_per_worker=args.cpus_per_worker,
+                          wait_for_resources=args.wait_for_resources, allow_local_paths=args.allow_local_paths,
+                          address=args.address)
+        if args.max_failures is not None:
+            workers.max_failures = args.max_failures
+        state = launch(spec, workers, progress=not args.no_progress, verbose=args.verbose)
+    if args.no_progress:  # run() and launch() print the table otherwise
+        print(results_table(state, spec.eval.ks, run_notes(spec)), flush=True)
     return 0
 
 

@@ -66,6 +66,19 @@ def test_cli_main_returns_2_for_a_bad_option(capsys):
     assert err == "error: train.batch_size: expected an integer >= 1, got 0\n"
 
 
+def test_ray_worker_options_without_num_workers_are_one_error_line(capsys, tmp_path):
+    """`raymmrec train` without --num-workers runs in one process, where the workers' options mean nothing."""
+    from raymmrec.cli import main
+
+    argv = ["train", "--method", "bpr", "--data", "synthetic:tiny", "--output-dir", str(tmp_path)]
+    assert main([*argv, "--cpus-per-worker", "1", "--address", "127.0.0.1:6379"]) == 2
+    assert capsys.readouterr().err == ("error: --address, --cpus-per-worker: options of Ray workers; add --num-workers N "
+                                       "to train on Ray (without it the run is one process)\n")
+    assert main([*argv, "--wait-for-resources"]) == 2
+    assert capsys.readouterr().err.startswith("error: --wait-for-resources: an option of Ray workers; ")
+    assert not list(tmp_path.iterdir())  # nothing ran
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser()
     add_run_arguments(p, default_method="bpr")

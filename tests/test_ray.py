@@ -1,4 +1,5 @@
-"""Ray Train layer: 1 worker = one process, 2 workers, artefacts, fault tolerance, resume, NaN, job submit, S3."""
+"""Ray Train layer (``raymmrec train --num-workers N``): 1 worker = one process, 2 workers, artefacts,
+fault tolerance, resume, NaN, job submit, S3."""
 
 from __future__ import annotations
 
@@ -32,12 +33,16 @@ def tiny_spec(out: Path, method: str = "bm3", epochs: int = 3, name: str = "r", 
                                         "train.patience=50", *extra])
 
 
-def scaling(**kw):
-    from raymmrec.ray.launch import ScalingArgs
+def workers(**kw):
+    from raymmrec.ray.launch import Workers
 
     base = dict(num_workers=2, cpus_per_worker=0.5, max_failures=2)
     base.update(kw)
-    return ScalingArgs(**base)
+    return Workers(**base)
+
+
+#: the options of tiny_spec, as `raymmrec train` takes them
+TINY_OPTIONS = ("--data", "synthetic:tiny", "train.batch_size=64", "train.lr=0.01", "train.patience=50")
 
 
 #: Ray-internal lines a run must not echo by default (see raymmrec.ray.logs).
@@ -66,12 +71,20 @@ def latest_payload(run_root: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def two_worker_run(ray_cluster, tmp_path_factory):
-    from raymmrec.ray.launch import launch
+    """``raymmrec train --num-workers 2`` as a user types it, on the shared cluster (RAY_ADDRESS)."""
+    from raymmrec.train.loop import TrainState
 
     out = tmp_path_factory.mktemp("ray2")
-    spec = tiny_spec(out, "lightgcn", epochs=4)
-    state = launch(spec, scaling(), progress=False)
-    return spec, state, out
+    cmd = [sys.executable, "-m", "raymmrec", "train", "--method", "lightgcn", "--epochs", "4", "--num-workers", "2",
+           "--cpus-per-worker", "0.5", "--output-dir", str(out), "--run-name", "r", "--no-progress", *TINY_OPTIONS]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=out,
+                          env=dict(os.environ, RAY_ADDRESS=ray_cluster["address"]))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "test " in proc.stdout  # the results table, as in one process
+    res = json.loads((out / "r" / "results.json").read_text())
+    state = TrainState(epoch=res["epochs_run"], best_epoch=res["best_epoch"], best_valid=res["valid"],
+                       best_test=res["test"])
+    return tiny_spec(out, "lightgcn", epochs=4), state, out
 
 
 def test_two_workers_leave_every_artefact(two_worker_run):
@@ -122,7 +135,7 @@ def one_worker_runs(ray_cluster, tmp_path_factory):
     from raymmrec.ray.launch import launch
 
     out = tmp_path_factory.mktemp("ray1")
-    one = scaling(num_workers=1, cpus_per_worker=1)
+    one = workers(num_workers=1, cpus_per_worker=1)
     first = launch(tiny_spec(out / "b", "bm3", 2), one, progress=False)
     second = launch(tiny_spec(out / "b", "bm3", 4), one, progress=False)
     single = run(tiny_spec(out / "a", "bm3", 4), progress=False)
@@ -137,14 +150,23 @@ def test_one_worker_reproduces_the_single_process_run(one_worker_runs):
     assert ray_one.best_test == single.best_test and ray_one.best_epoch == single.best_epoch
 
 
-def test_two_workers_share_the_global_batch(ray_cluster, two_worker_run, tmp_path):
+def test_two_workers_share_the_global_batch(ray_cluster, two_worker_run, tmp_path, capsys):
     """Same global batches as one process (pairs reshuffled over workers every epoch): same losses
-    up to float summation order, same number of steps."""
+    up to float summation order, same number of steps, and the same test metrics as the same
+    command without --num-workers."""
+    from raymmrec.cli import main
+
     spec, state, out = two_worker_run
-    single = run(tiny_spec(tmp_path, "lightgcn", 4), progress=False)
+    assert main(["train", "--method", "lightgcn", "--epochs", "4", "--output-dir", str(tmp_path), "--run-name", "r",
+                 "--no-progress", *TINY_OPTIONS]) == 0
+    single = load_checkpoint(tmp_path / "r" / "ckpt" / "latest.pt")["state"]
     hist = latest_payload(out / "r")["state"]["history"]
-    for a, b in zip(hist, single.history):
+    assert len(hist) == len(single["history"]) == 4
+    for a, b in zip(hist, single["history"]):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    one = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert state.best_epoch == one["best_epoch"]
+    assert state.best_test == pytest.approx(one["test"], rel=1e-4, abs=1e-9)
 
 
 def test_killed_worker_resumes_to_identical_metrics(ray_cluster, tmp_path):
@@ -156,7 +178,7 @@ def test_killed_worker_resumes_to_identical_metrics(ray_cluster, tmp_path):
     # third Ray run here cost 20 s of the suite's budget
     clean = run(tiny_spec(tmp_path / "a", "bm3", 5, "r", "train.checkpoint_every=1"), progress=False)
     marker = tmp_path / "killed-once"
-    faulty = launch(tiny_spec(tmp_path / "b", "bm3", 5, "r", "train.checkpoint_every=1"), scaling(), progress=False,
+    faulty = launch(tiny_spec(tmp_path / "b", "bm3", 5, "r", "train.checkpoint_every=1"), workers(), progress=False,
                     inject_fault={"rank": 1, "epoch": 3, "marker": str(marker)})
     assert marker.exists(), "the fault was never injected"
     # rank 1 died at the end of epoch 3, before its report: the recovery resumed once, from the last
@@ -175,7 +197,7 @@ def test_same_name_resumes_the_run(one_worker_runs):
     hist = latest_payload(folder / "r")["state"]["history"]
     assert second.epoch == 4 and [int(h["epoch"]) for h in hist] == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="method 'bm3' -> 'lightgcn'"):
-        launch(tiny_spec(folder, "lightgcn", 4), scaling(num_workers=1, cpus_per_worker=1), progress=False)
+        launch(tiny_spec(folder, "lightgcn", 4), workers(num_workers=1, cpus_per_worker=1), progress=False)
 
 
 def test_nan_loss_stops_every_rank_without_retries(ray_cluster, tmp_path):
@@ -183,7 +205,7 @@ def test_nan_loss_stops_every_rank_without_retries(ray_cluster, tmp_path):
 
     spec = tiny_spec(tmp_path, "bpr", 5, "r", "train.lr=1e30", "model.reg_weight=1e30")
     with pytest.raises(TrainingDiverged, match="NaN or infinite at epoch"):
-        launch(spec, scaling(max_failures=2), progress=False)
+        launch(spec, workers(max_failures=2), progress=False)
 
 
 def test_an_error_on_rank_1_ends_the_run_with_one_line_and_its_log(ray_cluster, tmp_path, capfd):
@@ -194,7 +216,7 @@ def test_an_error_on_rank_1_ends_the_run_with_one_line_and_its_log(ray_cluster, 
 
     spec = tiny_spec(tmp_path, "bpr", 1)  # rank 1 raises at the end of the one epoch, on each try
     fault = {"rank": 1, "epoch": 1, "error": "injected disk full"}
-    code = run_main(lambda: launch(spec, scaling(max_failures=0), progress=False, inject_fault=fault))
+    code = run_main(lambda: launch(spec, workers(max_failures=0), progress=False, inject_fault=fault))
     out, err = capfd.readouterr()
     assert code == 2 and "Traceback" not in out + err, out + err
     assert len(err.splitlines()) == 1, err
@@ -223,21 +245,39 @@ def test_a_dead_worker_is_named_before_the_ranks_that_failed_with_it():
                                                  "failed: rank 3); log: /logs/worker-0.err")
 
 
-def test_bad_options_fail_on_the_driver_before_ray_starts(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    cmd = [sys.executable, str(ROOT / "jobs" / "train_bm3.py"), "--smoke-test", "--output-dir", str(tmp_path),
-           "model.dropout=2", "model.nope=1"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+#: run a command's main() with ray.init replaced by a failure: nothing may start Ray
+NO_RAY_INIT = ("import sys, runpy, ray\n"
+               "def refuse(*a, **k): raise SystemExit('ray.init was called')\n"
+               "ray.init = refuse\n"
+               "sys.argv = sys.argv[1:]\n"
+               "runpy.run_module('raymmrec', run_name='__main__') if sys.argv[0] == '-m' else "
+               "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["jobs/train_bm3.py", "--smoke-test", "model.dropout=2", "model.nope=1"], "nope"),
+    (["-m", "train", "--smoke-test", "--num-workers", "2", "--cpus-per-worker", "0"], "error: --cpus-per-worker: "),
+    (["-m", "train", "--smoke-test", "--num-workers", "2", "--device", "cuda:1"], "error: train.device (--device): "),
+])
+def test_bad_options_fail_on_the_driver_before_ray_starts(tmp_path, argv, needle):
+    """A bad option of `raymmrec train --num-workers N` (or of jobs/train_bm3.py) is one line, and Ray never starts."""
+    if argv[0] == "-m":  # python -m raymmrec train ...
+        argv = ["-m", *argv[1:]]
+    else:
+        argv = [str(ROOT / argv[0]), *argv[1:]]
+    cmd = [sys.executable, "-c", NO_RAY_INIT, *argv, "--output-dir", str(tmp_path)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 2, out.stdout + out.stderr
-    assert "nope" in out.stderr and "Traceback" not in out.stderr
-    assert "Ray" not in out.stdout + out.stderr  # no local Ray was started
+    assert needle in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert len(out.stderr.splitlines()) == 1, out.stderr
+    assert not list(tmp_path.iterdir())  # nothing written
 
 
 def test_too_many_workers_fails_fast(ray_cluster, tmp_path):
     from raymmrec.ray.launch import ClusterError, launch
 
     with pytest.raises(ClusterError, match="cannot place.*64 workers"):
-        launch(tiny_spec(tmp_path), scaling(num_workers=64, cpus_per_worker=1), progress=False)
+        launch(tiny_spec(tmp_path), workers(num_workers=64, cpus_per_worker=1), progress=False)
 
 
 def test_missing_dataset_and_unreachable_storage_fail_fast(tmp_path):
@@ -248,11 +288,11 @@ def test_missing_dataset_and_unreachable_storage_fail_fast(tmp_path):
     spec = tiny_spec(tmp_path)
     spec.data.source = str(tmp_path / "no-such-dataset")
     with pytest.raises(DataError, match="no-such-dataset"):
-        launch(spec, scaling(), progress=False)
+        launch(spec, workers(), progress=False)
     with pytest.raises(StorageError, match="storage path '.*file-that-is-a-file/sub' is not writable"):
         bad = tmp_path / "file-that-is-a-file"
         bad.write_text("x")
-        launch(tiny_spec(tmp_path), scaling(storage_path=str(bad) + "/sub"), progress=False)
+        launch(tiny_spec(bad / "sub"), workers(), progress=False)
 
 
 def test_unreachable_s3_endpoint_fails_fast(monkeypatch, tmp_path):
@@ -276,7 +316,8 @@ def test_s3_dataset_and_checkpoints(ray_cluster, s3_bucket, tmp_path, capfd):
     write_columnar(load_dataset("synthetic:tiny"), url)
     spec = tiny_spec(tmp_path, "bm3", epochs=2, name="s3run")
     spec.data.source = url
-    state = launch(spec, scaling(storage_path=f"s3://{s3_bucket}/runs"), progress=False)
+    spec.output_dir = f"s3://{s3_bucket}/runs"
+    state = launch(spec, workers(), progress=False)
     assert state.epoch == 2
     fs = s3fs.S3FileSystem()
     files = fs.find(f"{s3_bucket}/runs/s3run")
@@ -297,7 +338,7 @@ def test_ray_job_submit(ray_cluster, tmp_path):
     cmd = ["ray", "job", "submit", "--address", ray_cluster["dashboard"], "--working-dir", str(ROOT),
            "--runtime-env-json", json.dumps({"excludes": ["runs", ".git", "*.egg-info"]}),
            "--", sys.executable, "jobs/train_bm3.py", "--smoke-test", "--num-workers", "2",
-           "--cpus-per-worker", "0.5", "--storage-path", str(tmp_path), "--run-name", "job", "--no-progress"]
+           "--cpus-per-worker", "0.5", "--output-dir", str(tmp_path), "--run-name", "job", "--no-progress"]
     for _ in range(5):  # a busy head's job agent may not be up yet: Ray's answer is "try again later"
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
         if "No available agent to submit job" not in out.stdout + out.stderr:
@@ -335,7 +376,7 @@ def test_stateful_methods_on_two_workers_match_one_process(ray_cluster, tmp_path
     for method in ("lirdrec", "nbpo"):
         extra = ("data.cold_items=0.2",) if method == "lirdrec" else ()
         single = run(tiny_spec(tmp_path / f"{method}-1", method, 3, "r", *extra), progress=False)
-        two = launch(tiny_spec(tmp_path / f"{method}-2", method, 3, "r", *extra), scaling(), progress=False)
+        two = launch(tiny_spec(tmp_path / f"{method}-2", method, 3, "r", *extra), workers(), progress=False)
         hist = latest_payload(tmp_path / f"{method}-2" / "r")["state"]["history"]
         assert len(hist) == len(single.history) == 3
         for a, b in zip(hist, single.history):

@@ -1,14 +1,14 @@
-"""Launch a data-parallel training run with Ray Train (``TorchTrainer``) from a :class:`RunSpec`.
+"""Train a :class:`RunSpec` with Ray Train workers (``TorchTrainer``): ``raymmrec train --num-workers N``.
 
-Used by ``jobs/*.py``. Run it as ``python jobs/train_bm3.py`` (starts a local Ray) or on a
-cluster as ``ray job submit --working-dir . -- python jobs/train_bm3.py --num-workers 4``.
-The run's checkpoints, TensorBoard scalars and results live under ``<storage>/<run_name>``;
-rerunning with the same name resumes from the latest checkpoint.
+The command line (:mod:`raymmrec.cli`, and ``jobs/*.py`` through it) parses the options and calls
+:func:`launch`; it starts a local Ray, or joins the cluster named by ``--address`` / ``RAY_ADDRESS``
+(``ray job submit`` sets it). The run folder is ``<output_dir>/<run_name>`` (local or ``s3://``), with
+the same life as a one-process run (:mod:`raymmrec.train.lifecycle`); rerunning with the same name
+resumes from the latest checkpoint.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -19,17 +19,17 @@ from typing import Any
 
 import pyarrow as pa
 
-from raymmrec.args import add_run_arguments, spec_from_args
-from raymmrec.config import RunSpec, adopt_recorded, spec_from_dict
+from raymmrec.config import ConfigError, RunSpec, spec_from_dict
 from raymmrec.data import arrow_filesystem, is_columnar, resolve_source, train_parquet_path
-from raymmrec.errors import UserError, run_main
+from raymmrec.errors import UserError
 from raymmrec.eval.cold import COLD_SPLITS
 from raymmrec.ray import storage as st
 from raymmrec.ray.logs import DriverLines, ingest_options, lines_to_driver, worker_failure
-from raymmrec.train.artifacts import CONFIG, DIVERGED, RESULTS, TB, results_dict, results_table
-from raymmrec.files import write_json
+from raymmrec.train.artifacts import DIVERGED, TB
 from raymmrec.shard import resolve_mode
-from raymmrec.train.build import check_same_run, load_data, prepared_inputs, resolved_config, run_notes
+from raymmrec.files import location
+from raymmrec.train.build import load_data, prepared_inputs, resolved_config, run_notes
+from raymmrec.train.lifecycle import RunFolder, finish, open_run, write_config
 from raymmrec.train.loop import TrainingDiverged, TrainState
 
 RAY_CHECKPOINT_EVERY = 5  # default epochs between resumable checkpoints under Ray (best weights: every improvement)
@@ -39,15 +39,34 @@ class ClusterError(UserError, RuntimeError):
     """The cluster cannot host the requested workers."""
 
 
+#: ``train.device`` values that mean something for a worker: cuda is one GPU per worker, auto one per
+#: worker where the cluster has them (else the CPU)
+RAY_DEVICES = ("auto", "cpu", "cuda")
+
+
 @dataclass
-class ScalingArgs:
+class Workers:
+    """How a run is spread over Ray Train workers (``raymmrec train --num-workers N`` and its options).
+
+    The device (``train.device``) and the run folder's parent (``output_dir``, local or ``s3://``)
+    are the spec's, as in one process.
+    """
+
     num_workers: int = 1
-    use_gpu: bool = False
     cpus_per_worker: float | None = None  # default: fits the cluster (0.5 each for 2 workers on 2 cores)
-    max_failures: int = 2
-    storage_path: str | None = None  # default: the spec's output_dir (absolute)
+    max_failures: int = 2  # worker failures to recover from (-1: any number)
     wait_for_resources: bool = False  # on an autoscaling cluster, let Ray scale up instead of failing
     allow_local_paths: bool = False  # multi-node cluster with a shared mount at the same local path
+    address: str | None = None  # the cluster to join (None: RAY_ADDRESS, else a local Ray)
+
+    def check(self) -> None:
+        """One line per bad value, naming its option; before Ray starts."""
+        if self.num_workers < 1:
+            raise ConfigError(f"--num-workers: expected an integer >= 1, got {self.num_workers}")
+        if self.cpus_per_worker is not None and not self.cpus_per_worker > 0:
+            raise ConfigError(f"--cpus-per-worker: expected a number > 0, got {self.cpus_per_worker:g}")
+        if self.max_failures < -1:
+            raise ConfigError(f"--max-failures: expected an integer >= 0 (or -1: any number), got {self.max_failures}")
 
 
 def columnar_source(spec: RunSpec) -> str | None:
@@ -131,20 +150,20 @@ def torch_threads(num_workers: int, cpus_per_worker: float) -> int:
     return max(1, int(cpus_per_worker))
 
 
-def _cluster_check(args: ScalingArgs, cpus_per_worker: float) -> None:
+def _cluster_check(workers: Workers, use_gpu: bool, cpus_per_worker: float) -> None:
     import ray
 
     res = ray.cluster_resources()
-    need_cpu = args.num_workers * cpus_per_worker
+    need_cpu = workers.num_workers * cpus_per_worker
     have_cpu = res.get("CPU", 0.0)
-    need_gpu = args.num_workers if args.use_gpu else 0
+    need_gpu = workers.num_workers if use_gpu else 0
     have_gpu = res.get("GPU", 0.0)
     problems = []
     if need_cpu > have_cpu:
-        problems.append(f"{args.num_workers} workers x {cpus_per_worker:g} CPU = {need_cpu:g} CPU, cluster has {have_cpu:g}")
+        problems.append(f"{workers.num_workers} workers x {cpus_per_worker:g} CPU = {need_cpu:g} CPU, cluster has {have_cpu:g}")
     if need_gpu > have_gpu:
-        problems.append(f"{need_gpu} GPU(s) requested, cluster has {have_gpu:g}")
-    if problems and not args.wait_for_resources:
+        problems.append(f"{need_gpu} GPU(s) requested (--device cuda: one per worker), cluster has {have_gpu:g}")
+    if problems and not workers.wait_for_resources:
         raise ClusterError(
             "the cluster cannot place the requested workers: " + "; ".join(problems)
             + ". Use fewer workers, --cpus-per-worker, or --wait-for-resources on an autoscaling cluster."
@@ -187,51 +206,60 @@ def absolute_data_paths(spec: RunSpec) -> None:
         d.forget = os.path.abspath(os.path.expanduser(d.forget.removeprefix("file://")))
 
 
-def launch(spec: RunSpec, args: ScalingArgs, *, progress: bool = True, verbose: bool = False,
+def launch(spec: RunSpec, workers: Workers, *, progress: bool = True, verbose: bool = False,
            inject_fault: dict[str, Any] | None = None, train_callbacks: list[Any] | None = None) -> TrainState:
-    """Train ``spec`` with Ray Train; returns the best-epoch state reported by rank 0.
+    """Train ``spec`` with Ray Train workers; returns the best-epoch state reported by rank 0.
 
+    The options, the run folder and the storage are checked here, before Ray starts (each a one-line
+    error); the dataset is checked by a task on the cluster before any worker starts.
     ``train_callbacks`` go to Ray Train's ``RunConfig`` (a Tune trial passes ``TuneReportCallback``).
     """
     import ray
 
+    workers.check()
     absolute_data_paths(spec)
-    config = resolved_config(spec)  # bad methods and options fail here, before Ray starts
+    resolved_config(spec)  # bad methods and options fail here, before the storage is touched
+    if spec.train.device not in RAY_DEVICES:
+        raise ConfigError(f"train.device (--device): expected auto, cpu or cuda with Ray workers (cuda: one "
+                          f"GPU per worker), got {spec.train.device!r}")
     # train.shard=columns with a method that cannot: one line, before Ray starts
-    resolve_mode(spec.train.shard, spec.method, spec.objective, args.num_workers)
+    resolve_mode(spec.train.shard, spec.method, spec.objective, workers.num_workers)
     if spec.train.checkpoint_every == 0:
         raise ValueError("train.checkpoint_every: expected an integer >= 1 under Ray (metrics reach Ray with "
                          "each checkpoint); 0 (never) applies to single-process runs")
-    storage = args.storage_path or spec.output_dir
-    if not st.is_remote(storage):  # workers run in their own directories: hand them an absolute path
-        storage = os.path.abspath(storage.removeprefix("file://"))
-    name = spec.resolved_run_name
-    st.check_writable(storage)
-    run_root = st.join(storage, name)
-    fs, root = st.filesystem(run_root)
-    if fs.exists(f"{root}/{CONFIG}"):  # resuming: values from the method's defaults stay as recorded
-        spec = adopt_recorded(spec, json.loads(fs.cat_file(f"{root}/{CONFIG}")))
-        config = resolved_config(spec)
-    check_previous_run(run_root, config)
+    st.check_writable(location(spec.output_dir))  # an unreachable or read-only storage: within seconds
+    folder = open_run(spec)  # resuming: the recorded config adopted; another experiment's folder refused
+    check_previous_run(folder.root, folder.config)
     say = (lambda msg: print(f"[raymmrec] {msg}", flush=True)) if progress else (lambda msg: None)
     if not ray.is_initialized():  # Ray's own processes' output (noise) reaches us only with --verbose
-        ray.init(log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.WARNING)
+        ray.init(address=workers.address, log_to_driver=verbose,
+                 logging_level=logging.INFO if verbose else logging.WARNING)
     lines = DriverLines()  # our task's and rank 0's lines come on a channel of their own (raymmrec.ray.logs)
     try:
-        return _launch_on_ray(spec, args, config, storage, name, run_root, lines, say, progress=progress,
-                              verbose=verbose, inject_fault=inject_fault, train_callbacks=train_callbacks)
+        return _launch_on_ray(folder, workers, lines, say, progress=progress, verbose=verbose,
+                              inject_fault=inject_fault, train_callbacks=train_callbacks)
     finally:
         lines.close()
 
 
-def _launch_on_ray(spec: RunSpec, args: ScalingArgs, config: dict[str, Any], storage: str, name: str,
-                   run_root: str, lines: DriverLines, say: Any, *, progress: bool, verbose: bool,
-                   inject_fault: dict[str, Any] | None, train_callbacks: list[Any] | None) -> TrainState:
+def use_gpus(device: str, num_workers: int) -> bool:
+    """Whether each worker gets a GPU: ``cuda`` yes, ``cpu`` no, ``auto`` where the cluster has one per worker."""
+    import ray
+
+    if device == "auto":
+        return ray.cluster_resources().get("GPU", 0.0) >= num_workers
+    return device == "cuda"
+
+
+def _launch_on_ray(folder: RunFolder, workers: Workers, lines: DriverLines, say: Any, *, progress: bool,
+                   verbose: bool, inject_fault: dict[str, Any] | None, train_callbacks: list[Any] | None) -> TrainState:
     import ray
     import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    spec, storage, run_root = folder.spec, folder.parent, folder.root
+    name = spec.resolved_run_name
     t0 = time.perf_counter()
     # The dataset is checked and the prepared inputs built once, by a task on the cluster: the data
     # never has to fit the driver, and the workers receive the prepared inputs from the object store.
@@ -241,24 +269,25 @@ def _launch_on_ray(spec: RunSpec, args: ScalingArgs, config: dict[str, Any], sto
     summary_ref, prepared_ref, pairs_ref = task.remote(spec.to_dict(), columnar is None, lines.queue)
     summary = get_or_raise_cause(summary_ref, prepared_ref, pairs_ref)  # a bad dataset: its DataError, not a remote traceback
     say(f"{summary} (checked and prepared on the cluster in {time.perf_counter() - t0:.1f}s)")
-    if not args.allow_local_paths:
+    if not workers.allow_local_paths:
         _local_paths_on_cluster(storage, spec)
     ctx = ray.data.DataContext.get_current()
     if not verbose:  # Ray Data's progress bars and per-execution INFO lines would drown the epoch lines
         ctx.enable_progress_bars = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)
-    cpus = args.cpus_per_worker or default_cpus_per_worker(args.num_workers)
-    _cluster_check(args, cpus)
-    threads = torch_threads(args.num_workers, cpus)
+    use_gpu = use_gpus(spec.train.device, workers.num_workers)
+    cpus = workers.cpus_per_worker or default_cpus_per_worker(workers.num_workers)
+    _cluster_check(workers, use_gpu, cpus)
+    threads = torch_threads(workers.num_workers, cpus)
     storage_path, storage_fs = st.pyarrow_filesystem(storage)
     remote = st.is_remote(storage)
-    write_json(st.join(run_root, CONFIG), config)
+    write_config(folder)
     fs, root = st.filesystem(run_root)
     if fs.exists(f"{root}/{DIVERGED}"):
         fs.rm(f"{root}/{DIVERGED}")
     every = spec.train.checkpoint_every if spec.train.checkpoint_every is not None else RAY_CHECKPOINT_EVERY
     loop_config: dict[str, Any] = {
-        "shard": resolve_mode(spec.train.shard, spec.method, spec.objective, args.num_workers),
+        "shard": resolve_mode(spec.train.shard, spec.method, spec.objective, workers.num_workers),
         "spec": spec.to_dict(),
         "progress": progress,
         "verbose": verbose,
@@ -275,11 +304,11 @@ def _launch_on_ray(spec: RunSpec, args: ScalingArgs, config: dict[str, Any], sto
     trainer = TorchTrainer(
         _train_fn(),
         train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(num_workers=args.num_workers, use_gpu=args.use_gpu,
+        scaling_config=ray.train.ScalingConfig(num_workers=workers.num_workers, use_gpu=use_gpu,
                                                resources_per_worker={"CPU": cpus}),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path, storage_filesystem=storage_fs,
-            failure_config=ray.train.FailureConfig(max_failures=args.max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=workers.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
             callbacks=train_callbacks,
@@ -300,23 +329,18 @@ def _launch_on_ray(spec: RunSpec, args: ScalingArgs, config: dict[str, Any], sto
     if fs.exists(f"{root}/{DIVERGED}"):
         raise TrainingDiverged(json.loads(fs.cat_file(f"{root}/{DIVERGED}"))["error"])
     state = state_from_metrics(metrics)
-    notes = run_notes(spec)
-    write_json(st.join(run_root, RESULTS), results_dict(state, notes))
-    if progress:
-        print(results_table(state, spec.eval.ks, notes), flush=True)
-        print(f"[raymmrec] run folder: {run_root}", flush=True)
+    finish(folder, state, run_notes(spec), show=progress)
+    say(f"run folder: {run_root}")
     return state
 
 
 def check_previous_run(run_root: str, config: dict[str, Any]) -> None:
-    """Refuse a run folder that holds another experiment (resolved configs differ) or a run of the
-    single-process path (its ``ckpt/latest.pt`` is not a Ray checkpoint: resuming would restart it)."""
+    """Refuse a run folder that holds a run of the single-process path (its ``ckpt/latest.pt`` is not a
+    Ray checkpoint: resuming would restart it). Another experiment's folder: :func:`open_run`."""
     fs, root = st.filesystem(run_root)
     if fs.exists(f"{root}/ckpt/latest.pt"):
         raise ValueError(f"run folder {run_root} holds a single-process run (ckpt/latest.pt); resume it with "
                          "`raymmrec train` or choose another --run-name")
-    if fs.exists(f"{root}/{CONFIG}"):
-        check_same_run(json.loads(fs.cat_file(f"{root}/{CONFIG}")), config, f"run folder {run_root}")
 
 
 def _train_fn():  # noqa: ANN202 - imported lazily so the driver does not need the worker deps
@@ -341,50 +365,3 @@ def state_from_metrics(m: dict[str, Any]) -> TrainState:
         best_valid={k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("best_valid/")},
         best_test={k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("best_test/")},
     )
-
-
-def add_scaling_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--num-workers", type=int, default=1, help="Ray Train workers")
-    p.add_argument("--shard", choices=("auto", "columns", "none"), default=None,
-                   help="how workers split the model (train.shard): columns (each holds a block of every "
-                        "table's columns), none (data-parallel, each holds everything), auto (columns where "
-                        "the method supports it; the default)")
-    p.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL); default CPU (gloo)")
-    p.add_argument("--cpus-per-worker", type=float, default=None, help="CPU resource per worker")
-    p.add_argument("--max-failures", type=int, default=2, help="worker failures to recover from")
-    p.add_argument("--storage-path", default=None, help="local folder or s3:// URL for checkpoints and logs")
-    p.add_argument("--wait-for-resources", action="store_true",
-                   help="don't fail fast when the cluster is too small (autoscaling clusters)")
-    p.add_argument("--allow-local-paths", action="store_true",
-                   help="allow local storage/data paths on a multi-node cluster (a shared mount on every node)")
-
-
-def main(default_method: str | None = None, argv: list[str] | None = None) -> int:
-    """Entry point of ``jobs/train.py`` (``--method X``) and the ``jobs/train_<method>.py`` scripts."""
-    what = default_method or "a registered method (--method)"
-    p = argparse.ArgumentParser(description=f"Train {what} with Ray Train (column-sharded or data-parallel workers).")
-    add_run_arguments(p, default_method=default_method)
-    add_scaling_arguments(p)
-    p.add_argument("--smoke-test", action="store_true", help="2 epochs on synthetic:tiny (checks the setup)")
-    a = p.parse_args(argv)
-    if a.method is None:
-        p.error("--method is required (see `raymmrec methods`)")
-    if a.device is not None:
-        p.error("--device applies to single-process runs (raymmrec train); with Ray use --use-gpu")
-    if a.smoke_test:
-        a.data = a.data or "synthetic:tiny"
-        a.epochs = a.epochs or 2
-
-    if a.shard is not None:
-        a.overrides.append(f"train.shard={a.shard}")
-
-    def go() -> int:
-        spec = spec_from_args(a)
-        scaling = ScalingArgs(a.num_workers, a.use_gpu, a.cpus_per_worker, a.max_failures, a.storage_path,
-                              a.wait_for_resources, a.allow_local_paths)
-        state = launch(spec, scaling, progress=not a.no_progress, verbose=a.verbose)
-        if a.no_progress:  # launch() already printed the table otherwise
-            print(results_table(state, spec.eval.ks, run_notes(spec)), flush=True)
-        return 0
-
-    return run_main(go, verbose=a.verbose)

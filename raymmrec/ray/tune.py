@@ -158,14 +158,17 @@ def _ray_train_trial(config: dict[str, Any], base: dict[str, Any], run_root: str
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from raymmrec.ray.launch import ScalingArgs, launch
+    from raymmrec.ray.launch import Workers, launch
 
     spec = apply_point(spec_from_dict(base), config)
     spec.run_name = run_folder_name(tune.get_context().get_trial_id(), config)
+    spec.output_dir = run_root
+    spec.train.device = "cuda" if scaling["gpus"] else "cpu"
     if _report_finished(st.join(run_root, spec.run_name)):
         return
-    args = ScalingArgs(storage_path=run_root, wait_for_resources=True, allow_local_paths=True, **scaling)
-    launch(spec, args, progress=False, train_callbacks=[TuneReportCallback()])
+    workers = Workers(num_workers=scaling["num_workers"], cpus_per_worker=scaling["cpus_per_worker"],
+                      wait_for_resources=True, allow_local_paths=True)
+    launch(spec, workers, progress=False, train_callbacks=[TuneReportCallback()])
 
 
 def _report_finished(run_folder: str) -> bool:
@@ -359,7 +362,7 @@ def sweep(spec: RunSpec, args: SweepArgs, *, space: Space | None = None) -> Swee
     resources, concurrent, threads = _resources(args, n_trials)
     base = spec.to_dict()
     if args.workers_per_trial > 1:
-        scaling = {"num_workers": args.workers_per_trial, "use_gpu": args.gpus_per_trial > 0,
+        scaling = {"num_workers": args.workers_per_trial, "gpus": args.gpus_per_trial > 0,
                    "cpus_per_worker": args.cpus_per_trial}
         trainable = tune.with_parameters(_ray_train_trial, base=base, run_root=root, scaling=scaling)
     else:

@@ -1,22 +1,23 @@
 """Run one training job in this process (CPU or one GPU), resuming its run folder if present.
 
-The pieces come from :func:`raymmrec.train.build.build`; this module only runs them and writes
-the run's artefacts (:mod:`raymmrec.train.artifacts`), exactly as the Ray layer does.
+The pieces come from :func:`raymmrec.train.build.build`; this module only runs them. The run folder's
+life (its config adopted and checked, config.json, results.json) is :mod:`raymmrec.train.lifecycle`,
+shared with the Ray layer.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-from raymmrec.config import RunSpec, adopt_recorded
+from raymmrec.config import ConfigError, RunSpec
 from raymmrec.data import RecData
-from raymmrec.train.artifacts import CONFIG, RESULTS, TB, results_dict, results_table, resume_best
-from raymmrec.files import write_json
+from raymmrec.files import is_url
+from raymmrec.train.artifacts import TB, results_table, resume_best
 from raymmrec.train.build import build, local_evaluate, make_trainer, restore
 from raymmrec.train.callbacks import BestWeightsCallback, CheckpointCallback, ProgressCallback, TensorBoardCallback
 from raymmrec.train.checkpoint import load_checkpoint
+from raymmrec.train.lifecycle import finish, open_run, write_config
 from raymmrec.train.loop import Callback, TrainState
 
 __all__ = ["results_table", "run"]
@@ -25,10 +26,13 @@ __all__ = ["results_table", "run"]
 def run(spec: RunSpec, *, progress: bool = True, extra_callbacks: list[Callback] | None = None,
         data: RecData | None = None) -> TrainState:
     """Train and evaluate ``spec`` in this process; resumes ``<output_dir>/<run_name>`` if present."""
-    run_dir = Path(spec.output_dir) / spec.resolved_run_name
+    if is_url(spec.output_dir):
+        raise ConfigError(f"output_dir: a local folder in one process, got {spec.output_dir!r}; "
+                          "a run folder on object storage needs Ray workers (--num-workers N)")
+    folder = open_run(spec)  # resuming: values from the method's defaults stay as recorded; another run's folder refused
+    spec = folder.spec
+    run_dir = Path(folder.root)
     ckpt = run_dir / "ckpt" / "latest.pt"
-    if (run_dir / CONFIG).is_file():  # resuming: values from the method's defaults stay as recorded
-        spec = adopt_recorded(spec, json.loads((run_dir / CONFIG).read_text()))
     t0 = time.perf_counter()
     pieces = build(spec, data=data, release_features=data is None)
     if progress:
@@ -50,7 +54,7 @@ def run(spec: RunSpec, *, progress: bool = True, extra_callbacks: list[Callback]
         if progress:
             print(f"resuming from {ckpt} at epoch {state.epoch}", flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / CONFIG, pieces.config)
+    write_config(folder)
     callbacks: list[Callback] = [
         ProgressCallback(spec.eval.valid_metric, enabled=progress),
         TensorBoardCallback(run_dir / TB),
@@ -60,7 +64,5 @@ def run(spec: RunSpec, *, progress: bool = True, extra_callbacks: list[Callback]
     ]
     evaluate = local_evaluate(pieces.evaluators, pieces.fixed_results)
     state = make_trainer(pieces, evaluate, callbacks).fit(state)
-    write_json(run_dir / RESULTS, results_dict(state, pieces.notes))
-    if progress:
-        print(results_table(state, spec.eval.ks, pieces.notes), flush=True)
+    finish(folder, state, pieces.notes, show=progress)
     return state
