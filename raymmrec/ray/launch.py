@@ -3,7 +3,8 @@
 Used by ``jobs/*.py``. Run it as ``python jobs/train_bm3.py`` (starts a local Ray) or on a
 cluster as ``ray job submit --working-dir . -- python jobs/train_bm3.py --num-workers 4``.
 The run's checkpoints, TensorBoard scalars and results live under ``<storage>/<run_name>``;
-rerunning with the same name resumes from the latest checkpoint.
+rerunning with the same name resumes from the latest checkpoint (``ckpt/``: the layout of a run in one
+process too, so either resumes the other, with any number of workers).
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ from raymmrec.args import add_run_arguments, spec_from_args
 from raymmrec.config import RunSpec, adopt_recorded, spec_from_dict
 from raymmrec.data import arrow_filesystem, is_columnar, resolve_source, train_parquet_path
 from raymmrec.errors import UserError, run_main
-from raymmrec.eval.cold import COLD_SPLITS
 from raymmrec.ray import storage as st
 from raymmrec.ray.logs import DriverLines, ingest_options, lines_to_driver, worker_failure
 from raymmrec.train.artifacts import CONFIG, DIVERGED, RESULTS, TB, results_dict, results_table
 from raymmrec.files import write_json
 from raymmrec.shard import resolve_mode
 from raymmrec.train.build import check_same_run, load_data, prepared_inputs, resolved_config, run_notes
+from raymmrec.train.checkpoint import read_latest
 from raymmrec.train.loop import TrainingDiverged, TrainState
 
 RAY_CHECKPOINT_EVERY = 5  # default epochs between resumable checkpoints under Ray (best weights: every improvement)
@@ -280,7 +281,6 @@ def _launch_on_ray(spec: RunSpec, args: ScalingArgs, config: dict[str, Any], sto
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path, storage_filesystem=storage_fs,
             failure_config=ray.train.FailureConfig(max_failures=args.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
             callbacks=train_callbacks,
         ),
@@ -296,10 +296,10 @@ def _launch_on_ray(spec: RunSpec, args: ScalingArgs, config: dict[str, Any], sto
         lines.close()
         raise worker_failure(e) from e
     lines.close()  # the workers' last lines before the results
-    metrics = result.metrics or {}
     if fs.exists(f"{root}/{DIVERGED}"):
         raise TrainingDiverged(json.loads(fs.cat_file(f"{root}/{DIVERGED}"))["error"])
-    state = state_from_metrics(metrics)
+    latest = read_latest(run_root)  # the last checkpoint's loop state: every run ends with one
+    state = TrainState.from_dict(latest["state"]) if latest is not None else TrainState()
     notes = run_notes(spec)
     write_json(st.join(run_root, RESULTS), results_dict(state, notes))
     if progress:
@@ -309,12 +309,8 @@ def _launch_on_ray(spec: RunSpec, args: ScalingArgs, config: dict[str, Any], sto
 
 
 def check_previous_run(run_root: str, config: dict[str, Any]) -> None:
-    """Refuse a run folder that holds another experiment (resolved configs differ) or a run of the
-    single-process path (its ``ckpt/latest.pt`` is not a Ray checkpoint: resuming would restart it)."""
+    """Refuse a run folder that holds another experiment (resolved configs differ)."""
     fs, root = st.filesystem(run_root)
-    if fs.exists(f"{root}/ckpt/latest.pt"):
-        raise ValueError(f"run folder {run_root} holds a single-process run (ckpt/latest.pt); resume it with "
-                         "`raymmrec train` or choose another --run-name")
     if fs.exists(f"{root}/{CONFIG}"):
         check_same_run(json.loads(fs.cat_file(f"{root}/{CONFIG}")), config, f"run folder {run_root}")
 
@@ -323,24 +319,6 @@ def _train_fn():  # noqa: ANN202 - imported lazily so the driver does not need t
     from raymmrec.ray.train_fn import train_loop_per_worker
 
     return train_loop_per_worker
-
-
-def state_from_metrics(m: dict[str, Any]) -> TrainState:
-    """Rebuild the best-epoch summary from rank 0's last reported metrics.
-
-    The best epoch's cold-start metrics (``best_cold/...``) become that epoch's one ``history``
-    entry, where :func:`~raymmrec.train.artifacts.best_extras` reads them.
-    """
-    extras = {key.removeprefix("best_"): v for key, v in m.items() if key.split("/")[0] in
-              {f"best_{split}" for split in COLD_SPLITS}}
-    return TrainState(
-        history=[{"epoch": int(m.get("best_epoch", -1)), **extras}] if extras else [],
-        epoch=int(m.get("epochs_run", 0)), best_score=float(m.get("best_score", float("nan"))),
-        best_epoch=int(m.get("best_epoch", -1)), stopped_early=bool(m.get("stopped_early", False)),
-        resumes=list(m.get("resumed_at", [])),
-        best_valid={k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("best_valid/")},
-        best_test={k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("best_test/")},
-    )
 
 
 def add_scaling_arguments(p: argparse.ArgumentParser) -> None:

@@ -14,9 +14,9 @@ from raymmrec.config import RunSpec, adopt_recorded
 from raymmrec.data import RecData
 from raymmrec.train.artifacts import CONFIG, RESULTS, TB, results_dict, results_table, resume_best
 from raymmrec.files import write_json
-from raymmrec.train.build import build, local_evaluate, make_trainer, restore
+from raymmrec.train.build import build, local_evaluate, make_trainer
 from raymmrec.train.callbacks import BestWeightsCallback, CheckpointCallback, ProgressCallback, TensorBoardCallback
-from raymmrec.train.checkpoint import load_checkpoint
+from raymmrec.train.checkpoint import CKPT, LATEST, restore
 from raymmrec.train.loop import Callback, TrainState
 
 __all__ = ["results_table", "run"]
@@ -26,7 +26,6 @@ def run(spec: RunSpec, *, progress: bool = True, extra_callbacks: list[Callback]
         data: RecData | None = None) -> TrainState:
     """Train and evaluate ``spec`` in this process; resumes ``<output_dir>/<run_name>`` if present."""
     run_dir = Path(spec.output_dir) / spec.resolved_run_name
-    ckpt = run_dir / "ckpt" / "latest.pt"
     if (run_dir / CONFIG).is_file():  # resuming: values from the method's defaults stay as recorded
         spec = adopt_recorded(spec, json.loads((run_dir / CONFIG).read_text()))
     t0 = time.perf_counter()
@@ -39,23 +38,20 @@ def run(spec: RunSpec, *, progress: bool = True, extra_callbacks: list[Callback]
             print(f"{split}: {note}", flush=True)
     state = None
     best = BestWeightsCallback(run_dir, pieces.config)
-    if any(run_dir.glob("checkpoint_*")) and not ckpt.exists():
-        raise ValueError(f"run folder {run_dir} holds a Ray run (checkpoint_*); resume it with jobs/train.py "
-                         "or choose another run_name")
-    if ckpt.exists():
-        payload = load_checkpoint(ckpt)
-        state = restore(pieces, payload, str(ckpt))
-        best.resume(resume_best(run_dir, state, payload, pieces.model, pieces.config))
-        del payload
+    # the one checkpoint layout: written here, or by any number of Ray workers (raymmrec.train.checkpoint)
+    resumed = restore(pieces, run_dir, str(run_dir / CKPT / LATEST))
+    if resumed is not None:
+        state, best_weights = resumed
+        best.resume(resume_best(run_dir, state, best_weights, pieces.model, pieces.config))
         if progress:
-            print(f"resuming from {ckpt} at epoch {state.epoch}", flush=True)
+            print(f"resuming from {run_dir / CKPT} at epoch {state.epoch}", flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / CONFIG, pieces.config)
     callbacks: list[Callback] = [
         ProgressCallback(spec.eval.valid_metric, enabled=progress),
         TensorBoardCallback(run_dir / TB),
         best,
-        CheckpointCallback(run_dir / "ckpt", pieces.config, every=spec.train.checkpoint_every, best=best),
+        CheckpointCallback(run_dir, pieces.config, every=spec.train.checkpoint_every, best=best),
         *(extra_callbacks or []),
     ]
     evaluate = local_evaluate(pieces.evaluators, pieces.fixed_results)
