@@ -206,7 +206,7 @@ def save_checkpoint(run: str | Path, trainer: Trainer, state: TrainState, config
         groups = trainer.optimizer.state_dict()["param_groups"]
         _write_latest(join(ckpt, LATEST), {
             "format_version": FORMAT_VERSION, "tensors": folder_name, "state": state.to_dict(), "config": config,
-            "optimizer": groups, "scheduler": None if trainer.scheduler is None else trainer.scheduler.state_dict(),
+            "optimizer": {"param_groups": groups}, "scheduler": None if trainer.scheduler is None else trainer.scheduler.state_dict(),
             "best": best is not None, "world_size": world, "shard": "columns" if cols is not None else "none",
             "splits": {k: [s.dim, s.parts] for k, s in splits.items()},
         })
@@ -329,7 +329,7 @@ def restore(p: Any, run: str | Path, where: str) -> tuple[TrainState, dict[str, 
     for key in optim_keys:
         name, what = key[len(OPTIM):].rsplit("/", 1)
         opt_state.setdefault(index[id(names[name])], {})[what] = got[key]
-    optimizer.load_state_dict({"state": opt_state, "param_groups": payload["optimizer"]})
+    optimizer.load_state_dict({"state": opt_state, "param_groups": payload["optimizer"]["param_groups"]})
     if p.scheduler is not None and payload.get("scheduler") is not None:
         p.scheduler.load_state_dict(payload["scheduler"])
     state = TrainState.from_dict(payload["state"])
