@@ -26,7 +26,7 @@ from raymmrec.objectives.base import Objective, build_objective
 from raymmrec.prepared import prepare
 from raymmrec.registry import get_model, get_objective
 from raymmrec.shard import check_supported, shard_model
-from raymmrec.train.loop import Callback, EvalFn, Trainer, TrainingDiverged, TrainState, unwrap
+from raymmrec.train.loop import Callback, EvalFn, Trainer, TrainingDiverged
 from raymmrec.train.sampling import NegativeSampler, canonical_pairs, epoch_batches, epoch_generator
 
 
