@@ -110,11 +110,6 @@ class Columns:
             t.div_(self.world_size)
         return t
 
-    @torch.no_grad()
-    def gather_plain(self, t: Tensor, full: int, dim: int, parts: int = 1) -> Tensor:
-        """:meth:`gather` without autograd (checkpoints, evaluation)."""
-        return self.gather(t, full, dim, parts)
-
 
 def _gather(t: Tensor, cols: Columns, full: int, dim: int) -> Tensor:
     sizes = split_sizes(full, cols.world_size)

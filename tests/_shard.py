@@ -106,7 +106,8 @@ def step(p) -> dict:  # noqa: ANN001
     cols = p.model.columns
     if cols is not None:
         layout, full = layout_of(p.model), p.model.column_widths
-        grads = {k: cols.gather_plain(g, full[k], *layout[k]) if k in layout else g for k, g in grads.items()}
+        with torch.no_grad():
+            grads = {k: cols.gather(g, full[k], *layout[k]) if k in layout else g for k, g in grads.items()}
     p.optimizer.zero_grad(set_to_none=True)
     return {"loss": out.total.detach().clone(), "grads": grads}
 

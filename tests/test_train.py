@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import pytest
 import torch
@@ -195,6 +196,16 @@ def test_checkpoint_is_atomic_and_pickle_free(tmp_path):
     torch.save({"x": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(ValueError, match="evil.pt.*weights_only"):
         load_tensors(tmp_path / "evil.pt")
+
+
+def test_checkpoint_metadata_that_would_run_code_is_refused(tmp_path):
+    """The tensors' index (DCP's .metadata, a pickle) is read with only DCP's metadata classes allowed."""
+    spec = spec_for(tmp_path, "bpr", epochs=1)
+    run(spec, progress=False, data=tiny_data())
+    (index,) = (tmp_path / "r" / "ckpt").glob("epoch-*/.metadata")
+    index.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(ValueError, match=r"\.metadata could not be loaded safely: .*Evil is not allowed"):
+        run(spec_for(tmp_path, "bpr", epochs=2), progress=False, data=tiny_data())
 
 
 def test_config_rejects_typos_and_types(tmp_path):

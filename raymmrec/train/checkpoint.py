@@ -73,19 +73,19 @@ class _MetadataUnpickler(pickle.Unpickler):
     checkpoint cannot run code when loaded (the tensors themselves are read ``weights_only``)."""
 
     ALLOWED = {
-        **{("torch.distributed.checkpoint.metadata", n): True for n in (
+        *(("torch.distributed.checkpoint.metadata", n) for n in (
             "Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
-            "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING")},
-        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"): True,
-        ("torch.serialization", "_get_layout"): True,
-        ("torch", "Size"): True,
-        ("pathlib", "PosixPath"): True, ("pathlib", "PurePosixPath"): True,
-        ("pathlib", "WindowsPath"): True, ("pathlib", "PureWindowsPath"): True,
-        ("collections", "OrderedDict"): True,
+            "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING")),
+        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+        ("torch.serialization", "_get_layout"),
+        ("torch", "Size"),
+        ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PureWindowsPath"),
+        ("collections", "OrderedDict"),
     }
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self.ALLOWED or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+        dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        if (module, name) in self.ALLOWED or dtype:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a checkpoint's metadata")
 
@@ -95,8 +95,12 @@ def _safe(reader_cls: type) -> type:
         def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
             from torch.distributed.checkpoint.metadata import StorageMeta
 
-            with self.fs.create_stream(self._get_metadata_path(kwargs.get("rank")), "rb") as f:
-                metadata = _MetadataUnpickler(f).load()
+            path = self._get_metadata_path(kwargs.get("rank"))
+            with self.fs.create_stream(path, "rb") as f:
+                try:
+                    metadata = _MetadataUnpickler(f).load()
+                except pickle.UnpicklingError as e:
+                    raise ValueError(f"{path} could not be loaded safely: {e}") from None
             if getattr(metadata, "storage_meta", None) is None:
                 metadata.storage_meta = StorageMeta()
             metadata.storage_meta.load_id = self.load_id
@@ -204,10 +208,11 @@ def save_checkpoint(run: str | Path, trainer: Trainer, state: TrainState, config
         dcp.save(mine, storage_writer=_writer(join(ckpt, folder_name)), no_dist=world == 1)
     if rank == 0:  # every rank's blocks are written (dcp.save returns after the metadata): commit
         groups = trainer.optimizer.state_dict()["param_groups"]
+        schedule = None if trainer.scheduler is None else trainer.scheduler.state_dict()
         _write_latest(join(ckpt, LATEST), {
             "format_version": FORMAT_VERSION, "tensors": folder_name, "state": state.to_dict(), "config": config,
-            "optimizer": {"param_groups": groups}, "scheduler": None if trainer.scheduler is None else trainer.scheduler.state_dict(),
-            "best": best is not None, "world_size": world, "shard": "columns" if cols is not None else "none",
+            "optimizer": {"param_groups": groups}, "scheduler": schedule, "best": best is not None,
+            "world_size": world, "shard": "columns" if cols is not None else "none",
             "splits": {k: [s.dim, s.parts] for k, s in splits.items()},
         })
         _remove_others(ckpt, folder_name)
@@ -268,14 +273,39 @@ def read_tensors(run: str | Path, prefix: str = MODEL, payload: dict[str, Any] |
     return out
 
 
+def _local_optimizer_targets(md: dict[str, Any], splits: dict[str, Split], cols: Any) -> dict[str, Tensor]:
+    """Every optimizer state tensor the checkpoint holds (``md``: its metadata) as this rank's empty tensor."""
+    out = {}
+    for key in sorted({k.split("#", 1)[0] for k in md if k.startswith(OPTIM)}):
+        m = md[key] if key in md else md[f"{key}#0"]
+        shape, split = list(m.size), _split_of(key, splits)
+        if split is not None and len(shape) > split.dim:  # this rank's columns (all parts' sections)
+            shape[split.dim] = local_width(split, cols)
+        out[key] = torch.zeros(shape, dtype=m.properties.dtype)
+    return out
+
+
+def _optimizer_state(optimizer: torch.optim.Optimizer, model: torch.nn.Module, tensors: dict[str, Tensor],
+                     param_groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """An ``optimizer.state_dict()`` from ``optim/<parameter>/<state>`` tensors and the saved groups."""
+    index = {id(prm): i for i, prm in enumerate(q for g in optimizer.param_groups for q in g["params"])}
+    names = dict(model.named_parameters())
+    state: dict[int, dict[str, Tensor]] = {}
+    for key, t in tensors.items():
+        name, what = key[len(OPTIM):].rsplit("/", 1)
+        state.setdefault(index[id(names[name])], {})[what] = t
+    return {"state": state, "param_groups": param_groups}
+
+
 def restore(p: Any, run: str | Path, where: str) -> tuple[TrainState, dict[str, Tensor] | None] | None:
     """Resume ``p`` (:class:`~raymmrec.train.build.Pieces`: model, optimizer, schedule, config, context)
     from ``run``'s checkpoint, reading only this rank's blocks; a collective in a distributed run.
 
     Returns the loop state (early stopping included: the checkpoint alone decides, see
     artifacts.resume_best) and this rank's blocks of the best weights where the checkpoint holds them
-    (None otherwise: the best are the current weights, or no rank here writes best.pt); None where the
-    run has no checkpoint yet. The checkpoint may come from any number of ranks, or one process.
+    and this rank keeps them (rank 0, or every rank of a column-sharded run; None otherwise, and where the
+    best are the current weights); None where the run has no checkpoint yet. The checkpoint may come from
+    any number of ranks, or one process.
     """
     from raymmrec.train.build import check_same_run
 
@@ -283,53 +313,22 @@ def restore(p: Any, run: str | Path, where: str) -> tuple[TrainState, dict[str, 
     if payload is None:
         return None
     check_same_run(payload["config"], p.config, where)
-    model, optimizer = p.model, p.optimizer
-    cols = getattr(model, "columns", None)
+    model, cols = p.model, getattr(p.model, "columns", None)
     rank, world = ranks(p.ctx)
     splits = splits_of(model)
     folder = join(str(run), CKPT, payload["tensors"])
-    md = _reader(folder).read_metadata().state_dict_metadata
-
-    def local(key: str, size: torch.Size, dtype: torch.dtype) -> Tensor:
-        split, shape = _split_of(key, splits), list(size)
-        if split is not None and len(shape) > split.dim:
-            shape[split.dim] = local_width(split, cols)
-        return torch.zeros(shape, dtype=dtype)
-
-    wanted: dict[str, Tensor] = {}  # this rank's tensors, filled by the load through their entries
-    for k, v in model.state_dict().items():
-        wanted[MODEL + k] = torch.empty_like(v, device="cpu")
-    optim_keys = sorted({k.split("#", 1)[0] for k in md if k.startswith(OPTIM)})
-    for key in optim_keys:
-        m = md[key] if key in md else md[f"{key}#0"]
-        size = list(m.size)
-        split = _split_of(key, splits)
-        if key not in md:  # stored in sections: the whole tensor is parts sections wide
-            size[split.dim] *= split.parts
-        wanted[key] = local(key, torch.Size(size), m.properties.dtype)
+    wanted = {MODEL + k: torch.empty_like(v, device="cpu") for k, v in model.state_dict().items()}
+    wanted.update(_local_optimizer_targets(_reader(folder).read_metadata().state_dict_metadata, splits, cols))
     keeps_best = payload["best"] and (cols is not None or rank == 0)  # best.pt's writer, or every block holder
     if keeps_best:
-        for k, v in model.state_dict().items():
-            wanted[BEST + k] = torch.empty_like(v, device="cpu")
-    targets: dict[str, Tensor] = {}
+        wanted.update({BEST + k: torch.empty_like(v, device="cpu") for k, v in model.state_dict().items()})
+    # the load fills each tensor through its entries (a DTensor's local block, a section)
     entries = {key: checkpoint_entries(key, t, _split_of(key, splits), cols) for key, t in wanted.items()}
-    for e in entries.values():
-        targets.update(e)
-    _load(folder, targets, world)
-    got = {key: join_entries(key, e, _split_of(key, splits)) for key, e in entries.items()}
+    _load(folder, {name: e for each in entries.values() for name, e in each.items()}, world)
+    got = {key: join_entries(key, each, _split_of(key, splits)) for key, each in entries.items()}
     model.load_state_dict({k[len(MODEL):]: v for k, v in got.items() if k.startswith(MODEL)})
-    index = {}
-    names = dict(model.named_parameters())
-    i = 0
-    for group in optimizer.param_groups:
-        for prm in group["params"]:
-            index[id(prm)] = i
-            i += 1
-    opt_state: dict[int, dict[str, Tensor]] = {}
-    for key in optim_keys:
-        name, what = key[len(OPTIM):].rsplit("/", 1)
-        opt_state.setdefault(index[id(names[name])], {})[what] = got[key]
-    optimizer.load_state_dict({"state": opt_state, "param_groups": payload["optimizer"]["param_groups"]})
+    moments = {k: v for k, v in got.items() if k.startswith(OPTIM)}
+    p.optimizer.load_state_dict(_optimizer_state(p.optimizer, model, moments, payload["optimizer"]["param_groups"]))
     if p.scheduler is not None and payload.get("scheduler") is not None:
         p.scheduler.load_state_dict(payload["scheduler"])
     state = TrainState.from_dict(payload["state"])
