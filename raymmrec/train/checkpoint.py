@@ -281,7 +281,7 @@ def _local_optimizer_targets(md: dict[str, Any], splits: dict[str, Split], cols:
         shape, split = list(m.size), _split_of(key, splits)
         if split is not None and len(shape) > split.dim:  # this rank's columns (all parts' sections)
             shape[split.dim] = local_width(split, cols)
-        out[key] = torch.zeros(shape, dtype=m.properties.dtype)
+        out[key] = torch.empty(shape, dtype=m.properties.dtype)  # every element is read
     return out
 
 
