@@ -352,9 +352,14 @@ def local_width(split: Split, cols: "Columns | None") -> int:
 
 
 def _mesh(cols: Columns, device_type: str) -> Any:
+    """The ranks as a one-dimensional DeviceMesh over the default process group (no new group is created:
+    ``DeviceMesh(...)`` itself would make one per call where CUDA is available and the group is gloo's)."""
     from torch.distributed.device_mesh import DeviceMesh
 
-    return DeviceMesh(device_type, list(range(cols.world_size)))
+    mesh = DeviceMesh.from_group(dist.group.WORLD, device_type)
+    if mesh.size() != cols.world_size:
+        raise RuntimeError(f"the process group has {mesh.size()} ranks, the column-sharded run {cols.world_size}")
+    return mesh
 
 
 def checkpoint_entries(key: str, t: Tensor, split: Split | None, cols: Columns | None) -> dict[str, Tensor]:
