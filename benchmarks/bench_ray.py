@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import glob
 import json
 import os
 import shutil
@@ -33,7 +32,7 @@ from bench_train import (add_common_arguments, environment, make_spec, stats, ti
 
 import torch  # noqa: E402
 
-from raymmrec.train.checkpoint import load_checkpoint  # noqa: E402
+from raymmrec.train.checkpoint import read_latest  # noqa: E402
 from bench_train import build_setup  # noqa: E402
 from raymmrec.train.build import load_data, resolve_device  # noqa: E402
 
@@ -54,12 +53,11 @@ def single_process(spec, warmup: int, epochs: int, eval_repeats: int) -> dict:
 
 
 def latest_history(run_root: str) -> list[dict]:
-    """``state.history`` of the checkpoint with the most epochs under ``run_root``."""
-    paths = glob.glob(os.path.join(run_root, "checkpoint_*", "latest.pt"))
-    if not paths:
-        raise FileNotFoundError(f"no checkpoint_*/latest.pt under {run_root}")
-    states = [load_checkpoint(p)["state"] for p in paths]
-    return max(states, key=lambda s: s["epoch"])["history"]
+    """``state.history`` of the run's checkpoint (``<run_root>/ckpt/latest.pt``)."""
+    latest = read_latest(run_root)
+    if latest is None:
+        raise FileNotFoundError(f"no checkpoint under {run_root}")
+    return latest["state"]["history"]
 
 
 def ray_run(spec, a: argparse.Namespace) -> dict:

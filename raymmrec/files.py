@@ -16,16 +16,21 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 
 
-def open_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """Return ``(filesystem, path)`` for a local path or fsspec URL; S3 picks up ``AWS_ENDPOINT_URL``."""
-    url = os.path.expanduser(str(url))
+def fs_options(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The fsspec options for ``url``: ``storage_options``, and for S3 the endpoint of ``AWS_ENDPOINT_URL``."""
     options = dict(storage_options or {})
     protocol = url.split("://", 1)[0] if "://" in url else "file"
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     explicit = "endpoint_url" in options or "endpoint_url" in options.get("client_kwargs", {})
     if protocol in ("s3", "s3a") and endpoint and not explicit:
         options["client_kwargs"] = {**options.get("client_kwargs", {}), "endpoint_url": endpoint}
-    fs, path = fsspec.core.url_to_fs(url, **options)
+    return options
+
+
+def open_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Return ``(filesystem, path)`` for a local path or fsspec URL; S3 picks up ``AWS_ENDPOINT_URL``."""
+    url = os.path.expanduser(str(url))
+    fs, path = fsspec.core.url_to_fs(url, **fs_options(url, storage_options))
     if not isinstance(fs, LocalFileSystem):
         fs.invalidate_cache()  # another process may have written since the last listing
     return fs, path.rstrip("/") or path

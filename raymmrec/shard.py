@@ -41,8 +41,11 @@ from torch import Tensor, nn
 
 
 def split_sizes(n: int, world: int) -> list[int]:
-    """How ``n`` columns split over ``world`` ranks: the first ``n % world`` ranks take one more."""
-    return [n // world + (1 if r < n % world else 0) for r in range(world)]
+    """How ``n`` columns split over ``world`` ranks: as ``torch.chunk`` splits them (blocks of
+    ``ceil(n / world)``, the last ones shorter, possibly empty), which is how a DTensor's ``Shard``
+    placement and so ``torch.distributed.checkpoint`` place a rank's block (:func:`checkpoint_entries`)."""
+    each = -(-n // world)
+    return [max(0, min(each, n - each * r)) for r in range(world)]
 
 
 @dataclass
@@ -106,11 +109,6 @@ class Columns:
             dist.all_reduce(t)
             t.div_(self.world_size)
         return t
-
-    @torch.no_grad()
-    def gather_plain(self, t: Tensor, full: int, dim: int, parts: int = 1) -> Tensor:
-        """:meth:`gather` without autograd (checkpoints, evaluation)."""
-        return self.gather(t, full, dim, parts)
 
 
 def _gather(t: Tensor, cols: Columns, full: int, dim: int) -> Tensor:
@@ -322,73 +320,139 @@ def check_replicated(model: nn.Module, warn: Callable[[str], None] | None = None
     return diff
 
 
-def _layout_of_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[int, tuple[str, tuple[int, int]]]:
-    """Optimizer state-dict index -> (model key, (dim, parts)) of every column-sharded parameter."""
-    layout = layout_of(model)
-    names = {id(p): k for k, p in model.named_parameters()}
-    out, i = {}, 0
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            key = names.get(id(p))
-            if key in layout:
-                out[i] = (key, layout[key])
-            i += 1
+
+
+# --- checkpoints: every rank writes and reads only its own blocks (torch.distributed.checkpoint) ---------------
+
+
+@dataclass(frozen=True)
+class Split:
+    """How a tensor of a column-sharded run splits: along ``dim``, ``width`` wide in all, in ``parts``
+    equal sections each split on its own (VBPR's ``[γ ; W f]``: ``parts=2``)."""
+
+    dim: int
+    parts: int
+    width: int
+
+
+def splits_of(model: nn.Module) -> dict[str, Split]:
+    """Every tensor of ``model.column_layout()`` and its :class:`Split`, sharded or not (the checkpoint's
+    logical tensors are the same for any number of ranks; one process splits nothing)."""
+    widths = getattr(model, "column_widths", None)
+    state = model.state_dict(keep_vars=True)
+    return {k: Split(dim, parts, widths[k] if widths else state[k].shape[dim])
+            for k, (dim, parts) in layout_of(model).items() if k in state}
+
+
+def local_width(split: Split, cols: "Columns | None") -> int:
+    """Columns of ``split``'s tensor that this rank holds (all of them in one process)."""
+    if cols is None:
+        return split.width
+    return split.parts * split_sizes(split.width // split.parts, cols.world_size)[cols.rank]
+
+
+def _mesh(cols: Columns, device_type: str) -> Any:
+    """The ranks as a one-dimensional DeviceMesh over the default process group (no new group is created:
+    ``DeviceMesh(...)`` itself would make one per call where CUDA is available and the group is gloo's)."""
+    from torch.distributed.device_mesh import DeviceMesh
+
+    mesh = DeviceMesh.from_group(dist.group.WORLD, device_type)
+    if mesh.size() != cols.world_size:
+        raise RuntimeError(f"the process group has {mesh.size()} ranks, the column-sharded run {cols.world_size}")
+    return mesh
+
+
+def checkpoint_entries(key: str, t: Tensor, split: Split | None, cols: Columns | None) -> dict[str, Tensor]:
+    """The logical tensors a checkpoint stores for ``t`` (this rank's tensor under ``key``).
+
+    A split tensor becomes one tensor per section (``key``, or ``key#0``, ``key#1``... with parts), and
+    in a column-sharded run each is a DTensor sharded along ``dim`` over the ranks (``Shard(dim)``, whose
+    blocks are :func:`split_sizes`'): each rank then writes only its block, and a reader with any number of
+    ranks (one process included) reads only the blocks that overlap its own. Anything else is ``t``.
+    The entries are views of ``t`` where they can be (one section: no copy), so a load into them lands in ``t``.
+    """
+    if split is None or t.dim() <= split.dim:
+        return {key: t}
+    each = t.shape[split.dim] // split.parts
+    sharded = cols is not None and cols.world_size > 1
+    mesh = _mesh(cols, t.device.type) if sharded else None
+    out = {}
+    for p in range(split.parts):
+        sec = t if split.parts == 1 else t.narrow(split.dim, p * each, each).contiguous()
+        if sharded:
+            from torch.distributed.tensor import DTensor, Shard
+
+            shape = list(t.shape)
+            shape[split.dim] = split.width // split.parts
+            stride = [math.prod(shape[i + 1:]) for i in range(len(shape))]  # contiguous
+            sec = DTensor.from_local(sec, mesh, [Shard(split.dim)], run_check=False, shape=torch.Size(shape),
+                                     stride=tuple(stride))
+        out[key if split.parts == 1 else f"{key}#{p}"] = sec
     return out
 
 
-def full_model_state(model: nn.Module) -> dict[str, Tensor]:
-    """The assembled state dict (every rank's blocks joined): a collective, called on every rank.
+def join_entries(key: str, entries: dict[str, Tensor], split: Split | None) -> Tensor:
+    """This rank's tensor under ``key`` from its :func:`checkpoint_entries` (after a load into them)."""
+    from torch.distributed.tensor import DTensor
 
-    A checkpoint holds assembled tensors, so it resumes with any number of ranks and loads into one
-    process (``recommend``, ``evaluate``, ``unlearn``).
+    def plain(t: Tensor) -> Tensor:
+        return t.to_local() if isinstance(t, DTensor) else t
+
+    if split is None or split.parts == 1 or key in entries:
+        return plain(entries[key])
+    return torch.cat([plain(entries[f"{key}#{p}"]) for p in range(split.parts)], split.dim)
+
+
+def _comm_device(t: Tensor) -> torch.device:
+    """Where a tensor must be for a point-to-point transfer: NCCL moves CUDA tensors only."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return t.device
+
+
+@torch.no_grad()
+def assemble_on_rank0(model: nn.Module, blocks: dict[str, Tensor]) -> dict[str, Tensor] | None:
+    """The whole state dict from every rank's ``blocks`` (a state dict of this rank's tensors, e.g. a CPU
+    copy of the best weights), on rank 0 only, on the CPU; None on the other ranks. A collective.
+
+    Point to point, one tensor at a time: rank ``r`` sends its block of each split tensor to rank 0, which
+    places it into the whole one. No other rank ever holds more than its blocks, and rank 0 holds the
+    weights alone (``best.pt``), never the optimizer's moments. Without columns, ``blocks`` themselves.
     """
     cols: Columns | None = getattr(model, "columns", None)
-    state = model.state_dict()
-    if cols is None:
-        return state
-    layout, full = layout_of(model), model.column_widths
-    return {k: cols.gather_plain(v, full[k], *layout[k]) if k in layout else v for k, v in state.items()}
-
-
-def _map_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, sd: dict[str, Any], fn: Any
-                         ) -> dict[str, Any]:
-    """``sd`` with ``fn(tensor, key, dim, parts)`` applied to each column-sharded parameter's state tensors.
-
-    The per-parameter dicts are copied first: ``optimizer.state_dict()`` shares them with the live
-    optimizer, and replacing a tensor there would replace the optimizer's own state.
-    """
-    out = {**sd, "state": {i: dict(st) for i, st in sd["state"].items()}}
-    for i, (key, (dim, parts)) in _layout_of_optimizer(optimizer, model).items():
-        st = out["state"].get(i, {})
-        for name, v in list(st.items()):
-            if torch.is_tensor(v) and v.dim() > dim:
-                st[name] = fn(v, key, dim, parts)
+    if cols is None or cols.world_size == 1:
+        return blocks
+    splits = splits_of(model)
+    out: dict[str, Tensor] | None = {} if cols.rank == 0 else None
+    for key, t in blocks.items():
+        split = splits.get(key)
+        if split is None or t.dim() <= split.dim:
+            if out is not None:
+                out[key] = t
+            continue
+        dev = _comm_device(t)
+        if cols.rank != 0:
+            if t.numel():
+                dist.send(t.to(dev).contiguous(), 0)
+            continue
+        shape = list(t.shape)
+        shape[split.dim] = split.width
+        whole = t.new_empty(shape, device="cpu")
+        each = split.width // split.parts
+        for r in range(cols.world_size):
+            peer = Columns(r, cols.world_size)
+            n = local_width(split, peer)
+            shape[split.dim] = n
+            if r == 0:
+                block = t
+            else:
+                block = t.new_empty(shape, device=dev)
+                if block.numel():
+                    dist.recv(block, r)
+            block = block.to("cpu")
+            start, stop = peer.span(each)
+            for p in range(split.parts):  # this rank's columns of each section
+                whole.narrow(split.dim, p * each + start, stop - start).copy_(
+                    block.narrow(split.dim, p * (n // split.parts), stop - start))
+        out[key] = whole
     return out
-
-
-def full_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, Any]:
-    """The optimizer state dict with every column-sharded tensor assembled (a collective)."""
-    cols: Columns | None = getattr(model, "columns", None)
-    sd = optimizer.state_dict()
-    if cols is None:
-        return sd
-    full = model.column_widths
-    return _map_optimizer_state(optimizer, model, sd,
-                                lambda v, key, dim, parts: cols.gather_plain(v, full[key], dim, parts))
-
-
-def local_model_state(model: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """This rank's blocks of an assembled state dict (identity for an unsharded model)."""
-    cols: Columns | None = getattr(model, "columns", None)
-    if cols is None:
-        return state
-    layout = layout_of(model)
-    return {k: (cols.local(v, *layout[k]) if k in layout else v) for k, v in state.items()}
-
-
-def local_optimizer_state(optimizer: torch.optim.Optimizer, model: nn.Module, sd: dict[str, Any]) -> dict[str, Any]:
-    """This rank's blocks of an assembled optimizer state dict."""
-    cols: Columns | None = getattr(model, "columns", None)
-    if cols is None:
-        return sd
-    return _map_optimizer_state(optimizer, model, sd, lambda v, key, dim, parts: cols.local(v, dim, parts))

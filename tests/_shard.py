@@ -9,17 +9,79 @@ import torch
 from _tiny import tiny_data
 from raymmrec.config import load_spec
 from raymmrec.dist import DistContext
-from raymmrec.shard import Columns, full_model_state, layout_of
-from raymmrec.train.build import (batch_fn, build, checkpoint_payload, local_evaluate, make_trainer, restore,
-                                  sharded_evaluate)
-from raymmrec.train.loop import Callback, TrainState
+from raymmrec.shard import Columns, layout_of
+from raymmrec.train.artifacts import write_best
+from raymmrec.train.build import batch_fn, build, local_evaluate, make_trainer, sharded_evaluate
+from raymmrec.train.checkpoint import restore, save_checkpoint
+from raymmrec.train.loop import Callback, TrainState, unwrap
+
+
+class Allocations:
+    """Bytes of the floating-point tensors created while it is active (new storages only: views are free),
+    and the largest one: what a rank materialises of weights and optimizer state, e.g. while it writes a
+    checkpoint (DCP's own byte buffers, its pickled plans, are not counted)."""
+
+    def __init__(self) -> None:
+        self.total = self.largest = 0
+
+    def __enter__(self) -> "Allocations":
+        from torch.distributed.tensor import DTensor
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_leaves
+
+        seen = self
+
+        def plain(t) -> bool:  # noqa: ANN001
+            return isinstance(t, torch.Tensor) and not isinstance(t, DTensor) and t.device.type != "meta"
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+                out = func(*args, **(kwargs or {}))
+                old = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if plain(t)}
+                for t in tree_leaves(out):
+                    if plain(t) and t.is_floating_point() and t.untyped_storage().data_ptr() not in old:
+                        n = t.untyped_storage().nbytes()
+                        seen.total += n
+                        seen.largest = max(seen.largest, n)
+                return out
+
+        self.mode = Mode()
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:  # noqa: ANN002
+        self.mode.__exit__(*exc)
+
+
+def state_bytes(trainer) -> dict:  # noqa: ANN001
+    """What this rank holds of the model and its optimizer state: bytes in all, and of its largest tensor."""
+    tensors = list(unwrap(trainer.model).state_dict().values())
+    tensors += [v for st in trainer.optimizer.state.values() for v in st.values() if torch.is_tensor(v)]
+    return {"total": sum(t.numel() * t.element_size() for t in tensors),
+            "largest": max(t.numel() * t.element_size() for t in tensors),
+            "weights": sum(t.numel() * t.element_size() for t in unwrap(trainer.model).state_dict().values())}
 
 
 class CheckpointEveryEpoch(Callback):
-    """Assembles a checkpoint after every epoch, as a Ray run does at its checkpoints (all ranks)."""
+    """Writes a checkpoint after every epoch into ``run`` as a Ray run does at its checkpoints (all ranks),
+    measuring what this rank materialises meanwhile; and ``best.pt``'s weights at every epoch."""
+
+    def __init__(self, run: str, config: dict) -> None:
+        self.run, self.config = run, config
+        self.saves: list[dict] = []
+        self.best: list[dict] = []
 
     def on_epoch_end(self, trainer, state, logs) -> None:  # noqa: ANN001
-        checkpoint_payload(trainer, state, {})
+        holds = state_bytes(trainer)
+        with Allocations() as made:
+            save_checkpoint(self.run, trainer, state, self.config)
+        self.saves.append({"made": made.total, "made_largest": made.largest, **holds})
+        model = unwrap(trainer.model)
+        blocks = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        rank = model.columns.rank if model.columns is not None else 0
+        with Allocations() as made:
+            write_best(self.run, model, state, self.config, blocks, rank)
+        self.best.append({"made": made.total, "rank": rank, **holds})
 
 
 def spec(method: str, out: str, epochs: int):  # noqa: ANN201
@@ -44,41 +106,49 @@ def step(p) -> dict:  # noqa: ANN001
     cols = p.model.columns
     if cols is not None:
         layout, full = layout_of(p.model), p.model.column_widths
-        grads = {k: cols.gather_plain(g, full[k], *layout[k]) if k in layout else g for k, g in grads.items()}
+        with torch.no_grad():
+            grads = {k: cols.gather(g, full[k], *layout[k]) if k in layout else g for k, g in grads.items()}
     p.optimizer.zero_grad(set_to_none=True)
     return {"loss": out.total.detach().clone(), "grads": grads}
 
 
-def train(p, world: int, rank: int, resume: dict | None = None) -> dict:  # noqa: ANN001
-    """Train to ``p.spec.train.epochs`` (from ``resume``, an assembled checkpoint); final metrics and checkpoint."""
-    state = restore(p, resume, "test checkpoint") if resume is not None else TrainState()
+def train(p, world: int, rank: int, run: str, resume: str = "") -> dict:  # noqa: ANN001
+    """Train to ``p.spec.train.epochs`` (from the checkpoint of the run folder ``resume``), writing a checkpoint
+    into ``run`` after every epoch; the last epoch's metrics, this rank's materialised bytes at each save."""
+    resumed = restore(p, resume, "test checkpoint") if resume else None
+    assert resumed is not None or not resume, f"no checkpoint in {resume}"
+    state = resumed[0] if resumed is not None else TrainState()
     evaluate = (sharded_evaluate(p.evaluators, DistContext(rank, world), p.device) if p.model.columns is not None
                 else local_evaluate(p.evaluators))
-    trainer = make_trainer(p, evaluate, [CheckpointEveryEpoch()])
+    saves = CheckpointEveryEpoch(run, p.config)
+    trainer = make_trainer(p, evaluate, [saves])
     state = trainer.fit(state)
-    return {"test": state.history[-1], "checkpoint": checkpoint_payload(trainer, state, p.config),
-            "weights": full_model_state(p.model)}
+    return {"test": state.history[-1], "saves": saves.saves, "best": saves.best,
+            "weights": {k: v.detach().clone() for k, v in p.model.state_dict().items()}}
 
 
 def run_methods(methods: list[str], out: str, epochs: int, world: int = 1, rank: int = 0,
-                resume: dict | None = None) -> dict:
+                resume: str = "") -> dict:
+    """Every method, its run folder ``<out>/<method>`` (resuming ``<resume>/<method>``'s checkpoint)."""
     cols = Columns(rank, world) if world > 1 else None
     res = {}
     for m in methods:
         r = {"step": step(pieces(m, out, epochs, cols))}
-        r.update(train(pieces(m, out, epochs, cols), world, rank, None if resume is None else resume[m]["checkpoint"]))
+        r.update(train(pieces(m, out, epochs, cols), world, rank, os.path.join(out, m),
+                       os.path.join(resume, m) if resume else ""))
         res[m] = r
     return res
 
 
 def worker(rank: int, world: int, port: int, methods: list[str], out: str, epochs: int, resume_from: str,
            replicas_out: str = "") -> None:
-    """:func:`run_methods` on this rank (rank 0 saves to ``out``); then, with ``replicas_out``, :func:`replicas`."""
+    """:func:`run_methods` on this rank (run folders beside ``out``, where rank 0 saves the results, and
+    every rank's own under ``out.<rank>``); then, with ``replicas_out``, :func:`replicas`."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        resume = torch.load(resume_from, weights_only=True) if resume_from else None
-        res = run_methods(methods, os.path.dirname(out), epochs, world, rank, resume)
+        res = run_methods(methods, os.path.splitext(out)[0], epochs, world, rank, resume_from)
+        torch.save(res, f"{out}.{rank}")
         if rank == 0:
             torch.save(res, out)
         if replicas_out:  # in the same processes: starting new ones costs seconds

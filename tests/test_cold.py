@@ -18,9 +18,10 @@ from raymmrec.models.base import Recommender
 from raymmrec.models.bpr import BPR
 from raymmrec.models.vbpr import VBPR
 from raymmrec.recommend import evaluate
-from raymmrec.train.artifacts import best_extras, report_metrics, results_dict, results_table
+from raymmrec.train.artifacts import best_extras, results_dict, results_table
 from raymmrec.train.trained import load_trained
 from raymmrec.train.build import check_same_run, load_data, local_evaluate, run_notes, sharded_evaluate
+from raymmrec.train.loop import TrainState
 from raymmrec.train.run import run
 
 SPLIT3 = ("train", "valid", "test")
@@ -147,10 +148,10 @@ def test_vbpr_run_reports_cold_metrics_everywhere(tmp_path, capsys):
     assert results["cold_knn"]["recall@5"] > 0.5  # features reveal the item group: the baseline finds it
     table = capsys.readouterr().out
     assert "\ncold      " in table and "\ncold_knn  " in table and "cold: " not in table
-    # under Ray the driver rebuilds the state from rank 0's report: the same results.json
-    from raymmrec.ray.launch import state_from_metrics
+    # under Ray the driver reads the same loop state from the checkpoint: the same results.json
+    from raymmrec.train.checkpoint import read_latest
 
-    again = results_dict(state_from_metrics(report_metrics(state, state.history[-1])), run_notes(spec))
+    again = results_dict(TrainState.from_dict(read_latest(tmp_path / "r")["state"]), run_notes(spec))
     assert again["cold"] == results["cold"] and again["cold_knn"] == results["cold_knn"]
     # `raymmrec evaluate` on the best weights: the same cold metrics
     assert evaluate(load_trained(tmp_path / "r", device="cpu"))["cold"] == pytest.approx(results["cold"])

@@ -15,7 +15,7 @@ from raymmrec.models.base import Batch, ModelOutput, Recommender, xavier_embeddi
 from raymmrec.objectives.base import build_objective
 from raymmrec.registry import _REGISTRIES, get_model, register
 from raymmrec.train.build import build
-from raymmrec.train.checkpoint import load_checkpoint
+from raymmrec.train.checkpoint import read_latest
 from raymmrec.train.run import run
 from raymmrec.train.sampling import NegativeSampler, dropout_seed, epoch_generator
 
@@ -112,7 +112,7 @@ def test_optimizer_schedule_and_epoch_hook(hooked, tmp_path):
     spec = load_spec("hooked_test", overrides=[f"output_dir={tmp_path}", "run_name=r", "train.epochs=3",
                                                "train.lr=0.4", "eval.ks=[5,10]", "eval.valid_metric=recall@10"])
     run(spec, progress=False, data=tiny_data())
-    payload = load_checkpoint(tmp_path / "r" / "ckpt" / "latest.pt")
+    payload = read_latest(tmp_path / "r")  # the loop state, the optimizer's hyperparameters, the schedule
     assert payload["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.4 * 0.5**3)  # SGD, decayed per epoch
     assert payload["scheduler"]["last_epoch"] == 3
     first = list(hooked.seen)

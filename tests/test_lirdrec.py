@@ -19,7 +19,7 @@ from raymmrec.objectives.base import build_objective
 from raymmrec.prepared import prepare
 from raymmrec.registry import get_model
 from raymmrec.train.build import build_graph
-from raymmrec.train.checkpoint import load_checkpoint
+from raymmrec.train.checkpoint import read_checkpoint
 from raymmrec.train.run import run
 
 
@@ -187,8 +187,8 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3]
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
     assert resumed.best_test == full.best_test
-    a = load_checkpoint(tmp_path / "a" / "r" / "ckpt" / "latest.pt")["model"]
-    b = load_checkpoint(tmp_path / "b" / "r" / "ckpt" / "latest.pt")["model"]
+    a = read_checkpoint(tmp_path / "a" / "r")["model"]
+    b = read_checkpoint(tmp_path / "b" / "r")["model"]
     assert {"pwc_w", "last_beta", "beta_seen", "theta"} <= set(a)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)

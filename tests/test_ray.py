@@ -19,7 +19,7 @@ from conftest import SECRET
 from raymmrec.config import load_spec
 from raymmrec.train.trained import load_trained
 from raymmrec.train.build import build, local_evaluate
-from raymmrec.train.checkpoint import load_checkpoint
+from raymmrec.train.checkpoint import read_checkpoint, read_latest
 from raymmrec.train.loop import TrainingDiverged
 from raymmrec.train.run import run
 
@@ -64,9 +64,8 @@ def echoed_until(capfd, needle: str, timeout: float = 120.0) -> str:
 
 
 def latest_payload(run_root: Path) -> dict:
-    ckpts = sorted(run_root.glob("checkpoint_*/latest.pt"), key=lambda p: p.stat().st_mtime)
-    assert ckpts, f"no checkpoint under {run_root}"
-    return load_checkpoint(ckpts[-1])
+    """The run folder's checkpoint, its weights assembled in this process (no process group)."""
+    return read_checkpoint(run_root)
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +92,9 @@ def test_two_workers_leave_every_artefact(two_worker_run):
     payload = latest_payload(run_root)  # train.shard=auto: LightGCN's workers split its columns
     assert payload["shard"] == "columns" and payload["world_size"] == 2
     assert payload["model"]["user_emb.weight"].shape[1] == 64  # assembled, not one worker's block
+    tensors = run_root / "ckpt" / payload["tensors"]  # each worker wrote its own blocks; no Ray checkpoint
+    assert sorted(p.name for p in tensors.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert not list(run_root.glob("checkpoint_*"))
     assert state.epoch == 4 and 0 <= state.best_epoch < 4
     assert set(state.best_test) >= {"recall@20", "ndcg@20", "map@10", "hit@50"}
     results = json.loads((run_root / "results.json").read_text())
@@ -181,12 +183,33 @@ def test_killed_worker_resumes_to_identical_metrics(ray_cluster, tmp_path):
     faulty = launch(tiny_spec(tmp_path / "b", "bm3", 5, "r", "train.checkpoint_every=1"), workers(), progress=False,
                     inject_fault={"rank": 1, "epoch": 3, "marker": str(marker)})
     assert marker.exists(), "the fault was never injected"
-    # rank 1 died at the end of epoch 3, before its report: the recovery resumed once, from the last
-    # checkpoint committed by then (epoch 1 or 2: uploads are asynchronous); a restart would say []
-    assert len(faulty.resumes) == 1 and 1 <= faulty.resumes[0] <= 3 and clean.resumes == []
+    # rank 1 died at the end of epoch 3, before its checkpoint: the restarted workers resumed once, from the
+    # run folder's last committed checkpoint (epoch 2); a restart from scratch would say []
+    assert faulty.resumes == [2] and clean.resumes == []
     assert faulty.best_epoch == clean.best_epoch
     for k, v in clean.best_test.items():  # sharded evaluation sums in another order: rounding only
         assert faulty.best_test[k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
+
+
+def test_a_run_moves_between_one_process_and_two_workers(ray_cluster, tmp_path):
+    """One checkpoint layout: epochs 0-1 in one process, 2-3 on 2 column-sharded Ray workers (each reading
+    only its blocks), 4-5 in one process again; the uninterrupted one-process run's epochs, losses, best
+    epoch and test metrics."""
+    from raymmrec.ray.launch import launch
+
+    clean = run(tiny_spec(tmp_path / "a", "bm3", 6), progress=False)
+    run(tiny_spec(tmp_path / "b", "bm3", 2), progress=False)
+    on_ray = launch(tiny_spec(tmp_path / "b", "bm3", 4), scaling(), progress=False)
+    latest = read_latest(tmp_path / "b" / "r")
+    assert on_ray.resumes == [2] and latest["shard"] == "columns" and latest["world_size"] == 2
+    back = run(tiny_spec(tmp_path / "b", "bm3", 6), progress=False)
+    assert back.resumes == [2, 4] and back.epoch == clean.epoch == 6
+    assert [int(h["epoch"]) for h in back.history] == list(range(6))
+    for a, b in zip(back.history, clean.history):  # the workers sum partial dot products: rounding only
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), a["epoch"]
+    assert back.best_epoch == clean.best_epoch
+    for k, v in clean.best_test.items():
+        assert back.best_test[k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
 
 
 def test_same_name_resumes_the_run(one_worker_runs):
@@ -321,7 +344,9 @@ def test_s3_dataset_and_checkpoints(ray_cluster, s3_bucket, tmp_path, capfd):
     assert state.epoch == 2
     fs = s3fs.S3FileSystem()
     files = fs.find(f"{s3_bucket}/runs/s3run")
-    assert any(f.endswith("latest.pt") for f in files), files
+    assert any(f.endswith("/ckpt/latest.pt") for f in files), files
+    assert sum(f.endswith(".distcp") for f in files) == 2, files  # each worker's blocks, written to S3
+    assert read_latest(f"s3://{s3_bucket}/runs/s3run")["state"]["epoch"] == 2
     assert any("/tb/events.out.tfevents" in f for f in files), files
     assert json.loads(fs.cat(f"{s3_bucket}/runs/s3run/results.json"))["epochs_run"] == 2
     trained = load_trained(f"s3://{s3_bucket}/runs/s3run", device="cpu")  # best.pt + config.json from S3
@@ -350,7 +375,7 @@ def test_ray_job_submit(ray_cluster, tmp_path):
     assert not NOISE.search(text), NOISE.search(text)
     results = json.loads((tmp_path / "job" / "results.json").read_text())
     assert results["epochs_run"] == 2 and "recall@20" in results["test"]
-    assert list((tmp_path / "job").glob("checkpoint_*/latest.pt"))
+    assert read_latest(tmp_path / "job")["state"]["epoch"] == 2  # the run folder's own checkpoint
 
 
 def test_local_paths_refused_on_a_multi_node_cluster(monkeypatch, tmp_path):

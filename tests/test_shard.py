@@ -1,6 +1,7 @@
 """Column-sharded training (raymmrec.shard) is exact: W gloo ranks, each holding a block of every table's
 columns, give the one-process loss and gradients at a step and the same metrics after 3 epochs; their
-assembled checkpoint resumes with another W and loads into one process."""
+checkpoint (each rank writes its own blocks) resumes with another W and in one process, and loads into one
+process; no rank materialises more than its own share while writing it."""
 
 from __future__ import annotations
 
@@ -13,14 +14,16 @@ from _tiny import tiny_data
 from conftest import free_port
 from raymmrec.dist import DistContext
 from raymmrec.shard import Columns, ShardingUnsupported, split_sizes, supported_methods
-from raymmrec.train.build import build, local_evaluate, restore
+from raymmrec.train.build import build, local_evaluate
+from raymmrec.train.checkpoint import read_tensors, restore
 
 METHODS = supported_methods()
 
 
 def test_supported_methods_and_uneven_split():
     assert set(METHODS) == {"bpr", "lightgcn", "vbpr", "bm3", "bpo", "nbpo"}
-    assert split_sizes(64, 3) == [22, 21, 21] and sum(split_sizes(7, 4)) == 7
+    assert split_sizes(64, 3) == [22, 22, 20] and sum(split_sizes(7, 4)) == 7  # torch.chunk's, DTensor's Shard
+    assert split_sizes(64, 3) == [len(c) for c in torch.arange(64).chunk(3)]
     t = torch.arange(2 * 10.0).view(2, 10)
     blocks = [Columns(r, 3).local(t, 1, parts=2) for r in range(3)]
     assert [b.shape[1] for b in blocks] == [4, 4, 2]  # each 5-column section splits 2, 2, 1
@@ -30,19 +33,22 @@ def test_supported_methods_and_uneven_split():
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     out = tmp_path_factory.mktemp("single")
-    return {4: run_methods(METHODS, str(out), 4), 3: run_methods(METHODS, str(out), 3)}
+    return {4: run_methods(METHODS, str(out / "e4"), 4), 3: run_methods(METHODS, str(out / "e3"), 3)}
 
 
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory):
-    """W = 2 trains 3 epochs; W = 3 (64 columns split 22/21/21) resumes from its checkpoint to epoch 4.
-    The W = 2 processes then run ``_shard.replicas`` (the replicated parameters' copies)."""
+    """W = 2 trains 3 epochs, writing its checkpoints into ``w2/<method>``; W = 3 (64 columns split 22/22/20)
+    resumes from them to epoch 4, and so does one process. The W = 2 processes then run ``_shard.replicas``
+    (the replicated parameters' copies)."""
     out = tmp_path_factory.mktemp("sharded")
     two, three, rep = out / "w2.pt", out / "w3.pt", out / "replicas.pt"
     mp.spawn(worker, args=(2, free_port(), METHODS, str(two), 3, "", str(rep)), nprocs=2, join=True)
-    mp.spawn(worker, args=(3, free_port(), METHODS, str(three), 4, str(two)), nprocs=3, join=True)
+    mp.spawn(worker, args=(3, free_port(), METHODS, str(three), 4, str(out / "w2")), nprocs=3, join=True)
     return {2: torch.load(two, weights_only=True), 3: torch.load(three, weights_only=True),
-            "replicas": torch.load(rep, weights_only=True)}
+            "ranks": {w: [torch.load(f"{out / f'w{w}.pt'}.{r}", weights_only=True) for r in range(w)] for w in (2, 3)},
+            1: run_methods(METHODS, str(out / "one"), 4, resume=str(out / "w2")),
+            "replicas": torch.load(rep, weights_only=True), "runs": out}
 
 
 @pytest.mark.parametrize("world", [2, 3])
@@ -66,20 +72,27 @@ def test_three_epochs_then_a_resume_with_another_world_size_match_one_process(si
     assert two.keys() == one3.keys() and "test/recall@10" in two
     for k, v in one3.items():
         assert two[k] == pytest.approx(v, abs=1e-4), (method, k)
-    three, one4 = _metrics(sharded[3][method]["test"]), _metrics(single[4][method]["test"])
-    for k, v in one4.items():  # W = 3 resumed W = 2's checkpoint at epoch 3 and ran epoch 4
-        assert three[k] == pytest.approx(v, abs=1e-4), (method, k)
+    one4 = _metrics(single[4][method]["test"])
+    for world in (3, 1):  # W = 3 and one process resumed W = 2's checkpoint at epoch 3 and ran epoch 4
+        resumed = _metrics(sharded[world][method]["test"])
+        assert resumed.keys() == one4.keys()
+        for k, v in one4.items():
+            assert resumed[k] == pytest.approx(v, abs=1e-4), (method, world, k)
+    for k, v in single[4][method]["weights"].items():  # one process from W = 2's checkpoint: the same weights
+        torch.testing.assert_close(sharded[1][method]["weights"][k], v, rtol=1e-3, atol=1e-5)
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_assembled_checkpoint_loads_into_one_process(tmp_path, sharded, single, method):
+def test_sharded_checkpoint_loads_into_one_process(tmp_path, sharded, single, method):
     from _shard import spec
 
-    ckpt = sharded[2][method]["checkpoint"]
+    run = sharded["runs"] / "w2" / method  # written by 2 ranks, each its own blocks
+    whole = read_tensors(run)
     p = build(spec(method, str(tmp_path), 3), data=tiny_data(), device=torch.device("cpu"))
-    restore(p, ckpt, "checkpoint of a W=2 run")
+    restore(p, run, "checkpoint of a W=2 run")
     for k, v in p.model.state_dict().items():  # full tables, not one rank's block
         torch.testing.assert_close(v, single[3][method]["weights"][k], rtol=1e-3, atol=1e-5)
+        torch.testing.assert_close(whole[k], v, rtol=0, atol=0)
     got = local_evaluate(p.evaluators)(p.model)["test"]
     want = _metrics(single[3][method]["test"])
     for k, v in got.items():
@@ -101,6 +114,23 @@ def test_unsupported_methods_and_objectives_are_refused_in_one_line(tmp_path):
     with pytest.raises(ShardingUnsupported, match="objective 'plain' does not support train.shard=columns; "
                                                   "objectives that do: bm3, bpo, bpr, nbpo, nbpo_original, nbpo_surrogate"):
         check_supported(get_model("lightgcn"), plain)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_no_rank_materialises_more_than_its_share_while_checkpointing(sharded, single, method):
+    """While writing a checkpoint a rank creates tensors of at most its own share of the weights and optimizer
+    state (its blocks, the replicated tensors), never the whole tables; while ``best.pt`` is assembled, only
+    rank 0 receives the other blocks, and of the weights alone."""
+    whole = single[3][method]["saves"][-1]
+    for world in (2, 3):
+        for rank, res in enumerate(sharded["ranks"][world]):
+            for save in res[method]["saves"]:
+                assert save["total"] < whole["total"], (method, world, rank)  # a share, not everything
+                assert save["made"] <= save["total"], (method, world, rank, save)
+                assert save["made_largest"] <= save["largest"], (method, world, rank, save)
+            for best in res[method]["best"]:  # rank 0: the whole weights and each block received; others send
+                limit = 2 * whole["weights"] if rank == 0 else best["weights"]
+                assert best["made"] <= limit, (method, world, rank, best)
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import pytest
 import torch
@@ -10,7 +11,8 @@ import torch
 from _tiny import tiny_data
 from raymmrec.cli import main as cli_main
 from raymmrec.config import RunSpec, load_spec
-from raymmrec.train.checkpoint import load_checkpoint, save_checkpoint
+from raymmrec.files import load_tensors, save_tensors
+from raymmrec.train.checkpoint import BEST, read_checkpoint, read_tensors
 from raymmrec.train.loop import Callback
 from raymmrec.train.run import run
 from raymmrec.train.sampling import NegativeSampler, epoch_batches, epoch_generator
@@ -61,7 +63,7 @@ def test_training_beats_chance_and_writes_outputs(tmp_path):
     results = json.loads((folder / "results.json").read_text())
     assert results["test"]["recall@10"] == pytest.approx(state.best_test["recall@10"])
     assert (folder / "best.pt").exists() and any((folder / "tb").iterdir())
-    payload = load_checkpoint(folder / "ckpt" / "latest.pt")  # weights_only=True
+    payload = read_checkpoint(folder)  # weights_only=True
     assert payload["state"]["epoch"] == 15 and "optimizer" in payload and payload["world_size"] == 1
     assert payload["config"]["method"] == "lightgcn" and payload["config"]["model"]["n_layers"] == 3
 
@@ -107,7 +109,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, method, capsys):
     # The checkpoint callback runs before Kill, so epoch 3's checkpoint is on disk when it "dies".
     with pytest.raises(KeyboardInterrupt):
         run(spec, progress=False, data=data, extra_callbacks=[Kill(3)])
-    assert load_checkpoint(tmp_path / "b" / "r" / "ckpt" / "latest.pt")["state"]["epoch"] == 3
+    assert read_checkpoint(tmp_path / "b" / "r")["state"]["epoch"] == 3
     capsys.readouterr()
     seen = Recorder()
     resumed = run(spec, progress=True, data=data, extra_callbacks=[seen])
@@ -116,8 +118,8 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, method, capsys):
     assert "resuming from" in capsys.readouterr().out
     assert resumed.best_test == full.best_test and resumed.best_epoch == full.best_epoch
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
-    a = load_checkpoint(tmp_path / "a" / "r" / "ckpt" / "latest.pt")["model"]
-    b = load_checkpoint(tmp_path / "b" / "r" / "ckpt" / "latest.pt")["model"]
+    a = read_checkpoint(tmp_path / "a" / "r")["model"]
+    b = read_checkpoint(tmp_path / "b" / "r")["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
@@ -129,7 +131,7 @@ def test_default_checkpoint_cadence_is_time_based_and_ends_with_the_last_epoch(t
 
         def on_epoch_end(self, trainer, state, logs) -> None:
             path = tmp_path / "r" / "ckpt" / "latest.pt"
-            self.seen.append(load_checkpoint(path)["state"]["epoch"] if path.exists() else None)
+            self.seen.append(load_tensors(path)["state"]["epoch"] if path.exists() else None)
 
     look = Look()
     run(spec_for(tmp_path, "bpr", epochs=4, patience=50), progress=False, data=tiny_data(), extra_callbacks=[look])
@@ -147,9 +149,9 @@ def test_resume_ignores_device_resident_rng_state(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run(spec, progress=False, data=data, extra_callbacks=[Kill(2)])
     path = tmp_path / "r" / "ckpt" / "latest.pt"
-    payload = load_checkpoint(path)
+    payload = load_tensors(path)
     payload["rng"] = {"torch": torch.get_rng_state().to("meta")}
-    save_checkpoint(path, payload)
+    save_tensors(path, payload)
     seen = Recorder()
     state = run(spec, progress=False, data=data, extra_callbacks=[seen])
     assert seen.epochs == [2, 3] and state.epoch == 4
@@ -169,9 +171,9 @@ def test_resume_refuses_other_settings_and_formats(tmp_path):
     run(spec_for(tmp_path, "bpr", epochs=2, patience=9), progress=False, data=data, extra_callbacks=[seen])
     assert seen.epochs == [1]
     path = tmp_path / "r" / "ckpt" / "latest.pt"
-    payload = load_checkpoint(path)
+    payload = load_tensors(path)
     payload["format_version"] = 1
-    save_checkpoint(path, payload)
+    save_tensors(path, payload)
     with pytest.raises(ValueError, match="checkpoint format 1"):
         run(spec_for(tmp_path, "bpr", epochs=3), progress=False, data=data)
 
@@ -188,12 +190,22 @@ class Evil:
 
 def test_checkpoint_is_atomic_and_pickle_free(tmp_path):
     path = tmp_path / "c.pt"
-    save_checkpoint(path, {"w": torch.ones(2), "n": 3})
+    save_tensors(path, {"w": torch.ones(2), "n": 3})
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
-    assert load_checkpoint(path)["n"] == 3
+    assert load_tensors(path)["n"] == 3
     torch.save({"x": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(ValueError, match="evil.pt.*weights_only"):
-        load_checkpoint(tmp_path / "evil.pt")
+        load_tensors(tmp_path / "evil.pt")
+
+
+def test_checkpoint_metadata_that_would_run_code_is_refused(tmp_path):
+    """The tensors' index (DCP's .metadata, a pickle) is read with only DCP's metadata classes allowed."""
+    spec = spec_for(tmp_path, "bpr", epochs=1)
+    run(spec, progress=False, data=tiny_data())
+    (index,) = (tmp_path / "r" / "ckpt").glob("epoch-*/.metadata")
+    index.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(ValueError, match=r"\.metadata could not be loaded safely: .*Evil is not allowed"):
+        run(spec_for(tmp_path, "bpr", epochs=2), progress=False, data=tiny_data())
 
 
 def test_config_rejects_typos_and_types(tmp_path):
@@ -320,17 +332,13 @@ def test_killed_run_resumes_to_the_uninterrupted_end(tmp_path, monkeypatch, kill
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0)
 
 
-def test_single_process_and_ray_runs_refuse_each_others_folders(tmp_path):
-    from raymmrec.ray.launch import check_previous_run
-
-    spec = spec_for(tmp_path, "bpr", epochs=1)
-    run(spec, progress=False, data=tiny_data())
-    with pytest.raises(ValueError, match="holds a single-process run"):
-        check_previous_run(str(tmp_path / "r"), {})
-    ray_run = tmp_path / "ray"
-    (ray_run / "r" / "checkpoint_2026-01-01").mkdir(parents=True)
-    with pytest.raises(ValueError, match="holds a Ray run"):
-        run(spec_for(ray_run, "bpr", epochs=1), progress=False, data=tiny_data())
+def test_an_older_raymmrecs_ray_checkpoints_are_refused_in_one_line(tmp_path):
+    """Ray runs of format 2 kept their checkpoints in Ray's checkpoint_*/ folders: refused, not restarted."""
+    old = tmp_path / "r" / "checkpoint_2026-01-01_00-00-00.000000"
+    old.mkdir(parents=True)
+    save_tensors(old / "latest.pt", {"format_version": 2})
+    with pytest.raises(ValueError, match=r"holds checkpoints of an older raymmrec \(checkpoint_\*/, format 2\)"):
+        run(spec_for(tmp_path, "bpr", epochs=1), progress=False, data=tiny_data())
 
 
 def test_resume_puts_best_pt_back_to_the_checkpoints_best(tmp_path):
@@ -347,8 +355,9 @@ def test_resume_puts_best_pt_back_to_the_checkpoints_best(tmp_path):
     real = {k: v.clone() for k, v in payload["model"].items()}
     payload.update(epoch=3, score=2.0, model={k: torch.zeros_like(v) for k, v in real.items()})
     torch.save(payload, best)  # as if epoch 3 had improved before the process died
-    checkpoint = load_checkpoint(tmp_path / "r" / "ckpt" / "latest.pt")
-    assert checkpoint["state"]["best_epoch"] == 0 and set(checkpoint["best_model"]) == set(real)
+    checkpoint = read_checkpoint(tmp_path / "r")
+    assert checkpoint["state"]["best_epoch"] == 0 and checkpoint["best"]
+    assert set(read_tensors(tmp_path / "r", BEST)) == set(real)  # the best weights, beside the current ones
     state = run(spec, progress=False, data=data)
     assert (state.best_epoch, state.epoch) == (0, 7)
     after = torch.load(best, weights_only=True)

@@ -194,11 +194,11 @@ def test_trials_with_several_workers_run_ray_train(ray_cluster, tmp_path):
     res = sweep(spec, SweepArgs(workers_per_trial=2, cpus_per_trial=0.5, name="w", progress=False),
                 space={"model.reg_weight": Grid((0.1,))})
     (d,) = trial_dirs(tmp_path / "w")
-    ckpts = list(d.glob("checkpoint_*/latest.pt"))
-    assert ckpts, "no Ray Train checkpoint in the trial folder"
-    from raymmrec.train.checkpoint import load_checkpoint
+    from raymmrec.train.checkpoint import read_latest
 
-    assert load_checkpoint(ckpts[0])["shard"] == "columns"  # train.shard=auto: the trial's workers split columns
+    latest = read_latest(d)  # the trial's checkpoint, in its run folder
+    assert latest is not None, "no checkpoint in the trial folder"
+    assert latest["shard"] == "columns" and latest["world_size"] == 2  # train.shard=auto: the workers split columns
     results = json.loads((d / "results.json").read_text())
     assert results["epochs_run"] == 2
     assert res.best["test recall@20"] == pytest.approx(results["test"]["recall@20"])

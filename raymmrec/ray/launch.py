@@ -4,7 +4,8 @@ The command line (:mod:`raymmrec.cli`, and ``jobs/*.py`` through it) parses the 
 :func:`launch`; it starts a local Ray, or joins the cluster named by ``--address`` / ``RAY_ADDRESS``
 (``ray job submit`` sets it). The run folder is ``<output_dir>/<run_name>`` (local or ``s3://``), with
 the same life as a one-process run (:mod:`raymmrec.train.lifecycle`); rerunning with the same name
-resumes from the latest checkpoint.
+resumes from the latest checkpoint (``ckpt/``: the layout of a run in one
+process too, so either resumes the other, with any number of workers).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import pyarrow as pa
 from raymmrec.config import ConfigError, RunSpec, spec_from_dict
 from raymmrec.data import arrow_filesystem, is_columnar, resolve_source, train_parquet_path
 from raymmrec.errors import UserError
-from raymmrec.eval.cold import COLD_SPLITS
 from raymmrec.ray import storage as st
 from raymmrec.ray.logs import DriverLines, ingest_options, lines_to_driver, worker_failure
 from raymmrec.train.artifacts import DIVERGED, TB
@@ -30,6 +30,7 @@ from raymmrec.shard import resolve_mode
 from raymmrec.files import location
 from raymmrec.train.build import load_data, prepared_inputs, resolved_config, run_notes
 from raymmrec.train.lifecycle import RunFolder, finish, open_run, write_config
+from raymmrec.train.checkpoint import read_latest
 from raymmrec.train.loop import TrainingDiverged, TrainState
 
 RAY_CHECKPOINT_EVERY = 5  # default epochs between resumable checkpoints under Ray (best weights: every improvement)
@@ -229,7 +230,6 @@ def launch(spec: RunSpec, workers: Workers, *, progress: bool = True, verbose: b
                          "each checkpoint); 0 (never) applies to single-process runs")
     st.check_writable(location(spec.output_dir))  # an unreachable or read-only storage: within seconds
     folder = open_run(spec)  # resuming: the recorded config adopted; another experiment's folder refused
-    check_previous_run(folder.root, folder.config)
     say = (lambda msg: print(f"[raymmrec] {msg}", flush=True)) if progress else (lambda msg: None)
     if not ray.is_initialized():  # Ray's own processes' output (noise) reaches us only with --verbose
         ray.init(address=workers.address, log_to_driver=verbose,
@@ -309,7 +309,6 @@ def _launch_on_ray(folder: RunFolder, workers: Workers, lines: DriverLines, say:
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path, storage_filesystem=storage_fs,
             failure_config=ray.train.FailureConfig(max_failures=workers.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
             callbacks=train_callbacks,
         ),
@@ -325,22 +324,13 @@ def _launch_on_ray(folder: RunFolder, workers: Workers, lines: DriverLines, say:
         lines.close()
         raise worker_failure(e) from e
     lines.close()  # the workers' last lines before the results
-    metrics = result.metrics or {}
     if fs.exists(f"{root}/{DIVERGED}"):
         raise TrainingDiverged(json.loads(fs.cat_file(f"{root}/{DIVERGED}"))["error"])
-    state = state_from_metrics(metrics)
+    latest = read_latest(run_root)  # the last checkpoint's loop state: every run ends with one
+    state = TrainState.from_dict(latest["state"]) if latest is not None else TrainState()
     finish(folder, state, run_notes(spec), show=progress)
     say(f"run folder: {run_root}")
     return state
-
-
-def check_previous_run(run_root: str, config: dict[str, Any]) -> None:
-    """Refuse a run folder that holds a run of the single-process path (its ``ckpt/latest.pt`` is not a
-    Ray checkpoint: resuming would restart it). Another experiment's folder: :func:`open_run`."""
-    fs, root = st.filesystem(run_root)
-    if fs.exists(f"{root}/ckpt/latest.pt"):
-        raise ValueError(f"run folder {run_root} holds a single-process run (ckpt/latest.pt); resume it with "
-                         "`raymmrec train` or choose another --run-name")
 
 
 def _train_fn():  # noqa: ANN202 - imported lazily so the driver does not need the worker deps
@@ -349,19 +339,3 @@ def _train_fn():  # noqa: ANN202 - imported lazily so the driver does not need t
     return train_loop_per_worker
 
 
-def state_from_metrics(m: dict[str, Any]) -> TrainState:
-    """Rebuild the best-epoch summary from rank 0's last reported metrics.
-
-    The best epoch's cold-start metrics (``best_cold/...``) become that epoch's one ``history``
-    entry, where :func:`~raymmrec.train.artifacts.best_extras` reads them.
-    """
-    extras = {key.removeprefix("best_"): v for key, v in m.items() if key.split("/")[0] in
-              {f"best_{split}" for split in COLD_SPLITS}}
-    return TrainState(
-        history=[{"epoch": int(m.get("best_epoch", -1)), **extras}] if extras else [],
-        epoch=int(m.get("epochs_run", 0)), best_score=float(m.get("best_score", float("nan"))),
-        best_epoch=int(m.get("best_epoch", -1)), stopped_early=bool(m.get("stopped_early", False)),
-        resumes=list(m.get("resumed_at", [])),
-        best_valid={k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("best_valid/")},
-        best_test={k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("best_test/")},
-    )

@@ -6,7 +6,9 @@ driver's loading task built (object store), and runs the core :class:`~raymmrec.
 pairs are shuffled by (seed, epoch) and rank ``r`` takes its interleaved share of each global
 batch (:func:`raymmrec.train.sampling.epoch_batches`), so pairs move across workers every epoch
 and one worker replays the single-process run exactly. Evaluation shards users and all-reduces
-metric sums. Rank 0 alone writes TensorBoard, best weights and checkpoints.
+metric sums. Rank 0 alone writes TensorBoard and ``best.pt``; every rank writes its own blocks of the
+checkpoint under the run folder (``<run>/ckpt``, the layout a run in one process writes too:
+:mod:`raymmrec.train.checkpoint`), which is what a restarted worker group resumes from.
 """
 
 from __future__ import annotations
@@ -28,16 +30,15 @@ import torch
 from raymmrec.config import spec_from_dict
 from raymmrec.data import Interactions
 from raymmrec.dist import DistContext
-from raymmrec.shard import Columns, check_replicated, full_model_state
+from raymmrec.shard import Columns
 from raymmrec.ray.logs import lines_to_driver, note_worker_log, worker_stdout
 from raymmrec.train.artifacts import DIVERGED, report_metrics, resume_best
 from raymmrec.files import join, write_json
-from raymmrec.train.build import build, load_data, make_trainer, restore, sharded_evaluate
-from raymmrec.train.callbacks import BestWeightsCallback, ProgressCallback, TensorBoardCallback, checkpoint_with_best
-from raymmrec.train.checkpoint import load_checkpoint, save_checkpoint
+from raymmrec.train.build import build, load_data, make_trainer, sharded_evaluate
+from raymmrec.train.callbacks import BestWeightsCallback, CheckpointCallback, ProgressCallback, TensorBoardCallback
+from raymmrec.train.checkpoint import CKPT, LATEST, restore
 from raymmrec.train.loop import Callback, Trainer, TrainingDiverged, TrainState
 
-CKPT_FILE = "latest.pt"
 # Rank 0's lines: the driver's stdout through its queue (raymmrec.ray.logs), else this process's
 # real stdout. Not sys.stdout: Ray Train patches print() in workers to also log what goes there.
 OUT = worker_stdout
@@ -52,48 +53,22 @@ def read_pairs(shard: Any) -> Interactions:
 
 
 class RayReportCallback(Callback):
-    """Report metrics and a checkpoint (rank 0, async upload) every ``every`` epochs and at the end.
+    """Report the metrics to Ray (Train, and Tune through it) every ``every`` epochs and at the end, on
+    every rank, after that epoch's checkpoint (:class:`~raymmrec.train.callbacks.CheckpointCallback`,
+    written to the run folder: no Ray checkpoint is reported, a restarted worker group reads the run's own).
 
     Not every epoch: Ray Train V2's controller takes one report per worker every 2 s (its poll
     interval) through a queue of one, so per-epoch reports of sub-second epochs stall training.
     TensorBoard still gets every epoch; Ray (and Tune) see the metrics at each checkpoint.
     """
 
-    def __init__(self, config: dict[str, Any], rank: int, every: int, on_checkpoint: Any = None,
-                 best: BestWeightsCallback | None = None, columns: bool = False) -> None:
-        self.config = config
-        self.rank = rank
-        self.columns = columns  # column-sharded: every rank joins in assembling the checkpoint
+    def __init__(self, every: int) -> None:
         self.every = max(1, every)
-        self.on_checkpoint = on_checkpoint
-        self.best = best  # rank 0's best weights, stored in the checkpoint when not the current ones
 
     def on_epoch_end(self, trainer: Trainer, state: TrainState, logs: dict[str, float]) -> None:
-        metrics = report_metrics(state, logs)
         done = state.stopped_early or state.epoch >= trainer.epochs
-        if not (state.epoch % self.every == 0 or done):  # the same decision on every rank
-            return
-        if self.columns:  # every rank: do the replicated parameters' copies still agree? (raymmrec.shard)
-            check_replicated(trainer.model, lambda line: print(f"[raymmrec] warning: {line}", file=OUT, flush=True))
-        if self.rank == 0:
-            if self.on_checkpoint is not None:
-                self.on_checkpoint()
-            tmp = tempfile.mkdtemp(prefix="raymmrec-ckpt-")  # Ray deletes it after the upload
-            save_checkpoint(Path(tmp) / CKPT_FILE, checkpoint_with_best(trainer, state, self.config, self.best))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                             checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
-        else:
-            if self.columns:  # rank 0 assembles the tables: this rank sends its blocks
-                checkpoint_with_best(trainer, state, self.config, None)
-            ray.train.report(metrics)
-
-
-class ColumnPeer(Callback):
-    """A column-sharded rank other than 0: sends its blocks when rank 0 snapshots a new best."""
-
-    def on_epoch_end(self, trainer: Trainer, state: TrainState, logs: dict[str, float]) -> None:
-        if state.best_epoch == int(logs["epoch"]):
-            full_model_state(trainer.model)
+        if state.epoch % self.every == 0 or done:  # the same decision on every rank
+            ray.train.report(report_metrics(state, logs))
 
 
 class SyncedTensorBoard(TensorBoardCallback):
@@ -151,16 +126,17 @@ def _train_loop(config: dict[str, Any]) -> None:
     p = build(spec, device=device, data=data, prepared=prepared, ctx=ctx, release_features=True)
     state = None
     best_weights = None
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            # the checkpoint alone sets every rank's state, early stopping included: the replay of the
-            # epochs after it then decides as the killed run did (artifacts.resume_best)
-            payload = load_checkpoint(Path(d) / CKPT_FILE)
-            state = restore(p, payload, f"checkpoint of run {spec.resolved_run_name!r}")
-            if rows.rank == 0:  # the writer of best.pt puts it back to the checkpoint's best
-                best_weights = resume_best(config["run_root"], state, payload, p.model, p.config)
-            del payload
+    keeps_best = columns or rows.rank == 0  # column-sharded: every rank keeps its blocks of the best weights
+    # every rank reads its own blocks of the run folder's checkpoint, written by any number of workers or
+    # by one process; after a worker failure the restarted group resumes from it too
+    resumed = restore(p, config["run_root"], join(config["run_root"], CKPT, LATEST))
+    if resumed is not None:
+        # the checkpoint alone sets every rank's state, early stopping included: the replay of the
+        # epochs after it then decides as the killed run did (artifacts.resume_best)
+        state, best_blocks = resumed
+        if keeps_best:  # best.pt's writer (rank 0) puts it back to the checkpoint's best
+            best_weights = resume_best(config["run_root"], state, best_blocks, p.model, p.config, rows.rank)
+        del best_blocks
         if rows.rank == 0:
             print(f"[raymmrec] resuming from checkpoint at epoch {state.epoch}", file=OUT, flush=True)
     model: torch.nn.Module = p.model
@@ -179,15 +155,16 @@ def _train_loop(config: dict[str, Any]) -> None:
         callbacks.append(ProgressCallback(spec.eval.valid_metric, enabled=config.get("progress", True), stream=OUT))
         tb = SyncedTensorBoard(config.get("tb_local_dir") or tempfile.mkdtemp(prefix="raymmrec-tb-"),
                                config.get("tb_remote_dir"))
-        best = BestWeightsCallback(config["run_root"], p.config, background=True)
+        callbacks.append(tb)
+        before_checkpoint = [tb.sync]
+    if keeps_best:
+        best = BestWeightsCallback(config["run_root"], p.config, background=rows.rank == 0)
         best.resume(best_weights)
-        callbacks += [tb, best]
-        before_checkpoint = [tb.sync, best.wait]  # a checkpoint never claims a best that is not stored
-    elif columns:
-        callbacks.append(ColumnPeer())
-    callbacks.append(RayReportCallback(p.config, rows.rank, config["checkpoint_every"],
-                                       on_checkpoint=lambda: [f() for f in before_checkpoint],
-                                       best=best, columns=columns))
+        callbacks.append(best)
+    callbacks.append(CheckpointCallback(
+        config["run_root"], p.config, every=config["checkpoint_every"], best=best, before=before_checkpoint,
+        warn=lambda line: print(f"[raymmrec] warning: {line}", file=OUT, flush=True)))
+    callbacks.append(RayReportCallback(config["checkpoint_every"]))
     fault = config.get("inject_fault")  # testing hook: {"rank": r, "epoch": e, "marker": path} or {..., "error": msg}
     if fault:
         callbacks.insert(0, _FaultInjector(rows.rank, **fault))

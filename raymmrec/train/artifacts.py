@@ -6,7 +6,8 @@ A run folder (local path or URL) holds::
     best.pt         weights at the best validation evaluation (+ epoch, config); load_trained reads it
     results.json    validation and test metrics at that evaluation (and cold-start ones, see best_extras)
     tb/             TensorBoard scalars
-    ckpt/latest.pt  the resumable checkpoint (Ray: checkpoint_*/latest.pt, managed by Ray Train)
+    ckpt/           the resumable checkpoint, the same for one process and any number of Ray workers:
+                    latest.pt (loop state) and the tensors, sharded (raymmrec.train.checkpoint)
 
 Example::
 
@@ -26,8 +27,8 @@ import torch
 from raymmrec.files import join, read_bytes, write_bytes
 from raymmrec.eval import METRICS
 from raymmrec.eval.cold import COLD_SPLITS
-from raymmrec.train.checkpoint import FORMAT_VERSION
-from raymmrec.shard import full_model_state
+from raymmrec.shard import assemble_on_rank0
+from raymmrec.train.checkpoint import BEST_FORMAT_VERSION
 from raymmrec.train.loop import TrainState
 
 CONFIG, BEST, RESULTS, TB = "config.json", "best.pt", "results.json", "tb"
@@ -37,8 +38,8 @@ DIVERGED = "diverged.json"  # written by rank 0 when the loss became NaN (Ray ru
 def cpu_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A CPU copy of the model's state dict: a copy on the CPU too, since the weights keep training.
 
-    Column-sharded, the assembled tensors (a collective: every rank calls it at the same point)."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in full_model_state(model).items()}
+    Column-sharded, this rank's blocks (:func:`raymmrec.shard.assemble_on_rank0` joins them for ``best.pt``)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def best_payload(model: torch.nn.Module | None, state: TrainState, config: dict[str, Any],
@@ -51,7 +52,7 @@ def best_payload(model: torch.nn.Module | None, state: TrainState, config: dict[
     if weights is None:
         assert model is not None, "best_payload needs a model or its weights"
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"format_version": FORMAT_VERSION, "model": weights, "epoch": state.best_epoch,
+    torch.save({"format_version": BEST_FORMAT_VERSION, "model": weights, "epoch": state.best_epoch,
                 "score": state.best_score, "valid": state.best_valid, "test": state.best_test, "config": config}, buf)
     return buf.getvalue()
 
@@ -69,21 +70,30 @@ def read_best(run: str | Path) -> dict[str, Any] | None:
         raise ValueError(f"{path} could not be loaded safely (weights_only=True): {e}") from None
 
 
-BEST_IN_CHECKPOINT = "best_model"  # checkpoint key: the best weights when they are not the current ones
-
-
 def best_for_checkpoint(state: TrainState, weights: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
-    """What a checkpoint stores under :data:`BEST_IN_CHECKPOINT`: the best weights (a CPU copy) unless
-    they are the checkpoint's own weights (the last epoch was the best) or there is no best yet
-    (None; also where they are unknown: a run resumed from a checkpoint that predates them)."""
+    """What a checkpoint stores as the best weights (this rank's blocks, a CPU copy): None when they are
+    the checkpoint's own weights (the last epoch was the best) or there is no best yet."""
     if state.best_epoch < 0 or state.best_epoch == state.epoch - 1:
         return None
     return weights
 
 
-def resume_best(run: str | Path, state: TrainState, checkpoint: dict[str, Any], model: torch.nn.Module,
-                config: dict[str, Any]) -> dict[str, torch.Tensor] | None:
-    """After a resume: the checkpoint's best weights, with ``best.pt`` put back to them.
+def write_best(run: str | Path, model: torch.nn.Module, state: TrainState, config: dict[str, Any],
+               weights: dict[str, torch.Tensor], rank: int = 0) -> bytes | None:
+    """``best.pt``'s bytes from every rank's blocks of the best ``weights``, on rank 0 (None elsewhere).
+
+    Column-sharded, a collective: the blocks are assembled on rank 0 alone, point to point
+    (:func:`raymmrec.shard.assemble_on_rank0`); rank 0 holds the whole weights while it serialises
+    them, never the optimizer's state, and no other rank more than its blocks."""
+    whole = assemble_on_rank0(model, weights)
+    if rank != 0 or whole is None:
+        return None
+    return best_payload(None, state, config, weights=whole)
+
+
+def resume_best(run: str | Path, state: TrainState, best: dict[str, torch.Tensor] | None, model: torch.nn.Module,
+                config: dict[str, Any], rank: int = 0) -> dict[str, torch.Tensor] | None:
+    """After a resume: the checkpoint's best weights (this rank's blocks), with ``best.pt`` put back to them.
 
     The checkpoint alone decides the resumed run: its early-stopping state (best score, best epoch,
     evaluations without improvement) is the one the killed run had at that epoch, and the epochs
@@ -94,25 +104,35 @@ def resume_best(run: str | Path, state: TrainState, checkpoint: dict[str, Any], 
     by the checkpoint's best, so ``best.pt`` and the run's state describe one model at every moment,
     even if the replay were not bit-exact and never reached that score again.
 
-    ``model`` holds the checkpoint's weights (after :func:`raymmrec.train.build.restore`). Returns
-    the best weights (CPU) for :class:`~raymmrec.train.callbacks.BestWeightsCallback` to keep, or
-    None when there is no best yet or the checkpoint predates stored best weights (then ``best.pt``
-    is kept when it is the checkpoint's best, else left for the replay to rewrite). Called by the
-    process that writes ``best.pt`` (rank 0 under Ray).
+    ``model`` holds the checkpoint's weights (after :func:`raymmrec.train.checkpoint.restore`), ``best``
+    the checkpoint's best weights when they are not those. Returns the best weights (CPU) for
+    :class:`~raymmrec.train.callbacks.BestWeightsCallback` to keep, or None when there is no best yet.
+    Called by every rank that keeps best weights (every rank of a column-sharded run: a collective when
+    ``best.pt`` is rewritten; rank 0 alone otherwise); rank 0 reads and writes ``best.pt``.
     """
+    import torch.distributed as dist
+
     if state.best_epoch < 0:
         return None  # no evaluation before the checkpoint: the replay's first one writes best.pt
-    if state.best_epoch == state.epoch - 1:  # the checkpoint's own (assembled) weights
-        weights = {k: v.detach().to("cpu", copy=True) for k, v in checkpoint["model"].items()}
-    else:
-        weights = checkpoint.get(BEST_IN_CHECKPOINT)
-    on_disk = read_best(run)
-    same = (on_disk is not None and on_disk.get("format_version") == FORMAT_VERSION
-            and int(on_disk["epoch"]) == state.best_epoch)
-    if same:
-        return weights if weights is not None else dict(on_disk["model"])
-    if weights is not None:
-        write_bytes(join(run, BEST), best_payload(None, state, config, weights=weights))
+    weights = cpu_weights(model) if state.best_epoch == state.epoch - 1 else best
+    if weights is None:
+        raise ValueError(f"the checkpoint of run {run} lacks the best weights of epoch {state.best_epoch}")
+    rewrite = torch.zeros(1)
+    if rank == 0:
+        on_disk = read_best(run)
+        same = (on_disk is not None and on_disk.get("format_version") == BEST_FORMAT_VERSION
+                and int(on_disk["epoch"]) == state.best_epoch)
+        del on_disk
+        rewrite[0] = 0.0 if same else 1.0
+    cols = getattr(model, "columns", None)
+    if cols is not None and cols.world_size > 1:  # rank 0's decision, for the collective assembling
+        flag = rewrite.to(next(model.parameters()).device) if dist.get_backend() == "nccl" else rewrite
+        dist.broadcast(flag, 0)
+        rewrite = flag.cpu()
+    if rewrite.item():
+        data = write_best(run, model, state, config, weights, rank)
+        if data is not None:
+            write_bytes(join(run, BEST), data)
     return weights
 
 

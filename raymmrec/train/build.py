@@ -26,10 +26,8 @@ from raymmrec.models.base import RecGraph, Recommender, build_config
 from raymmrec.objectives.base import Objective, build_objective
 from raymmrec.prepared import prepare
 from raymmrec.registry import get_model, get_objective
-from raymmrec.shard import (check_supported, full_model_state, full_optimizer_state, local_model_state,
-                            local_optimizer_state, shard_model)
-from raymmrec.train.checkpoint import FORMAT_VERSION, check_format
-from raymmrec.train.loop import Callback, EvalFn, Trainer, TrainingDiverged, TrainState, unwrap
+from raymmrec.shard import check_supported, shard_model
+from raymmrec.train.loop import Callback, EvalFn, Trainer, TrainingDiverged
 from raymmrec.train.sampling import NegativeSampler, canonical_pairs, epoch_batches, epoch_generator
 
 
@@ -304,25 +302,6 @@ def make_trainer(p: Pieces, evaluate: EvalFn, callbacks: list[Callback], model: 
                    lazy_splits=lazy_splits(p.spec), steps_per_epoch=-(-len(p.graph.train_users) // t.batch_size))
 
 
-def checkpoint_payload(trainer: Trainer, state: TrainState, config: dict[str, Any]) -> dict[str, Any]:
-    """Everything needed to resume: weights, optimizer (and schedule), loop state, config, world size.
-
-    Column-sharded, the tensors are assembled (a collective: every rank calls this at the same point),
-    so the checkpoint resumes with any number of ranks and loads into one process.
-    """
-    model = unwrap(trainer.model)
-    return {
-        "format_version": FORMAT_VERSION,
-        "model": full_model_state(model),
-        "optimizer": full_optimizer_state(trainer.optimizer, model),
-        "scheduler": None if trainer.scheduler is None else trainer.scheduler.state_dict(),
-        "state": state.to_dict(),
-        "config": config,
-        "world_size": cols.world_size if (cols := trainer.ctx.columns) is not None else trainer.ctx.world_size,
-        "shard": "columns" if cols is not None else "none",
-    }
-
-
 def _objective_defaults(name: Any) -> dict[str, Any]:
     try:
         opts = get_objective(name).options_cls
@@ -373,17 +352,3 @@ def check_same_run(saved: dict[str, Any], config: dict[str, Any], where: str) ->
     if diffs:
         raise ValueError(f"{where} belongs to a different experiment ({'; '.join(diffs)}); "
                          "choose another run_name or output_dir")
-
-
-def restore(p: Pieces, payload: dict[str, Any], where: str) -> TrainState:
-    """Check a checkpoint against this run and load weights and optimizer; returns the loop state
-    (early stopping included: the checkpoint alone decides, see artifacts.resume_best)."""
-    check_format(payload, where)
-    check_same_run(payload["config"], p.config, where)
-    p.model.load_state_dict(local_model_state(p.model, payload["model"]))
-    p.optimizer.load_state_dict(local_optimizer_state(p.optimizer, p.model, payload["optimizer"]))
-    if p.scheduler is not None and payload.get("scheduler") is not None:
-        p.scheduler.load_state_dict(payload["scheduler"])
-    state = TrainState.from_dict(payload["state"])
-    state.resumes.append(state.epoch)
-    return state

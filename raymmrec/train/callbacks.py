@@ -10,10 +10,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from raymmrec.train.artifacts import BEST, BEST_IN_CHECKPOINT, best_for_checkpoint, best_payload, cpu_weights
+from raymmrec.train.artifacts import BEST, best_for_checkpoint, cpu_weights, write_best
 from raymmrec.files import join, write_bytes
-from raymmrec.train.build import checkpoint_payload
-from raymmrec.train.checkpoint import save_checkpoint
+from raymmrec.train.checkpoint import ranks, save_checkpoint
 from raymmrec.train.loop import Callback, Trainer, TrainState, unwrap
 
 
@@ -128,18 +127,22 @@ class TensorBoardCallback(Callback):
 class BestWeightsCallback(Callback):
     """``best.pt`` in the run folder (local or URL) on every improvement of the validation metric.
 
-    Remote writes run on a background thread (one at a time; a newer best waits for the previous
-    upload), so an upload never stalls training; :meth:`on_fit_end` waits for the last one. The
-    best weights stay here (a CPU copy) for the checkpoints (:meth:`for_checkpoint`): a resume puts
-    ``best.pt`` back to the checkpoint's best (:func:`~raymmrec.train.artifacts.resume_best`).
+    Every rank that holds weights of its own keeps a CPU copy of them at the best epoch (a column-sharded
+    rank: its blocks; data-parallel: rank 0 alone), for the checkpoints (:meth:`for_checkpoint`): a resume
+    puts ``best.pt`` back to the checkpoint's best (:func:`~raymmrec.train.artifacts.resume_best`).
+    Column-sharded, ``best.pt`` is assembled on rank 0 from every rank's blocks (a collective,
+    :func:`~raymmrec.train.artifacts.write_best`); rank 0 writes it. Remote writes run on a background
+    thread (one at a time; a newer best waits for the previous upload), so an upload never stalls
+    training; :meth:`on_fit_end` waits for the last one.
     """
 
     def __init__(self, run_dir: str | Path, config: dict[str, Any], background: bool = False) -> None:
+        self.run_dir = str(run_dir)
         self.target = join(run_dir, BEST)
         self.config = config
         self.pool = ThreadPoolExecutor(max_workers=1) if background else None
         self.pending: Future | None = None
-        self.weights: dict[str, Any] | None = None  # CPU copy of the best weights so far
+        self.weights: dict[str, Any] | None = None  # this rank's CPU copy of the best weights so far
 
     def resume(self, weights: dict[str, Any] | None) -> None:
         """Start from the best weights of the checkpoint resumed from."""
@@ -152,8 +155,14 @@ class BestWeightsCallback(Callback):
     def on_epoch_end(self, trainer: Trainer, state: TrainState, logs: dict[str, float]) -> None:
         if state.best_epoch != int(logs["epoch"]):
             return
-        self.weights = cpu_weights(unwrap(trainer.model))  # snapshot now
-        data = best_payload(None, state, self.config, weights=self.weights)
+        model = unwrap(trainer.model)
+        rank, _ = ranks(trainer.ctx)
+        if getattr(model, "columns", None) is None and rank != 0:
+            return  # data-parallel: rank 0's copy is the model
+        self.weights = cpu_weights(model)  # snapshot now
+        data = write_best(self.run_dir, model, state, self.config, self.weights, rank)
+        if data is None:
+            return
         if self.pool is None:
             write_bytes(self.target, data)
             return
@@ -174,46 +183,56 @@ class BestWeightsCallback(Callback):
 
 
 class CheckpointCallback(Callback):
-    """The resumable ``latest.pt``, atomically: every ``every`` epochs (0: never), or with ``every=None``
-    after the first epoch that ends ``seconds`` after the last save; and after the last epoch.
+    """The resumable checkpoint under ``<run>/ckpt`` (:mod:`raymmrec.train.checkpoint`): every ``every``
+    epochs (0: never), or with ``every=None`` after the first epoch that ends ``seconds`` after the last
+    save (one process only: ranks must decide alike); and after the last epoch. Every rank of a distributed
+    run saves (each writes its own blocks), at the same epochs.
 
     The checkpoint holds the whole loop state, early stopping included, and (from ``best``, the
     run's :class:`BestWeightsCallback`) the best weights when they are not the current ones; a
     resume replays the epochs after it exactly (batches, negatives and dropout are seeded from
     (seed, epoch), so no RNG state is saved) and so ends as the uninterrupted run does.
 
-    Writing BM3's checkpoint (weights and Adam state, 19 MB on lfm2k) takes about 26 ms, a tenth of
-    an epoch there: the time-based default bounds that cost, and a resume replays at most
-    ``seconds`` of training.
+    Writing BM3's checkpoint (weights and Adam state, 21 MB on lfm2k) takes about 0.1 s in one process,
+    half an epoch there (``benchmarks/bench_checkpoint.py``): the time-based default bounds that cost, and
+    a resume replays at most ``seconds`` of training. ``before``: called on every rank before each checkpoint (e.g. flushing
+    TensorBoard); ``warn``: where rank 0 reports replicated parameters whose copies differ.
     """
 
-    def __init__(self, folder: str | Path, config: dict[str, Any], every: int | None = 1,
-                 seconds: float = 60.0, best: BestWeightsCallback | None = None) -> None:
-        self.folder = Path(folder)
+    def __init__(self, run_dir: str | Path, config: dict[str, Any], every: int | None = 1,
+                 seconds: float = 60.0, best: BestWeightsCallback | None = None,
+                 before: list[Any] | None = None, warn: Any = None) -> None:
+        self.run_dir = str(run_dir)
         self.config = config
         self.every = every
         self.seconds = seconds
         self.best = best
+        self.before = before or []
+        self.warn = warn
         self.last = time.monotonic()
 
     def on_fit_start(self, trainer: Trainer, state: TrainState) -> None:
         self.last = time.monotonic()
+        if self.every is None and ranks(trainer.ctx)[1] > 1:
+            raise ValueError("train.checkpoint_every: expected an integer >= 1 with several workers "
+                             "(a time-based interval would differ between them)")
 
-    def on_epoch_end(self, trainer: Trainer, state: TrainState, logs: dict[str, float]) -> None:
+    def due(self, trainer: Trainer, state: TrainState) -> bool:
+        """Whether a checkpoint is taken after the epoch that just ended (the same on every rank)."""
         done = state.stopped_early or state.epoch >= trainer.epochs
         if self.every is None:
             due = time.monotonic() - self.last >= self.seconds
         else:
             due = bool(self.every) and state.epoch % self.every == 0
-        if due or (done and self.every != 0):
-            save_checkpoint(self.folder / "latest.pt", checkpoint_with_best(trainer, state, self.config, self.best))
-            self.last = time.monotonic()
+        return due or (done and self.every != 0)
 
-
-def checkpoint_with_best(trainer: Trainer, state: TrainState, config: dict[str, Any],
-                         best: BestWeightsCallback | None) -> dict[str, Any]:
-    """:func:`~raymmrec.train.build.checkpoint_payload` plus the best weights kept by ``best``."""
-    payload = checkpoint_payload(trainer, state, config)
-    if best is not None:
-        payload[BEST_IN_CHECKPOINT] = best.for_checkpoint(state)
-    return payload
+    def on_epoch_end(self, trainer: Trainer, state: TrainState, logs: dict[str, float]) -> None:
+        if not self.due(trainer, state):
+            return
+        for f in self.before:
+            f()
+        if self.best is not None:
+            self.best.wait()  # a checkpoint never claims a best that is not stored
+        best = self.best.for_checkpoint(state) if self.best is not None else None
+        save_checkpoint(self.run_dir, trainer, state, self.config, best, warn=self.warn)
+        self.last = time.monotonic()

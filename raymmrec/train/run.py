@@ -14,9 +14,9 @@ from raymmrec.config import ConfigError, RunSpec
 from raymmrec.data import RecData
 from raymmrec.files import is_url
 from raymmrec.train.artifacts import TB, results_table, resume_best
-from raymmrec.train.build import build, local_evaluate, make_trainer, restore
+from raymmrec.train.build import build, local_evaluate, make_trainer
 from raymmrec.train.callbacks import BestWeightsCallback, CheckpointCallback, ProgressCallback, TensorBoardCallback
-from raymmrec.train.checkpoint import load_checkpoint
+from raymmrec.train.checkpoint import CKPT, LATEST, restore
 from raymmrec.train.lifecycle import finish, open_run, write_config
 from raymmrec.train.loop import Callback, TrainState
 
@@ -32,7 +32,6 @@ def run(spec: RunSpec, *, progress: bool = True, extra_callbacks: list[Callback]
     folder = open_run(spec)  # resuming: values from the method's defaults stay as recorded; another run's folder refused
     spec = folder.spec
     run_dir = Path(folder.root)
-    ckpt = run_dir / "ckpt" / "latest.pt"
     t0 = time.perf_counter()
     pieces = build(spec, data=data, release_features=data is None)
     if progress:
@@ -43,23 +42,20 @@ def run(spec: RunSpec, *, progress: bool = True, extra_callbacks: list[Callback]
             print(f"{split}: {note}", flush=True)
     state = None
     best = BestWeightsCallback(run_dir, pieces.config)
-    if any(run_dir.glob("checkpoint_*")) and not ckpt.exists():
-        raise ValueError(f"run folder {run_dir} holds a Ray run (checkpoint_*); resume it with jobs/train.py "
-                         "or choose another run_name")
-    if ckpt.exists():
-        payload = load_checkpoint(ckpt)
-        state = restore(pieces, payload, str(ckpt))
-        best.resume(resume_best(run_dir, state, payload, pieces.model, pieces.config))
-        del payload
+    # the one checkpoint layout: written here, or by any number of Ray workers (raymmrec.train.checkpoint)
+    resumed = restore(pieces, run_dir, str(run_dir / CKPT / LATEST))
+    if resumed is not None:
+        state, best_weights = resumed
+        best.resume(resume_best(run_dir, state, best_weights, pieces.model, pieces.config))
         if progress:
-            print(f"resuming from {ckpt} at epoch {state.epoch}", flush=True)
+            print(f"resuming from {run_dir / CKPT} at epoch {state.epoch}", flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_config(folder)
     callbacks: list[Callback] = [
         ProgressCallback(spec.eval.valid_metric, enabled=progress),
         TensorBoardCallback(run_dir / TB),
         best,
-        CheckpointCallback(run_dir / "ckpt", pieces.config, every=spec.train.checkpoint_every, best=best),
+        CheckpointCallback(run_dir, pieces.config, every=spec.train.checkpoint_every, best=best),
         *(extra_callbacks or []),
     ]
     evaluate = local_evaluate(pieces.evaluators, pieces.fixed_results)

@@ -24,7 +24,7 @@ from raymmrec.config import RunSpec, spec_from_dict
 from raymmrec.files import is_url, join, open_fs, read_bytes
 from raymmrec.train.artifacts import BEST, CONFIG, read_best
 from raymmrec.train.build import build, resolve_device
-from raymmrec.train.checkpoint import check_format
+from raymmrec.train.checkpoint import BEST_FORMAT_VERSION, check_format
 
 
 @dataclass
@@ -67,7 +67,7 @@ def load_trained(run: str | Path, device: str = "auto") -> Trained:
             raise FileNotFoundError(f"{join(run, BEST)} does not exist")
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{run} is not a finished run folder: {e} (it needs {CONFIG} and {BEST})") from None
-    check_format(payload, join(run, BEST))
+    check_format(payload, join(run, BEST), BEST_FORMAT_VERSION)
     spec = spec_from_dict(config)
     if spec.data.forget:
         spec.data.forget = _forget_request(run, spec.data.forget, unlearned="unlearned_from" in payload)

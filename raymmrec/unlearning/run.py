@@ -48,7 +48,7 @@ from raymmrec.train.artifacts import BEST, CONFIG, best_payload, read_best
 from raymmrec.files import is_url, join, read_bytes, write_json, location
 from raymmrec.train.loop import TrainState
 from raymmrec.train.build import Pieces, build, load_data, local_evaluate, make_sampler, resolve_device
-from raymmrec.train.checkpoint import check_format
+from raymmrec.train.checkpoint import BEST_FORMAT_VERSION, check_format
 from raymmrec.unlearning.measure import held_out_pairs, membership_auc, report_for, retained_utility
 from raymmrec.unlearning.mmrecun import (LR_SCALE, UnlearnOptions, UnlearnResult, fine_tune, options_from,
                                          reset_rows, resolve_reset)
@@ -115,7 +115,7 @@ def unlearn(run: str, request: ForgetRequest | str, *, options: UnlearnOptions |
     best = read_best(run)
     if best is None:
         raise UserError(f"--run {run}: not a trained run folder (no {BEST})")
-    check_format(best, join(run, BEST))
+    check_format(best, join(run, BEST), BEST_FORMAT_VERSION)
     spec0 = spec_from_dict(config)
     if spec0.data.forget:
         raise UserError(f"--run {run} is itself trained without a forget request's data; unlearn from the original run")
