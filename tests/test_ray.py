@@ -161,7 +161,7 @@ def test_two_workers_share_the_global_batch(ray_cluster, two_worker_run, tmp_pat
     spec, state, out = two_worker_run
     assert main(["train", "--method", "lightgcn", "--epochs", "4", "--output-dir", str(tmp_path), "--run-name", "r",
                  "--no-progress", *TINY_OPTIONS]) == 0
-    single = load_checkpoint(tmp_path / "r" / "ckpt" / "latest.pt")["state"]
+    single = read_latest(tmp_path / "r")["state"]
     hist = latest_payload(out / "r")["state"]["history"]
     assert len(hist) == len(single["history"]) == 4
     for a, b in zip(hist, single["history"]):
@@ -199,7 +199,7 @@ def test_a_run_moves_between_one_process_and_two_workers(ray_cluster, tmp_path):
 
     clean = run(tiny_spec(tmp_path / "a", "bm3", 6), progress=False)
     run(tiny_spec(tmp_path / "b", "bm3", 2), progress=False)
-    on_ray = launch(tiny_spec(tmp_path / "b", "bm3", 4), scaling(), progress=False)
+    on_ray = launch(tiny_spec(tmp_path / "b", "bm3", 4), workers(), progress=False)
     latest = read_latest(tmp_path / "b" / "r")
     assert on_ray.resumes == [2] and latest["shard"] == "columns" and latest["world_size"] == 2
     back = run(tiny_spec(tmp_path / "b", "bm3", 6), progress=False)
