@@ -355,7 +355,7 @@ def xavier_embedding(n: int, dim: int, parts: int = 1) -> nn.Embedding:
     bound = math.sqrt(3.0) * math.sqrt(2.0 / float(dim + n))  # nn.init.xavier_uniform_'s: fan in dim, fan out n
     block = drawn_columns(n, dim, (lambda t: t.normal_(), lambda t: t.uniform_(-bound, bound)), cols, parts)
     emb = nn.Embedding(n, block.shape[1], _weight=block)
-    made_block(emb.weight, dim, 1, parts)
+    made_block(emb.weight, width=dim, dim=1, parts=parts)
     return emb
 
 

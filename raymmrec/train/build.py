@@ -192,7 +192,7 @@ def build(spec: RunSpec, *, device: torch.device | None = None, data: RecData | 
         with building_blocks(cols) as built:
             model = cls(cfg, graph)
     objective.attach(model, data.n_users, data.n_items)  # an objective's own parameters (NBPO's flip model)
-    if cols is not None:  # the rest of the layout (small dense layers) is sliced here, on the CPU
+    if cols is not None:  # the rest of the layout (projections, BM3's feature copies) is cut here, before .to(device)
         shard_model(model, cols, built)
     model = model.to(device)
     optimizer, scheduler = cls.configure_optimizer(parameter_groups(model), spec.train)
