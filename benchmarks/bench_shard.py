@@ -15,8 +15,10 @@ Per method and mode it prints:
   the ratio against the one-process mode of the same method, measured in this same invocation;
 * ``param+opt MB``: rank 0's parameter and optimizer-state bytes after training (the memory a
   worker must hold besides the graph and features), and its ratio to one process;
-* ``peak RSS MB``: the largest peak resident set over the ranks (start-up included: a worker
-  builds the full model once before keeping its columns);
+* ``peak RSS MB``: the largest peak resident set over the ranks (start-up included; a column-sharded
+  worker builds only its blocks of the ID tables), then each rank's peak and its ratio to one process's
+  on a line of its own, with ``built``: each rank's peak once ``build`` returned, before training, and
+  what building the pieces added to the peak of loading the data;
 * ``MB/step``: bytes a rank sends into collectives per training step: the column blocks joined or
   summed and the replicated parameters' averaged gradients (counted by ``raymmrec.shard.Traffic``), or
   DDP's all-reduced gradient (every parameter's);
@@ -105,7 +107,11 @@ def worker(rank: int, world: int, port: int, mode: str, method: str, data: str, 
     spec = spec_for(method, data, epochs, os.path.dirname(out), extra)
     columns = mode == "columns" and world > 1
     ctx = DistContext(columns=TimedColumns(rank, world)) if columns else DistContext(rank, world)
-    p = build(spec, data=load_data(spec), ctx=ctx, device=device, release_features=True)
+    data = load_data(spec)
+    loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    p = build(spec, data=data, ctx=ctx, device=device, release_features=True)
+    del data
+    built = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     model = p.model
     if mode == "ddp" and world > 1:
         model = torch.nn.parallel.DistributedDataParallel(p.model, gradient_as_bucket_view=True)
@@ -126,6 +132,7 @@ def worker(rank: int, world: int, port: int, mode: str, method: str, data: str, 
         "rank": rank, "epoch_s": times, "steps": n_steps,
         "state_bytes": state_bytes(p.model, p.optimizer),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "built_rss_mb": built, "build_added_mb": built - loaded,
         "bytes_per_step": (traffic.bytes / n_steps if traffic is not None else
                            (sum(q.numel() * q.element_size() for q in p.model.parameters()) if mode == "ddp" and world > 1
                             else 0)),
@@ -157,6 +164,9 @@ def run_mode(mode: str, method: str, data: str, epochs: int, extra: list[str], d
     slope = [max(r["epoch_s"][e] for r in ranks) for e in range(1, epochs)] or [ranks[0]["epoch_s"][0]]
     return {"mode": mode, "s_per_epoch": statistics.median(slope), "epoch_s": [r["epoch_s"] for r in ranks],
             "state_mb": ranks[0]["state_bytes"] / 2**20, "peak_rss_mb": max(r["peak_rss_mb"] for r in ranks),
+            "rank_peak_rss_mb": [r["peak_rss_mb"] for r in ranks],
+            "rank_built_rss_mb": [r["built_rss_mb"] for r in ranks],
+            "rank_build_added_mb": [r["build_added_mb"] for r in ranks],
             "mb_per_step": ranks[0]["bytes_per_step"] / 2**20, "comm_share": ranks[0]["comm_share"],
             "repl_kb_per_step": ranks[0]["replicated_bytes_per_step"] / 2**10}
 
@@ -206,6 +216,20 @@ def main() -> int:
             comm = f"{100 * r['comm_share']:.0f}%" if r["comm_share"] is not None else "-"
             print(f"{m:<12}{r['s_per_epoch']:>9.2f}{speed:>10}{r['state_mb']:>14.1f}{mem:>8}{r['peak_rss_mb']:>13.0f}"
                   f"{r['mb_per_step']:>9.2f}{comm:>7}{r['repl_kb_per_step']:>9.1f}")
+        print("peak RSS of each rank (MB; median over repeats), against one process's; built: once build returned, "
+              "and what building added to the peak of loading the data")
+        one_peak = base["peak_rss_mb"] if base else None
+        for m, rs in rows.items():
+            def per_rank(key: str) -> list[float]:
+                return [statistics.median(r[key][k] for r in rs) for k in range(len(rs[0][key]))]
+
+            peaks, built, added = per_rank("rank_peak_rss_mb"), per_rank("rank_built_rss_mb"), per_rank("rank_build_added_mb")
+            ratio = " ".join(f"{q / one_peak:.2f}" for q in peaks) if one_peak else "-"
+            print(f"  {m:<12} peak {' '.join(f'{q:.0f}' for q in peaks)} (x one: {ratio}); built "
+                  f"{' '.join(f'{q:.0f}' for q in built)}; build added {' '.join(f'{q:.0f}' for q in added)}")
+            med[m]["rank_peak_rss_mb"] = peaks
+            med[m]["rank_built_rss_mb"] = built
+            med[m]["rank_build_added_mb"] = added
         report[method] = {"median": med, "runs": rows}
     print(json.dumps(report))
     return 0

@@ -25,6 +25,11 @@ that drift apart would feed the all-gather's backward gradients from different p
 backward, in one all-reduce (they are small; of a per-user or per-item table only the rows the batch
 indexes), and :func:`check_replicated` compares the copies at each checkpoint, which keeps rank 0's.
 
+A worker builds only its blocks: inside :func:`building_blocks` the table factories
+(:func:`raymmrec.models.base.xavier_embedding`) draw a table row chunk by row chunk and keep this rank's
+columns of each chunk (:func:`drawn_columns`), so no rank ever holds a whole ID table, and the block holds
+exactly the values of the full table one process draws from the same seed.
+
 Plain ``torch.distributed`` (no Ray): Ray Train starts the process group, a test spawns it with gloo.
 """
 
@@ -32,6 +37,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -203,18 +210,119 @@ def resolve_mode(requested: str, method: str, objective: str | None, workers: in
     return "columns"
 
 
-def shard_model(model: nn.Module, cols: Columns) -> None:
+#: Elements of the row chunk in which :func:`drawn_columns` draws a table (4 MiB of float32).
+CHUNK_ELEMENTS = 1 << 20
+
+
+@dataclass(frozen=True)
+class Block:
+    """A tensor a factory made as this rank's block: its full ``width`` along ``dim``, in ``parts`` sections."""
+
+    width: int
+    dim: int = 1
+    parts: int = 1
+
+
+@dataclass
+class _Building:
+    cols: Columns
+    blocks: dict[int, Block] = field(default_factory=dict)  # id(parameter) -> Block
+
+
+_building: list[_Building] = []
+
+
+@contextmanager
+def building_blocks(cols: Columns) -> Iterator[dict[int, Block]]:
+    """Inside, the table factories make only ``cols``'s blocks (:func:`building_columns`); yields what they
+    made (``id(parameter) -> Block``), for :func:`shard_model`, which then leaves those tensors as they are."""
+    _building.append(_Building(cols))
+    try:
+        yield _building[-1].blocks
+    finally:
+        _building.pop()
+
+
+def building_columns() -> Columns | None:
+    """The rank whose blocks a table factory makes now (inside :func:`building_blocks`), else None."""
+    return _building[-1].cols if _building else None
+
+
+def made_block(t: Tensor, width: int, dim: int = 1, parts: int = 1) -> Tensor:
+    """Record ``t`` (a parameter) as a block that a factory made of a ``width``-wide table; returns ``t``."""
+    _building[-1].blocks[id(t)] = Block(width, dim, parts)
+    return t
+
+
+def row_chunks(n: int, width: int, elements: int | None = None) -> list[tuple[int, int]]:
+    """``[start, stop)`` row ranges of an ``n × width`` table, about ``elements`` each (default
+    :data:`CHUNK_ELEMENTS`). Every chunk but the last holds a multiple of 16 rows, and the last at least 16
+    elements (or the whole table): ``normal_`` on CPU fills blocks of 16 and redraws a short tail, so
+    these chunks draw exactly the values of one draw of the whole table, and as many numbers."""
+    rows = max(16, (elements or CHUNK_ELEMENTS) // max(width, 1) // 16 * 16)
+    bounds = list(range(0, n, rows)) + [n]
+    if len(bounds) > 2 and (bounds[-1] - bounds[-2]) * width < 16:
+        del bounds[-2]  # a tail of under 16 elements joins the chunk before it
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+@torch.no_grad()
+def drawn_columns(n: int, width: int, draws: Sequence[Callable[[Tensor], Any]], cols: Columns, parts: int = 1
+                  ) -> Tensor:
+    """``cols``'s block of columns (``parts`` sections, as :meth:`Columns.local`) of the ``n × width`` table
+    that ``draws`` fill in turn, each over the whole table (e.g. a module's own initialisation, then
+    Xavier's): drawn row chunk by row chunk from the same generator, every draw but the last discarded.
+
+    The block holds exactly the values of the whole table drawn at once, and the generator is left as
+    that draw leaves it (the next parameter's values are the same too); the most this holds at once is
+    one chunk (:func:`row_chunks`) and the block, never the table.
+    """
+    chunks = row_chunks(n, width)
+    scratch = torch.empty(max(b - a for a, b in chunks) if chunks else 0, width)
+    block: Tensor | None = None
+    for i, draw in enumerate(draws):
+        last = i == len(draws) - 1
+        for a, b in chunks:
+            chunk = scratch[: b - a]
+            draw(chunk)
+            if last:
+                local = cols.local(chunk, 1, parts)
+                if block is None:
+                    block = torch.empty(n, local.shape[1])
+                block[a:b] = local
+    if block is None:  # an empty table
+        block = cols.local(torch.empty(n, width), 1, parts)
+    return block
+
+
+def shard_model(model: nn.Module, cols: Columns, built: dict[int, Block] | None = None) -> None:
     """Replace every tensor of ``model.column_layout()`` by this rank's block, in place (before the
-    optimizer is built); the model then computes on its blocks (``model.columns``)."""
+    optimizer is built); the model then computes on its blocks (``model.columns``).
+
+    ``built``: the blocks the model's factories made already (:func:`building_blocks`), left as they are;
+    each must be a tensor the layout names, split as the layout says."""
     layout = layout_of(model)
     state = model.state_dict(keep_vars=True)
     missing = sorted(set(layout) - set(state))
     if missing:
         raise KeyError(f"{type(model).__name__}.column_layout names {missing}, which the model does not have")
-    model.column_widths = {key: state[key].shape[dim] for key, (dim, _) in layout.items()}
+    built = dict(built or {})
+    model.column_widths = {}
     for key, (dim, parts) in layout.items():
         t = state[key]
-        t.data = cols.local(t.data, dim, parts)
+        made = built.pop(id(t), None)
+        if made is None:
+            model.column_widths[key] = t.shape[dim]
+            t.data = cols.local(t.data, dim, parts)
+        elif (made.dim, made.parts) != (dim, parts):
+            raise ValueError(f"{type(model).__name__}: {key} was built as a block along dim {made.dim} in "
+                             f"{made.parts} parts; column_layout says dim {dim} in {parts}")
+        else:
+            model.column_widths[key] = made.width
+    if built:
+        names = {id(t): k for k, t in state.items()}
+        raise ValueError(f"{type(model).__name__} built {sorted(names.get(i, '?') for i in built)} as column blocks, "
+                         "but column_layout does not name them")
     model.replicated = replicated_layout(model)
     model.columns = cols
 

@@ -151,3 +151,82 @@ def test_copies_that_differ_are_reported_in_one_line_naming_them(replicas):
         assert r["perturbed"].keys() == {name} and r["perturbed"][name] == pytest.approx(1e-3, rel=1e-3)
         assert r["lines"] == [f"replicated parameters differ across the 2 column-sharded workers: {name} (by up to "
                               f"0.001); the checkpoint keeps worker 0's copy"], method
+
+
+@pytest.mark.parametrize("rank,world", [(1, 2), (2, 3)])
+def test_a_worker_builds_its_blocks_with_the_values_of_the_full_tables(tmp_path, monkeypatch, rank, world):
+    """Drawn in chunks of 64 elements (ID tables of 30-48 rows x 64-128 columns: many chunks, with tails), a
+    worker's blocks are bit for bit the one-process tables' columns, and every other parameter (NBPO's flip
+    tables come after the ID tables) the one-process value: the generator ends where a full draw leaves it."""
+    import raymmrec.shard as shard
+    from _shard import spec
+
+    monkeypatch.setattr(shard, "CHUNK_ELEMENTS", 64)
+    cols = Columns(rank, world)
+    for method in METHODS:
+        s = spec(method, str(tmp_path), 1)
+        one = build(s, data=tiny_data(), device=torch.device("cpu")).model
+        mine = build(s, data=tiny_data(), device=torch.device("cpu"), ctx=DistContext(columns=cols)).model
+        layout, full = shard.layout_of(mine), one.state_dict()
+        assert mine.column_widths == {k: full[k].shape[layout[k][0]] for k in layout}, method
+        for k, v in mine.state_dict().items():
+            want = cols.local(full[k], *layout[k]) if k in layout else full[k]
+            assert torch.equal(v, want), (method, k)
+
+
+class _LargestStorage(torch.utils._python_dispatch.TorchDispatchMode):
+    """The largest storage (bytes) any operation returns while active: what was allocated, or viewed."""
+
+    largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.untyped_storage().nbytes())
+        return out
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_building_a_column_sharded_model_never_allocates_a_whole_id_table(method):
+    """30 000 users x 64 (VBPR: 128) columns: rank 1 of 2 allocates at most one row chunk (about 4 MiB) or
+    its block, never the table, which one process does allocate."""
+    from raymmrec.models.base import RecGraph, build_config
+    from raymmrec.registry import get_model
+    from raymmrec.shard import CHUNK_ELEMENTS, building_blocks, row_chunks
+
+    n_users, n_items = 30_000, 500
+    feats = {"image": torch.randn(n_items, 4), "text": torch.randn(n_items, 3)}
+    pairs = torch.arange(n_items)
+    graph = RecGraph(n_users, n_items, feats, pairs, pairs, {"adj": None})
+    cls = get_model(method)
+    cfg = build_config(cls, {})
+    width = 2 * cfg.embedding_size if method == "vbpr" else cfg.embedding_size
+    whole = n_users * width * 4
+    with _LargestStorage() as one:
+        cls(cfg, graph)
+    assert one.largest >= whole  # the measure sees a whole table where one is made
+    chunk = max(b - a for a, b in row_chunks(n_users, width)) * width * 4
+    assert chunk <= 4 * CHUNK_ELEMENTS < whole
+    with _LargestStorage() as mine, building_blocks(Columns(1, 2)) as built:
+        model = cls(cfg, graph)
+    assert mine.largest <= max(chunk, whole // 2), (mine.largest, whole)
+    assert model.user_emb.weight.shape == (n_users, width // 2)
+    assert set(built) == {id(model.user_emb.weight), id(model.item_emb.weight)}
+
+
+@pytest.mark.parametrize("n,width,elements", [(1001, 7, 16), (999, 21, 500), (17, 1, 16), (5, 3, 16)])
+def test_a_table_drawn_in_row_chunks_is_the_table_drawn_at_once(monkeypatch, n, width, elements):
+    """Chunks of 16 rows with a tail of 9 rows, uneven chunks, a 1-element tail (joined to the chunk
+    before), a table under 16 elements: normal then uniform draws give the full draw's columns, and
+    the generator's next numbers are the same."""
+    import raymmrec.shard as shard
+
+    monkeypatch.setattr(shard, "CHUNK_ELEMENTS", elements)
+    torch.manual_seed(3)
+    t = torch.empty(n, width).normal_().uniform_(-0.5, 0.5)
+    after = torch.rand(4)
+    torch.manual_seed(3)
+    block = shard.drawn_columns(n, width, (lambda c: c.normal_(), lambda c: c.uniform_(-0.5, 0.5)), Columns(0, 2))
+    assert torch.equal(block, Columns(0, 2).local(t, 1))
+    assert torch.equal(torch.rand(4), after)

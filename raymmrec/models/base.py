@@ -9,6 +9,7 @@ user and item tables whose dot products rank items at evaluation time.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, NamedTuple
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from raymmrec.config import validate_options
+from raymmrec.shard import building_columns, drawn_columns, made_block
 
 
 @dataclass
@@ -337,10 +339,23 @@ def gather(table: Tensor, idx: Tensor) -> Tensor:
     return rows.view(*idx.shape, table.shape[-1])
 
 
-def xavier_embedding(n: int, dim: int) -> nn.Embedding:
-    """An ``n × dim`` embedding table with Xavier-uniform initialisation (MMRec's choice)."""
-    emb = nn.Embedding(n, dim)
-    nn.init.xavier_uniform_(emb.weight)
+def xavier_embedding(n: int, dim: int, parts: int = 1) -> nn.Embedding:
+    """An ``n × dim`` embedding table with Xavier-uniform initialisation (MMRec's choice).
+
+    Built for a column-sharded worker (inside :func:`raymmrec.shard.building_blocks`) it holds only the
+    worker's block of columns (``parts`` sections split each on its own, as the model's ``column_layout``
+    says), with the values of the full table's columns: the same draws (``nn.Embedding``'s own normal
+    initialisation, then Xavier's) made row chunk by row chunk (:func:`raymmrec.shard.drawn_columns`).
+    """
+    cols = building_columns()
+    if cols is None:
+        emb = nn.Embedding(n, dim)
+        nn.init.xavier_uniform_(emb.weight)
+        return emb
+    bound = math.sqrt(3.0) * math.sqrt(2.0 / float(dim + n))  # nn.init.xavier_uniform_'s: fan in dim, fan out n
+    block = drawn_columns(n, dim, (lambda t: t.normal_(), lambda t: t.uniform_(-bound, bound)), cols, parts)
+    emb = nn.Embedding(n, block.shape[1], _weight=block)
+    made_block(emb.weight, width=dim, dim=1, parts=parts)
     return emb
 
 

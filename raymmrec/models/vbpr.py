@@ -51,7 +51,7 @@ class VBPR(Recommender):
             raise ValueError("VBPR needs at least one modality feature matrix; the dataset has none")
         d = cfg.embedding_size
         self.content = torch.cat([graph.features[m] for m in sorted(graph.features)], dim=1)
-        self.user_emb = xavier_embedding(graph.n_users, 2 * d)
+        self.user_emb = xavier_embedding(graph.n_users, 2 * d, parts=2)  # θ's halves: see column_layout
         self.item_emb = xavier_embedding(graph.n_items, d)
         self.item_linear = nn.Linear(self.content.shape[1], d)
         nn.init.xavier_normal_(self.item_linear.weight)

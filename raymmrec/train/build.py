@@ -26,7 +26,7 @@ from raymmrec.models.base import RecGraph, Recommender, build_config
 from raymmrec.objectives.base import Objective, build_objective
 from raymmrec.prepared import prepare
 from raymmrec.registry import get_model, get_objective
-from raymmrec.shard import check_supported, shard_model
+from raymmrec.shard import building_blocks, check_supported, shard_model
 from raymmrec.train.loop import Callback, EvalFn, Trainer, TrainingDiverged
 from raymmrec.train.sampling import NegativeSampler, canonical_pairs, epoch_batches, epoch_generator
 
@@ -182,12 +182,17 @@ def build(spec: RunSpec, *, device: torch.device | None = None, data: RecData | 
         prepared = prepare(data, cls.prepared_inputs(cfg), cache_root())
     graph = build_graph(data, device, prepared)
     torch.manual_seed(spec.train.seed)  # identical initial weights on every rank and every rerun
-    model = cls(cfg, graph)
-    objective.attach(model, data.n_users, data.n_items)  # an objective's own parameters (NBPO's flip model)
-    model = model.to(device)
-    if ctx is not None and ctx.columns is not None:  # keep this rank's column blocks (raymmrec.shard)
+    cols = ctx.columns if ctx is not None else None
+    if cols is None:
+        model = cls(cfg, graph)
+    else:  # the ID tables are built as this rank's column blocks, never whole (raymmrec.shard)
         check_supported(cls, type(objective))
-        shard_model(model, ctx.columns)
+        with building_blocks(cols) as built:
+            model = cls(cfg, graph)
+    objective.attach(model, data.n_users, data.n_items)  # an objective's own parameters (NBPO's flip model)
+    if cols is not None:  # the rest of the layout (projections, BM3's feature copies) is cut here, before .to(device)
+        shard_model(model, cols, built)
+    model = model.to(device)
     optimizer, scheduler = cls.configure_optimizer(parameter_groups(model), spec.train)
     sampler = make_sampler(spec, data, graph) if objective.needs_negatives else None
     candidates = ranked_items(data)
