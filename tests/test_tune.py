@@ -186,22 +186,41 @@ def test_reproduce_writes_the_comparison_table_and_resumes(ray_cluster, tmp_path
     assert before == {d: len(trial_dirs(tmp_path / "rep" / f"synthetic-tiny-{d}")) for d in ("bpr", "lightgcn")}
 
 
-def test_trials_with_several_workers_run_ray_train(ray_cluster, tmp_path):
+def test_trials_with_several_workers_run_ray_train(ray_cluster, tmp_path, monkeypatch, capfd):
+    """Two trials of two Ray Train workers each, on a dataset folder that is moved away as soon as the
+    sweep has read it: the sweep reads and checks it once (its line printed once), and every trial's
+    workers map its arrays from the object store."""
+    import raymmrec.ray.tune as rt
+    from raymmrec.data import load_dataset, write_mmrec
     from raymmrec.ray.tune import SweepArgs, sweep
 
+    folder = tmp_path / "ds"
+    write_mmrec(load_dataset("synthetic:tiny"), str(folder))
+    real = rt.share
+
+    def then_move(*args, **kw):  # noqa: ANN002, ANN003
+        shared = real(*args, **kw)
+        folder.rename(tmp_path / "gone")  # any later read of the source fails
+        return shared
+
+    monkeypatch.setattr(rt, "share", then_move)
     spec = load_spec("lightgcn", overrides=[*TINY, "train.epochs=2", "train.checkpoint_every=1",
-                                            f"output_dir={tmp_path}"])
-    res = sweep(spec, SweepArgs(workers_per_trial=2, cpus_per_trial=0.5, name="w", progress=False),
-                space={"model.reg_weight": Grid((0.1,))})
-    (d,) = trial_dirs(tmp_path / "w")
-    ckpts = list(d.glob("checkpoint_*/latest.pt"))
-    assert ckpts, "no Ray Train checkpoint in the trial folder"
+                                            f"output_dir={tmp_path}", f"data.source={folder}"])
+    res = sweep(spec, SweepArgs(workers_per_trial=2, cpus_per_trial=0.5, name="w"),
+                space={"model.reg_weight": Grid((0.1, 0.01))})
+    assert not folder.exists()
+    assert capfd.readouterr().out.count("synthetic_tiny: 40 users") == 1  # the loading line, once
+    dirs = trial_dirs(tmp_path / "w")
+    assert len(dirs) == 2
     from raymmrec.train.checkpoint import load_checkpoint
 
-    assert load_checkpoint(ckpts[0])["shard"] == "columns"  # train.shard=auto: the trial's workers split columns
-    results = json.loads((d / "results.json").read_text())
-    assert results["epochs_run"] == 2
-    assert res.best["test recall@20"] == pytest.approx(results["test"]["recall@20"])
+    for d in dirs:
+        ckpts = list(d.glob("checkpoint_*/latest.pt"))
+        assert ckpts, "no Ray Train checkpoint in the trial folder"
+        assert load_checkpoint(ckpts[0])["shard"] == "columns"  # train.shard=auto: the trial's workers split columns
+        assert json.loads((d / "results.json").read_text())["epochs_run"] == 2
+    best = json.loads((tmp_path / "w" / res.best["dir"] / "results.json").read_text())
+    assert res.best["test recall@20"] == pytest.approx(best["test"]["recall@20"])
 
 
 def test_tune_cli_errors_are_one_line(tmp_path):
