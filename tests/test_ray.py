@@ -249,6 +249,13 @@ def test_missing_dataset_and_unreachable_storage_fail_fast(tmp_path):
     spec.data.source = str(tmp_path / "no-such-dataset")
     with pytest.raises(DataError, match="no-such-dataset"):
         launch(spec, scaling(), progress=False)
+    bad = tmp_path / "malformed"
+    bad.mkdir()
+    (bad / "x.inter").write_text("userID\titemID\tx_label\n0\tseven\t0\n")
+    spec.data.source = str(bad)  # read by the loading task: its own one-line error, no worker started
+    with pytest.raises(DataError, match=r"x.inter.*itemID") as e:
+        launch(spec, scaling(), progress=False)
+    assert "\n" not in str(e.value) and not list((tmp_path / "r").glob("checkpoint_*"))
     with pytest.raises(StorageError, match="storage path '.*file-that-is-a-file/sub' is not writable"):
         bad = tmp_path / "file-that-is-a-file"
         bad.write_text("x")
