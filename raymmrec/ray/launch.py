@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from raymmrec.args import add_run_arguments, spec_from_args
-from raymmrec.config import RunSpec, adopt_recorded, spec_from_dict
+from raymmrec.config import RunSpec, adopt_recorded
 from raymmrec.data import resolve_source
 from raymmrec.errors import UserError, run_main
 from raymmrec.eval.cold import COLD_SPLITS
