@@ -293,3 +293,14 @@ def test_tune_job_under_ray_job_submit(ray_cluster, tmp_path):
     with open(tmp_path / "job" / "trials.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 2  # --samples 2
     assert (tmp_path / "job" / "best" / "best.pt").exists()
+
+
+def test_a_space_over_data_options_is_refused_before_ray(tmp_path):
+    """A sweep reads one dataset for all its trials: data options cannot be searched (one line, no Ray)."""
+    from raymmrec.config import ConfigError
+    from raymmrec.ray.tune import SweepArgs, sweep
+
+    spec = load_spec("lightgcn", overrides=[*TINY, f"output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="data.kcore: a sweep reads its dataset once"):
+        sweep(spec, SweepArgs(name="d", progress=False), space={"data.kcore": Grid((2, 3))})
+    assert not (tmp_path / "d").exists()

@@ -325,6 +325,10 @@ def sweep(spec: RunSpec, args: SweepArgs, *, space: Space | None = None) -> Swee
     absolute_data_paths(spec)  # trials run in their own directories (data.source and data.forget)
     space = space if space is not None else search_space(spec.method, args.grid)
     check_space(spec, space)
+    searched_data = sorted(k for k in space if k.startswith("data."))
+    if searched_data:  # every trial maps the one dataset the sweep read
+        raise ConfigError(f"search space: {', '.join(searched_data)}: a sweep reads its dataset once and shares it "
+                          "with every trial; sweep data options as separate sweeps (one per value)")
     resolved_config(spec)  # a bad base config fails here, before Ray starts
     grid_only = is_grid(space)
     samples = args.samples or (1 if grid_only else 16)
