@@ -10,6 +10,20 @@
     from ``state.history`` in the run's latest checkpoint (epoch 0 skipped as warm-up).
 Prints the medians, the ratios ray/single and, last, one JSON line. Starts its own local Ray
 (``address="local"``) unless ``--address`` names a cluster. Exit code 2 when the data folder is missing.
+
+``--commands`` measures what a user waits for instead, from the commands themselves (each one a fresh
+process, repeated ``--repeats`` times, one process and Ray alternating):
+
+    python benchmarks/bench_ray.py --commands --method bm3 --data /work/shared/data/lfm2k \
+        --num-workers 2 --epochs 40 --repeats 3
+
+(c) the time from the command to its first epoch line: ``raymmrec train`` (one process) against
+    ``python jobs/train.py --num-workers N`` (starts a local Ray; the loading task, the workers, the
+    first epoch);
+(d) per epoch: the median time between epoch lines from epoch 5 on, and the epoch lines' own
+    ``train_s``, for ``jobs/train.py --num-workers 1`` (the worker gets the machine's cores as its
+    threads) against one process on the same machine.
+Medians over the repeats; the prepared-input cache is warmed by an untimed first run.
 """
 
 from __future__ import annotations
@@ -18,17 +32,20 @@ import argparse
 import gc
 import json
 import os
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_train beside this file
 
-from bench_train import (add_common_arguments, environment, make_spec, stats, time_epochs,  # noqa: E402
-                         time_eval, timed)
+from bench_train import (LFM2K_MODALITIES, add_common_arguments, environment, make_spec, stats,  # noqa: E402
+                         time_epochs, time_eval, timed)
 
 import torch  # noqa: E402
 
@@ -96,6 +113,78 @@ def ray_run(spec, a: argparse.Namespace) -> dict:
             "launch_wall_s": wall, "epoch0_train_s": history[0]["time/train_s"] if history else None}
 
 
+EPOCH_LINE = re.compile(r"^epoch (\d+): loss=\S+ train_s=([0-9.]+)")
+
+
+def timed_command(cmd: list[str], env: dict[str, str]) -> dict:
+    """Run ``cmd``; the seconds from its start to each epoch line and the lines' ``train_s``."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            cwd=str(ROOT))
+    at, train_s, tail = [], [], []
+    for line in proc.stdout:  # type: ignore[union-attr]
+        m = EPOCH_LINE.match(line.strip())
+        if m:
+            at.append(time.perf_counter() - t0)
+            train_s.append(float(m.group(2)))
+        tail = (tail + [line.rstrip()])[-20:]
+    if proc.wait() != 0 or not at:
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n" + "\n".join(tail))
+    return {"first_epoch_s": at[0], "at": at, "train_s": train_s, "wall_s": time.perf_counter() - t0}
+
+
+def commands(a: argparse.Namespace) -> dict:
+    """(c) and (d) of the module docstring, from the commands' own output."""
+    import statistics
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray per command
+    env.setdefault("RAY_AUTH_MODE", "disabled")
+    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    out = tempfile.mkdtemp(prefix="raymmrec-bench-cmd-", dir=a.storage_dir)
+    mods = a.modalities.split(",") if a.modalities else (LFM2K_MODALITIES if Path(a.data.rstrip("/")).name.startswith(
+        "lfm2k") else None)
+    common = ["--method", a.method, "--data", a.data, "--epochs", str(a.epochs), "--output-dir", out,
+              "train.patience=1000", "train.eval_every=1", *([f"data.modalities=[{','.join(mods)}]"] if mods else []),
+              *a.overrides]
+    single = [sys.executable, "-m", "raymmrec", "train", *common, "--device", "cpu"]
+    ray_cmd = [sys.executable, str(ROOT / "jobs" / "train.py"), *common]
+
+    def name() -> list[str]:
+        return ["--run-name", f"bench-{uuid.uuid4().hex[:8]}"]
+
+    def epochs_after(r: dict, first: int = 5) -> list[float]:
+        return [b - a_ for a_, b in zip(r["at"][first - 1:], r["at"][first:])]
+
+    try:
+        print("warm-up (untimed): one process builds the prepared inputs' cache", flush=True)
+        timed_command(single + name() + ["--epochs", "1"], env)
+        cmds = {"single": single, f"ray{a.num_workers}": ray_cmd + ["--num-workers", str(a.num_workers)],
+                "ray1": ray_cmd + ["--num-workers", "1"]}  # one key when --num-workers is 1
+        runs: dict[str, list[dict]] = {key: [] for key in cmds}
+        for i in range(a.repeats):
+            for key, cmd in cmds.items():
+                r = timed_command(cmd + name(), env)
+                runs[key].append(r)
+                print(f"  {key} #{i}: first epoch line after {r['first_epoch_s']:.1f}s; epochs 5+ median "
+                      f"{statistics.median(epochs_after(r)):.3f}s between lines, train_s median "
+                      f"{statistics.median(r['train_s'][5:]):.3f}s; whole command {r['wall_s']:.1f}s", flush=True)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    res = {}
+    for key, rs in runs.items():
+        res[key] = {"first_epoch_s": statistics.median(r["first_epoch_s"] for r in rs),
+                    "epoch_s": statistics.median(statistics.median(epochs_after(r)) for r in rs),
+                    "train_s": statistics.median(statistics.median(r["train_s"][5:]) for r in rs)}
+    s1, rn, r1 = res["single"], res[f"ray{a.num_workers}"], res.get("ray1", res[f"ray{a.num_workers}"])
+    print(f"(c) first epoch line: one process {s1['first_epoch_s']:.1f}s, Ray with {a.num_workers} workers "
+          f"{rn['first_epoch_s']:.1f}s (+{rn['first_epoch_s'] - s1['first_epoch_s']:.1f}s; target +10s)")
+    print(f"(d) per epoch (median between epoch lines, epochs 5+): one process {s1['epoch_s']:.3f}s, one Ray worker "
+          f"{r1['epoch_s']:.3f}s ({r1['epoch_s'] / s1['epoch_s']:.2f}x; target 1.1x); train_s {s1['train_s']:.3f}s "
+          f"against {r1['train_s']:.3f}s ({r1['train_s'] / s1['train_s']:.2f}x)")
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(p)
@@ -111,7 +200,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--storage-dir", default=None, help="parent of the temporary storage folder (default: $TMPDIR)")
     p.add_argument("--keep", action="store_true", help="keep the Ray run's storage folder")
     p.add_argument("--quiet-workers", action="store_true", help="no worker logs or progress lines")
+    p.add_argument("--commands", action="store_true",
+                   help="time the commands themselves: first epoch line, time between epoch lines (see above)")
+    p.add_argument("--repeats", type=int, default=3, help="--commands: runs of each command (medians)")
     a = p.parse_args(argv)
+    if a.commands:
+        if a.epochs < 8:
+            p.error("--commands needs --epochs >= 8 (epochs 5 on are timed)")
+        res = commands(a)
+        print(json.dumps({"method": a.method, "data": a.data, "num_workers": a.num_workers, "epochs": a.epochs,
+                          "repeats": a.repeats, "load_avg_1m_end": os.getloadavg()[0], **res}), flush=True)
+        return 0
     if a.epochs < 2:
         p.error("--epochs must be >= 2 (epoch 0 is warm-up and not counted)")
     spec = make_spec(a, a.device)

@@ -141,6 +141,35 @@ def _from_payload(p: dict[str, Any]) -> Tensor:
     return p["dense"]
 
 
+def frozen_tensor(a: np.ndarray) -> Tensor:
+    """``a`` as a tensor that shares its memory, also when ``a`` is read-only (a view of a shared
+    store): an input the model only reads. Torch warns that it cannot protect a read-only array;
+    nothing writes to these tensors (what is trained or written is copied first)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(a)
+
+
+def to_arrays(prepared: dict[str, Tensor]) -> dict[str, dict[str, Any]]:
+    """Prepared inputs (CPU tensors) as numpy arrays, without copies: ``{name: {"csr": [crow, col,
+    values], "shape": [...]}}`` for a sparse CSR tensor, ``{name: {"dense": array}}`` otherwise."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, t in prepared.items():
+        p = _to_payload(t.cpu())
+        out[name] = ({"csr": [x.numpy() for x in p["csr"]], "shape": p["shape"]} if "csr" in p
+                     else {"dense": p["dense"].numpy()})
+    return out
+
+
+def from_arrays(arrays: dict[str, dict[str, Any]]) -> dict[str, Tensor]:
+    """The tensors of :func:`to_arrays`, sharing the arrays' memory (read-only arrays stay unwritten)."""
+    out = {}
+    for name, p in arrays.items():
+        out[name] = _from_payload({"csr": [frozen_tensor(x) for x in p["csr"]], "shape": p["shape"]} if "csr" in p
+                                  else {"dense": frozen_tensor(p["dense"])})
+    return out
+
+
 def prepare(data: RecData, requests: dict[str, tuple[str, dict[str, Any]]],
             cache_dir: str | Path | None = None, log: Callable[[str], None] | None = None,
             map_blocks: Callable | None = None) -> dict[str, Tensor]:

@@ -170,14 +170,10 @@ def test_bpr_run_records_the_note_instead_of_numbers(tmp_path, capsys):
 
 
 def test_cache_and_resume_keys_follow_cold_items(tmp_path):
-    from raymmrec.ray.launch import columnar_source
-
     write_columnar(tiny_data(), str(tmp_path / "col"))
     spec = load_spec(method="vbpr", overrides=[f"data.source={tmp_path / 'col'}"])
-    assert columnar_source(spec) == str(tmp_path / "col")  # train.parquet holds the run's pairs
     config = spec.to_dict()
     spec.data.cold_items = 0.2
-    assert columnar_source(spec) is None  # it would still hold the cold items' pairs
     held_out = load_data(spec)  # what the Ray loading task and workers read: prepared inputs hash its pairs
     assert held_out.cold_items().size == 5 and not np.isin(held_out.train.items, held_out.cold_items()).any()
     old = json.loads(json.dumps(config))

@@ -66,11 +66,13 @@ def test_mixed_modalities_with_weights_match(ray_cluster):
 
 
 def test_the_launchers_loading_task_builds_the_graph_as_ray_tasks(ray_cluster, tmp_path, monkeypatch, capsys):
-    """``_load_and_prepare`` (the task that prepares a Ray run's inputs) builds CM3's graph in blocks on the cluster."""
+    """``_load`` (the task that reads a Ray job's dataset and prepares its inputs) builds CM3's graph in blocks
+    on the cluster."""
     from raymmrec.config import load_spec
     from raymmrec.prepared import prepare
     from raymmrec.ray import item_graph
-    from raymmrec.ray.launch import _load_and_prepare
+    from raymmrec.prepared import from_arrays
+    from raymmrec.ray.shared import _load
     from raymmrec.registry import get_model
     from raymmrec.train.build import check_spec, load_data
 
@@ -81,7 +83,8 @@ def test_the_launchers_loading_task_builds_the_graph_as_ray_tasks(ray_cluster, t
     # blocks of 8 of synthetic:tiny's 30 items (the builder's default, 1024, is one block)
     monkeypatch.setattr(raymmrec.graph, "mixed_knn_graph", functools.partial(mixed_knn_graph, block_size=8))
     spec = load_spec("cm3", overrides=[f"output_dir={tmp_path}", "data.source=synthetic:tiny"])
-    _, prepared, _ = _load_and_prepare(spec.to_dict(), False)  # here, not as a task: its sub-tasks run on the cluster
+    _, _, arrays = _load(spec.to_dict(), None, None, True)  # here, not as a task: its sub-tasks run on the cluster
+    prepared = from_arrays(arrays)
     assert "item-item graph: 30 items, 4 blocks as 4 Ray tasks" in capsys.readouterr().out
     cls, cfg, _ = check_spec(spec)
     assert cls is get_model("cm3")

@@ -312,6 +312,13 @@ def test_missing_dataset_and_unreachable_storage_fail_fast(tmp_path):
     spec.data.source = str(tmp_path / "no-such-dataset")
     with pytest.raises(DataError, match="no-such-dataset"):
         launch(spec, workers(), progress=False)
+    bad = tmp_path / "malformed"
+    bad.mkdir()
+    (bad / "x.inter").write_text("userID\titemID\tx_label\n0\tseven\t0\n")
+    spec.data.source = str(bad)  # read by the loading task: its own one-line error, no worker started
+    with pytest.raises(DataError, match=r"x.inter.*itemID") as e:
+        launch(spec, workers(), progress=False)
+    assert "\n" not in str(e.value) and read_latest(tmp_path / "r") is None
     with pytest.raises(StorageError, match="storage path '.*file-that-is-a-file/sub' is not writable"):
         bad = tmp_path / "file-that-is-a-file"
         bad.write_text("x")
@@ -472,3 +479,92 @@ def test_driver_prints_the_lines_a_task_sends_and_not_ray_s_own(ray_cluster, cap
     out, err = capfd.readouterr()
     assert out.splitlines() == ["line from the task"]  # not the raw print
     assert "UserWarning: dropped 2 duplicate rows" in err
+
+
+# -- one data route: read once per job, shared by the workers of a node ------------------------------
+
+def tiny_folder(path: Path) -> Path:
+    """synthetic:tiny written as an MMRec folder (a source that a worker could read again)."""
+    from raymmrec.data import load_dataset, write_mmrec
+
+    write_mmrec(load_dataset("synthetic:tiny"), str(path))
+    return path
+
+
+def test_workers_never_read_the_dataset_the_loading_task_read(ray_cluster, tmp_path, monkeypatch):
+    """The folder is moved away as soon as the driver's loading task has read it: two workers still
+    train (from the object store), and the result is one process's on the same data."""
+    import raymmrec.ray.launch as rl
+
+    folder = tiny_folder(tmp_path / "ds")
+    real = rl.share
+
+    def then_move(*args, **kw):  # noqa: ANN002, ANN003
+        shared = real(*args, **kw)
+        folder.rename(tmp_path / "gone")  # any later read of the source fails
+        return shared
+
+    monkeypatch.setattr(rl, "share", then_move)
+    spec = tiny_spec(tmp_path / "ray", "lightgcn", 2, "r", f"data.source={folder}")
+    state = rl.launch(spec, workers(), progress=False)
+    assert not folder.exists() and state.epoch == 2
+    (tmp_path / "gone").rename(folder)
+    single = run(tiny_spec(tmp_path / "one", "lightgcn", 2, "r", f"data.source={folder}"), progress=False)
+    assert state.best_test == pytest.approx(single.best_test, abs=1e-6)
+
+
+def test_workers_of_a_node_map_one_copy_of_the_arrays(ray_cluster, tmp_path):
+    """Two worker processes build BM3 from the shared dataset: the pairs, the frozen features and
+    the normalised graph are the object store's read-only memory (the same shared file in both), not
+    copies; the trained feature tables are the model's own."""
+    import ray
+
+    from raymmrec.ray.launch import absolute_data_paths
+    from raymmrec.ray.shared import share
+
+    if not Path("/proc/self/maps").exists():
+        pytest.skip("needs /proc/self/maps (Linux)")
+    # above Ray's 100 KiB inline limit (smaller objects travel inside the task's reply, copied): 240 KB of pairs
+    spec = tiny_spec(tmp_path, "bm3", 1, "r", "data.source=synthetic:users=1000,items=300,interactions=30000,dims=text:64")
+    absolute_data_paths(spec)
+    shared = share(spec)
+
+    @ray.remote(num_cpus=0)
+    class Worker:
+        def build(self, shared, spec_dict):  # noqa: ANN001
+            from raymmrec.config import spec_from_dict
+            from raymmrec.ray.shared import fetch
+            from raymmrec.train.build import build
+
+            def _mapping(address: int) -> str:
+                """The /proc/self/maps entry (device, inode, path) that holds ``address`` in this process."""
+                for line in open("/proc/self/maps").read().splitlines():
+                    parts = line.split(maxsplit=5)
+                    lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                    if lo <= address < hi:
+                        return " ".join(parts[3:5] + parts[5:])
+                raise AssertionError(f"address {address:#x} is not mapped")
+
+            data, prepared = fetch(shared)
+            p = build(spec_from_dict(spec_dict), device=torch.device("cpu"), data=data, prepared=prepared)
+            adj = p.graph.prepared["adj"]
+            frozen = {"users": (p.graph.train_users, data.train.users),
+                      "items": (p.graph.train_items, data.train.items),
+                      "text": (p.graph.features["text"], data.features["text"]),
+                      "adj.values": (adj.values(), None), "adj.col": (adj.col_indices(), None)}
+            out = {"pid": os.getpid(), "shared_file": _mapping(data.train.users.ctypes.data)}
+            for name, (t, a) in frozen.items():
+                out[name] = {"map": _mapping(t.data_ptr()), "same_memory": a is None or t.data_ptr() == a.ctypes.data,
+                             "read_only": a is None or not a.flags.writeable}
+            out["trained_feat"] = _mapping(p.model.feat["text"].data_ptr())
+            return out
+
+    a, b = Worker.remote(), Worker.remote()
+    got = ray.get([w.build.remote(shared, spec.to_dict()) for w in (a, b)], timeout=120)
+    assert got[0]["pid"] != got[1]["pid"]
+    shm = got[0]["shared_file"]
+    assert got[1]["shared_file"] == shm and not shm.startswith("00:00 0 ")  # one file, not anonymous memory
+    for g in got:
+        for name in ("users", "items", "text", "adj.values", "adj.col"):
+            assert g[name] == {"map": shm, "same_memory": True, "read_only": True}, (name, g[name])
+        assert g["trained_feat"] != shm  # BM3 trains its feature tables: a copy of its own

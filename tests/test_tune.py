@@ -186,22 +186,41 @@ def test_reproduce_writes_the_comparison_table_and_resumes(ray_cluster, tmp_path
     assert before == {d: len(trial_dirs(tmp_path / "rep" / f"synthetic-tiny-{d}")) for d in ("bpr", "lightgcn")}
 
 
-def test_trials_with_several_workers_run_ray_train(ray_cluster, tmp_path):
+def test_trials_with_several_workers_run_ray_train(ray_cluster, tmp_path, monkeypatch, capfd):
+    """Two trials of two Ray Train workers each, on a dataset folder that is moved away as soon as the
+    sweep has read it: the sweep reads and checks it once (its line printed once), and every trial's
+    workers map its arrays from the object store."""
+    import raymmrec.ray.tune as rt
+    from raymmrec.data import load_dataset, write_mmrec
     from raymmrec.ray.tune import SweepArgs, sweep
 
+    folder = tmp_path / "ds"
+    write_mmrec(load_dataset("synthetic:tiny"), str(folder))
+    real = rt.share
+
+    def then_move(*args, **kw):  # noqa: ANN002, ANN003
+        shared = real(*args, **kw)
+        folder.rename(tmp_path / "gone")  # any later read of the source fails
+        return shared
+
+    monkeypatch.setattr(rt, "share", then_move)
     spec = load_spec("lightgcn", overrides=[*TINY, "train.epochs=2", "train.checkpoint_every=1",
-                                            f"output_dir={tmp_path}"])
-    res = sweep(spec, SweepArgs(workers_per_trial=2, cpus_per_trial=0.5, name="w", progress=False),
-                space={"model.reg_weight": Grid((0.1,))})
-    (d,) = trial_dirs(tmp_path / "w")
+                                            f"output_dir={tmp_path}", f"data.source={folder}"])
+    res = sweep(spec, SweepArgs(workers_per_trial=2, cpus_per_trial=0.5, name="w"),
+                space={"model.reg_weight": Grid((0.1, 0.01))})
+    assert not folder.exists()
+    assert capfd.readouterr().out.count("synthetic_tiny: 40 users") == 1  # the loading line, once
+    dirs = trial_dirs(tmp_path / "w")
+    assert len(dirs) == 2
     from raymmrec.train.checkpoint import read_latest
 
-    latest = read_latest(d)  # the trial's checkpoint, in its run folder
-    assert latest is not None, "no checkpoint in the trial folder"
-    assert latest["shard"] == "columns" and latest["world_size"] == 2  # train.shard=auto: the workers split columns
-    results = json.loads((d / "results.json").read_text())
-    assert results["epochs_run"] == 2
-    assert res.best["test recall@20"] == pytest.approx(results["test"]["recall@20"])
+    for d in dirs:
+        latest = read_latest(d)  # the trial's checkpoint, in its run folder
+        assert latest is not None, "no checkpoint in the trial folder"
+        assert latest["shard"] == "columns" and latest["world_size"] == 2  # train.shard=auto: the workers split columns
+        assert json.loads((d / "results.json").read_text())["epochs_run"] == 2
+    best = json.loads((tmp_path / "w" / res.best["dir"] / "results.json").read_text())
+    assert res.best["test recall@20"] == pytest.approx(best["test"]["recall@20"])
 
 
 def test_tune_cli_errors_are_one_line(tmp_path):
@@ -274,3 +293,14 @@ def test_tune_job_under_ray_job_submit(ray_cluster, tmp_path):
     with open(tmp_path / "job" / "trials.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 2  # --samples 2
     assert (tmp_path / "job" / "best" / "best.pt").exists()
+
+
+def test_a_space_over_data_options_is_refused_before_ray(tmp_path):
+    """A sweep reads one dataset for all its trials: data options cannot be searched (one line, no Ray)."""
+    from raymmrec.config import ConfigError
+    from raymmrec.ray.tune import SweepArgs, sweep
+
+    spec = load_spec("lightgcn", overrides=[*TINY, f"output_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="data.kcore: a sweep reads its dataset once"):
+        sweep(spec, SweepArgs(name="d", progress=False), space={"data.kcore": Grid((2, 3))})
+    assert not (tmp_path / "d").exists()

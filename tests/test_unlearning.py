@@ -221,7 +221,8 @@ def test_cli_errors_are_one_line(trained, tmp_path):
 
 def test_two_requests_run_as_concurrent_ray_tasks(ray_cluster, trained, tmp_path, monkeypatch):
     """Each task waits at a barrier (an async Ray actor) until the other task has reached it too, so
-    both pass only if they run at the same time; a task left waiting 120 s fails the test."""
+    both pass only if they run at the same time; a task left waiting 120 s fails the test. Neither
+    task reads the dataset: the command read it once, and the tasks map it from the object store."""
     import ray
 
     import raymmrec.ray.unlearn as ru
@@ -244,8 +245,17 @@ def test_two_requests_run_as_concurrent_ray_tasks(ray_cluster, trained, tmp_path
     task = ru._unlearn_task
 
     def at_barrier(run, request, *args):  # runs in each Ray task (pickled by value)
+        import raymmrec.unlearning.run as ur
+
+        def no_read(*a, **k):  # noqa: ANN002, ANN003
+            raise AssertionError("an unlearning task read the dataset itself")
+
         assert ray.get(barrier.wait.remote(request), timeout=120) == 2
-        return task(run, request, *args)
+        reader, ur.load_data = ur.load_data, no_read  # this task's process only, and only while it runs
+        try:
+            return task(run, request, *args)
+        finally:
+            ur.load_data = reader
 
     monkeypatch.setattr(ru, "_unlearn_task", at_barrier)
     reqs = []

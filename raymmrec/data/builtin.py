@@ -19,7 +19,7 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -208,6 +208,7 @@ def load_dataset(
     cache_dir: str | os.PathLike[str] | None = None,
     seed: int = DEFAULT_SEED,
     storage_options: dict[str, Any] | None = None,
+    read_tables: Callable[[list[str]], list[Any]] | None = None,
 ) -> RecData:
     """Load a dataset by name or location and return it validated, with dense ids.
 
@@ -223,10 +224,11 @@ def load_dataset(
         cache_dir: cache for built datasets (default ``$RAYMMREC_CACHE`` or ``~/.cache/raymmrec``).
         seed: seed of the synthetic generator, of ml100k's split and of the cold-start items.
         storage_options: extra fsspec options for URLs (S3 reads ``AWS_*`` environment variables by default).
+        read_tables: how a columnar dataset's parquet files are read (:func:`~raymmrec.data.io.read_columnar`).
     """
     spec = resolve_source(spec)
     if spec == "ml100k":
-        data = read_columnar(str(ml100k_path(cache_dir, seed)), modalities=modalities)
+        data = read_columnar(str(ml100k_path(cache_dir, seed)), modalities=modalities, read_tables=read_tables)
     elif spec == "synthetic" or spec.startswith("synthetic:"):
         data = _select_modalities(generate_synthetic(parse_synthetic(spec), seed, spec)[0], modalities)
     elif "://" in spec or os.sep in spec or spec.startswith((".", "~")) or os.path.exists(spec):
@@ -235,7 +237,8 @@ def load_dataset(
             raise _unknown(spec, f"dataset path {spec!r} does not exist")
         if fs.exists(f"{folder}/{META_FILE}") or fs.exists(f"{folder}/train.parquet"):
             # read_columnar reads meta.json first and raises for an incomplete columnar folder
-            data = read_columnar(spec, modalities=modalities, storage_options=storage_options)
+            data = read_columnar(spec, modalities=modalities, storage_options=storage_options,
+                                 read_tables=read_tables)
         else:
             data = read_mmrec(
                 spec,

@@ -22,7 +22,7 @@ import posixpath
 import shutil
 import uuid
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import fsspec
 import numpy as np
@@ -411,17 +411,28 @@ def read_columnar(
     *,
     modalities: list[str] | tuple[str, ...] | None = None,
     storage_options: dict[str, Any] | None = None,
+    read_tables: Callable[[list[str]], list[Any]] | None = None,
 ) -> RecData:
-    """Read a columnar dataset written by :func:`write_columnar` and validate it."""
+    """Read a columnar dataset written by :func:`write_columnar` and validate it.
+
+    ``read_tables(urls)``: the splits' parquet files (their URLs, or absolute local paths) as pyarrow
+    tables, in order; the default reads them one after another with pyarrow. The Ray layer passes a
+    reader that reads them in parallel on the cluster (Ray Data).
+    """
     import pyarrow.parquet as pq
 
     meta = read_meta(url, storage_options=storage_options)
     fs, folder = open_fs(url, storage_options)
     splits: dict[str, Interactions] = {}
-    for s in SPLITS:
-        path = posixpath.join(folder, f"{s}.parquet")
-        with fs.open(path, "rb") as f:
-            table = pq.read_table(f)
+    paths = [posixpath.join(folder, f"{s}.parquet") for s in SPLITS]
+    if read_tables is not None:
+        tables = read_tables([split_parquet_path(url, s) for s in SPLITS])
+    else:
+        tables = []
+        for path in paths:
+            with fs.open(path, "rb") as f:
+                tables.append(pq.read_table(f))
+    for s, path, table in zip(SPLITS, paths, tables):
         if table.column_names[:2] != ["user", "item"]:
             raise DataError(f"{path}: expected columns ['user', 'item'], found {table.column_names}")
         users = _id_column(table, "user", path, meta["n_users"])

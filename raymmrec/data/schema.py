@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -63,6 +64,36 @@ class RecData:
     # the items held out as cold-start when they were drawn: a forget request may remove every pair of
     # one, which must not turn it into an ordinary item (a training negative, a smaller cold candidate set)
     cold_item_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    #: the pair sets of :meth:`to_arrays`, in order
+    PAIRS = ("train", "valid", "test", "cold", "hidden", "forgotten")
+
+    def to_arrays(self) -> dict[str, Any]:
+        """Everything in this dataset as a plain dict of numpy arrays and scalars (no copies).
+
+        What a job hands its workers through a shared store: the arrays can come back read-only
+        (a view of shared memory) and :meth:`from_arrays` uses them as they are.
+        """
+        return {
+            "meta": {"name": self.name, "n_users": self.n_users, "n_items": self.n_items,
+                     "hidden_positives": self.hidden_positives, "cold_fraction": self.cold_fraction,
+                     "forget_applied": self.forget_applied},
+            "pairs": {k: {"users": getattr(self, k).users, "items": getattr(self, k).items} for k in self.PAIRS},
+            "features": dict(self.features),
+            "forgotten_items": self.forgotten_items,
+            "cold_item_ids": self.cold_item_ids,
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, Any]) -> "RecData":
+        """The dataset of :meth:`to_arrays`; the arrays are used as they are (never written to)."""
+        m = arrays["meta"]
+        pairs = {k: Interactions(v["users"], v["items"]) for k, v in arrays["pairs"].items()}
+        return cls(m["name"], int(m["n_users"]), int(m["n_items"]), pairs["train"], pairs["valid"], pairs["test"],
+                   dict(arrays["features"]), cold=pairs["cold"], hidden_positives=float(m["hidden_positives"]),
+                   hidden=pairs["hidden"], forgotten=pairs["forgotten"], forgotten_items=arrays["forgotten_items"],
+                   cold_fraction=float(m["cold_fraction"]), forget_applied=bool(m["forget_applied"]),
+                   cold_item_ids=arrays["cold_item_ids"])
 
     def seen(self) -> Interactions:
         """The pairs evaluation never ranks: training pairs plus hidden positives (true preferences

@@ -14,21 +14,19 @@ import json
 import logging
 import math
 import os
-import time
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow as pa
-
-from raymmrec.config import ConfigError, RunSpec, spec_from_dict
-from raymmrec.data import arrow_filesystem, is_columnar, resolve_source, train_parquet_path
+from raymmrec.config import ConfigError, RunSpec
+from raymmrec.data import resolve_source
 from raymmrec.errors import UserError
 from raymmrec.ray import storage as st
-from raymmrec.ray.logs import DriverLines, ingest_options, lines_to_driver, worker_failure
+from raymmrec.ray.logs import DriverLines, worker_failure
+from raymmrec.ray.shared import SharedData, share
 from raymmrec.train.artifacts import DIVERGED, TB
 from raymmrec.shard import resolve_mode
 from raymmrec.files import location
-from raymmrec.train.build import load_data, prepared_inputs, resolved_config, run_notes
+from raymmrec.train.build import resolved_config, run_notes
 from raymmrec.train.lifecycle import RunFolder, finish, open_run, write_config
 from raymmrec.train.checkpoint import read_latest
 from raymmrec.train.loop import TrainingDiverged, TrainState
@@ -70,69 +68,6 @@ class Workers:
             raise ConfigError(f"--max-failures: expected an integer >= 0 (or -1: any number), got {self.max_failures}")
 
 
-def columnar_source(spec: RunSpec) -> str | None:
-    """The user's columnar folder whose ``train.parquet`` holds this run's pairs as they are, if any.
-
-    Built-in datasets are not read this way: their cache lies on whichever node built it.
-    """
-    d = spec.data
-    if d.rating_threshold is not None or d.kcore is not None:
-        return None  # filters re-index ids: the pairs exist only after loading
-    if d.cold_items > 0 or d.hide_positives > 0 or d.forget:
-        return None  # train.parquet still holds the held-out cold-start items', the hidden or forgotten pairs
-    if d.source in ("ml100k",) or d.source.startswith("synthetic") or not is_columnar(d.source):
-        return None
-    return d.source
-
-
-def train_dataset(columnar: str | None, pairs_ref: Any) -> Any:
-    """Training pairs as a Ray Dataset (user, item int64), read on the cluster.
-
-    A columnar dataset (local or s3) is read with ``read_parquet`` by Ray's own tasks; other sources
-    (MMRec folders, filters, synthetic data) come from the Arrow table that the loading task left in
-    the object store. Either way the pairs never pass through the driver.
-    """
-    import ray.data
-
-    if columnar is not None:
-        fs, path = arrow_filesystem(train_parquet_path(columnar))
-        return ray.data.read_parquet(path, filesystem=fs).select_columns(["user", "item"])
-    return ray.data.from_arrow_refs([pairs_ref])
-
-
-def _load_and_prepare(spec_dict: dict[str, Any], want_pairs: bool, lines: Any = None) -> tuple[str, dict[str, Any], Any]:
-    """(Ray task) load and check the dataset, build the model's prepared inputs (cached on that node).
-
-    ``lines``: the driver's queue for this task's output (warnings, a first build's progress).
-    """
-    with lines_to_driver(lines):
-        spec = spec_from_dict(spec_dict)
-        data = load_data(spec)
-        pairs = pa.table({"user": data.train.users, "item": data.train.items}) if want_pairs else None
-        from raymmrec.ray.item_graph import RayBlockMap  # the item-item graph's blocks as tasks
-
-        return data.summary(), prepared_inputs(spec, data, map_blocks=RayBlockMap(log=print)), pairs
-
-
-def get_or_raise_cause(ref: Any, *siblings: Any) -> Any:
-    """``ray.get(ref)``; a task's own error (e.g. a bad dataset's one-line DataError) instead of a remote traceback.
-
-    ``siblings``: the task's other return values, which hold the same error; they are fetched too so
-    that Ray does not print that error again as unhandled when the driver exits.
-    """
-    import ray
-
-    try:
-        return ray.get(ref)
-    except ray.exceptions.RayTaskError as e:
-        for other in siblings:
-            try:
-                ray.get(other)
-            except ray.exceptions.RayTaskError:
-                pass
-        raise (e.cause if isinstance(e.cause, Exception) else e) from None
-
-
 def _alive_nodes() -> list[dict[str, Any]]:
     import ray
 
@@ -143,7 +78,7 @@ def torch_threads(num_workers: int, cpus_per_worker: float) -> int:
     """Torch threads per worker: the node's cores shared by its workers on a one-node cluster.
 
     Ray sets OMP_NUM_THREADS to the worker's CPU resource, which on a small machine leaves cores
-    idle: the CPU resource is kept low only so that Ray Data's start-up read can be scheduled.
+    idle: the CPU resource is kept low only so that the loading task and the controller can be scheduled.
     """
     nodes = _alive_nodes()
     if len(nodes) == 1:
@@ -175,7 +110,7 @@ def default_cpus_per_worker(num_workers: int) -> float:
     import ray
 
     cpus = ray.cluster_resources().get("CPU", 1.0)
-    # Leave headroom for Ray Data and the controller: 2 workers on 2 cores get 0.5 each.
+    # Leave headroom for the loading task and the controller: 2 workers on 2 cores get 0.5 each.
     share = (cpus / 2) / num_workers if cpus <= 2 else (cpus - 1) / num_workers
     return float(min(4.0, max(0.25, math.floor(share * 4) / 4)))
 
@@ -208,12 +143,15 @@ def absolute_data_paths(spec: RunSpec) -> None:
 
 
 def launch(spec: RunSpec, workers: Workers, *, progress: bool = True, verbose: bool = False,
-           inject_fault: dict[str, Any] | None = None, train_callbacks: list[Any] | None = None) -> TrainState:
+           inject_fault: dict[str, Any] | None = None, train_callbacks: list[Any] | None = None,
+           data: SharedData | None = None) -> TrainState:
     """Train ``spec`` with Ray Train workers; returns the best-epoch state reported by rank 0.
 
     The options, the run folder and the storage are checked here, before Ray starts (each a one-line
     error); the dataset is checked by a task on the cluster before any worker starts.
     ``train_callbacks`` go to Ray Train's ``RunConfig`` (a Tune trial passes ``TuneReportCallback``).
+    ``data``: the dataset already in the object store (a Tune sweep's, :mod:`raymmrec.ray.shared`): it
+    is not read again; otherwise one task reads it.
     """
     import ray
 
@@ -237,7 +175,7 @@ def launch(spec: RunSpec, workers: Workers, *, progress: bool = True, verbose: b
     lines = DriverLines()  # our task's and rank 0's lines come on a channel of their own (raymmrec.ray.logs)
     try:
         return _launch_on_ray(folder, workers, lines, say, progress=progress, verbose=verbose,
-                              inject_fault=inject_fault, train_callbacks=train_callbacks)
+                              inject_fault=inject_fault, train_callbacks=train_callbacks, data=data)
     finally:
         lines.close()
 
@@ -252,29 +190,21 @@ def use_gpus(device: str, num_workers: int) -> bool:
 
 
 def _launch_on_ray(folder: RunFolder, workers: Workers, lines: DriverLines, say: Any, *, progress: bool,
-                   verbose: bool, inject_fault: dict[str, Any] | None, train_callbacks: list[Any] | None) -> TrainState:
+                   verbose: bool, inject_fault: dict[str, Any] | None, train_callbacks: list[Any] | None,
+                   data: SharedData | None) -> TrainState:
     import ray
-    import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
 
     spec, storage, run_root = folder.spec, folder.parent, folder.root
     name = spec.resolved_run_name
-    t0 = time.perf_counter()
-    # The dataset is checked and the prepared inputs built once, by a task on the cluster: the data
-    # never has to fit the driver, and the workers receive the prepared inputs from the object store.
-    columnar = columnar_source(spec)
-    # "DEFAULT": outside any placement group (a Tune trial that calls launch() would capture it)
-    task = ray.remote(num_returns=3, num_cpus=1)(_load_and_prepare).options(scheduling_strategy="DEFAULT")
-    summary_ref, prepared_ref, pairs_ref = task.remote(spec.to_dict(), columnar is None, lines.queue)
-    summary = get_or_raise_cause(summary_ref, prepared_ref, pairs_ref)  # a bad dataset: its DataError, not a remote traceback
-    say(f"{summary} (checked and prepared on the cluster in {time.perf_counter() - t0:.1f}s)")
+    # The dataset is read and checked and the prepared inputs built once, by a task on the cluster
+    # (a bad dataset: its one-line error, before any worker starts); the workers map the arrays from
+    # the object store without copying (raymmrec.ray.shared).
+    shared = share(spec, lines.queue, data=data)
+    say(f"{shared.summary} (checked and prepared on the cluster in {shared.seconds:.1f}s)")
     if not workers.allow_local_paths:
         _local_paths_on_cluster(storage, spec)
-    ctx = ray.data.DataContext.get_current()
-    if not verbose:  # Ray Data's progress bars and per-execution INFO lines would drown the epoch lines
-        ctx.enable_progress_bars = False
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
     use_gpu = use_gpus(spec.train.device, workers.num_workers)
     cpus = workers.cpus_per_worker or default_cpus_per_worker(workers.num_workers)
     _cluster_check(workers, use_gpu, cpus)
@@ -292,7 +222,7 @@ def _launch_on_ray(folder: RunFolder, workers: Workers, lines: DriverLines, say:
         "progress": progress,
         "verbose": verbose,
         "lines": lines.queue,  # rank 0's lines to this driver (raymmrec.ray.logs)
-        "prepared": prepared_ref,
+        "data": shared,  # the dataset's and the prepared inputs' arrays in the object store
         "run_root": run_root,
         "checkpoint_every": every,
         "threads": threads,
@@ -312,9 +242,6 @@ def _launch_on_ray(folder: RunFolder, workers: Workers, lines: DriverLines, say:
             logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
             callbacks=train_callbacks,
         ),
-        datasets={"train": train_dataset(columnar, pairs_ref)},
-        # every worker reads all pairs once; Ray's ingest options without the deprecated field it warns about
-        dataset_config=ray.train.DataConfig(datasets_to_split=[], execution_options=ingest_options()),
     )
     try:
         result = trainer.fit()

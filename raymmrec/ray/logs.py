@@ -42,16 +42,6 @@ from raymmrec.errors import UserError, error_message
 STDOUT, STDERR = "stdout", "stderr"
 
 
-def ingest_options() -> Any:
-    """Ray Train's default ingest options (``DataConfig.default_ingest_options``) without the
-    deprecated ``exclude_resources``, whose setter warns in every run."""
-    from ray.data import DataContext, ExecutionOptions
-
-    opts = DataContext.get_current().execution_options
-    return ExecutionOptions(resource_limits=opts.resource_limits, preserve_order=opts.preserve_order,
-                            verbose_progress=opts.verbose_progress)
-
-
 class LineStream(io.TextIOBase):
     """A text stream that puts each complete line on the driver's queue as ``(name, line)``.
 

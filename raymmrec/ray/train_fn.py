@@ -1,8 +1,8 @@
 """What every Ray Train worker runs: the pieces of :func:`raymmrec.train.build.build`, under DDP.
 
-Each worker receives the training pairs through Ray Data (the whole, unsplit dataset, read once
-at start-up), loads the evaluation splits and features once, gets the prepared inputs that the
-driver's loading task built (object store), and runs the core :class:`~raymmrec.train.loop.Trainer`. Every epoch, the
+Each worker maps the job's dataset (every split, the features) and the prepared inputs that the
+driver's loading task left in the object store, without copying and without reading the source
+(:mod:`raymmrec.ray.shared`), and runs the core :class:`~raymmrec.train.loop.Trainer`. Every epoch, the
 pairs are shuffled by (seed, epoch) and rank ``r`` takes its interleaved share of each global
 batch (:func:`raymmrec.train.sampling.epoch_batches`), so pairs move across workers every epoch
 and one worker replays the single-process run exactly. Evaluation shards users and all-reduces
@@ -13,28 +13,25 @@ checkpoint under the run folder (``<run>/ckpt``, the layout a run in one process
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray
-import ray.data
 import ray.train
 import ray.train.torch
 import torch
 
 from raymmrec.config import spec_from_dict
-from raymmrec.data import Interactions
 from raymmrec.dist import DistContext
 from raymmrec.shard import Columns
 from raymmrec.ray.logs import lines_to_driver, note_worker_log, worker_stdout
+from raymmrec.ray.shared import fetch
 from raymmrec.train.artifacts import DIVERGED, report_metrics, resume_best
 from raymmrec.files import join, write_json
-from raymmrec.train.build import build, load_data, make_trainer, sharded_evaluate
+from raymmrec.train.build import build, make_trainer, sharded_evaluate
 from raymmrec.train.callbacks import BestWeightsCallback, CheckpointCallback, ProgressCallback, TensorBoardCallback
 from raymmrec.train.checkpoint import CKPT, LATEST, restore
 from raymmrec.train.loop import Callback, Trainer, TrainingDiverged, TrainState
@@ -42,14 +39,6 @@ from raymmrec.train.loop import Callback, Trainer, TrainingDiverged, TrainState
 # Rank 0's lines: the driver's stdout through its queue (raymmrec.ray.logs), else this process's
 # real stdout. Not sys.stdout: Ray Train patches print() in workers to also log what goes there.
 OUT = worker_stdout
-
-
-def read_pairs(shard: Any) -> Interactions:
-    """All training pairs from this worker's (unsplit) Ray Data iterator, read once."""
-    parts = list(shard.iter_batches(batch_size=None, batch_format="numpy"))
-    users = np.concatenate([p["user"] for p in parts]).astype(np.int64) if parts else np.zeros(0, np.int64)
-    items = np.concatenate([p["item"] for p in parts]).astype(np.int64) if parts else np.zeros(0, np.int64)
-    return Interactions(users, items)
 
 
 class RayReportCallback(Callback):
@@ -107,9 +96,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def _train_loop(config: dict[str, Any]) -> None:
-    if not config.get("verbose", False):  # Ray Data's bars and per-execution lines stay out of rank 0's output
-        ray.data.DataContext.get_current().enable_progress_bars = False
-        logging.getLogger("ray.data").setLevel(logging.WARNING)  # "Dataset ... execution finished"
     spec = spec_from_dict(config["spec"])
     tctx = ray.train.get_context()
     rows = DistContext(tctx.get_world_rank(), tctx.get_world_size())  # evaluation: users split over ranks
@@ -120,9 +106,7 @@ def _train_loop(config: dict[str, Any]) -> None:
     if device.type == "cpu":
         torch.set_num_threads(int(config.get("threads", 1)))
     t0 = time.perf_counter()
-    data = load_data(spec)
-    data.train = read_pairs(ray.train.get_dataset_shard("train"))
-    prepared = ray.get(config["prepared"])
+    data, prepared = fetch(config["data"])  # read-only views of this node's object store: no copy, no read
     p = build(spec, device=device, data=data, prepared=prepared, ctx=ctx, release_features=True)
     state = None
     best_weights = None

@@ -34,7 +34,8 @@ from raymmrec.config import ConfigError, RunSpec, spec_from_dict
 from raymmrec.errors import UserError
 from raymmrec.eval.cold import COLD_SPLITS
 from raymmrec.ray import storage as st
-from raymmrec.ray.launch import absolute_data_paths, get_or_raise_cause, torch_threads
+from raymmrec.ray.launch import absolute_data_paths, torch_threads
+from raymmrec.ray.shared import SharedData, fetch, share
 from raymmrec.search import (Choice, Grid, IntRange, LogUniform, Space, Uniform, apply_point, check_space,
                              grid_size, is_grid, search_space, short_name)
 from raymmrec.train.artifacts import BEST, CONFIG, RESULTS, report_metrics
@@ -117,8 +118,11 @@ def _metric_key(select: str, metric: str) -> str:
     return f"best_{select}/{metric}"
 
 
-def _one_process_trial(config: dict[str, Any], base: dict[str, Any], data: Any, threads: int, run_root: str) -> None:
-    """(Tune trial) train one configuration in this actor; the run folder is ``<run_root>/<trial dir>``."""
+def _one_process_trial(config: dict[str, Any], base: dict[str, Any], data: SharedData, threads: int,
+                       run_root: str) -> None:
+    """(Tune trial) train one configuration in this actor; the run folder is ``<run_root>/<trial dir>``.
+
+    ``data``: the sweep's dataset in the object store, mapped here without copying."""
     import ray
     import torch
     from ray import tune
@@ -145,7 +149,7 @@ def _one_process_trial(config: dict[str, Any], base: dict[str, Any], data: Any, 
 
     if _report_finished(st.join(run_root, trial_name)):
         return
-    loaded = ray.get(data["ref"])
+    loaded, _ = fetch(data)
     try:
         run(spec, progress=False, extra_callbacks=[Report()], data=loaded)
     finally:  # also when ASHA stops the trial (Tune ends it from inside tune.report)
@@ -153,8 +157,10 @@ def _one_process_trial(config: dict[str, Any], base: dict[str, Any], data: Any, 
             st.upload_dir(os.path.join(spec.output_dir, trial_name), st.join(run_root, trial_name), last=RESULTS)
 
 
-def _ray_train_trial(config: dict[str, Any], base: dict[str, Any], run_root: str, scaling: dict[str, Any]) -> None:
-    """(Tune trial) one configuration as a data-parallel Ray Train run, reporting to Tune."""
+def _ray_train_trial(config: dict[str, Any], base: dict[str, Any], data: SharedData, run_root: str,
+                     scaling: dict[str, Any]) -> None:
+    """(Tune trial) one configuration as a Ray Train run, reporting to Tune; its workers map the sweep's
+    dataset (``data``) from the object store (only the trial's prepared inputs are built for it)."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -168,7 +174,7 @@ def _ray_train_trial(config: dict[str, Any], base: dict[str, Any], run_root: str
         return
     workers = Workers(num_workers=scaling["num_workers"], cpus_per_worker=scaling["cpus_per_worker"],
                       wait_for_resources=True, allow_local_paths=True)
-    launch(spec, workers, progress=False, train_callbacks=[TuneReportCallback()])
+    launch(spec, workers, progress=False, train_callbacks=[TuneReportCallback()], data=data)
 
 
 def _report_finished(run_folder: str) -> bool:
@@ -295,14 +301,6 @@ def _resources(args: SweepArgs, n_trials: int) -> tuple[dict[str, float], int, i
     return res, concurrent, torch_threads(concurrent, cpu)
 
 
-def _load_task(spec_dict: dict[str, Any]) -> tuple[str, Any]:
-    """(Ray task) load and check the dataset once; (its summary, the data) for the trials."""
-    from raymmrec.train.build import load_data
-
-    data = load_data(spec_from_dict(spec_dict))
-    return data.summary(), data
-
-
 def _check_args(args: SweepArgs) -> None:
     if args.select not in ("valid", "test"):
         raise ConfigError(f"select: expected valid or test, got {args.select!r}")
@@ -330,6 +328,10 @@ def sweep(spec: RunSpec, args: SweepArgs, *, space: Space | None = None) -> Swee
     absolute_data_paths(spec)  # trials run in their own directories (data.source and data.forget)
     space = space if space is not None else search_space(spec.method, args.grid)
     check_space(spec, space)
+    searched_data = sorted(k for k in space if k.startswith("data."))
+    if searched_data:  # every trial maps the one dataset the sweep read
+        raise ConfigError(f"search space: {', '.join(searched_data)}: a sweep reads its dataset once and shares it "
+                          "with every trial; sweep data options as separate sweeps (one per value)")
     resolved_config(spec)  # a bad base config fails here, before Ray starts
     grid_only = is_grid(space)
     samples = args.samples or (1 if grid_only else 16)
@@ -361,18 +363,17 @@ def sweep(spec: RunSpec, args: SweepArgs, *, space: Space | None = None) -> Swee
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     resources, concurrent, threads = _resources(args, n_trials)
     base = spec.to_dict()
+    # the dataset is read and checked once for the whole sweep (a bad one: its one-line error), and
+    # every trial maps the same arrays from the object store (raymmrec.ray.shared)
+    data = share(spec, prepare=False)
+    say(f"{data.summary} (read and checked once for the sweep's {n_trials} trials in {data.seconds:.1f}s); "
+        f"{concurrent} trials at a time, {resources} each")
     if args.workers_per_trial > 1:
         scaling = {"num_workers": args.workers_per_trial, "gpus": args.gpus_per_trial > 0,
                    "cpus_per_worker": args.cpus_per_trial}
-        trainable = tune.with_parameters(_ray_train_trial, base=base, run_root=root, scaling=scaling)
+        trainable = tune.with_parameters(_ray_train_trial, base=base, data=data, run_root=root, scaling=scaling)
     else:
-        t0 = time.perf_counter()
-        summary_ref, data_ref = ray.remote(num_cpus=1, num_returns=2)(_load_task).remote(spec.to_dict())
-        get_or_raise_cause(summary_ref, data_ref)  # a bad dataset: its one-line error
-        say(f"dataset checked in {time.perf_counter() - t0:.1f}s; {n_trials} trials, {concurrent} at a time, "
-            f"{resources} each")
-        trainable = tune.with_parameters(_one_process_trial, base=base, data={"ref": data_ref},
-                                         threads=threads, run_root=root)
+        trainable = tune.with_parameters(_one_process_trial, base=base, data=data, threads=threads, run_root=root)
     trainable = tune.with_resources(trainable, resources)
     label = f"{args.select} {metric}"
     progress = _Progress(n_trials, key, label + (" [test selection]" if args.select == "test" else ""),

@@ -4,7 +4,9 @@
     ray job submit --working-dir . -- python jobs/unlearn.py --run s3://bucket/runs/bm3-lfm2k \\
         --request s3://bucket/requests/user-42.parquet --gpus-per-request 1
 
-Every task reads the trained run from storage (local or s3; never altered), runs
+The run's dataset is read and checked once for the command, by one task (:mod:`raymmrec.ray.shared`);
+every request's task maps its arrays from the object store without copying. Every task reads the
+trained run's weights from storage (local or s3; never altered), runs
 :func:`raymmrec.unlearning.unlearn` and writes its own new run folder (weights, config, report). A task
 that fails or is killed leaves no folder behind (the core stages it and renames it at the end). The
 driver prints each request's report table as it finishes and a one-line error for each that failed.
@@ -20,19 +22,21 @@ from typing import Any
 
 from raymmrec.config import parse_value
 from raymmrec.errors import run_main
-from raymmrec.ray.launch import get_or_raise_cause
+from raymmrec.ray.shared import SharedData, fetch, get_or_raise_cause, share
 
 
 def _unlearn_task(run: str, request: str, options: dict[str, Any], output_dir: str | None, name: str | None,
-                  gold: bool, device: str, threads: int) -> dict[str, Any]:
-    """(Ray task) one request, in the task's process; returns the report without its per-epoch history."""
+                  gold: bool, device: str, threads: int, data: SharedData) -> dict[str, Any]:
+    """(Ray task) one request, in the task's process, over the command's dataset ``data`` (object
+    store); returns the report without its per-epoch history."""
     import torch
 
     from raymmrec.unlearning import unlearn
 
     torch.set_num_threads(threads)
+    loaded, _ = fetch(data)
     report = unlearn(run, request, options=options, output_dir=output_dir, name=name, gold=gold, device=device,
-                     progress=True)
+                     progress=True, data=loaded)
     report.pop("history", None)
     return report
 
@@ -52,20 +56,28 @@ def submit(run: str, requests: list[str], *, options: dict[str, Any] | None = No
            echo: bool = True) -> list[dict[str, Any] | BaseException]:
     """Run every request as its own Ray task (all in flight at once, as resources allow).
 
-    Returns, in request order, each report or the exception its task raised.
+    The run's dataset is read once, by one task, before any request's task starts (a bad run folder
+    or dataset: its one-line error, raised here). Returns, in request order, each report or the
+    exception its task raised.
     """
     import ray
 
+    from raymmrec.ray.launch import absolute_data_paths
+    from raymmrec.unlearning.run import trained_spec
+
+    run, output_dir = task_path(run), task_path(output_dir)
+    spec = trained_spec(run)
+    absolute_data_paths(spec)  # the loading task runs in another directory
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING, log_to_driver=echo)
+    data = share(spec, prepare=False)
     task = ray.remote(_unlearn_task)
     names = names or [None] * len(requests)
-    run, output_dir = task_path(run), task_path(output_dir)
     device = "cuda" if gpus > 0 else "cpu"
     threads = max(1, int(cpus))
     refs = [task.options(num_cpus=cpus, num_gpus=gpus, max_retries=0,
                          name=f"unlearn:{req.rsplit('/', 1)[-1]}").remote(
-                run, task_path(req), dict(options or {}), output_dir, name, gold, device, threads)
+                run, task_path(req), dict(options or {}), output_dir, name, gold, device, threads, data)
             for req, name in zip(requests, names)]
     results: dict[int, Any] = {}
     pending = list(refs)
@@ -132,10 +144,15 @@ def _main(args: argparse.Namespace) -> int:
             raise UserError(f"--serve: Serve does not tell app {args.serve!r}'s route prefix, which the swap "
                             "keeps; swap with `raymmrec serve --run <unlearned run> --route-prefix <its prefix>`")
     if args.local:
+        from raymmrec.files import location
+        from raymmrec.train.build import load_data
         from raymmrec.unlearning import unlearn
+        from raymmrec.unlearning.run import trained_spec
 
+        data = load_data(trained_spec(location(args.run)))  # once for every request
         for req, name in zip(args.request, names):
-            report = unlearn(args.run, req, options=options, output_dir=args.output_dir, name=name, gold=args.gold)
+            report = unlearn(args.run, req, options=options, output_dir=args.output_dir, name=name, gold=args.gold,
+                             data=data)
             print(f"\n{report['table']}\n")
         return _serve(args.serve, report)
     results = submit(args.run, args.request, options=options, output_dir=args.output_dir, names=names,

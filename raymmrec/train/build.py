@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from raymmrec.config import RunSpec
-from raymmrec.data import DEFAULT_SEED, RecData, cache_root, hide_positives, hold_out_cold_items, load_dataset
+from raymmrec.data import (DEFAULT_SEED, Interactions, RecData, cache_root, hide_positives, hold_out_cold_items,
+                           load_dataset)
 from raymmrec.data.forget import apply_forget, read_request
 from raymmrec.allocator import check_setting
 from raymmrec.dist import DistContext
@@ -24,7 +25,7 @@ from raymmrec.eval import Evaluator, joint_metric_sums
 from raymmrec.eval.cold import COLD_KNN, cold_evaluator, cold_notes, content_knn_metrics
 from raymmrec.models.base import RecGraph, Recommender, build_config
 from raymmrec.objectives.base import Objective, build_objective
-from raymmrec.prepared import prepare
+from raymmrec.prepared import frozen_tensor, prepare
 from raymmrec.registry import get_model, get_objective
 from raymmrec.shard import building_blocks, check_supported, shard_model
 from raymmrec.train.loop import Callback, EvalFn, Trainer, TrainingDiverged
@@ -41,14 +42,38 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def load_data(spec: RunSpec) -> RecData:
+def load_data(spec: RunSpec, read_tables: Callable[[list[str]], list[Any]] | None = None) -> RecData:
+    """Read and check ``spec``'s dataset and apply its data options; the training pairs come sorted
+    by (user, item), the order training starts from (:func:`build_graph` then uses them as they are).
+
+    ``read_tables``: how a columnar dataset's parquet files are read (the Ray layer reads them with
+    Ray Data, in parallel); the default reads them here.
+    """
     d = spec.data
     data = load_dataset(d.source, modalities=d.modalities, rating_threshold=d.rating_threshold, kcore=d.kcore,
-                        cold_items=d.cold_items)
+                        cold_items=d.cold_items, read_tables=read_tables)
     data = hide_positives(data, d.hide_positives, DEFAULT_SEED)
     if d.forget:
         data = apply_forget(data, read_request(d.forget))
-    return data
+    return canonical_train(data)
+
+
+def is_canonical(users: np.ndarray, items: np.ndarray, n_items: int) -> bool:
+    """Whether int64 pairs are sorted by (user, item) (:func:`~raymmrec.train.sampling.canonical_pairs`)."""
+    if users.dtype != np.int64 or items.dtype != np.int64:
+        return False
+    key = users * n_items + items
+    return bool(np.all(key[1:] >= key[:-1]))
+
+
+def canonical_train(data: RecData) -> RecData:
+    """``data`` with its training pairs sorted by (user, item), stably (as :func:`build_graph` sorts them)."""
+    u, i = data.train.users, data.train.items
+    if is_canonical(u, i, data.n_items):
+        return data
+    u, i = u.astype(np.int64, copy=False), i.astype(np.int64, copy=False)
+    order = np.argsort(u * data.n_items + i, kind="stable")
+    return dataclasses.replace(data, train=Interactions(u[order], i[order]))
 
 
 def make_sampler(spec: RunSpec, data: RecData, graph: RecGraph, num_negatives: int | None = None) -> NegativeSampler:
@@ -108,12 +133,19 @@ def prepared_inputs(spec: RunSpec, data: RecData, log: Callable[[str], None] | N
 
 
 def build_graph(data: RecData, device: torch.device, prepared: dict[str, Any] | None = None) -> RecGraph:
-    # a copy: pairs read through Ray Data arrive as read-only arrays
-    users, items = canonical_pairs(torch.tensor(data.train.users, dtype=torch.long),
-                                   torch.tensor(data.train.items, dtype=torch.long), data.n_items)
-    # features from the object store (a Tune trial's shared dataset) are read-only: copy those
-    feats = {m: torch.as_tensor(a if a.flags.writeable else a.copy(), dtype=torch.float32).to(device)
-             for m, a in data.features.items()}
+    """The model's view of the training data on ``device``.
+
+    On the CPU the pairs (when already sorted, as :func:`load_data` leaves them), the features and the
+    prepared inputs are the data's own memory, not copies: under Ray, read-only views of the node's
+    object store shared by its workers. Nothing writes to them; a model copies what it trains.
+    """
+    u, i = data.train.users, data.train.items
+    if is_canonical(u, i, data.n_items):
+        users, items = frozen_tensor(u), frozen_tensor(i)
+    else:  # sorted here: a copy
+        users, items = canonical_pairs(frozen_tensor(np.asarray(u, np.int64)), frozen_tensor(np.asarray(i, np.int64)),
+                                       data.n_items)
+    feats = {m: frozen_tensor(np.asarray(a, dtype=np.float32)).to(device) for m, a in data.features.items()}
     prep = {k: v.to(device) for k, v in (prepared or {}).items()}
     return RecGraph(data.n_users, data.n_items, feats, users, items, prep)
 

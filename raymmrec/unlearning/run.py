@@ -41,7 +41,8 @@ from typing import Any, Callable
 
 import torch
 
-from raymmrec.config import spec_from_dict
+from raymmrec.config import RunSpec, spec_from_dict
+from raymmrec.data import RecData
 from raymmrec.data.forget import ForgetRequest, apply_forget, read_request
 from raymmrec.errors import UserError
 from raymmrec.train.artifacts import BEST, CONFIG, best_payload, read_best
@@ -98,27 +99,36 @@ def table(report: dict[str, Any]) -> str:
     return head + "\n\n" + "\n".join(lines)
 
 
+def trained_spec(run: str) -> RunSpec:
+    """The spec of the trained run folder ``run`` (a location as :func:`raymmrec.files.location` gives),
+    or one line saying why it cannot be unlearned from."""
+    try:
+        config = json.loads(read_bytes(join(run, CONFIG)))
+    except FileNotFoundError:
+        raise UserError(f"--run {run}: not a trained run folder (no {CONFIG})") from None
+    spec = spec_from_dict(config)
+    if spec.data.forget:
+        raise UserError(f"--run {run} is itself trained without a forget request's data; unlearn from the original run")
+    return spec
+
+
 def unlearn(run: str, request: ForgetRequest | str, *, options: UnlearnOptions | dict[str, Any] | None = None,
             output_dir: str | None = None, name: str | None = None, gold: bool = False, device: str = "auto",
-            progress: bool = True) -> dict[str, Any]:
+            progress: bool = True, data: RecData | None = None) -> dict[str, Any]:
     """Unlearn ``request`` (a :class:`ForgetRequest` or a Parquet/CSV path) from the trained ``run``.
 
+    ``data``: the run's dataset as :func:`~raymmrec.train.build.load_data` gives it, when the caller
+    already holds it (the Ray layer maps it from the object store); otherwise it is read here.
     Returns the report (also written as ``report.json``); ``report["folder"]`` is the new run folder.
     """
     say: Callable[[str], None] = (lambda m: print(f"[unlearn] {m}", flush=True)) if progress else (lambda m: None)
     opts = options if isinstance(options, UnlearnOptions) else options_from(options)
     run = location(run)  # every form the other commands take: plain or relative path, file://, s3://
-    try:
-        config = json.loads(read_bytes(join(run, CONFIG)))
-    except FileNotFoundError:
-        raise UserError(f"--run {run}: not a trained run folder (no {CONFIG})") from None
+    spec0 = trained_spec(run)
     best = read_best(run)
     if best is None:
         raise UserError(f"--run {run}: not a trained run folder (no {BEST})")
     check_format(best, join(run, BEST), BEST_FORMAT_VERSION)
-    spec0 = spec_from_dict(config)
-    if spec0.data.forget:
-        raise UserError(f"--run {run} is itself trained without a forget request's data; unlearn from the original run")
     req = read_request(request) if isinstance(request, str) else request
     output_dir = location(output_dir) if output_dir else _parent(run)
     name = name or default_name(run, req)
@@ -128,7 +138,7 @@ def unlearn(run: str, request: ForgetRequest | str, *, options: UnlearnOptions |
     dev = resolve_device(device)
     started = time.time()
 
-    data0 = load_data(spec0)
+    data0 = data if data is not None else load_data(spec0)
     data1 = apply_forget(data0, req)  # checks every id against the data first
     say(f"{spec0.method} run {run}: forgetting {req.describe()} ({len(data1.forgotten):,} training interactions)")
     spec1 = spec0.model_copy(deep=True)
