@@ -175,14 +175,17 @@ def test_a_worker_builds_its_blocks_with_the_values_of_the_full_tables(tmp_path,
 
 
 class _LargestStorage(torch.utils._python_dispatch.TorchDispatchMode):
-    """The largest storage (bytes) any operation returns while active: what was allocated, or viewed."""
+    """The largest storage (bytes) any operation allocates while active: a storage it returns that none of
+    its inputs holds (a view of an input, e.g. a slice of a frozen feature table, allocates nothing)."""
 
     largest = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
         out = func(*args, **(kwargs or {}))
+        leaves = torch.utils._pytree.tree_leaves((args, kwargs or {}))
+        held = {t.untyped_storage().data_ptr() for t in leaves if isinstance(t, torch.Tensor)}
         for t in torch.utils._pytree.tree_leaves(out):
-            if isinstance(t, torch.Tensor):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in held:
                 self.largest = max(self.largest, t.untyped_storage().nbytes())
         return out
 
@@ -212,7 +215,45 @@ def test_building_a_column_sharded_model_never_allocates_a_whole_id_table(method
         model = cls(cfg, graph)
     assert mine.largest <= max(chunk, whole // 2), (mine.largest, whole)
     assert model.user_emb.weight.shape == (n_users, width // 2)
-    assert set(built) == {id(model.user_emb.weight), id(model.item_emb.weight)}
+    feats = getattr(model, "feat", {})  # BM3's feature copies are built as blocks too
+    assert set(built) == {id(p) for p in (model.user_emb.weight, model.item_emb.weight, *feats.values())}
+
+
+def test_building_bm3_column_sharded_copies_only_its_columns_of_the_feature_tables():
+    """BM3's trainable feature copies (500 items x 3 000 columns, read-only like the node's shared arrays):
+    rank 1 of 2 allocates at most its block of them (and small tables), never a whole table, which one process
+    copies; each copy holds the frozen table's values (its columns) in memory of its own, never a view."""
+    import numpy as np
+
+    from raymmrec.models.base import RecGraph, build_config
+    from raymmrec.prepared import frozen_tensor
+    from raymmrec.registry import get_model
+    from raymmrec.shard import building_blocks
+
+    n_users, n_items, width = 40, 500, 3000
+    rng = np.random.default_rng(0)
+    arrays = {"image": rng.standard_normal((n_items, width), dtype=np.float32),
+              "text": rng.standard_normal((n_items, 7), dtype=np.float32)}
+    for a in arrays.values():
+        a.flags.writeable = False
+    feats = {m: frozen_tensor(a) for m, a in arrays.items()}
+    pairs = torch.arange(n_items)
+    graph = RecGraph(n_users, n_items, feats, pairs, pairs, {"adj": None})
+    cls = get_model("bm3")
+    cfg = build_config(cls, {})
+    whole = n_items * width * 4
+    with _LargestStorage() as one:
+        full = cls(cfg, graph)
+    assert one.largest >= whole  # one process copies the whole table
+    cols = Columns(1, 2)
+    with _LargestStorage() as mine, building_blocks(cols) as built:
+        model = cls(cfg, graph)
+    assert mine.largest <= whole // 2, (mine.largest, whole)
+    assert set(built) == {id(p) for p in (model.user_emb.weight, model.item_emb.weight, *model.feat.values())}
+    for m, t in feats.items():
+        assert torch.equal(full.feat[m], t) and torch.equal(model.feat[m], cols.local(t, 1)), m
+        for p in (full.feat[m], model.feat[m]):
+            assert p.untyped_storage().data_ptr() != t.untyped_storage().data_ptr() and p.requires_grad, m
 
 
 @pytest.mark.parametrize("n,width,elements", [(1001, 7, 16), (999, 21, 500), (17, 1, 16), (5, 3, 16)])

@@ -359,6 +359,22 @@ def xavier_embedding(n: int, dim: int, parts: int = 1) -> nn.Embedding:
     return emb
 
 
+def trainable_copy(t: Tensor) -> nn.Parameter:
+    """A trainable copy of a frozen ``n × d`` table (BM3's feature copies): always a new tensor, never a
+    view of ``t`` (which may map memory shared read-only by a node's workers).
+
+    Built for a column-sharded worker (inside :func:`raymmrec.shard.building_blocks`) it holds only the
+    worker's block of columns (split as ``column_layout``'s ``dim`` 1 says), copied from ``t`` without
+    copying the whole table first.
+    """
+    cols = building_columns()
+    if cols is None:
+        return nn.Parameter(t.detach().clone())
+    p = nn.Parameter(cols.local(t.detach(), 1))
+    made_block(p, width=t.shape[1], dim=1)
+    return p
+
+
 class _FixedSpMM(torch.autograd.Function):
     """``adj @ x`` for a fixed sparse ``adj``, whose backward multiplies by a transpose given up front.
 

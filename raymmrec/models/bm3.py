@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from raymmrec.models.base import (Batch, Indexed, ModelOutput, RecGraph, Recommender, gather, propagate_mean,
-                                  xavier_embedding)
+                                  trainable_copy, xavier_embedding)
 from raymmrec.registry import register
 from raymmrec.search import Grid, IntRange, LogUniform, SearchSpaces, Uniform
 
@@ -96,8 +96,9 @@ class BM3(Recommender):
         self.user_emb = xavier_embedding(graph.n_users, d)
         self.item_emb = xavier_embedding(graph.n_items, d)
         self.modalities = sorted(graph.features)
-        # Trainable copies of the raw features (MMRec: Embedding.from_pretrained(freeze=False)).
-        self.feat = nn.ParameterDict({m: nn.Parameter(graph.features[m].clone()) for m in self.modalities})
+        # Trainable copies of the raw features (MMRec: Embedding.from_pretrained(freeze=False)); a
+        # column-sharded worker copies only its block of columns.
+        self.feat = nn.ParameterDict({m: trainable_copy(graph.features[m]) for m in self.modalities})
         self.proj = nn.ModuleDict({m: nn.Linear(graph.features[m].shape[1], d) for m in self.modalities})
         for lin in self.proj.values():
             nn.init.xavier_normal_(lin.weight)
