@@ -28,7 +28,8 @@ indexes), and :func:`check_replicated` compares the copies at each checkpoint, w
 A worker builds only its blocks: inside :func:`building_blocks` the table factories
 (:func:`raymmrec.models.base.xavier_embedding`) draw a table row chunk by row chunk and keep this rank's
 columns of each chunk (:func:`drawn_columns`), so no rank ever holds a whole ID table, and the block holds
-exactly the values of the full table one process draws from the same seed.
+exactly the values of the full table one process draws from the same seed; a trainable copy of a frozen
+table (:func:`raymmrec.models.base.trainable_copy`, BM3's feature copies) copies only this rank's columns.
 
 Plain ``torch.distributed`` (no Ray): Ray Train starts the process group, a test spawns it with gloo.
 """

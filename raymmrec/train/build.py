@@ -217,12 +217,12 @@ def build(spec: RunSpec, *, device: torch.device | None = None, data: RecData | 
     cols = ctx.columns if ctx is not None else None
     if cols is None:
         model = cls(cfg, graph)
-    else:  # the ID tables are built as this rank's column blocks, never whole (raymmrec.shard)
+    else:  # the ID tables and BM3's feature copies are built as this rank's column blocks, never whole (raymmrec.shard)
         check_supported(cls, type(objective))
         with building_blocks(cols) as built:
             model = cls(cfg, graph)
     objective.attach(model, data.n_users, data.n_items)  # an objective's own parameters (NBPO's flip model)
-    if cols is not None:  # the rest of the layout (projections, BM3's feature copies) is cut here, before .to(device)
+    if cols is not None:  # the rest of the layout (the projections) is cut here, before .to(device)
         shard_model(model, cols, built)
     model = model.to(device)
     optimizer, scheduler = cls.configure_optimizer(parameter_groups(model), spec.train)
