@@ -1,6 +1,6 @@
 """Data-parallel Ray Train epochs against single-process epochs, on the same data and global batch size.
 
-    python benchmarks/bench_ray.py --method bm3 --data /work/shared/data/lfm2k --num-workers 2 \
+    python benchmarks/bench_ray.py --method bm3 --data ../shared/data/lfm2k --num-workers 2 \
         [--cpus-per-worker 0.5] [--epochs 6] [--device cpu|cuda] [--single-epochs 5] [--skip-single] [key=value ...]
 
 (a) single process: ``warmup`` untimed + ``single-epochs`` timed ``Trainer._run_epoch`` calls and
@@ -14,7 +14,7 @@ Prints the medians, the ratios ray/single and, last, one JSON line. Starts its o
 ``--commands`` measures what a user waits for instead, from the commands themselves (each one a fresh
 process, repeated ``--repeats`` times, one process and Ray alternating):
 
-    python benchmarks/bench_ray.py --commands --method bm3 --data /work/shared/data/lfm2k \
+    python benchmarks/bench_ray.py --commands --method bm3 --data ../shared/data/lfm2k \
         --num-workers 2 --epochs 40 --repeats 3
 
 (c) the time from the command to its first epoch line: ``raymmrec train`` (one process) against
