@@ -121,8 +121,12 @@ def ray_cluster(s3_server, tmp_path_factory):
     gcs, dash = free_port(), free_port()
     tmp = tmp_path_factory.mktemp("ray")
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    # every port of the head chosen free: Ray's fixed defaults (e.g. the job agent's 52365) clash with any
+    # other Ray on the machine, and a job agent that cannot bind refuses every `ray job submit`
+    ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+             f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
     start = ["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
+             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", *ports,
              "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={tmp}"]
     out = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
     if out.returncode != 0:
