@@ -388,7 +388,7 @@ def quiet_ray_init(cfg: dict[str, Any]) -> None:
 
 def part_fault(cfg: dict[str, Any], result: dict[str, Any], save: Callable[[], None]) -> None:
     """The Ray Train worker is SIGKILLed from outside (as the OOM killer or a preemption would) once the
-    controller has registered a checkpoint; the run must resume from it and end as the uninterrupted run."""
+    run has committed a checkpoint (ckpt/latest.pt); the run must resume from it and end as the uninterrupted run."""
     import ray
 
     from raymmrec.config import load_spec
@@ -432,7 +432,7 @@ def part_fault(cfg: dict[str, Any], result: dict[str, Any], save: Callable[[], N
                   tolerance=tol, test_recall20=[clean.best_test.get("recall@20"), faulty.best_test.get("recall@20")])
     problems = []
     if killed.get("pid") is None:
-        problems.append(f"the worker was never killed ({killed.get('why', 'no checkpoint registered in time')})")
+        problems.append(f"the worker was never killed ({killed.get('why', 'no checkpoint committed in time')})")
     if len(faulty.resumes) != 1:
         problems.append(f"expected one resume from a checkpoint, got {faulty.resumes}")
     if clean.best_epoch != faulty.best_epoch:
@@ -440,7 +440,7 @@ def part_fault(cfg: dict[str, Any], result: dict[str, Any], save: Callable[[], N
     if not worst <= tol:
         problems.append(f"test metrics differ by {worst:.2e} (relative) > {tol:g}")
     result["status"] = "fail" if problems else "ok"
-    result["line"] = (f"{'GPU' if gpu else 'CPU'} worker SIGKILLed after a registered checkpoint, resumed at epoch "
+    result["line"] = (f"{'GPU' if gpu else 'CPU'} worker SIGKILLed after a committed checkpoint, resumed at epoch "
                       f"{faulty.resumes}; best epoch {faulty.best_epoch} (uninterrupted {clean.best_epoch}); "
                       f"test recall@20 {faulty.best_test.get('recall@20', NAN):.4f} vs "
                       f"{clean.best_test.get('recall@20', NAN):.4f}, max rel diff {worst:.1e}"
@@ -468,23 +468,19 @@ def descendants(root: int) -> list[tuple[int, str]]:
 
 
 def kill_worker_after_checkpoint(run_root: Path, killed: dict[str, Any], limit_s: float) -> None:
-    """Once Ray Train's controller has registered a checkpoint of ``run_root`` (its checkpoint manager snapshot
-    lists one), SIGKILL this process's Ray Train worker (``ray::RayTrainWorker...``), once."""
-    snapshot = run_root / "checkpoint_manager_snapshot.json"
+    """Once the run has committed a checkpoint (``run_root/ckpt/latest.pt``, written last by rank 0), SIGKILL
+    this process's Ray Train worker (``ray::RayTrainWorker...``), once."""
+    committed = run_root / "ckpt" / "latest.pt"
     end = time.monotonic() + limit_s
     while time.monotonic() < end and not killed.get("stop"):
-        try:
-            registered = "checkpoint_" in snapshot.read_text()
-        except OSError:
-            registered = False
-        if registered:
+        if committed.is_file():
             workers = [(pid, cmd) for pid, cmd in descendants(os.getpid()) if cmd.startswith("ray::RayTrainWorker")]
             if workers:
                 pid, cmd = workers[0]
                 os.kill(pid, signal.SIGKILL)
                 killed.update(pid=pid, what=f"SIGKILL {cmd.split()[0]} (pid {pid})")
                 return
-            killed["why"] = "a checkpoint was registered but no ray::RayTrainWorker process was found"
+            killed["why"] = "a checkpoint was committed but no ray::RayTrainWorker process was found"
         time.sleep(0.05)
 
 
