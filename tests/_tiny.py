@@ -28,3 +28,16 @@ def tiny_data(n_users: int = 30, n_items: int = 24, seed: int = 0) -> RecData:
         "image": np.hstack([onehot[:, ::-1], rng.normal(0, 0.1, (n_items, 10))]).astype(np.float32),
     }
     return RecData("tiny", n_users, n_items, inter(splits[0]), inter(splits[1]), inter(splits[2]), feats)
+
+
+def move_after_loading(monkeypatch, module, folder, gone) -> None:  # noqa: ANN001
+    """Make ``module.share`` (the Ray layer's one loading task) move ``folder`` to ``gone`` as soon as it
+    has read it: any later read of the source fails."""
+    real = module.share
+
+    def then_move(*args, **kw):  # noqa: ANN002, ANN003
+        shared = real(*args, **kw)
+        folder.rename(gone)
+        return shared
+
+    monkeypatch.setattr(module, "share", then_move)

@@ -497,14 +497,9 @@ def test_workers_never_read_the_dataset_the_loading_task_read(ray_cluster, tmp_p
     import raymmrec.ray.launch as rl
 
     folder = tiny_folder(tmp_path / "ds")
-    real = rl.share
+    from _tiny import move_after_loading
 
-    def then_move(*args, **kw):  # noqa: ANN002, ANN003
-        shared = real(*args, **kw)
-        folder.rename(tmp_path / "gone")  # any later read of the source fails
-        return shared
-
-    monkeypatch.setattr(rl, "share", then_move)
+    move_after_loading(monkeypatch, rl, folder, tmp_path / "gone")
     spec = tiny_spec(tmp_path / "ray", "lightgcn", 2, "r", f"data.source={folder}")
     state = rl.launch(spec, workers(), progress=False)
     assert not folder.exists() and state.epoch == 2

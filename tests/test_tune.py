@@ -196,14 +196,9 @@ def test_trials_with_several_workers_run_ray_train(ray_cluster, tmp_path, monkey
 
     folder = tmp_path / "ds"
     write_mmrec(load_dataset("synthetic:tiny"), str(folder))
-    real = rt.share
+    from _tiny import move_after_loading
 
-    def then_move(*args, **kw):  # noqa: ANN002, ANN003
-        shared = real(*args, **kw)
-        folder.rename(tmp_path / "gone")  # any later read of the source fails
-        return shared
-
-    monkeypatch.setattr(rt, "share", then_move)
+    move_after_loading(monkeypatch, rt, folder, tmp_path / "gone")
     spec = load_spec("lightgcn", overrides=[*TINY, "train.epochs=2", "train.checkpoint_every=1",
                                             f"output_dir={tmp_path}", f"data.source={folder}"])
     res = sweep(spec, SweepArgs(workers_per_trial=2, cpus_per_trial=0.5, name="w"),
