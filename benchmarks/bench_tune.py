@@ -1,7 +1,7 @@
 """A method's paper grid through Ray Tune against the same configurations one after another in one process.
 
     python benchmarks/bench_tune.py --method bm3 --data ../shared/data/lfm2k --max-concurrent 2 \
-        [--storage runs/bench-tune] [--name NAME] [--skip-sequential] [section.key=value ...]
+        [--output-dir runs/bench-tune] [--name NAME] [--skip-sequential] [section.key=value ...]
 
 Both arms train every grid point to its early stop (the same seeds, the same data object). The
 sequential arm uses this process with all cores; the sweep arm runs ``raymmrec.ray.tune.sweep`` on a
@@ -54,17 +54,18 @@ def main() -> int:
     p.add_argument("--method", default="bm3")
     p.add_argument("--data", required=True)
     p.add_argument("--max-concurrent", type=int, default=2)
-    p.add_argument("--storage", default="runs/bench-tune")
+    p.add_argument("--output-dir", default="runs/bench-tune", help="parent of the sweep folder (local or s3://)")
     p.add_argument("--name", default=None, help="sweep folder (default: a fresh one per invocation)")
     p.add_argument("--skip-sequential", action="store_true")
-    p.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs per trial (default: 1 on a GPU machine)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda: where the trials train")
+    p.add_argument("--gpus-per-trial", type=float, default=None, help="with GPUs: a trial's share of one (default 1)")
     p.add_argument("overrides", nargs="*")
     a = p.parse_args()
     if not os.path.exists(a.data) and "://" not in a.data and not a.data.startswith(("synthetic", "ml100k")):
         print(f"dataset {a.data} not found", file=sys.stderr)
         return 2
     source = os.path.abspath(a.data) if os.path.exists(a.data) else a.data  # names and URLs as given
-    spec = load_spec(method=a.method, overrides=[*a.overrides, f"data.source={source}"])
+    spec = load_spec(method=a.method, overrides=[*a.overrides, f"data.source={source}", f"train.device={a.device}"])
     points = grid_points(search_space(a.method, "paper"))
     print(f"{a.method} paper grid: {len(points)} points on {a.data}; {os.cpu_count()} cores", flush=True)
     seq_s, seq_rows = (None, [])
@@ -74,8 +75,8 @@ def main() -> int:
     from raymmrec.ray.tune import SweepArgs, sweep
 
     name = a.name or f"{a.method}-{Path(a.data).name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    res = sweep(spec, SweepArgs(grid="paper", max_concurrent=a.max_concurrent, storage_path=a.storage, name=name,
-                                   gpus_per_trial=a.gpus_per_trial))
+    spec.output_dir = a.output_dir
+    res = sweep(spec, SweepArgs(grid="paper", max_concurrent=a.max_concurrent, name=name, gpus_per_trial=a.gpus_per_trial))
     best_seq = max(seq_rows, key=lambda r: (r["valid"], r["valid_ndcg@20"])) if seq_rows else None
     print(f"\nsweep ({a.max_concurrent} concurrent): {res.wall_s / 60:.1f} min"
           + (f"; sequential: {seq_s / 60:.1f} min; speed-up {seq_s / res.wall_s:.2f}x" if seq_s else ""))

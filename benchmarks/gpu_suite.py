@@ -503,14 +503,15 @@ def part_tune(cfg: dict[str, Any], result: dict[str, Any], save: Callable[[], No
     work = Path(tempfile.mkdtemp(prefix="gpu-suite-tune-"))
     space = {"train.seed": Grid(tuple(range(1, cfg["trials"] + 1)))}
     spec = lambda: load_spec("bm3", overrides=[f"output_dir={work}", f"data.source={data}",  # noqa: E731
-                                               f"train.epochs={cfg['epochs']}", "train.patience=1000", *mods])
+                                               f"train.device={cfg['device']}", f"train.epochs={cfg['epochs']}",
+                                               "train.patience=1000", *mods])
     gpus = cfg["gpus_per_trial"]
     try:
         quiet_ray_init(cfg)
         walls, best = {}, {}
         for name, concurrent in (("at once", cfg["trials"]), ("one after another", 1)):
-            res = sweep(spec(), SweepArgs(grid="paper", max_concurrent=concurrent, gpus_per_trial=gpus,
-                                          cpus_per_trial=cfg.get("cpus_per_trial"), storage_path=str(work),
+            res = sweep(spec(), SweepArgs(grid="paper", max_concurrent=concurrent, gpus_per_trial=gpus or None,
+                                          cpus_per_trial=cfg.get("cpus_per_trial"),
                                           name=name.replace(" ", "-"), progress=False), space=space)
             failed = [r["trial"] for r in res.rows if r["status"] == "error"]
             if failed or len(res.rows) != cfg["trials"]:

@@ -1,7 +1,7 @@
 """Paper grids of several methods on several datasets through Ray Tune, and one comparison table.
 
 ray job submit --working-dir . -- python jobs/reproduce.py --methods bpr,lightgcn,vbpr,bm3 \
-    --data s3://bucket/lfm2k,s3://bucket/dbbook --storage-path s3://bucket/reproduce data.rating_threshold=1
+    --data s3://bucket/lfm2k,s3://bucket/dbbook --output-dir s3://bucket/reproduce data.rating_threshold=1
 """
 
 import sys

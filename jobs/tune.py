@@ -2,7 +2,7 @@
 
 Local:    python jobs/tune.py --method bm3 --data ../shared/data/lfm2k --max-concurrent 2
 Cluster:  ray job submit --working-dir . -- python jobs/tune.py --method bm3 --data s3://bucket/lfm2k \
-              --storage-path s3://bucket/sweeps --gpus-per-trial 0.5
+              --output-dir s3://bucket/sweeps --gpus-per-trial 0.5
 
 The sweep folder (<storage>/<name>) gets trials.csv/.md, best_config.yaml, best/, plots/ and a
 TensorBoard log per trial; rerunning the same command resumes an interrupted sweep.

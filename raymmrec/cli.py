@@ -196,7 +196,7 @@ def recommend(args: argparse.Namespace) -> int:
     trained = load_trained(args.run, device=args.device)
     users = parse_users(args.users, trained.data.n_users)
     items, scores = top_k(trained, users, args.k)
-    names = item_names(trained) or {}
+    names = item_names(trained.spec) or {}
     try:
         print(f"# {trained.spec.method} on {trained.spec.data.source}, {trained.weights_note()}")
         print("user\trank\titem\tscore" + ("\tname" if names else ""))

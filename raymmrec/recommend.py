@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from raymmrec.config import RunSpec
 from raymmrec.errors import UserError
 from raymmrec.eval import Evaluator
 from raymmrec.eval.cold import cold_evaluator
@@ -90,12 +91,12 @@ def top_k(trained: Trained, users: Tensor, k: int,
     return idx[:, :width], vals[:, :width]
 
 
-def item_names(trained: Trained) -> dict[int, str] | None:
-    """Item names from the dataset folder's ``item_text.tsv`` (or ``item_names.tsv``), if it has one.
+def item_names(spec: RunSpec) -> dict[int, str] | None:
+    """Item names from ``spec``'s dataset folder's ``item_text.tsv`` (or ``item_names.tsv``), if it has one.
 
     Only for folders whose ids are used as they are (no rating or k-core filter re-indexing them).
     """
-    d = trained.spec.data
+    d = spec.data
     if d.rating_threshold is not None or d.kcore is not None or d.source.startswith(("synthetic", "ml100k")):
         return None
     for name in NAME_FILES:

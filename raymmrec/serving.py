@@ -82,7 +82,8 @@ class _TablesOnly:
 class Ranker:
     """One trained run ready to rank: scoring tables precomputed, item names read, request checks."""
 
-    def __init__(self, trained: Any, run: str, limits: Limits | None = None) -> None:
+    def __init__(self, trained: Any, run: str, limits: Limits | None = None,
+                 names: dict[int, str] | None = None) -> None:
         from raymmrec.recommend import item_names, seen_by_user
 
         self.run = str(run).rstrip("/")
@@ -92,8 +93,8 @@ class Ranker:
             score = trained.model.scorer()  # user and item tables computed here, once
         self._trained = dataclasses.replace(trained, model=_TablesOnly(score))
         self._seen = seen_by_user(trained)  # each user's training items, as top_k masks them
-        self.names = item_names(trained) or {}
-        data = trained.data
+        self.names = (item_names(trained.spec) if names is None else names) or {}
+        self.data = data = trained.data  # the dataset (under Serve: read-only views of the object store)
         self.n_users, self.n_items = int(data.n_users), int(data.n_items)
         # the dataset's name (a folder's or a built-in's), never where it is read from
         self._info = {"run": self.name, "method": trained.spec.method, "dataset": data.name,
@@ -106,11 +107,17 @@ class Ranker:
         return {**self._info, **dataclasses.asdict(self.limits)}
 
     @classmethod
-    def load(cls, run: str, device: str = "cpu", limits: Limits | None = None) -> "Ranker":
-        """Load ``run``'s best model (folder or URL) and precompute its scoring tables."""
+    def load(cls, run: str, device: str = "cpu", limits: Limits | None = None, *, data: Any = None,
+             prepared: dict[str, Any] | None = None, names: dict[int, str] | None = None) -> "Ranker":
+        """Load ``run``'s best model (folder or URL) and precompute its scoring tables.
+
+        ``data``, ``prepared``, ``names``: the run's dataset, prepared inputs and item names
+        (:func:`~raymmrec.recommend.item_names`; ``{}``: none) where the caller already has them (a
+        Serve replica: from the object store); the dataset is then not read here.
+        """
         from raymmrec.train.trained import load_trained
 
-        return cls(load_trained(run, device=device), run, limits)
+        return cls(load_trained(run, device=device, data=data, prepared=prepared), run, limits, names)
 
     # ---- request checks (each raises RequestError naming the field) ----
     def check_user(self, value: Any, field: str = "user") -> int:

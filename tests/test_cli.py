@@ -139,3 +139,35 @@ def test_run_main_interrupt_exit_codes_and_bugs(capsys):
     assert run_main(lambda: None) == 0 and run_main(lambda: 3) == 3
     with pytest.raises(StorageProblem):  # not a user error: a bug keeps its traceback
         run_main(raiser(StorageProblem("boom")))
+
+
+@pytest.mark.parametrize("device, gpus, cluster_gpus, expect", [
+    ("auto", None, 0, ("cpu", 0.0)), ("auto", None, 2, ("cuda", 1.0)), ("auto", 0.5, 2, ("cuda", 0.5)),
+    ("cpu", None, 2, ("cpu", 0.0)), ("cuda", 0.25, 1, ("cuda", 0.25)), ("cuda:1", None, 1, ("cuda", 1.0)),
+    ("cuda", None, 0, "--device cuda: the Ray cluster has no GPU (use --device cpu or auto)"),
+    ("cpu", 0.5, 2, "--gpus-per-trial 0.5: the trials run on the CPU here (--device cpu)"),
+    ("auto", 0.5, 0, "--gpus-per-trial 0.5: the trials run on the CPU here (the cluster has no GPU)"),
+    ("cuda", 2.0, 4, "--gpus-per-trial: expected a share of one GPU in (0, 1], got 2"),
+    ("tpu", None, 0, "--device: expected auto, cpu or cuda for a sweep, got 'tpu'"),
+])
+def test_a_sweep_asks_for_its_device_as_train_does(device, gpus, cluster_gpus, expect):
+    """``raymmrec tune --device`` (as ``raymmrec train``) picks the trials' device; ``--gpus-per-trial``
+    only shares a GPU; a contradiction is one line naming the option."""
+    from raymmrec.config import ConfigError
+    from raymmrec.ray.tune import trial_device
+
+    if isinstance(expect, str):
+        with pytest.raises(ConfigError) as e:
+            trial_device(device, gpus, cluster_gpus)
+        assert str(e.value) == expect
+    else:
+        assert trial_device(device, gpus, cluster_gpus) == expect
+
+
+def test_tune_takes_the_run_options_of_train(capsys):
+    """One way to say where runs go and on what device: ``--output-dir`` and ``--device``, as ``train``."""
+    from raymmrec.ray.tune import tune_main
+
+    with pytest.raises(SystemExit):
+        tune_main(["--method", "bpr", "--storage-path", "/tmp/x"])
+    assert "unrecognized arguments: --storage-path" in capsys.readouterr().err

@@ -26,7 +26,7 @@ LIMITS = {"max_users": 50, "max_k": 100, "max_results": 2000}
 
 
 def _train(out, name: str, seed: int) -> str:
-    spec = load_spec("lightgcn", overrides=[f"output_dir={out}", f"run_name={name}", "data.source=synthetic:tiny",
+    spec = load_spec("lightgcn", overrides=[f"output_dir={out}", f"run_name={name}", f"data.source={out / 'tiny'}",
                                             "train.epochs=3", "train.lr=0.01", "train.batch_size=64",
                                             f"train.seed={seed}"])
     run(spec, progress=False)
@@ -35,14 +35,17 @@ def _train(out, name: str, seed: int) -> str:
 
 @pytest.fixture(scope="module")
 def served(ray_cluster, tmp_path_factory):
-    """Two tiny runs; the app serves the first (one replica, half a CPU) on a free loopback port, at
-    ``PREFIX``, with ``LIMITS``."""
+    """Two tiny runs of one dataset folder (synthetic:tiny written out); the app serves the first (one
+    replica, half a CPU) on a free loopback port, at ``PREFIX``, with ``LIMITS``."""
     from conftest import free_port
     from ray import serve
 
+    from raymmrec.data.builtin import load_dataset
+    from raymmrec.data.io import write_columnar
     from raymmrec.ray.serve import deploy
 
     out = tmp_path_factory.mktemp("serve")
+    write_columnar(load_dataset("synthetic:tiny"), str(out / "tiny"), source="synthetic:tiny")
     a, b = _train(out, "a", 1), _train(out, "b", 2)
     port = free_port()
     info = deploy(a, app=APP, port=port, route_prefix=PREFIX, replicas=1, cpus=0.5, **LIMITS)
@@ -207,7 +210,76 @@ def test_the_printed_address_is_serves_or_says_it_cannot_tell():
 
 
 def test_swap_under_a_stream_of_requests_fails_none_and_then_answers_only_from_the_new_run(served, capsys):
+    """Also: the replicas never read the dataset. Its folder is moved away before the swap to another run
+    of it, and after; the new replicas, and a replica Serve restarts, answer from the data held for the app."""
     url, a, b = served["url"], served["a"], served["b"]
+    away = served["out"] / "tiny-away"
+    (served["out"] / "tiny").rename(away)
+    try:
+        _swap_under_a_stream(served, capsys)
+        _a_restarted_replica_answers(served)
+    finally:
+        away.rename(served["out"] / "tiny")
+
+
+def _a_restarted_replica_answers(served) -> None:
+    import ray
+    from ray import serve
+
+    from raymmrec.ray.serve import app_holders
+
+    assert len(app_holders(APP)) == 1  # one dataset, read once for both runs
+    replicas = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["name"].startswith(f"SERVE_REPLICA::{APP}#")}
+    assert len(replicas) == 1
+    ray.kill(ray.get_actor(replicas.pop(), namespace="serve"), no_restart=True)
+    handle = serve.get_app_handle(APP)
+    while True:  # Serve starts another replica, which loads the run from the held data (or fails to start)
+        try:
+            pid = handle.data_mapping.remote().result(timeout_s=120)["pid"]
+            break
+        except Exception:  # noqa: BLE001 - the dead replica, until Serve replaces it
+            assert serve.status().applications[APP].status in ("RUNNING", "DEPLOYING", "UNHEALTHY")
+    status, body = call(f"{served['url']}/recommend?user=1&k=3")
+    assert status == 200 and body["run"] == "b" and pid
+
+
+def test_two_replicas_of_a_node_map_one_copy_of_the_dataset(served):
+    """Both replicas of an app hold the training pairs in one shared file (the object store's), not
+    each its own copy. Pairs over Ray's 100 KiB inline limit (smaller objects travel copied)."""
+    import os
+
+    from ray import serve
+
+    from raymmrec.ray.serve import app_holders, deploy, end_holders
+
+    if not os.path.exists("/proc/self/maps"):
+        pytest.skip("needs /proc/self/maps (Linux)")
+    spec = load_spec("lightgcn", overrides=[f"output_dir={served['out']}", "run_name=big", "train.epochs=1",
+                                            "data.source=synthetic:users=1000,items=300,interactions=30000",
+                                            "train.batch_size=4096"])
+    run(spec, progress=False)
+    app = "rec-two"
+    deploy(str(served["out"] / "big"), app=app, route_prefix="/two", replicas=2, cpus=0.5)
+    try:
+        handle = serve.get_app_handle(app)
+        seen: dict[int, str | None] = {}
+        for _ in range(200):  # the router spreads calls over both replicas
+            got = handle.data_mapping.remote().result(timeout_s=60)
+            seen[got["pid"]] = got["mapping"]
+            if len(seen) == 2:
+                break
+        files = set(seen.values())
+        assert len(seen) == 2 and len(files) == 1, seen
+        shm = files.pop()
+        assert shm is not None and not shm.startswith("00:00 0 "), seen  # one file, not anonymous memory
+    finally:
+        serve.delete(app)
+        end_holders(app_holders(app))
+
+
+def _swap_under_a_stream(served, capsys) -> None:
+    url, b = served["url"], served["b"]
     # a swap that would move the app, or ask Serve for another port, is refused before any deploy
     assert cli_main(["serve", "--run", b, "--app", APP, "--route-prefix", "/"]) == 2
     assert cli_main(["serve", "--run", b, "--app", APP, "--port", "1"]) == 2
@@ -254,6 +326,7 @@ def test_swap_under_a_stream_of_requests_fails_none_and_then_answers_only_from_t
     assert info["run"] == "b" and {k: info[k] for k in LIMITS} == LIMITS  # the limits kept too
     status, root = call(f"{served['root']}/recommend?user=1&k=3")  # "/" did not get the app
     assert status == 404 and "run" not in root
+    served["swapped"] = True
 
 
 def test_unlearn_with_serve_removes_the_forgotten_items_from_the_live_service(served, tmp_path, capsys):

@@ -247,9 +247,9 @@ def test_sweep_on_s3_storage(ray_cluster, s3_bucket, tmp_path):
 
     from raymmrec.ray.tune import SweepArgs, sweep
 
-    spec = load_spec("bpr", overrides=[*TINY, "train.epochs=2", f"output_dir={tmp_path}"])
     url = f"s3://{s3_bucket}/sweeps"
-    res = sweep(spec, SweepArgs(storage_path=url, name="s3", progress=False),
+    spec = load_spec("bpr", overrides=[*TINY, "train.epochs=2", f"output_dir={url}"])
+    res = sweep(spec, SweepArgs(name="s3", progress=False),
                 space={"model.reg_weight": Grid((0.1, 1e-4))})
     fs = s3fs.S3FileSystem()
     root = f"{s3_bucket}/sweeps/s3"

@@ -87,7 +87,8 @@ def reproduce(methods: list[str], datasets: list[str], overrides: list[str], arg
         label = dataset_label(d)
         if args.progress:
             print(f"[reproduce] {i}/{len(specs)}: {m} on {label}", flush=True)
-        one = SweepArgs(**{**args.__dict__, "storage_path": root, "name": f"{label}-{m}"})
+        spec.output_dir = root  # each sweep's folder goes under the reproduce folder
+        one = SweepArgs(**{**args.__dict__, "name": f"{label}-{m}"})
         res = sweep(spec, one)
         results.setdefault(label, {})[m] = {c: float(v) for c in COLUMNS if (v := res.best.get(f"test {c}")) is not None}
         times[f"{label}-{m}"] = round(res.wall_s, 1)
@@ -122,6 +123,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     p.add_argument("--methods", required=True, help="comma-separated registered methods, e.g. bpr,lightgcn,vbpr,bm3")
     p.add_argument("--data", required=True, help="comma-separated datasets (names, paths or URLs)")
     p.add_argument("--output-dir", default="runs", help="where the reproduce folder goes (local or s3://)")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda: where the trials train (default auto)")
     p.add_argument("--name", default=None, help="reproduce folder name (default: reproduce-<methods>-<datasets>)")
     p.add_argument("--verbose", action="store_true", help="show the traceback of an error")
     p.add_argument("--no-progress", action="store_true", help="no progress lines")
@@ -134,8 +136,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     name = a.name or f"reproduce-{'_'.join(methods)}-{'_'.join(dataset_label(d) for d in datasets)}"
     if a.shard is not None:
         a.overrides.append(f"train.shard={a.shard}")
-    args = sweep_args_from(a)  # each sweep's name and storage are set by reproduce()
-    root = st.join(a.storage_path or a.output_dir, name)
+    if a.device is not None:
+        a.overrides.append(f"train.device={a.device}")
+    args = sweep_args_from(a)  # each sweep's name and folder are set by reproduce()
+    root = st.join(a.output_dir, name)
     if not st.is_remote(root):
         root = os.path.abspath(root)
     return run_main(lambda: (reproduce(methods, datasets, a.overrides, args, root), 0)[1], verbose=a.verbose)

@@ -10,6 +10,9 @@
 Each replica of the application (one deployment, ``recommend``) loads the run's best model once and
 computes its scoring tables once (:class:`raymmrec.serving.Ranker`); a ranking is
 :func:`raymmrec.recommend.top_k`, the same code and tie order as ``raymmrec recommend`` and evaluation.
+The run's dataset is read once per deploy, not by each replica (:class:`ServedData`: a detached actor
+per app and dataset owns the arrays in the object store; replicas map them read-only, one copy per
+node, and never read the source).
 Concurrent requests are ranked together (``serve.batch``: one ranking per distinct k for all).
 A request is bounded (:class:`raymmrec.serving.Limits`: users, k, users x k; ``--max-users``,
 ``--max-k``, ``--max-results``); an error reply names the client's mistake, or says "internal" and
@@ -78,7 +81,9 @@ class RecommendService:
         if self._ranker is None or self._ranker.run != run:
             torch.set_num_threads(max(1, int(settings.get("cpus") or 1)))
             device = "cuda" if float(settings.get("gpus") or 0) > 0 else "cpu"
-            self._ranker = await asyncio.to_thread(Ranker.load, run, device, limits)
+            data, prepared, names = await asyncio.to_thread(fetch_served_data, settings["data"])
+            self._ranker = await asyncio.to_thread(Ranker.load, run, device, limits, data=data, prepared=prepared,
+                                                   names=names)
         self._ranker.limits = limits
         self._settings = dict(settings)
 
@@ -86,6 +91,25 @@ class RecommendService:
         """The settings this replica was deployed with (run, replicas, cpus, gpus, limits, route prefix):
         redeploys keep them."""
         return dict(self._settings)
+
+    def data_mapping(self) -> dict[str, Any]:
+        """This replica's pid and where the served dataset's training pairs lie in its memory: the
+        ``/proc/self/maps`` entry (device, inode, file) of their first byte (Linux; None elsewhere).
+        The replicas of one node name one file: the object store's, mapped, not copied."""
+        import os
+
+        address = self._ranker.data.train.users.ctypes.data
+        entry = None
+        try:
+            for line in open("/proc/self/maps").read().splitlines():
+                parts = line.split(maxsplit=5)
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                if lo <= address < hi:
+                    entry = " ".join(parts[3:5] + parts[5:])
+                    break
+        except OSError:
+            pass
+        return {"pid": os.getpid(), "mapping": entry}
 
     async def __call__(self, request):  # noqa: ANN001 - a starlette Request
         try:
@@ -177,6 +201,142 @@ class RecommendService:
                 out[i] = (head, rows[start:start + len(asks[i][0])])
                 start += len(asks[i][0])
         return out
+
+
+# ---------------------------------------------------------------- the app's data, read once per deploy
+
+DATA_NAMESPACE = "raymmrec-serve"  # the holders' Ray namespace (a named actor is found by name only there)
+WATCH_S = 30.0  # how often a holder looks whether its app still serves its data
+
+
+class ServedData:
+    """(Detached Ray actor, one per app and dataset) the dataset of the runs an app serves, read once.
+
+    :meth:`load` runs the one loading task of :func:`raymmrec.ray.shared.share` (the dataset read and
+    checked, the prepared inputs built) and reads the item names; the arrays are in the object store,
+    owned by this actor, so they outlive the ``raymmrec serve`` command that deployed the app. Each
+    replica gets them with :func:`fetch_served_data`: read-only views of its node's shared memory (one
+    copy per node, whatever the number of replicas), and no replica reads the source.
+
+    Freed when this actor ends (Ray frees the objects an actor owns with it): :func:`deploy` ends the
+    app's other holders once a swap serves the new one, and once :meth:`watch` is on, the holder ends
+    itself when its app is deleted (``serve.delete``, ``serve shutdown``): within ``WATCH_S`` seconds.
+    """
+
+    def __init__(self) -> None:
+        self._shared = None
+        self._names: Any = None
+        self._watching = False
+
+    def load(self, spec_dict: dict[str, Any]) -> str:
+        """Read the dataset (once: a second call returns at once); its summary line."""
+        import ray
+
+        from raymmrec.config import spec_from_dict
+        from raymmrec.ray.shared import share
+        from raymmrec.recommend import item_names
+
+        if self._shared is None:
+            spec = spec_from_dict(spec_dict)
+            shared = share(spec)
+            self._names = ray.put(item_names(spec) or {})
+            self._shared = shared
+        return self._shared.summary
+
+    def shared(self) -> tuple[Any, Any]:
+        """(the :class:`~raymmrec.ray.shared.SharedData`, the ref of the item names)."""
+        return self._shared, self._names
+
+    def watch(self, app: str) -> None:
+        """End this holder (and free its data) once ``app`` is gone (deleted, or Serve shut down)."""
+        import threading
+
+        if self._watching:
+            return
+        self._watching = True
+
+        def loop() -> None:
+            import ray
+
+            while not threading.Event().wait(WATCH_S):
+                try:
+                    if app in serve.status().applications:
+                        continue
+                except Exception:  # noqa: BLE001 - Serve gone (serve.shutdown): so is the app
+                    pass
+                ray.kill(ray.get_runtime_context().current_actor)
+                return
+
+        threading.Thread(target=loop, daemon=True, name="raymmrec-serve-watch").start()
+
+
+def fetch_served_data(name: str) -> tuple[Any, Any, dict[int, str]]:
+    """(Replica) the dataset, prepared inputs and item names held by the holder ``name``: no read of the source."""
+    import ray
+
+    from raymmrec.ray.shared import fetch
+
+    shared, names = ray.get(ray.get_actor(name, namespace=DATA_NAMESPACE).shared.remote())
+    data, prepared = fetch(shared)
+    return data, prepared, ray.get(names)
+
+
+def data_key(spec: Any) -> str:
+    """What a served dataset depends on (the data options, the method and model options that make the
+    prepared inputs): two runs with the same key share one holder, and a swap between them reads nothing."""
+    import hashlib
+
+    d = spec.to_dict()
+    what = json.dumps({k: d.get(k) for k in ("data", "method", "model")}, sort_keys=True, default=str)
+    return hashlib.sha256(what.encode()).hexdigest()[:16]
+
+
+def holder_name(app: str, key: str) -> str:
+    return f"{app}/data/{key}"
+
+
+def app_holders(app: str) -> list[str]:
+    """The names of ``app``'s data holders alive on this cluster."""
+    import ray
+
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if a.get("namespace") == DATA_NAMESPACE and a["name"].startswith(f"{app}/data/")]
+
+
+def end_holders(names: list[str]) -> None:
+    """End these holders: the objects they own are freed with them."""
+    import ray
+
+    for name in names:
+        try:
+            ray.kill(ray.get_actor(name, namespace=DATA_NAMESPACE), no_restart=True)
+        except ValueError:  # already gone
+            pass
+
+
+def hold_data(run: str, app: str) -> tuple[str, bool]:
+    """The holder of ``run``'s dataset for ``app`` (created and loaded here when none has it: the
+    dataset's one read of this deploy); (its name, whether it was created here). Raises the
+    dataset's own one-line error (the holder then ended)."""
+    import ray
+
+    from raymmrec.ray.launch import absolute_data_paths
+    from raymmrec.ray.shared import get_or_raise_cause
+    from raymmrec.train.trained import read_run
+
+    spec = read_run(run)[0]
+    absolute_data_paths(spec)  # the loading task runs in another directory
+    name = holder_name(app, data_key(spec))
+    created = name not in app_holders(app)
+    holder = ray.remote(ServedData).options(name=name, namespace=DATA_NAMESPACE, lifetime="detached", num_cpus=0,
+                                            get_if_exists=True).remote()
+    try:
+        get_or_raise_cause(holder.load.remote(spec.to_dict()))
+    except BaseException:
+        if created:
+            end_holders([name])
+        raise
+    return name, created
 
 
 # ---------------------------------------------------------------- driver side
@@ -357,10 +517,18 @@ def deploy(run: str, *, app: str = DEFAULT_APP, port: int | None = None, host: s
     if not http:  # Serve not started yet (a running one keeps its address whatever is passed here)
         host, port = host or "127.0.0.1", port or 8000
         serve.start(http_options={"host": host, "port": port}, logging_config=QUIET_LOGS)
+    settings["data"], created = hold_data(run, app)  # the dataset's one read for this deploy, unless held already
     try:
         serve.run(build_app(settings), name=app, route_prefix=route_prefix, logging_config=QUIET_LOGS)
     except Exception as e:  # noqa: BLE001 - a replica that could not load the run
+        if created:
+            end_holders([settings["data"]])
         raise UserError(f"--run: app {app!r} could not serve {run}: {' '.join(str(e).split())[:400]}") from None
+    # every replica serves the new data: the app's other holders (an older dataset's) are freed
+    end_holders([name for name in app_holders(app) if name != settings["data"]])
+    import ray
+
+    ray.get(ray.get_actor(settings["data"], namespace=DATA_NAMESPACE).watch.remote(app))
     return {**settings, "app": app, "swapped_from": old.get("run"), "url": listen_url(serve_details(), app),
             "asked": f"http://{host}:{port}{'' if route_prefix == '/' else route_prefix.rstrip('/')}"}
 

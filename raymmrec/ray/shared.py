@@ -118,8 +118,10 @@ def share(spec: RunSpec, lines: Any = None, *, data: SharedData | None = None, p
     if data is not None and not prepare:
         return data
     t0 = time.perf_counter()
-    # "DEFAULT": outside any placement group (a Tune trial that calls launch() would capture it)
-    task = ray.remote(num_returns=3, num_cpus=1)(_load).options(scheduling_strategy="DEFAULT")
+    # "DEFAULT": outside any placement group (a Tune trial that calls launch() would capture it).
+    # No CPU held: the task mostly waits on its Ray Data reads, which need CPUs of their own; holding
+    # one while waiting deadlocks a small cluster whose other CPUs are taken (e.g. by Serve replicas)
+    task = ray.remote(num_returns=3, num_cpus=0)(_load).options(scheduling_strategy="DEFAULT")
     summary_ref, data_ref, prepared_ref = task.remote(spec.to_dict(), lines, None if data is None else data.data,
                                                       prepare)
     summary = get_or_raise_cause(summary_ref, data_ref, prepared_ref)

@@ -9,7 +9,7 @@ winner selected on validation, and what a user reads afterwards.
 * a trial with several workers builds a ``TorchTrainer`` (:func:`raymmrec.ray.launch.launch`) whose
   rank-0 reports reach Tune through ``TuneReportCallback``.
 
-Either way the trial's run folder is ``<storage>/<sweep>/<trial>/`` and holds what a training run
+Either way the trial's run folder is ``<output_dir>/<sweep>/<trial>/`` (``--output-dir``: local or ``s3://``) and holds what a training run
 leaves (``config.json``, ``best.pt``, ``results.json``, ``tb/``), so ``raymmrec evaluate --run`` works
 on any trial. The sweep folder gets ``trials.csv`` / ``trials.md`` (every trial), ``best_config.yaml``
 (accepted by ``raymmrec train --config``), ``best/`` (the winner's weights), ``plots/*.png`` and
@@ -59,11 +59,10 @@ class SweepArgs:
     samples: int | None = None  # paper: repetitions of the grid (1); wide: number of trials (16)
     max_concurrent: int | None = None  # trials at once (default: what the cluster's CPUs or GPUs allow)
     cpus_per_trial: float | None = None  # default: the cluster's CPUs shared by the concurrent trials
-    gpus_per_trial: float | None = None  # default: 1 where the cluster has GPUs, else 0; fractions share a GPU
+    gpus_per_trial: float | None = None  # with the device cuda: a trial's share of a GPU (default 1)
     workers_per_trial: int = 1  # > 1: each trial is a data-parallel Ray Train run
     scheduler: str | None = None  # asha | fifo (default: asha for wide, fifo for paper)
     select: str = "valid"  # valid | test (MMRec's protocol, labelled as such everywhere)
-    storage_path: str | None = None  # local folder or s3:// URL (default: the spec's output_dir)
     name: str | None = None  # sweep folder name (default: sweep-<method>-<data>-<grid>)
     top_curves: int = 5  # learning curves plotted for the best N trials
     progress: bool = True
@@ -274,11 +273,30 @@ def _cluster_cpus_gpus() -> tuple[float, float]:
     return float(res.get("CPU", 1.0)), float(res.get("GPU", 0.0))
 
 
-def _resources(args: SweepArgs, n_trials: int) -> tuple[dict[str, float], int, int]:
-    """(per-trial resources, max concurrent trials, torch threads per trial); sets ``args.gpus_per_trial``."""
+def trial_device(device: str, gpus_per_trial: float | None, cluster_gpus: float) -> tuple[str, float]:
+    """(the trials' device, GPUs per trial) from ``--device`` (the spec's ``train.device``: auto, cpu,
+    cuda) and ``--gpus-per-trial`` (a share of a GPU, only with GPUs); one line naming the option
+    when they contradict each other or the cluster."""
+    dev = str(device or "auto").split(":")[0]
+    if dev not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device: expected auto, cpu or cuda for a sweep, got {device!r}")
+    if dev == "auto":
+        dev = "cuda" if cluster_gpus > 0 else "cpu"
+    if dev == "cuda" and cluster_gpus <= 0:
+        raise ConfigError("--device cuda: the Ray cluster has no GPU (use --device cpu or auto)")
+    if gpus_per_trial is not None and dev == "cpu":
+        raise ConfigError(f"--gpus-per-trial {gpus_per_trial:g}: the trials run on the CPU here "
+                          f"({'--device cpu' if str(device).startswith('cpu') else 'the cluster has no GPU'})")
+    if gpus_per_trial is not None and not 0 < gpus_per_trial <= 1:
+        raise ConfigError(f"--gpus-per-trial: expected a share of one GPU in (0, 1], got {gpus_per_trial:g}")
+    return dev, (gpus_per_trial or 1.0) if dev == "cuda" else 0.0
+
+
+def _resources(args: SweepArgs, n_trials: int, device: str) -> tuple[dict[str, float], int, int]:
+    """(per-trial resources, max concurrent trials, torch threads per trial); sets ``args.gpus_per_trial``
+    (``device``: the spec's ``train.device``)."""
     cpus, gpus = _cluster_cpus_gpus()
-    if args.gpus_per_trial is None:  # one GPU per trial on a GPU cluster
-        args.gpus_per_trial = 1.0 if gpus > 0 else 0.0
+    _, args.gpus_per_trial = trial_device(device, args.gpus_per_trial, gpus)
     if args.workers_per_trial > 1:  # the trial's driver function only waits; its workers hold the resources
         concurrent = args.max_concurrent or 1
         return {"cpu": 0.01}, concurrent, 1
@@ -342,7 +360,7 @@ def sweep(spec: RunSpec, args: SweepArgs, *, space: Space | None = None) -> Swee
     scheduler_name = args.scheduler or ("fifo" if grid_only else "asha")
     metric = spec.eval.valid_metric
     key = _metric_key(args.select, metric)
-    storage = args.storage_path or spec.output_dir
+    storage = spec.output_dir
     if not st.is_remote(storage):
         storage = os.path.abspath(storage.removeprefix("file://"))
     name = args.name or default_name(spec, args.grid)
@@ -361,7 +379,8 @@ def sweep(spec: RunSpec, args: SweepArgs, *, space: Space | None = None) -> Swee
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     if args.progress:  # our progress lines replace Tune's status tables and banners
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    resources, concurrent, threads = _resources(args, n_trials)
+    resources, concurrent, threads = _resources(args, n_trials, spec.train.device)
+    spec.train.device = "cuda" if args.gpus_per_trial > 0 else "cpu"
     base = spec.to_dict()
     # the dataset is read and checked once for the whole sweep (a bad one: its one-line error), and
     # every trial maps the same arrays from the object store (raymmrec.ray.shared)
@@ -596,7 +615,8 @@ def add_sweep_arguments(p: Any, *, grid_default: str = "paper") -> None:
     p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: fits the cluster)")
     p.add_argument("--cpus-per-trial", type=float, default=None, help="CPU resource per trial (or per worker)")
     p.add_argument("--gpus-per-trial", type=float, default=None,
-                   help="GPUs per trial; fractions share a GPU (default: 1 on a cluster with GPUs, else 0)")
+                   help="with GPUs (--device cuda or auto on a GPU cluster): a trial's share of one GPU, e.g. "
+                        "0.5 (default 1)")
     p.add_argument("--workers-per-trial", type=int, default=1,
                    help=">1: each trial is a Ray Train run with this many workers (see --shard)")
     p.add_argument("--shard", choices=("auto", "columns", "none"), default=None,
@@ -605,14 +625,13 @@ def add_sweep_arguments(p: Any, *, grid_default: str = "paper") -> None:
                    help="asha stops bad trials early (default for --grid wide); fifo runs every trial to the end")
     p.add_argument("--select", choices=["valid", "test"], default="valid",
                    help="pick the winner on validation (default) or on test as MMRec does (labelled as such)")
-    p.add_argument("--storage-path", default=None, help="local folder or s3:// URL (default: --output-dir)")
 
 
 def sweep_args_from(a: Any) -> SweepArgs:
     return SweepArgs(grid=a.grid, samples=a.samples, max_concurrent=a.max_concurrent,
                      cpus_per_trial=a.cpus_per_trial, gpus_per_trial=a.gpus_per_trial,
                      workers_per_trial=a.workers_per_trial, scheduler=a.scheduler, select=a.select,
-                     storage_path=a.storage_path, name=getattr(a, "name", None),
+                     name=getattr(a, "name", None),
                      progress=not getattr(a, "no_progress", False))
 
 
@@ -632,8 +651,6 @@ def tune_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     a = p.parse_args(argv)
     if a.shard is not None:
         a.overrides.append(f"train.shard={a.shard}")
-    if a.device is not None:
-        p.error("--device applies to single-process runs; use --gpus-per-trial")
     if a.run_name is not None:
         p.error("--run-name names one run; a sweep names its trials itself (use --name for the sweep folder)")
     return run_main(lambda: (sweep(spec_from_args(a), sweep_args_from(a)), 0)[1], verbose=a.verbose)

@@ -53,12 +53,8 @@ class Trained:
                 f"{n} unlearning epoch{'' if n == 1 else 's'})")
 
 
-def load_trained(run: str | Path, device: str = "auto") -> Trained:
-    """Rebuild the best model of a finished (or running) run from its folder or URL.
-
-    Reads ``config.json`` and ``best.pt`` (``weights_only``), reloads the run's dataset and
-    prepared inputs, and loads the weights, on ``device`` (``auto``: CUDA when available).
-    """
+def read_run(run: str | Path) -> tuple[RunSpec, dict[str, Any], dict[str, Any]]:
+    """A finished run's spec (its ``data.forget`` located), ``config.json`` and ``best.pt`` payload."""
     run = str(run).rstrip("/")
     try:
         config = json.loads(read_bytes(join(run, CONFIG)))
@@ -71,8 +67,22 @@ def load_trained(run: str | Path, device: str = "auto") -> Trained:
     spec = spec_from_dict(config)
     if spec.data.forget:
         spec.data.forget = _forget_request(run, spec.data.forget, unlearned="unlearned_from" in payload)
+    return spec, config, payload
+
+
+def load_trained(run: str | Path, device: str = "auto", *, data: Any = None,
+                 prepared: dict[str, Any] | None = None) -> Trained:
+    """Rebuild the best model of a finished (or running) run from its folder or URL.
+
+    Reads ``config.json`` and ``best.pt`` (``weights_only``), reloads the run's dataset and
+    prepared inputs, and loads the weights, on ``device`` (``auto``: CUDA when available).
+    ``data`` and ``prepared``: the run's dataset (as :func:`~raymmrec.train.build.load_data` gives
+    it for :func:`read_run`'s spec) and prepared inputs where the caller already has them (a Serve
+    replica gets them from the object store): the dataset is then not read again.
+    """
+    spec, config, payload = read_run(run)
     dev = resolve_device(device)
-    pieces = build(spec, device=dev, release_features=True)
+    pieces = build(spec, device=dev, data=data, prepared=prepared, release_features=True)
     pieces.model.load_state_dict(payload["model"])
     pieces.model.eval()
     return Trained(spec, config, pieces.model, pieces.data, int(payload["epoch"]), dev, payload.get("unlearned_from"))
