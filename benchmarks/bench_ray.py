@@ -24,6 +24,16 @@ process, repeated ``--repeats`` times, one process and Ray alternating):
     ``train_s``, for ``jobs/train.py --num-workers 1`` (the worker gets the machine's cores as its
     threads) against one process on the same machine.
 Medians over the repeats; the prepared-input cache is warmed by an untimed first run.
+
+``--node-memory`` measures the whole machine's memory for one command instead (one run of each, one
+after the other): the peak of the summed proportional set size (PSS: a page shared by k processes
+counts 1/k in each, so the object store's pages count once) of every process the command starts,
+the local Ray's own (GCS, raylet with its object store, dashboard) and every Ray worker included,
+sampled every 0.25 s; one process against ``--num-workers N`` column-sharded workers:
+
+    python benchmarks/bench_ray.py --node-memory --method lightgcn --num-workers 2 --epochs 1 \
+        --data synthetic:users=1000000,items=100000,interactions=10000000 \
+        train.batch_size=65536 eval.valid_users=20000
 """
 
 from __future__ import annotations
@@ -113,24 +123,71 @@ def ray_run(spec, a: argparse.Namespace) -> dict:
             "launch_wall_s": wall, "epoch0_train_s": history[0]["time/train_s"] if history else None}
 
 
-EPOCH_LINE = re.compile(r"^epoch (\d+): loss=\S+ train_s=([0-9.]+)")
+EPOCH_LINE = re.compile(r"(?:^|\s)epoch (\d+): loss=\S+ train_s=([0-9.]+)")  # after a Ray worker's prefix too
 
 
-def timed_command(cmd: list[str], env: dict[str, str]) -> dict:
-    """Run ``cmd``; the seconds from its start to each epoch line and the lines' ``train_s``."""
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) ``pid`` has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _cpu_by_role(root: int, marker: str) -> dict[int, tuple[str, float]]:
+    return {pid: (_role(cmd), _cpu_s(pid)) for pid, cmd in command_tree(root, marker).items()}
+
+
+def timed_command(cmd: list[str], env: dict[str, str], cpu_from: int | None = None) -> dict:
+    """Run ``cmd``; the seconds from its start to each epoch line and the lines' ``train_s``.
+
+    ``cpu_from``: also the cores each role of the command's processes used (CPU seconds per second of
+    wall clock) from that epoch line to the last one (the command's Ray under a fresh ``RAY_TMPDIR``).
+    """
+    marker = tempfile.mkdtemp(prefix="rayb")  # short: Ray's socket paths must stay under 108 bytes
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            cwd=str(ROOT))
-    at, train_s, tail = [], [], []
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**env, "RAY_TMPDIR": marker}, cwd=str(ROOT))
+    at, train_s, tail, snaps = [], [], [], []
     for line in proc.stdout:  # type: ignore[union-attr]
-        m = EPOCH_LINE.match(line.strip())
+        m = EPOCH_LINE.search(line.strip())
         if m:
             at.append(time.perf_counter() - t0)
             train_s.append(float(m.group(2)))
+            if cpu_from is not None and int(m.group(1)) >= cpu_from:
+                snaps.append((at[-1], _cpu_by_role(proc.pid, marker)))
+                snaps = [snaps[0], snaps[-1]]
         tail = (tail + [line.rstrip()])[-20:]
+    shutil.rmtree(marker, ignore_errors=True)
     if proc.wait() != 0 or not at:
         raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n" + "\n".join(tail))
-    return {"first_epoch_s": at[0], "at": at, "train_s": train_s, "wall_s": time.perf_counter() - t0}
+    out = {"first_epoch_s": at[0], "at": at, "train_s": train_s, "wall_s": time.perf_counter() - t0}
+    if len(snaps) == 2 and snaps[1][0] > snaps[0][0]:
+        (ta, a_), (tb, b) = snaps
+        cores: dict[str, float] = {}
+        for pid, (role, cpu) in b.items():
+            cores[role] = cores.get(role, 0.0) + (cpu - a_.get(pid, (role, 0.0))[1]) / (tb - ta)
+        out["cores"] = dict(sorted(cores.items(), key=lambda kv: -kv[1]))
+    return out
+
+
+# The floor of a Ray Train run's start-up: a local Ray, a Train controller and N workers that print an
+# epoch line as their first act (torch imported, the process group set up), and nothing of raymmrec.
+BARE_TRAIN = """
+import sys, time
+import ray
+from ray.train import ScalingConfig
+from ray.train.torch import TorchTrainer
+
+def fn():
+    import torch.distributed as dist
+    if dist.get_rank() == 0:
+        print("epoch 0: loss=0 train_s=0", flush=True)
+
+ray.init(log_to_driver=True)
+TorchTrainer(fn, scaling_config=ScalingConfig(num_workers=int(sys.argv[1]), resources_per_worker={"CPU": 0.5})).fit()
+"""
 
 
 def commands(a: argparse.Namespace) -> dict:
@@ -162,27 +219,176 @@ def commands(a: argparse.Namespace) -> dict:
         cmds = {"single": single, f"ray{a.num_workers}": ray_cmd + ["--num-workers", str(a.num_workers)],
                 "ray1": ray_cmd + ["--num-workers", "1"]}  # one key when --num-workers is 1
         runs: dict[str, list[dict]] = {key: [] for key in cmds}
+        floor: list[float] = []
         for i in range(a.repeats):
             for key, cmd in cmds.items():
-                r = timed_command(cmd + name(), env)
+                r = timed_command(cmd + name(), env, cpu_from=5)
                 runs[key].append(r)
+                cores = ", ".join(f"{k} {v:.2f}" for k, v in r.get("cores", {}).items() if v >= 0.01)
                 print(f"  {key} #{i}: first epoch line after {r['first_epoch_s']:.1f}s; epochs 5+ median "
                       f"{statistics.median(epochs_after(r)):.3f}s between lines, train_s median "
-                      f"{statistics.median(r['train_s'][5:]):.3f}s; whole command {r['wall_s']:.1f}s", flush=True)
+                      f"{statistics.median(r['train_s'][5:]):.3f}s; whole command {r['wall_s']:.1f}s; "
+                      f"cores used from epoch 5 on: {cores}", flush=True)
+            bare = timed_command([sys.executable, "-c", BARE_TRAIN, str(a.num_workers)], env)
+            floor.append(bare["first_epoch_s"])
+            print(f"  bare Ray Train #{i} ({a.num_workers} workers, no raymmrec): first line after "
+                  f"{floor[-1]:.1f}s", flush=True)
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    res = {}
+    res = {"bare_ray_train_first_line_s": statistics.median(floor)}
     for key, rs in runs.items():
         res[key] = {"first_epoch_s": statistics.median(r["first_epoch_s"] for r in rs),
                     "epoch_s": statistics.median(statistics.median(epochs_after(r)) for r in rs),
-                    "train_s": statistics.median(statistics.median(r["train_s"][5:]) for r in rs)}
+                    "train_s": statistics.median(statistics.median(r["train_s"][5:]) for r in rs),
+                    "cores": {role: statistics.median(r.get("cores", {}).get(role, 0.0) for r in rs)
+                              for role in {k for r in rs for k in r.get("cores", {})}}}
     s1, rn, r1 = res["single"], res[f"ray{a.num_workers}"], res.get("ray1", res[f"ray{a.num_workers}"])
     print(f"(c) first epoch line: one process {s1['first_epoch_s']:.1f}s, Ray with {a.num_workers} workers "
-          f"{rn['first_epoch_s']:.1f}s (+{rn['first_epoch_s'] - s1['first_epoch_s']:.1f}s; target +10s)")
+          f"{rn['first_epoch_s']:.1f}s (+{rn['first_epoch_s'] - s1['first_epoch_s']:.1f}s; target +10s); a bare Ray "
+          f"Train run's first line (the floor, no raymmrec) {res['bare_ray_train_first_line_s']:.1f}s")
+    others = sum(v for k, v in r1["cores"].items() if k != "ray::RayTrainWorker")
+    print(f"    from epoch 5 on, the 1-worker run's processes other than its worker used {others:.2f} of the "
+          f"machine's {os.cpu_count()} cores (the worker {r1['cores'].get('ray::RayTrainWorker', 0.0):.2f}); "
+          f"one process used {sum(s1['cores'].values()):.2f}")
     print(f"(d) per epoch (median between epoch lines, epochs 5+): one process {s1['epoch_s']:.3f}s, one Ray worker "
           f"{r1['epoch_s']:.3f}s ({r1['epoch_s'] / s1['epoch_s']:.2f}x; target 1.1x); train_s {s1['train_s']:.3f}s "
           f"against {r1['train_s']:.3f}s ({r1['train_s'] / s1['train_s']:.2f}x)")
     return res
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """Every process: pid -> (parent pid, command line)."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                continue
+            out[int(d.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmd)
+    return out
+
+
+def _pss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def command_tree(root: int, marker: str) -> dict[int, str]:
+    """``root`` and its descendants, and every process whose command line names ``marker`` (the
+    command's Ray temp folder: a daemon that left the tree) with its descendants: pid -> command."""
+    procs = _processes()
+    found = {root} | {pid for pid, (_, cmd) in procs.items() if marker in cmd}
+    todo = list(found)
+    while todo:
+        pid = todo.pop()
+        for child, (ppid, _) in procs.items():
+            if ppid == pid and child not in found:
+                found.add(child)
+                todo.append(child)
+    return {pid: procs[pid][1] for pid in found if pid in procs}
+
+
+def _role(cmd: str) -> str:
+    words = cmd.split()
+    if not words:
+        return "?"
+    if words[0].startswith("ray::"):
+        return words[0]  # a Ray worker, named by what it runs (ray::RayTrainWorker, ray::_load, ray::IDLE)
+    name = os.path.basename(words[0])
+    if name.startswith("python") and len(words) > 1:
+        name = next((os.path.basename(w) for w in words[1:] if not w.startswith("-")), name)
+    return name
+
+
+def node_memory_command(cmd: list[str], env: dict[str, str]) -> dict:
+    """Run ``cmd`` (its Ray's temp folder under a fresh ``RAY_TMPDIR``); the peak of its processes'
+    summed PSS, and each role's share at that moment."""
+    import threading
+
+    marker = tempfile.mkdtemp(prefix="rayb")  # short: Ray's socket paths must stay under 108 bytes
+    env = {**env, "RAY_TMPDIR": marker}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=str(ROOT))
+    peak = {"kib": 0, "roles": {}, "n": 0}
+    each: dict[int, tuple[str, int, int]] = {}  # pid -> (role, peak PSS KiB, peak RSS KiB)
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.25):
+            roles: dict[str, int] = {}
+            for pid, c in command_tree(proc.pid, marker).items():
+                role, pss, rss = _role(c), _pss_kib(pid), _rss_kib(pid)
+                roles[role] = roles.get(role, 0) + pss
+                old = each.get(pid, (role, 0, 0))
+                named = old[0] if role in ("?", "ray::IDLE") else role  # what it ran, not its idle or exiting name
+                each[pid] = (named, max(old[1], pss), max(old[2], rss))
+            total = sum(roles.values())
+            if total > peak["kib"]:
+                peak.update(kib=total, roles=roles, n=len(roles))
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    t0, tail = time.perf_counter(), []
+    for line in proc.stdout:  # type: ignore[union-attr]
+        tail = (tail + [line.rstrip()])[-20:]
+    rc = proc.wait()
+    done.set()
+    t.join()
+    shutil.rmtree(marker, ignore_errors=True)
+    if rc != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {rc}):\n" + "\n".join(tail))
+    top = sorted(each.values(), key=lambda x: -x[1])[:4]
+    return {"largest_processes": [{"role": r, "peak_pss_gib": round(p / 2**20, 3), "peak_rss_gib": round(q / 2**20, 3)}
+                                  for r, p, q in top],
+            "peak_gib": peak["kib"] / 2**20, "roles_gib": {k: round(v / 2**20, 3) for k, v in sorted(
+        peak["roles"].items(), key=lambda kv: -kv[1])}, "wall_s": time.perf_counter() - t0, "tail": tail[-3:]}
+
+
+def node_memory(a: argparse.Namespace) -> dict:
+    """One process against ``--num-workers`` column-sharded Ray workers: the peak memory of everything
+    each command runs on the machine."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray per command
+    env.setdefault("RAY_AUTH_MODE", "disabled")
+    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    out = tempfile.mkdtemp(prefix="raymmrec-bench-mem-", dir=a.storage_dir)
+    common = ["--method", a.method, "--data", a.data, "--epochs", str(a.epochs), "--output-dir", out,
+              "--no-progress", *a.overrides]
+    cmds = {"one process": [sys.executable, "-m", "raymmrec", "train", *common, "--device", "cpu"],
+            f"{a.num_workers} column-sharded Ray workers": [sys.executable, "-m", "raymmrec", "train", *common,
+                                                            "--num-workers", str(a.num_workers), "--shard", "columns"]}
+    res = {}
+    try:
+        for i, (key, cmd) in enumerate(cmds.items()):
+            r = node_memory_command(cmd + ["--run-name", f"mem-{i}"], env)
+            res[key] = r
+            roles = ", ".join(f"{k} {v:.2f}" for k, v in r["roles_gib"].items() if v >= 0.05)
+            big = "; ".join(f"{x['role']} PSS {x['peak_pss_gib']:.2f} / RSS {x['peak_rss_gib']:.2f}"
+                            for x in r["largest_processes"][:3])
+            print(f"  {key}: peak {r['peak_gib']:.2f} GiB for the whole machine ({roles}); "
+                  f"command {r['wall_s']:.0f}s; largest processes' own peaks (GiB): {big}", flush=True)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    one, ray_ = (r["peak_gib"] for r in res.values())
+    print(f"(e) whole-machine peak: one process {one:.2f} GiB, {a.num_workers} Ray workers {ray_:.2f} GiB "
+          f"({ray_ / one:.2f}x; target 1.15x)", flush=True)
+    return {"runs": res, "ratio": ray_ / one}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,7 +409,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--commands", action="store_true",
                    help="time the commands themselves: first epoch line, time between epoch lines (see above)")
     p.add_argument("--repeats", type=int, default=3, help="--commands: runs of each command (medians)")
+    p.add_argument("--node-memory", action="store_true",
+                   help="the whole machine's peak memory: one process against column-sharded Ray workers (see above)")
     a = p.parse_args(argv)
+    if a.node_memory:
+        res = node_memory(a)
+        print(json.dumps({"method": a.method, "data": a.data, "num_workers": a.num_workers, "epochs": a.epochs,
+                          "overrides": a.overrides, **res}), flush=True)
+        return 0
     if a.commands:
         if a.epochs < 8:
             p.error("--commands needs --epochs >= 8 (epochs 5 on are timed)")
