@@ -25,7 +25,7 @@ def test_ddp_gradients_equal_single_process(gloo_runs, world, num_negatives):
         assert single.keys() == ddp[method].keys()
         for name, g in single.items():
             torch.testing.assert_close(ddp[method][name], g, rtol=1e-4, atol=1e-6,
-                                       msg=lambda m: f"{method} {name} (world {world}): {m}")
+                                       msg=lambda m: f"{method} {name} (world {world}): {m}")  # noqa: B023 - at once
 
 
 def test_non_finite_scores_on_one_rank_stop_every_rank(gloo_runs):

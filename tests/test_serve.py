@@ -207,7 +207,7 @@ def test_the_printed_address_is_serves_or_says_it_cannot_tell():
 
 
 def test_swap_under_a_stream_of_requests_fails_none_and_then_answers_only_from_the_new_run(served, capsys):
-    url, a, b = served["url"], served["a"], served["b"]
+    url, b = served["url"], served["b"]
     # a swap that would move the app, or ask Serve for another port, is refused before any deploy
     assert cli_main(["serve", "--run", b, "--app", APP, "--route-prefix", "/"]) == 2
     assert cli_main(["serve", "--run", b, "--app", APP, "--port", "1"]) == 2

@@ -431,7 +431,7 @@ def test_every_user_or_item_indexed_tensor_is_declared_and_reset(method, objecti
                     if d.derived:  # a cache: marked, to see that the reset recomputes it
                         model.state_dict(keep_vars=True)[key].data.fill_(123.0)
                 before = {k: v.clone() for k, v in model.state_dict().items()}
-                reset_state(model, who, ids, how, fresh=lambda: fresh)
+                reset_state(model, who, ids, how, fresh=lambda: fresh)  # noqa: B023 - called within the call
                 after, ref = model.state_dict(), fresh.state_dict()
                 idx = torch.tensor(ids)
                 for key, d in declared.items():
