@@ -12,6 +12,8 @@ import torch
 from _ddp import BATCH, gradients
 from raymmrec.registry import model_names
 
+# every test here needs gloo_runs (each multi-process scenario spawned once): 7 s in the whole suite on 2 cores
+pytestmark = pytest.mark.slow
 METHODS = model_names()
 
 

@@ -219,6 +219,8 @@ def test_cli_errors_are_one_line(trained, tmp_path):
 
 # -- Ray: each request its own task ---------------------------------------------------------------
 
+@pytest.mark.slow
+@pytest.mark.ray
 def test_two_requests_run_as_concurrent_ray_tasks(ray_cluster, trained, tmp_path, monkeypatch):
     """Each task waits at a barrier (an async Ray actor) until the other task has reached it too, so
     both pass only if they run at the same time; a task left waiting 120 s fails the test. Neither
