@@ -68,7 +68,8 @@ def child(data: str, method: str, batch: int, steps: int, eval_users: int) -> di
     data_ = clock("generate", lambda: load_data(spec))
     cls, cfg, _ = check_spec(spec)
     prepared = clock("graph", lambda: prepare(data_, cls.prepared_inputs(cfg), cache_dir=None))
-    p = clock("setup", lambda: build(spec, data=data_, prepared=prepared, release_features=True))
+    # clock() calls the lambda before the `del` below, which pyflakes reads as leaving the name undefined
+    p = clock("setup", lambda: build(spec, data=data_, prepared=prepared, release_features=True))  # noqa: F821
     del prepared
     it = iter(batch_fn(p)(0))
     model = p.model

@@ -116,7 +116,7 @@ def worker(rank: int, world: int, port: int, mode: str, method: str, data: str, 
     if mode == "ddp" and world > 1:
         model = torch.nn.parallel.DistributedDataParallel(p.model, gradient_as_bucket_view=True)
     trainer = make_trainer(p, lambda m: {}, [], model=model)
-    times, steps = [], 0
+    times = []
     with trainer.heap():  # the allocator settings Trainer.fit trains under (raymmrec.allocator)
         for epoch in range(epochs):
             if world > 1:
@@ -220,7 +220,7 @@ def main() -> int:
               "and what building added to the peak of loading the data")
         one_peak = base["peak_rss_mb"] if base else None
         for m, rs in rows.items():
-            def per_rank(key: str) -> list[float]:
+            def per_rank(key: str, rs: list = rs) -> list[float]:  # this iteration's rows, bound here
                 return [statistics.median(r[key][k] for r in rs) for k in range(len(rs[0][key]))]
 
             peaks, built, added = per_rank("rank_peak_rss_mb"), per_rank("rank_built_rss_mb"), per_rank("rank_build_added_mb")

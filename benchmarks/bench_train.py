@@ -96,7 +96,7 @@ def time_epochs(setup: Setup, warmup: int, measured: int, log: bool = True) -> t
     times, logs = [], {}
     with trainer.heap():  # the allocator settings Trainer.fit trains under (raymmrec.allocator)
         for epoch in range(warmup + measured):
-            logs, dt = timed(lambda: trainer._run_epoch(epoch), setup.device)
+            logs, dt = timed(lambda: trainer._run_epoch(epoch), setup.device)  # noqa: B023 - timed() calls it now
             if log:
                 kind = "warm-up" if epoch < warmup else "timed"
                 print(f"  epoch {epoch} ({kind}): {dt:.3f}s  loss {logs.get('loss', float('nan')):.4f}", flush=True)
@@ -112,7 +112,7 @@ def time_eval(setup: Setup, repeats: int, warmup: int = 1) -> dict[str, list[flo
         score, dt = timed(setup.model.scorer, setup.device)
         parts = {"scorer": dt}
         for split, ev in setup.evaluators.items():
-            parts[split] = timed(lambda: ev.evaluate(score), setup.device)[1]
+            parts[split] = timed(lambda: ev.evaluate(score), setup.device)[1]  # noqa: B023 - timed() calls it now
         if r >= warmup:
             for k, v in parts.items():
                 out[k].append(v)

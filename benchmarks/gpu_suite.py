@@ -37,7 +37,6 @@ import json
 import math
 import os
 import platform
-import re
 import resource
 import shutil
 import signal
@@ -674,7 +673,7 @@ def part_features(cfg: dict[str, Any], result: dict[str, Any], save: Callable[[]
     sys.path.insert(0, str(HERE))
     import bench_features as bf
 
-    from raymmrec.features import ImageEncoder, TextEncoder, extract
+    from raymmrec.features import TextEncoder, extract
 
     text = find_data("lfm2k")
     if text is not None:
@@ -841,8 +840,6 @@ print(json.dumps(out))
 
 def install_wheels(folder: Path, site: Path) -> int:
     """Install each prepared wheel whose modules this Python lacks into ``site`` (pip --no-index --no-deps)."""
-    import importlib.util
-
     tag = f"cp{sys.version_info[0]}{sys.version_info[1]}"
     installed, present, foreign = [], [], []
     for whl in sorted(folder.glob("*.whl")):
@@ -896,7 +893,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default=None, help="comma-separated check numbers or names, e.g. 1,tune")
     p.add_argument("--budget", type=float, default=None,
                    help="seconds for the checks (default 450, so that installing too fits 8 minutes; --cpu-smoke 900)")
-    p.add_argument("--cap-scale", type=float, default=float(os.environ.get("GPU_SUITE_CAP_SCALE", 1.0)),
+    p.add_argument("--cap-scale", type=float, default=float(os.environ.get("GPU_SUITE_CAP_SCALE", "1")),
                    help="multiply every check's cap (and the budget), e.g. 4 on a shared, loaded machine "
                         "(default $GPU_SUITE_CAP_SCALE or 1)")
     p.add_argument("--part", help=argparse.SUPPRESS)

@@ -42,6 +42,39 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items) -> None:
+    """A test that requests the Ray cluster (directly or through another fixture) must carry the ``ray``
+    mark, so that ``-m "not ray"`` (the fast tier, docs/testing.md) leaves it out. Checked before ``-m``
+    deselects anything, so a missing mark stops every run, whichever tier it asks for."""
+    unmarked = [item.nodeid for item in items
+                if "ray_cluster" in item.fixturenames and item.get_closest_marker("ray") is None]
+    if unmarked:
+        raise pytest.UsageError(f"{len(unmarked)} test(s) use the ray_cluster fixture without the ray mark "
+                                f"(pytestmark = pytest.mark.ray): {', '.join(unmarked[:5])}")
+
+
+@pytest.fixture(autouse=True)
+def _ray_init_needs_the_ray_mark(request, monkeypatch) -> None:
+    """A test without the ``ray`` mark that calls ``ray.init`` in this process (a command, Tune or Serve
+    starting a local Ray) fails there, at once, instead of starting Ray in the fast tier. Ray is imported
+    first (once per session) where it is installed, so that a test importing it later meets the same
+    refusal. Subprocesses are not covered: a test that runs ``ray job submit`` needs the cluster's address,
+    so it requests the fixture, which the collection check above sees."""
+    if request.node.get_closest_marker("ray") is not None:
+        return
+    try:
+        import ray
+    except ImportError:
+        return
+
+    def refuse(*args, **kwargs):
+        pytest.fail(f"{request.node.nodeid} calls ray.init without the ray mark (pytestmark = pytest.mark.ray)",
+                    pytrace=False)
+
+    monkeypatch.setattr(ray, "init", refuse)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
@@ -110,13 +143,21 @@ def s3_bucket(s3_server):
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(s3_server, tmp_path_factory):
+def ray_cluster(request, tmp_path_factory):
     """One local Ray head (``ray start --head`` on loopback) shared by every Ray test.
 
-    Started after the S3 server so that workers inherit its AWS_* variables. Yields the
-    dashboard address that ``ray job submit`` needs.
+    Yields the dashboard address that ``ray job submit`` needs. Ray's workers inherit the head's
+    environment as it was when the head started, so a Ray test that uses S3 needs the S3 server's AWS_*
+    variables (:func:`s3_server`) set before then, whichever Ray test starts the head. The head therefore
+    starts after the S3 server when a test of this session requests both, and without it otherwise:
+    Ray tests do not depend on moto, and where moto is missing only the tests that request S3 skip.
     """
     pytest.importorskip("ray")
+    if any({"ray_cluster", "s3_server"} <= set(item.fixturenames) for item in request.session.items):
+        try:
+            request.getfixturevalue("s3_server")  # set up first, so torn down after this fixture
+        except pytest.skip.Exception:
+            pass  # no moto_server: the tests that need S3 skip when they request it
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     gcs, dash = free_port(), free_port()
     tmp = tmp_path_factory.mktemp("ray")

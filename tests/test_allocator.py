@@ -82,12 +82,14 @@ def training(tmp_path_factory) -> dict:
     return seen
 
 
+@pytest.mark.slow
 @needs_glibc
 def test_building_a_large_model_leaves_the_allocator_alone(training):
     # what recommend, evaluate and a Serve replica do: a 64 MiB block is still mapped (and unmapped when freed)
     assert training["built"] is True
 
 
+@pytest.mark.slow
 @needs_glibc
 def test_training_keeps_large_blocks_in_the_heap_until_it_ends(training):
     assert training["training"] is False  # inside fit: from the heap

@@ -38,6 +38,7 @@ def malformed_folder(tmp_path):
     return folder
 
 
+@pytest.mark.slow
 def test_malformed_dataset_is_one_error_line(tmp_path, malformed_folder):
     proc = raymmrec("train", "--method", "bpr", "--data", str(malformed_folder), "--output-dir", str(tmp_path / "runs"),
                     cwd=tmp_path)
@@ -49,6 +50,7 @@ def test_malformed_dataset_is_one_error_line(tmp_path, malformed_folder):
     assert verbose.stderr.strip().splitlines()[-1].startswith("error: ")
 
 
+@pytest.mark.slow
 def test_bad_option_missing_folder_and_unknown_method_are_one_error_line(tmp_path):
     line = assert_one_line_error(raymmrec("train", "--method", "bpr", "train.batch_size=0", cwd=tmp_path))
     assert line == "error: train.batch_size: expected an integer >= 1, got 0"

@@ -12,6 +12,8 @@ import torch
 from _ddp import BATCH, gradients
 from raymmrec.registry import model_names
 
+# every test here needs gloo_runs (each multi-process scenario spawned once): 7 s in the whole suite on 2 cores
+pytestmark = pytest.mark.slow
 METHODS = model_names()
 
 
@@ -25,7 +27,7 @@ def test_ddp_gradients_equal_single_process(gloo_runs, world, num_negatives):
         assert single.keys() == ddp[method].keys()
         for name, g in single.items():
             torch.testing.assert_close(ddp[method][name], g, rtol=1e-4, atol=1e-6,
-                                       msg=lambda m: f"{method} {name} (world {world}): {m}")
+                                       msg=lambda m: f"{method} {name} (world {world}): {m}")  # noqa: B023 - at once
 
 
 def test_non_finite_scores_on_one_rank_stop_every_rank(gloo_runs):

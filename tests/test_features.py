@@ -73,6 +73,7 @@ def test_text_recipe_and_tiny_catalogue(tmp_path, text_encoder):
     assert on_disk["encoder"]["name"] == "all-MiniLM-L6-v2" and on_disk["dim"] == 384
 
 
+@pytest.mark.slow
 def test_lfm2k_text_reproduced(shared_data, text_encoder):
     """The shipped lfm2k text features are all-MiniLM-L6-v2 of item_text.tsv's ``text`` column as it is.
 
@@ -197,6 +198,7 @@ def test_cli_local_and_one_line_errors(tmp_path, capsys, images):
     assert "no 'itemID' column" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_ray_two_actors_images_on_s3(ray_cluster, s3_bucket, tmp_path, images, image_encoder):
     """Ray Data with 2 encoder actors reads images from S3, writes to S3, and matches one process."""

@@ -10,8 +10,6 @@ import torch
 
 from raymmrec.graph import knn_graph, mixed_knn_graph
 
-pytestmark = pytest.mark.ray
-
 
 def tied_features(n: int = 53, d: int = 6, seed: int = 0) -> torch.Tensor:
     """Small integer features: many exact ties (repeated rows, parallel rows, zero rows)."""
@@ -32,6 +30,7 @@ def same(a: torch.Tensor, b: torch.Tensor) -> None:
     assert torch.equal(a.values(), b.values())
 
 
+@pytest.mark.ray
 @pytest.mark.parametrize("features, k, block_size, blocks_per_task, exclude", [
     ("tied", 4, 7, 1, None),  # 53 rows in 8 blocks, the last one short
     ("tied", 10, 16, 2, None),  # several blocks per task
@@ -51,6 +50,7 @@ def test_ray_blocks_give_the_one_process_graph(ray_cluster, features, k, block_s
     assert len(lines) == 1 and f"{n_blocks} blocks as {-(-n_blocks // blocks_per_task)} Ray tasks" in lines[0]
 
 
+@pytest.mark.ray
 def test_mixed_modalities_with_weights_match(ray_cluster):
     from raymmrec.ray.item_graph import RayBlockMap
 
@@ -65,6 +65,7 @@ def test_mixed_modalities_with_weights_match(ray_cluster):
     assert len(set(got.values().tolist())) > 1  # 0.9 / 5 and 0.1 / 5 where the modalities disagree
 
 
+@pytest.mark.ray
 def test_the_launchers_loading_task_builds_the_graph_as_ray_tasks(ray_cluster, tmp_path, monkeypatch, capsys):
     """``_load`` (the task that reads a Ray job's dataset and prepares its inputs) builds CM3's graph in blocks
     on the cluster."""

@@ -4,7 +4,6 @@ and sampler options of the noisy-label study, the authors' optimisation recipe."
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest

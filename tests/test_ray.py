@@ -23,7 +23,6 @@ from raymmrec.train.checkpoint import read_checkpoint, read_latest
 from raymmrec.train.loop import TrainingDiverged
 from raymmrec.train.run import run
 
-pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -86,6 +85,8 @@ def two_worker_run(ray_cluster, tmp_path_factory):
     return tiny_spec(out, "lightgcn", epochs=4), state, out
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_two_workers_leave_every_artefact(two_worker_run):
     spec, state, out = two_worker_run
     run_root = out / "r"
@@ -106,6 +107,8 @@ def test_two_workers_leave_every_artefact(two_worker_run):
     assert list((run_root / "tb").glob("events.out.tfevents.*")), "rank-0 TensorBoard events missing"
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_best_weights_rebuild_the_reported_model(two_worker_run):
     """best.pt is the model behind the reported test metrics: re-evaluating it gives them back."""
     spec, state, out = two_worker_run
@@ -117,6 +120,8 @@ def test_best_weights_rebuild_the_reported_model(two_worker_run):
         assert again["test"][k] == pytest.approx(v, abs=1e-9), k
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_sharded_evaluation_equals_single_process(two_worker_run):
     """The last epoch's metrics were all-reduced over 2 workers; recompute them in one process."""
     spec, state, out = two_worker_run
@@ -144,6 +149,8 @@ def one_worker_runs(ray_cluster, tmp_path_factory):
     return first, second, single, out / "b"
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_one_worker_reproduces_the_single_process_run(one_worker_runs):
     """Every epoch's loss and the best metrics: epochs 0-1 from the first launch, 2-3 from its resume."""
     _, ray_one, single, folder = one_worker_runs
@@ -152,6 +159,8 @@ def test_one_worker_reproduces_the_single_process_run(one_worker_runs):
     assert ray_one.best_test == single.best_test and ray_one.best_epoch == single.best_epoch
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_two_workers_share_the_global_batch(ray_cluster, two_worker_run, tmp_path, capsys):
     """Same global batches as one process (pairs reshuffled over workers every epoch): same losses
     up to float summation order, same number of steps, and the same test metrics as the same
@@ -171,6 +180,8 @@ def test_two_workers_share_the_global_batch(ray_cluster, two_worker_run, tmp_pat
     assert state.best_test == pytest.approx(one["test"], rel=1e-4, abs=1e-9)
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_killed_worker_resumes_to_identical_metrics(ray_cluster, tmp_path):
     from raymmrec.ray.launch import launch
 
@@ -191,6 +202,8 @@ def test_killed_worker_resumes_to_identical_metrics(ray_cluster, tmp_path):
         assert faulty.best_test[k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_a_run_moves_between_one_process_and_two_workers(ray_cluster, tmp_path):
     """One checkpoint layout: epochs 0-1 in one process, 2-3 on 2 column-sharded Ray workers (each reading
     only its blocks), 4-5 in one process again; the uninterrupted one-process run's epochs, losses, best
@@ -212,6 +225,8 @@ def test_a_run_moves_between_one_process_and_two_workers(ray_cluster, tmp_path):
         assert back.best_test[k] == pytest.approx(v, rel=1e-9, abs=1e-12), k
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_same_name_resumes_the_run(one_worker_runs):
     from raymmrec.ray.launch import launch
 
@@ -223,6 +238,8 @@ def test_same_name_resumes_the_run(one_worker_runs):
         launch(tiny_spec(folder, "lightgcn", 4), workers(num_workers=1, cpus_per_worker=1), progress=False)
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_nan_loss_stops_every_rank_without_retries(ray_cluster, tmp_path):
     from raymmrec.ray.launch import launch
 
@@ -231,6 +248,8 @@ def test_nan_loss_stops_every_rank_without_retries(ray_cluster, tmp_path):
         launch(spec, workers(max_failures=2), progress=False)
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_an_error_on_rank_1_ends_the_run_with_one_line_and_its_log(ray_cluster, tmp_path, capfd):
     """Ray's output stays off the driver, yet a rank-1 error reaches the user: one line with the rank,
     the error and where that worker's log (holding the traceback) is."""
@@ -296,6 +315,7 @@ def test_bad_options_fail_on_the_driver_before_ray_starts(tmp_path, argv, needle
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+@pytest.mark.ray
 def test_too_many_workers_fails_fast(ray_cluster, tmp_path):
     from raymmrec.ray.launch import ClusterError, launch
 
@@ -303,7 +323,8 @@ def test_too_many_workers_fails_fast(ray_cluster, tmp_path):
         launch(tiny_spec(tmp_path), workers(num_workers=64, cpus_per_worker=1), progress=False)
 
 
-def test_missing_dataset_and_unreachable_storage_fail_fast(tmp_path):
+@pytest.mark.ray
+def test_missing_dataset_and_unreachable_storage_fail_fast(ray_cluster, tmp_path):  # the loading task is a Ray task
     from raymmrec.data import DataError
     from raymmrec.ray.launch import launch
     from raymmrec.ray.storage import StorageError
@@ -325,6 +346,7 @@ def test_missing_dataset_and_unreachable_storage_fail_fast(tmp_path):
         launch(tiny_spec(bad / "sub"), workers(), progress=False)
 
 
+@pytest.mark.slow
 def test_unreachable_s3_endpoint_fails_fast(monkeypatch, tmp_path):
     from raymmrec.ray.storage import StorageError, check_writable
 
@@ -335,6 +357,8 @@ def test_unreachable_s3_endpoint_fails_fast(monkeypatch, tmp_path):
         check_writable("s3://nowhere/runs", timeout_s=10)
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_s3_dataset_and_checkpoints(ray_cluster, s3_bucket, tmp_path, capfd):
     import s3fs
 
@@ -366,6 +390,8 @@ def test_s3_dataset_and_checkpoints(ray_cluster, s3_bucket, tmp_path, capfd):
             assert SECRET not in fs.cat(name).decode(), name
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_ray_job_submit(ray_cluster, tmp_path):
     cmd = ["ray", "job", "submit", "--address", ray_cluster["dashboard"], "--working-dir", str(ROOT),
            "--runtime-env-json", json.dumps({"excludes": ["runs", ".git", "*.egg-info"]}),
@@ -399,6 +425,8 @@ def test_local_paths_refused_on_a_multi_node_cluster(monkeypatch, tmp_path):
     _local_paths_on_cluster(str(tmp_path), spec)  # one node: local paths are fine
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_stateful_methods_on_two_workers_match_one_process(ray_cluster, tmp_path):
     """LIRDRec (PWC state rewritten before every epoch, cold-start items) and NBPO (a flip model
     owned by the objective, attached to the model) give the single-process losses with 2 Ray
@@ -459,6 +487,7 @@ def test_our_lines_reach_the_driver_queue_whole_and_fall_back_when_it_is_gone(ca
     assert capfd.readouterr().out == "the driver has gone\n"
 
 
+@pytest.mark.ray
 def test_driver_prints_the_lines_a_task_sends_and_not_ray_s_own(ray_cluster, capfd):
     import ray
 
@@ -491,6 +520,8 @@ def tiny_folder(path: Path) -> Path:
     return path
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_workers_never_read_the_dataset_the_loading_task_read(ray_cluster, tmp_path, monkeypatch):
     """The folder is moved away as soon as the driver's loading task has read it: two workers still
     train (from the object store), and the result is one process's on the same data."""
@@ -508,6 +539,7 @@ def test_workers_never_read_the_dataset_the_loading_task_read(ray_cluster, tmp_p
     assert state.best_test == pytest.approx(single.best_test, abs=1e-6)
 
 
+@pytest.mark.ray
 def test_workers_of_a_node_map_one_copy_of_the_arrays(ray_cluster, tmp_path):
     """Two worker processes build BM3 from the shared dataset: the pairs, the frozen features and
     the normalised graph are the object store's read-only memory (the same shared file in both), not

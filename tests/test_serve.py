@@ -19,7 +19,6 @@ from raymmrec.cli import main as cli_main
 from raymmrec.config import load_spec
 from raymmrec.train.run import run
 
-pytestmark = pytest.mark.ray
 APP = "rec-test"
 PREFIX = "/rec"
 LIMITS = {"max_users": 50, "max_k": 100, "max_results": 2000}
@@ -81,6 +80,8 @@ def cli_recommend(run_dir: str, users: str, k: int, capsys) -> dict[int, list[tu
     return recs
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_answers_equal_raymmrec_recommend(served, capsys):
     url = served["url"]
     expected = cli_recommend(served["a"], "0,7,3", 5, capsys)
@@ -100,6 +101,8 @@ def test_answers_equal_raymmrec_recommend(served, capsys):
     assert status == 200 and health["run"] == "a"
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 @pytest.mark.parametrize("path,body,status,field", [
     ("/recommend?user=abc&k=5", None, 400, "user"),
     ("/recommend?user=99999", None, 404, "user"),
@@ -121,6 +124,8 @@ def test_bad_requests_get_a_4xx_naming_the_field_and_the_service_keeps_answering
     assert call(f"{served['url']}/recommend?user=1&k=3")[0] == 200
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 @pytest.mark.parametrize("path,body,field,limit", [
     ("/recommend?user=1&k=101", None, "k", "max_k"),
     ("/recommend", {"users": list(range(51)), "k": 1}, "users", "max_users"),
@@ -133,6 +138,8 @@ def test_a_request_over_a_limit_gets_a_4xx_naming_the_limit(served, path, body, 
     assert call(f"{served['url']}/recommend", {"users": list(range(20)), "k": 100})[0] == 200  # 2,000: at the limit
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_a_body_without_a_declared_length_is_cut_off_at_the_limit(served):
     """Chunked, without end (no Content-Length): the replica stops reading once past the limit and answers
     413 while the client is still sending; reading the whole body first would never answer."""
@@ -169,6 +176,8 @@ def test_a_body_without_a_declared_length_is_cut_off_at_the_limit(served):
     assert r.status == 413 and answer["error"].startswith("body: ") and "max_users" in answer["error"], answer
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_an_internal_error_is_logged_and_answered_without_its_text(served):
     """The reply says "internal" and nothing of the exception (paths, internals); the log has it all."""
     from starlette.requests import Request
@@ -209,10 +218,11 @@ def test_the_printed_address_is_serves_or_says_it_cannot_tell():
     assert "cannot tell" in where({"url": None, "asked": "http://127.0.0.1:8000"})
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_swap_under_a_stream_of_requests_fails_none_and_then_answers_only_from_the_new_run(served, capsys):
     """Also: the replicas never read the dataset. Its folder is moved away before the swap to another run
     of it, and after; the new replicas, and a replica Serve restarts, answer from the data held for the app."""
-    url, a, b = served["url"], served["a"], served["b"]
     away = served["out"] / "tiny-away"
     (served["out"] / "tiny").rename(away)
     try:
@@ -244,6 +254,8 @@ def _a_restarted_replica_answers(served) -> None:
     assert status == 200 and body["run"] == "b" and pid
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_two_replicas_of_a_node_map_one_copy_of_the_dataset(served):
     """Both replicas of an app hold the training pairs in one shared file (the object store's), not
     each its own copy. Pairs over Ray's 100 KiB inline limit (smaller objects travel copied)."""
@@ -329,6 +341,8 @@ def _swap_under_a_stream(served, capsys) -> None:
     served["swapped"] = True
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_unlearn_with_serve_removes_the_forgotten_items_from_the_live_service(served, tmp_path, capsys):
     url = served["url"]
     status, before = call(f"{url}/recommend", {"users": list(range(30)), "k": 50})

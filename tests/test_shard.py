@@ -51,6 +51,7 @@ def sharded(tmp_path_factory):
             "replicas": torch.load(rep, weights_only=True), "runs": out}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world", [2, 3])
 @pytest.mark.parametrize("method", METHODS)
 def test_loss_and_gradients_equal_one_process(single, sharded, method, world):
@@ -59,13 +60,14 @@ def test_loss_and_gradients_equal_one_process(single, sharded, method, world):
     assert cols["grads"].keys() == one["grads"].keys()
     for name, g in one["grads"].items():
         torch.testing.assert_close(cols["grads"][name], g, rtol=1e-4, atol=1e-6,
-                                   msg=lambda m: f"{method} {name} (W={world}): {m}")
+                                   msg=lambda m: f"{method} {name} (W={world}): {m}")  # noqa: B023 - called now
 
 
 def _metrics(logs: dict) -> dict:
     return {k: v for k, v in logs.items() if k.startswith(("test/", "valid/")) or k == "loss"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_three_epochs_then_a_resume_with_another_world_size_match_one_process(single, sharded, method):
     two, one3 = _metrics(sharded[2][method]["test"]), _metrics(single[3][method]["test"])
@@ -82,6 +84,7 @@ def test_three_epochs_then_a_resume_with_another_world_size_match_one_process(si
         torch.testing.assert_close(sharded[1][method]["weights"][k], v, rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_sharded_checkpoint_loads_into_one_process(tmp_path, sharded, single, method):
     from _shard import spec
@@ -116,6 +119,7 @@ def test_unsupported_methods_and_objectives_are_refused_in_one_line(tmp_path):
         check_supported(get_model("lightgcn"), plain)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_no_rank_materialises_more_than_its_share_while_checkpointing(sharded, single, method):
     """While writing a checkpoint a rank creates tensors of at most its own share of the weights and optimizer
@@ -138,6 +142,7 @@ def replicas(sharded):
     return sharded["replicas"]
 
 
+@pytest.mark.slow
 def test_replicated_gradients_are_averaged_so_the_copies_stay_equal(replicas):
     assert replicas["bm3"]["replicated"] == ["predictor.bias", "predictor.weight", "proj.image.bias", "proj.text.bias"]
     assert replicas["nbpo"]["replicated"] == ["objective_module.P", "objective_module.Q"]
@@ -145,6 +150,7 @@ def test_replicated_gradients_are_averaged_so_the_copies_stay_equal(replicas):
         assert r["fresh"] == {} and r["trained"] == {}, method
 
 
+@pytest.mark.slow
 def test_copies_that_differ_are_reported_in_one_line_naming_them(replicas):
     for method, name in (("bm3", "predictor.weight"), ("nbpo", "objective_module.P")):
         r = replicas[method]

@@ -19,7 +19,6 @@ import torch
 from raymmrec.config import load_spec
 from raymmrec.search import Grid
 
-pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.source=synthetic:tiny", "train.batch_size=64", "train.lr=0.01", "train.patience=50"]
 SPACE = {"model.n_layers": Grid((1, 2)), "model.reg_weight": Grid((0.1, 0.01))}
@@ -39,6 +38,8 @@ def bm3_sweep(ray_cluster, tmp_path_factory):
     return spec, res, out / "s"
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_every_trial_leaves_a_run_folder_named_by_its_config(bm3_sweep):
     _, res, root = bm3_sweep
     dirs = trial_dirs(root)
@@ -49,6 +50,8 @@ def test_every_trial_leaves_a_run_folder_named_by_its_config(bm3_sweep):
         assert f"n_layers={cfg['model']['n_layers']}" in d.name and "reg_weight=" in d.name
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_winner_is_the_best_validation_trial_and_its_files_are_written(bm3_sweep):
     spec, res, root = bm3_sweep
     from_runs = {d.name: json.loads((d / "results.json").read_text()) for d in trial_dirs(root)}
@@ -66,6 +69,8 @@ def test_winner_is_the_best_validation_trial_and_its_files_are_written(bm3_sweep
     assert summary["trials"] == 4 and summary["best"]["dir"] == res.best["dir"]
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_best_config_trains_to_the_winning_trial(bm3_sweep, tmp_path):
     from raymmrec.train.run import run
 
@@ -77,6 +82,8 @@ def test_best_config_trains_to_the_winning_trial(bm3_sweep, tmp_path):
     assert state.best_valid["recall@20"] == pytest.approx(res.best["valid recall@20"], abs=1e-6)
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_best_weights_are_the_winners(bm3_sweep):
     from raymmrec.recommend import evaluate
     from raymmrec.train.trained import load_trained
@@ -87,6 +94,8 @@ def test_best_weights_are_the_winners(bm3_sweep):
     assert test["recall@20"] == pytest.approx(res.best["test recall@20"], abs=1e-6)
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_selection_on_test_is_labelled_everywhere(ray_cluster, tmp_path):
     from raymmrec.ray.tune import SweepArgs, sweep
 
@@ -131,6 +140,8 @@ def _tune_cmd(out: Path) -> list[str]:
             "--output-dir", str(out), "--name", "k", "--epochs", "8", *TINY]
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_cluster, tmp_path):
     root = tmp_path / "k"
     proc = subprocess.Popen(_tune_cmd(tmp_path), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -167,6 +178,8 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_cluster, tmp
     assert all(r["status"] == "finished" for r in table)
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_reproduce_writes_the_comparison_table_and_resumes(ray_cluster, tmp_path):
     from raymmrec.ray.reproduce import reproduce
     from raymmrec.ray.tune import SweepArgs
@@ -186,6 +199,8 @@ def test_reproduce_writes_the_comparison_table_and_resumes(ray_cluster, tmp_path
     assert before == {d: len(trial_dirs(tmp_path / "rep" / f"synthetic-tiny-{d}")) for d in ("bpr", "lightgcn")}
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_trials_with_several_workers_run_ray_train(ray_cluster, tmp_path, monkeypatch, capfd):
     """Two trials of two Ray Train workers each, on a dataset folder that is moved away as soon as the
     sweep has read it: the sweep reads and checks it once (its line printed once), and every trial's
@@ -242,6 +257,8 @@ def test_sweep_folder_from_before_a_new_option_still_restores(tmp_path):
         _check_same_sweep(str(tmp_path), identity)
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_sweep_on_s3_storage(ray_cluster, s3_bucket, tmp_path):
     import s3fs
 
@@ -262,6 +279,8 @@ def test_sweep_on_s3_storage(ray_cluster, s3_bucket, tmp_path):
     assert load_trained(f"{url}/s3/best").spec.model["reg_weight"] == res.best["reg_weight"]
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_wide_space_uses_asha_and_stops_weak_trials(ray_cluster, tmp_path):
     from raymmrec.ray.tune import SweepArgs, sweep
 
@@ -277,6 +296,8 @@ def test_wide_space_uses_asha_and_stops_weak_trials(ray_cluster, tmp_path):
     assert all(r["epochs_run"] == 11 for r in res.rows if r["status"] == "finished"), res.rows
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_tune_job_under_ray_job_submit(ray_cluster, tmp_path):
     cmd = ["ray", "job", "submit", "--address", ray_cluster["dashboard"], "--working-dir", str(ROOT),
            "--runtime-env-json", json.dumps({"excludes": ["runs", ".git", "*.egg-info"]}),

@@ -219,6 +219,8 @@ def test_cli_errors_are_one_line(trained, tmp_path):
 
 # -- Ray: each request its own task ---------------------------------------------------------------
 
+@pytest.mark.slow
+@pytest.mark.ray
 def test_two_requests_run_as_concurrent_ray_tasks(ray_cluster, trained, tmp_path, monkeypatch):
     """Each task waits at a barrier (an async Ray actor) until the other task has reached it too, so
     both pass only if they run at the same time; a task left waiting 120 s fails the test. Neither
@@ -431,7 +433,7 @@ def test_every_user_or_item_indexed_tensor_is_declared_and_reset(method, objecti
                     if d.derived:  # a cache: marked, to see that the reset recomputes it
                         model.state_dict(keep_vars=True)[key].data.fill_(123.0)
                 before = {k: v.clone() for k, v in model.state_dict().items()}
-                reset_state(model, who, ids, how, fresh=lambda: fresh)
+                reset_state(model, who, ids, how, fresh=lambda: fresh)  # noqa: B023 - called within the call
                 after, ref = model.state_dict(), fresh.state_dict()
                 idx = torch.tensor(ids)
                 for key, d in declared.items():

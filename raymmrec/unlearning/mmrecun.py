@@ -55,7 +55,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Literal
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
