@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from raymmrec.data.schema import Interactions
-from raymmrec.eval import Evaluator, joint_metric_sums, metric_names, topk_ordered
+from raymmrec.eval import Evaluator, items_by_user, joint_metric_sums, mask_unrankable, metric_names, topk_ordered
 
 
 def reference(n_items, train, truth, scores, ks):
@@ -184,6 +184,32 @@ def test_users_without_truth_rejected():
     bad = torch.tensor([0])  # u % 4 == 0 has no ground truth
     with pytest.raises(ValueError, match="ground truth"):
         ev.metric_sums(score_fn_of(scores), bad)
+
+
+def test_items_by_user_and_mask_unrankable():
+    """The two public pieces evaluation and ``raymmrec recommend`` share: each user's items as CSR, and the
+    in-place mask of what is never ranked (a user's own items, the excluded columns)."""
+    inter = Interactions(np.array([2, 0, 2, 2]), np.array([3, 1, 0, 3]))  # (2, 3) twice: kept once
+    indptr, indices = items_by_user(inter, 4, 5)
+    assert indptr.tolist() == [0, 1, 1, 3, 3]
+    assert indices.tolist() == [1, 0, 3]
+    with pytest.raises(ValueError, match="out of range"):
+        items_by_user(Interactions(np.array([0]), np.array([5])), 1, 5)
+
+    users = torch.tensor([2, 0, 3])
+    scores = torch.arange(15.0).reshape(3, 5)
+    assert mask_unrankable(scores, users, (indptr, indices), torch.tensor([4])) is scores
+    want = torch.arange(15.0).reshape(3, 5)
+    want[0, [0, 3, 4]] = want[1, [1, 4]] = want[2, 4] = float("-inf")
+    assert torch.equal(scores, want)
+    # NaN or inf is allowed where the mask overwrites it, refused anywhere else
+    scores = torch.zeros(1, 5)
+    scores[0, 1], scores[0, 4] = float("nan"), float("inf")
+    mask_unrankable(scores, torch.tensor([0]), (indptr, indices), torch.tensor([4]))
+    assert torch.isinf(scores[0, [1, 4]]).all() and (scores[0, [0, 2, 3]] == 0).all()
+    scores[0, 2] = float("nan")
+    with pytest.raises(FloatingPointError, match="user 0, item 2"):
+        mask_unrankable(scores, torch.tensor([0]), (indptr, indices))
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])

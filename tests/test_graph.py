@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from raymmrec.graph import knn_graph, mixed_knn_graph, normalized_adjacency
+from raymmrec.graph import knn_graph, mixed_knn_graph, normalized_adjacency, propagate_mean, propagate_sum
 
 
 def dense_adjacency(n_users: int, n_items: int, users, items) -> np.ndarray:
@@ -162,8 +162,6 @@ def test_mixed_knn_errors():
 @pytest.mark.parametrize("n_layers", [0, 1, 3])
 def test_propagate_sum_and_its_gradient_match_dense_powers(n_layers):
     """The fused propagation (one autograd node) against ``Σ_l Â^l x`` with a dense ``Â``."""
-    from raymmrec.models.base import propagate_mean, propagate_sum
-
     torch.manual_seed(0)
     a = torch.rand(7, 7) * (torch.rand(7, 7) < 0.4)
     a = (a + a.T) / 4  # symmetric, as the normalised user-item adjacency
