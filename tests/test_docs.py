@@ -307,3 +307,67 @@ def test_the_check_sees_a_missing_option_and_subcommand():
     assert check_command("raymmrec study noisy-label --rates 0,0.2")
     assert check_command("python -m raymmrec.features.demo --out /tmp/demo") == []
     assert check_command("python -m raymmrec.features.nope --out /tmp/demo")
+
+
+# ---------------------------------------------------------------- what the docs say of the code
+
+OVERRIDE = re.compile(r"^(data|train|eval)\.([a-z_]+)=([^\s`;,)]+)[;,)]*$")
+MACHINE_PATH = re.compile(r"(?<![\w.])(/work/|/root/|/Users/|/home/(?!ray\b)[a-z]\w*/)")
+FIRST_PERSON = re.compile(r"(?<![\w`'/-])(I (?:[a-z]+)|I've|I'd|my)\b")
+
+
+def check_override(token: str) -> list[str]:
+    """``section.key=value`` names a field of the run config and, where the field takes one of a few
+    words, one of them."""
+    import typing
+
+    from raymmrec.config import RunSpec
+
+    m = OVERRIDE.match(token)
+    if not m:
+        return []
+    section, key, value = m.groups()
+    fields = RunSpec.model_fields[section].annotation.model_fields
+    if key not in fields:
+        return [f"`{token}`: the config has no {section}.{key}"]
+    ann = fields[key].annotation
+    words = typing.get_args(ann) if typing.get_origin(ann) is typing.Literal else ()
+    if words and value not in words:
+        return [f"`{token}`: {section}.{key} takes one of {list(words)}"]
+    return []
+
+
+def _prose(text: str) -> str:
+    """``text`` without its fenced blocks and inline code."""
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    return re.sub(r"`[^`\n]*`", "", text)
+
+
+@pytest.mark.parametrize("page", sorted(_pages()), ids=lambda p: str(p.relative_to(ROOT)))
+def test_config_overrides_named_in_the_docs_exist(page):
+    """Every ``data.*``/``train.*``/``eval.*`` override a doc shows (in a command or inline) is a field of
+    the config with an accepted value: a renamed key or a mode the code no longer has fails here."""
+    text = _pages()[page]
+    cmds, inline = _commands_of_page(text)
+    found = {t for c in cmds for t in tokens(c)} | {s.strip() for s in inline}
+    errors = sorted({e for t in found for e in check_override(t)})
+    assert not errors, f"{page.relative_to(ROOT)}:\n  " + "\n  ".join(errors)
+
+
+@pytest.mark.parametrize("page", sorted(_pages()), ids=lambda p: str(p.relative_to(ROOT)))
+def test_docs_name_no_machines_folder_and_speak_to_the_user(page):
+    """No doc names a folder of the machine it was written on, and none speaks in the first person
+    singular (docs speak to the user, not about a session)."""
+    text = _pages()[page]
+    errors = [f"a folder of one machine: {m.group(0)!r}" for m in MACHINE_PATH.finditer(text)]
+    errors += [f"first person: {m.group(0)!r}" for m in FIRST_PERSON.finditer(_prose(text))]
+    assert not errors, f"{page.relative_to(ROOT)}:\n  " + "\n  ".join(errors)
+
+
+def test_the_doc_checks_see_a_bad_override_a_machine_path_and_the_first_person():
+    assert check_override("train.shard=rows") == ["`train.shard=rows`: train.shard takes one of "
+                                                  "['auto', 'none', 'columns']"]
+    assert check_override("train.epoch=3") == ["`train.epoch=3`: the config has no train.epoch"]
+    assert check_override("train.shard=columns") == [] and check_override("model.n_layers=2") == []
+    assert MACHINE_PATH.search("read /work/shared/data/lfm2k") and not MACHINE_PATH.search("/home/ray/raymmrec")
+    assert FIRST_PERSON.search(_prose("so I interrupted the run")) and not FIRST_PERSON.search(_prose("`I x`"))

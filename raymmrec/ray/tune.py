@@ -60,7 +60,7 @@ class SweepArgs:
     max_concurrent: int | None = None  # trials at once (default: what the cluster's CPUs or GPUs allow)
     cpus_per_trial: float | None = None  # default: the cluster's CPUs shared by the concurrent trials
     gpus_per_trial: float | None = None  # with the device cuda: a trial's share of a GPU (default 1)
-    workers_per_trial: int = 1  # > 1: each trial is a data-parallel Ray Train run
+    workers_per_trial: int = 1  # > 1: each trial is a Ray Train run (column-sharded unless train.shard says otherwise)
     scheduler: str | None = None  # asha | fifo (default: asha for wide, fifo for paper)
     select: str = "valid"  # valid | test (MMRec's protocol, labelled as such everywhere)
     name: str | None = None  # sweep folder name (default: sweep-<method>-<data>-<grid>)
