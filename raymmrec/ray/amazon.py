@@ -163,6 +163,9 @@ class LocalStages:
                                             self.opts.skip_bad_lines, self.opts.storage_options))
                           for s, c in ranges], ignore_index=True)
 
+    def close(self) -> None:
+        pass
+
     def encode(self, frame: pd.DataFrame, out: str, modality: str, factory: Callable[[], Encoder]) -> dict[str, Any]:
         return extract(frame, out, modality, encoder=factory(), batch_size=self.opts.batch_size,
                        progress=self.opts.progress)
@@ -183,9 +186,21 @@ class RayStages(LocalStages):
             ray.init(address=opts.address, log_to_driver=opts.verbose,
                      logging_level=logging.INFO if opts.verbose else logging.WARNING)
         ctx = ray.data.DataContext.get_current()
+        self._restore = (ctx.enable_progress_bars, ctx.raise_original_map_exception,
+                         logging.getLogger("ray.data").level)
         ctx.enable_progress_bars = opts.verbose
-        if not opts.verbose:
-            logging.getLogger("ray.data").setLevel(logging.WARNING)
+        # a parser's DataError reaches the driver as itself (one line naming the file and line), not as
+        # Ray Data's UserCodeException, whose message is the worker's traceback
+        ctx.raise_original_map_exception = True
+        if not opts.verbose:  # the error is raised here in any case; Ray Data's log lines about it are noise
+            logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+
+    def close(self) -> None:
+        import ray
+
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars, ctx.raise_original_map_exception, level = self._restore
+        logging.getLogger("ray.data").setLevel(level)
 
     def _collect(self, ds: Any, what: str, count: Callable[[Any], int]) -> list[Any]:
         from raymmrec.ray.features import _user_cause
@@ -202,6 +217,8 @@ class RayStages(LocalStages):
             cause = _user_cause(exc)
             if cause is exc:
                 raise
+            if cause.args and isinstance(cause.args[0], str):  # our messages are one line: Ray Data appends
+                cause.args = (cause.args[0].splitlines()[0], *cause.args[1:])  # its retry advice below it
             raise cause from None
         return parts
 
@@ -267,7 +284,7 @@ def _interactions(src: Sources, stages: LocalStages, opts: Options) -> tuple[cor
     data = core.process(rows, kcore=opts.kcore, seed=opts.seed, source=path)
     s = data.steps
     _say(opts, f"interactions: {counts['lines']:,} lines of {posixpath.basename(path)} ({counts['missing']:,} "
-               f"without user/item/timestamp, {s['duplicates_dropped']:,} repeated pairs) -> {s['after_kcore']:,} "
+               f"without user/item/timestamp, {s['duplicates_dropped']:,} repeated pair(s)) -> {s['after_kcore']:,} "
                f"in the {s['kcore']}-core after {s['kcore_rounds']} round(s); {s['users']:,} users, "
                f"{s['items']:,} items; {s['train']:,}/{s['valid']:,}/{s['test']:,} train/valid/test "
                f"(seed {s['seed']}) ({time.perf_counter() - t0:.1f}s)")
@@ -281,14 +298,14 @@ def _text(src: Sources, data: core.AmazonData, tmp: str, stages: LocalStages, op
     rows, counts = _split_status(rows, "metadata", opts)
     texts, found = core.item_texts(data.item_ids, rows if not rows.empty else
                                    pd.DataFrame({"asin": [], "text": []}, dtype=object))
-    _say(opts, f"metadata: {counts['lines']:,} lines of {posixpath.basename(src.meta)}; {found:,} of "
-               f"{data.n_items:,} items have a line ({time.perf_counter() - t0:.1f}s)")
+    _say(opts, f"metadata: {posixpath.basename(src.meta)} has a line for {found:,} of {data.n_items:,} items "
+               f"({time.perf_counter() - t0:.1f}s)")
     factory = opts.text_factory or functools.partial(
         make_encoder, "text", device="cuda" if opts.gpus_per_actor > 0 else None, recipe=core.TEXT_RECIPE)
     frame = pd.DataFrame({"itemID": np.arange(data.n_items, dtype=np.int64),
                           "input": pd.Series(texts, dtype=object)})
     manifest = stages.encode(frame, tmp, "text", factory)
-    return {"lines": counts["lines"], "bad_lines": counts["bad_lines"], "items_with_meta": found,
+    return {"bad_lines": counts["bad_lines"], "items_with_meta": found,
             "items_without_text": manifest["missing"]["count"], "encoder": manifest["encoder"]["name"],
             "dim": manifest["dim"]}
 
@@ -350,6 +367,7 @@ def build_amazon(src: Sources, out: str, opts: Options | None = None) -> dict[st
         raise UserError(f"--name: expected letters, digits, '.', '_' or '-', got {name!r}")
     old = _replaceable(out, opts)
     tmp = _temporary(out)
+    stages: LocalStages | None = None
     try:
         stages = LocalStages(opts) if opts.local else RayStages(opts)
         data, inter_steps = _interactions(src, stages, opts)
@@ -367,6 +385,8 @@ def build_amazon(src: Sources, out: str, opts: Options | None = None) -> dict[st
         _publish(tmp, out, name, old, opts)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if stages is not None:
+            stages.close()
     _say(opts, f"wrote {out}: {name}.inter ({data.n_users:,} users, {data.n_items:,} items, "
                f"{len(data.inter):,} interactions)" + "".join(f", {m}_feat.npy" for m in ("text", "image")
                                                           if m in record))
