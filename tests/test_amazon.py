@@ -30,18 +30,18 @@ NO_META, NO_IMAGE = ITEMS[3], (ITEMS[5], ITEMS[8])
 
 
 def _interactions() -> list[tuple[str, str, float, int]]:
-    """(user, item, rating, unix seconds) in file order: 40 users with 5-14 items, a tail the k-core
-    removes over several rounds, and one repeated (user, item) pair."""
+    """(user, item, rating, unix seconds) in file order: 40 users (not in id order) with 5-24 items, a tail
+    the k-core removes over several rounds, and one repeated (user, item) pair."""
     rng = np.random.default_rng(7)
     rows = []
-    for u in USERS:
-        for i in rng.choice(len(ITEMS), size=int(rng.integers(5, 15)), replace=False):
+    for u in rng.permutation(USERS).tolist():
+        for i in rng.choice(len(ITEMS), size=int(rng.integers(5, 25)), replace=False):
             rows.append((u, ITEMS[i], float(rng.integers(1, 6)), 1_300_000_000 + int(rng.integers(0, 10**8))))
     for k in range(6):  # tail users: a rare item and one common one
         rows += [(f"T{k:03d}XYZ", RARE[k % 4], 3.0, 1_350_000_000), (f"T{k:03d}XYZ", ITEMS[k], 4.0, 1_350_000_001)]
     # five interactions, one of them with a rare item: out in the second round, which takes items with it
     rows += [("C000XYZ", it, 5.0, 1_360_000_000) for it in (RARE[0], ITEMS[1], ITEMS[2], ITEMS[4], ITEMS[6])]
-    rows.append((USERS[0], rows[0][1], 2.0, 1_400_000_000))  # the same pair again, later
+    rows.append((rows[0][0], rows[0][1], 2.0, 1_400_000_000))  # the same pair again, later
     return rows
 
 
@@ -93,6 +93,7 @@ def write_raw(folder: Path) -> dict[str, Path]:
         for a in reversed(ITEMS + RARE):
             if a not in NO_IMAGE:
                 f.write(a.encode() + _vector(a).tobytes())
+        f.write(ITEMS[0].encode() + np.zeros(core.B_DIM, "<f4").tobytes())  # listed again: the first record counts
     return {p.name: p for p in folder.iterdir()}
 
 
@@ -209,7 +210,7 @@ def test_python_literal_meta_is_never_evaluated(tmp_path, monkeypatch):
 def test_b_records_and_alignment(raw, tmp_path):
     path = str(raw["image_features_Baby.b"])
     n, cut = core.b_record_count(raw["image_features_Baby.b"].stat().st_size, path)
-    assert n == len(ITEMS) + len(RARE) - len(NO_IMAGE) and cut == []
+    assert n == len(ITEMS) + len(RARE) - len(NO_IMAGE) + 1 and cut == []
     keep = frozenset(ITEMS)
     parts = [core.read_b_records(path, s, c, keep) for s, c in core.b_ranges(n, per_read=7)]
     asins = [a for p in parts for a in p[0]]
@@ -255,7 +256,8 @@ def test_split_follows_mmrec_rule(baby, raw, tmp_path):
     inter, _, _ = read_folder(folder)
     sizes = inter.groupby("userID")["x_label"].agg(lambda s: tuple(int((s == c).sum()) for c in range(3)))
     n = inter.groupby("userID").size()
-    assert {int(k) for k in n} & set(range(5, 10)) and (n >= 10).any()  # both branches of the rule
+    # both branches of the rule, and 20% held out that is odd (from 15: the two rules differ)
+    assert (n < 10).any() and ((n >= 15) & ((n * 2 // 10) % 2 == 1)).any()
     assert all(sizes[u] == mmrec_split_sizes(int(n[u])) for u in n.index)
     other = build(raw, tmp_path / "baby", seed=1)  # another seed: other held-out items, the same sizes
     inter2, _, _ = read_folder(tmp_path / "baby")
