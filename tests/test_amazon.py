@@ -372,7 +372,11 @@ def test_cli_checks_arguments(raw, tmp_path, capsys):
     assert "--kcore: expected an integer >= 3" in capsys.readouterr().err
     assert main(base + ["--ratings", str(tmp_path / "nope.csv")]) == 2
     assert "nope.csv does not exist" in capsys.readouterr().err
-    assert _leftovers(tmp_path) == []
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "other.b").write_bytes(b"X" * 10 + bytes(4 * core.B_DIM))  # no item of ours
+    assert main(base + ["--ratings", str(raw["ratings_Baby.csv"]), "--images", str(tmp_path / "in" / "other.b")]) == 2
+    assert f"error: {tmp_path / 'in' / 'other.b'}: no record for any of the 30 items" in capsys.readouterr().err
+    assert _leftovers(tmp_path) == ["in"]
 
 
 # --------------------------------------------------------------------------------------------- Ray, S3, MiniLM

@@ -55,6 +55,7 @@ from raymmrec.features.encoders import Encoder, make_encoder
 from raymmrec.features.extract import extract
 from raymmrec.features.writer import write_features
 from raymmrec.files import is_url, location, open_fs
+from raymmrec.ray.features import _user_cause, add_actor_arguments, check_actor_arguments, extract_ray
 
 BUILD_FILE = "amazon.json"
 #: Files an ``--overwrite`` may replace: a folder holding anything else is refused.
@@ -161,7 +162,7 @@ class LocalStages:
     def b_records(self, path: str, ranges: list[tuple[int, int]], keep: frozenset[str]) -> pd.DataFrame:
         return pd.concat([_b_frame(_b_batch({"start": np.array([s]), "count": np.array([c])}, path, keep,
                                             self.opts.skip_bad_lines, self.opts.storage_options))
-                          for s, c in ranges], ignore_index=True)
+                          for s, c in ranges] or [_b_frame(_NO_RECORDS)], ignore_index=True)
 
     def close(self) -> None:
         pass
@@ -169,6 +170,10 @@ class LocalStages:
     def encode(self, frame: pd.DataFrame, out: str, modality: str, factory: Callable[[], Encoder]) -> dict[str, Any]:
         return extract(frame, out, modality, encoder=factory(), batch_size=self.opts.batch_size,
                        progress=self.opts.progress)
+
+
+_NO_RECORDS = {"asin": np.zeros(0, object), "feature": np.zeros((0, core.B_DIM), np.float32),
+               "error": np.zeros(0, object)}
 
 
 def _b_frame(batch: dict[str, np.ndarray]) -> pd.DataFrame:
@@ -203,8 +208,6 @@ class RayStages(LocalStages):
         logging.getLogger("ray.data").setLevel(level)
 
     def _collect(self, ds: Any, what: str, count: Callable[[Any], int]) -> list[Any]:
-        from raymmrec.ray.features import _user_cause
-
         parts, t0, last, n = [], time.perf_counter(), time.perf_counter(), 0
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="pandas"):
@@ -244,13 +247,9 @@ class RayStages(LocalStages):
             "path": path, "keep": keep, "skip_bad": self.opts.skip_bad_lines,
             "storage_options": self.opts.storage_options})
         parts = self._collect(ds, "image features: records read", len)
-        return pd.concat(parts, ignore_index=True) if parts else _b_frame(
-            {"asin": np.zeros(0, object), "feature": np.zeros((0, core.B_DIM), np.float32),
-             "error": np.zeros(0, object)})
+        return pd.concat(parts, ignore_index=True) if parts else _b_frame(_NO_RECORDS)
 
     def encode(self, frame: pd.DataFrame, out: str, modality: str, factory: Callable[[], Encoder]) -> dict[str, Any]:
-        from raymmrec.ray.features import extract_ray
-
         o = self.opts
         return extract_ray(frame, out, modality, actors=o.actors, batch_size=o.batch_size,
                            cpus_per_actor=o.cpus_per_actor, gpus_per_actor=o.gpus_per_actor, factory=factory,
@@ -298,6 +297,9 @@ def _text(src: Sources, data: core.AmazonData, tmp: str, stages: LocalStages, op
     rows, counts = _split_status(rows, "metadata", opts)
     texts, found = core.item_texts(data.item_ids, rows if not rows.empty else
                                    pd.DataFrame({"asin": [], "text": []}, dtype=object))
+    if not found:
+        raise DataError(f"{src.meta}: no line for any of the {data.n_items:,} items of the interactions "
+                        "(the metadata of another category?)")
     _say(opts, f"metadata: {posixpath.basename(src.meta)} has a line for {found:,} of {data.n_items:,} items "
                f"({time.perf_counter() - t0:.1f}s)")
     factory = opts.text_factory or functools.partial(
@@ -324,6 +326,9 @@ def _b_images(src: Sources, data: core.AmazonData, tmp: str, stages: LocalStages
     rows = rows.loc[~bad]
     feats = np.stack(rows["feature"].tolist()) if len(rows) else np.zeros((0, core.B_DIM), np.float32)
     table, found = core.align_rows(data.item_ids.tolist(), rows["asin"].tolist(), feats)
+    if not found.any():
+        raise DataError(f"{src.images}: no record for any of the {data.n_items:,} items of the interactions "
+                        f"({n:,} records; the image features of another category?)")
     failures = {int(i): ("missing", f"no record in {posixpath.basename(src.images)}") for i in np.flatnonzero(~found)}
     seconds = time.perf_counter() - t0
     describe = {"modality": "image", "name": f"{posixpath.basename(src.images)} (the release's CNN features)",
@@ -479,10 +484,7 @@ def parser(prog: str = "raymmrec data") -> argparse.ArgumentParser:
     r = p.add_argument_group("where it runs")
     r.add_argument("--local", action="store_true", help="one process, no Ray")
     r.add_argument("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray)")
-    r.add_argument("--actors", type=int, default=2, help="encoder actors (default 2)")
-    r.add_argument("--batch-size", type=int, default=64, help="items per encoder call (default 64)")
-    r.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs per encoder actor (default 1)")
-    r.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per encoder actor (default 0)")
+    add_actor_arguments(r)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--verbose", action="store_true", help="tracebacks with errors, Ray's own logs and bars")
     return p
@@ -494,9 +496,7 @@ def main(argv: list[str] | None = None, prog: str = "raymmrec data") -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    for flag in ("actors", "batch_size"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag.replace('_', '-')}: expected a positive integer, got {getattr(args, flag)}")
+    check_actor_arguments(args)
     if args.local and args.address:
         raise UserError("--local runs in this process: it takes no --address")
     src = Sources(ratings=args.ratings, reviews=args.reviews, meta=args.meta, images=args.images,

@@ -192,6 +192,22 @@ def extract_ray(catalog: str | pd.DataFrame, out: str, modality: str, *, actors:
 
 
 # --------------------------------------------------------------------------------------------- command line
+def add_actor_arguments(p: argparse.ArgumentParser | Any) -> None:
+    """The encoder actors' options, of ``raymmrec features`` and ``raymmrec data``."""
+    p.add_argument("--actors", type=int, default=2, help="encoder actors (default 2)")
+    p.add_argument("--batch-size", type=int, default=64, help="items per encoder call (default 64)")
+    p.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor (default 1)")
+    p.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor (default 0; >0 encodes on CUDA)")
+
+
+def check_actor_arguments(args: argparse.Namespace) -> None:
+    for flag in ("actors", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')}: expected a positive integer, got {getattr(args, flag)}")
+    if args.cpus_per_actor <= 0 or args.gpus_per_actor < 0:
+        raise UserError("--cpus-per-actor must be > 0 and --gpus-per-actor >= 0")
+
+
 def parser(prog: str = "raymmrec features") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     p.add_argument("--catalog", required=True,
@@ -202,10 +218,7 @@ def parser(prog: str = "raymmrec features") -> argparse.ArgumentParser:
                    help="comma-separated columns joined into the item text (default: 'text', else MMRec's "
                         "title,brand,categories,description where present)")
     p.add_argument("--local", action="store_true", help="no Ray: encode in this process")
-    p.add_argument("--actors", type=int, default=2, help="encoder actors (default 2)")
-    p.add_argument("--batch-size", type=int, default=64, help="items per encoder call (default 64)")
-    p.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor (default 1)")
-    p.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor (default 0; >0 encodes on CUDA)")
+    add_actor_arguments(p)
     p.add_argument("--threads-per-actor", type=int, default=None, help="torch threads per actor (default: its CPUs)")
     p.add_argument("--device", default=None, help="--local only: cpu | cuda (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -219,11 +232,7 @@ def main(argv: list[str] | None = None, prog: str = "raymmrec features") -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    for flag in ("actors", "batch_size"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag.replace('_', '-')}: expected a positive integer, got {getattr(args, flag)}")
-    if args.cpus_per_actor <= 0 or args.gpus_per_actor < 0:
-        raise UserError("--cpus-per-actor must be > 0 and --gpus-per-actor >= 0")
+    check_actor_arguments(args)
     columns = [c.strip() for c in args.text_columns.split(",") if c.strip()] if args.text_columns else None
     if args.local:
         manifest = extract(args.catalog, args.out, args.modality, batch_size=args.batch_size, text_columns=columns,
