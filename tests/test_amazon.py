@@ -183,6 +183,14 @@ def test_three_interaction_formats_parse_alike(raw):
         pd.testing.assert_frame_equal(ok[["user", "item", "rating", "timestamp"]], expected, check_dtype=False)
 
 
+def test_cut_download_is_one_error(raw, tmp_path):
+    cut = tmp_path / "reviews_Cut_5.json.gz"
+    cut.write_bytes(raw["reviews_Baby_5.json.gz"].read_bytes()[:-40])
+    with pytest.raises(DataError, match=r"reviews_Cut_5\.json\.gz: cannot read past line \d+: .* \(a corrupt or "
+                                        r"incomplete download\?\)"):
+        _parse_all(cut, "reviews")
+
+
 def test_item_text_recipe():
     assert core.item_text(_item_meta("B000000007", 2014)) == \
         "Soft toy 7 Brand1 Baby Toys 3 A toy for babies, it's number 7."  # the first category path only
