@@ -83,13 +83,19 @@ def _block_rows(n: int, batch_size: int, max_blocks: int = 2000) -> int:
     return max(2 * batch_size, math.ceil(n / max_blocks), 1)
 
 
-def catalog_dataset(catalog: str, modality: str, *, columns: Sequence[str] | None = None, batch_size: int = 64,
-                    storage_options: dict[str, Any] | None = None) -> tuple[Any, int, list[str]]:
-    """A Ray Dataset of ``[itemID, input]`` rows in blocks of a few batches, its row count and the columns used."""
+def catalog_dataset(catalog: str | pd.DataFrame, modality: str, *, columns: Sequence[str] | None = None,
+                    batch_size: int = 64, storage_options: dict[str, Any] | None = None
+                    ) -> tuple[Any, int, list[str]]:
+    """A Ray Dataset of ``[itemID, input]`` rows in blocks of a few batches, its row count and the columns used.
+
+    ``catalog``: a catalogue's path or URL, or an ``[itemID, input]`` frame made by the caller.
+    """
     import ray
 
     input_kind = "text" if modality == "text" else "image"
-    if catalog_kind(catalog) == "parquet":
+    if isinstance(catalog, pd.DataFrame):
+        frame = catalog
+    elif catalog_kind(catalog) == "parquet":
         fs, path = _arrow_fs(catalog, storage_options)
         ds = ray.data.read_parquet(path, filesystem=fs)
         names = list(ds.schema().names)
@@ -102,7 +108,8 @@ def catalog_dataset(catalog: str, modality: str, *, columns: Sequence[str] | Non
         ds = ds.map_batches(_prepare_batch, batch_format="pandas", fn_kwargs={
             "modality": input_kind, "root": catalog_root(catalog), "columns": used, "where": catalog})
         return ds, n, used
-    frame = read_catalog(catalog, input_kind, columns=columns, storage_options=storage_options)
+    else:
+        frame = read_catalog(catalog, input_kind, columns=columns, storage_options=storage_options)
     size = _block_rows(len(frame), batch_size)
     chunks = [frame.iloc[i:i + size] for i in range(0, len(frame), size)]
     return ray.data.from_pandas(chunks), len(frame), list(frame.attrs.get("columns", []))
@@ -123,13 +130,14 @@ def _user_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def extract_ray(catalog: str, out: str, modality: str, *, actors: int = 2, batch_size: int = 64,
+def extract_ray(catalog: str | pd.DataFrame, out: str, modality: str, *, actors: int = 2, batch_size: int = 64,
                 cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0, threads_per_actor: int | None = None,
                 factory: Callable[[], Encoder] | None = None, text_columns: Sequence[str] | None = None,
                 progress: bool = True, verbose: bool = False,
                 storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Extract ``modality`` features with a pool of ``actors`` encoder actors; return the manifest.
 
+    ``catalog``: a path or URL (see :mod:`raymmrec.features.catalog`) or an ``[itemID, input]`` frame.
     ``factory`` builds the encoder in each actor (default: :func:`make_encoder` for ``modality``, on CUDA when
     ``gpus_per_actor > 0``); it must be picklable (a module-level function or ``functools.partial``).
     """
@@ -171,7 +179,8 @@ def extract_ray(catalog: str, out: str, modality: str, *, actors: int = 2, batch
     all_ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
     uniq, counts = np.unique(all_ids, return_counts=True)
     if (counts > 1).any():
-        raise UserError(f"{catalog}: {ID} {int(uniq[counts > 1][0])} appears more than once")
+        raise UserError(f"{catalog if isinstance(catalog, str) else 'catalogue'}: {ID} "
+                        f"{int(uniq[counts > 1][0])} appears more than once")
     kinds_all = np.concatenate(kinds) if kinds else np.zeros(0, dtype=object)
     msgs_all = np.concatenate(msgs) if msgs else np.zeros(0, dtype=object)
     failures = {int(i): (str(k), str(m)) for i, k, m in zip(all_ids, kinds_all, msgs_all) if k}
@@ -179,11 +188,26 @@ def extract_ray(catalog: str, out: str, modality: str, *, actors: int = 2, batch
         report_failures(failures, pd.DataFrame({ID: all_ids, INPUT: [None] * len(all_ids)}))
     table = np.concatenate(feats) if feats else np.zeros((0, describe["dim"]), dtype=np.float32)
     return write_features(out, modality, all_ids, table, failures, describe, seconds=seconds, startup=bar.startup,
-                          catalog=catalog,
-                          storage_options=storage_options)
+                          catalog=catalog if isinstance(catalog, str) else "", storage_options=storage_options)
 
 
 # --------------------------------------------------------------------------------------------- command line
+def add_actor_arguments(p: argparse.ArgumentParser | Any) -> None:
+    """The encoder actors' options, of ``raymmrec features`` and ``raymmrec data``."""
+    p.add_argument("--actors", type=int, default=2, help="encoder actors (default 2)")
+    p.add_argument("--batch-size", type=int, default=64, help="items per encoder call (default 64)")
+    p.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor (default 1)")
+    p.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor (default 0; >0 encodes on CUDA)")
+
+
+def check_actor_arguments(args: argparse.Namespace) -> None:
+    for flag in ("actors", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')}: expected a positive integer, got {getattr(args, flag)}")
+    if args.cpus_per_actor <= 0 or args.gpus_per_actor < 0:
+        raise UserError("--cpus-per-actor must be > 0 and --gpus-per-actor >= 0")
+
+
 def parser(prog: str = "raymmrec features") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     p.add_argument("--catalog", required=True,
@@ -194,10 +218,7 @@ def parser(prog: str = "raymmrec features") -> argparse.ArgumentParser:
                    help="comma-separated columns joined into the item text (default: 'text', else MMRec's "
                         "title,brand,categories,description where present)")
     p.add_argument("--local", action="store_true", help="no Ray: encode in this process")
-    p.add_argument("--actors", type=int, default=2, help="encoder actors (default 2)")
-    p.add_argument("--batch-size", type=int, default=64, help="items per encoder call (default 64)")
-    p.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor (default 1)")
-    p.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor (default 0; >0 encodes on CUDA)")
+    add_actor_arguments(p)
     p.add_argument("--threads-per-actor", type=int, default=None, help="torch threads per actor (default: its CPUs)")
     p.add_argument("--device", default=None, help="--local only: cpu | cuda (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -211,11 +232,7 @@ def main(argv: list[str] | None = None, prog: str = "raymmrec features") -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    for flag in ("actors", "batch_size"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag.replace('_', '-')}: expected a positive integer, got {getattr(args, flag)}")
-    if args.cpus_per_actor <= 0 or args.gpus_per_actor < 0:
-        raise UserError("--cpus-per-actor must be > 0 and --gpus-per-actor >= 0")
+    check_actor_arguments(args)
     columns = [c.strip() for c in args.text_columns.split(",") if c.strip()] if args.text_columns else None
     if args.local:
         manifest = extract(args.catalog, args.out, args.modality, batch_size=args.batch_size, text_columns=columns,
