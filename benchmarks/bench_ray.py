@@ -373,6 +373,8 @@ def node_memory(a: argparse.Namespace) -> dict:
     cmds = {"one process": [sys.executable, "-m", "raymmrec", "train", *common, "--device", "cpu"],
             f"{a.num_workers} column-sharded Ray workers": [sys.executable, "-m", "raymmrec", "train", *common,
                                                             "--num-workers", str(a.num_workers), "--shard", "columns"]}
+    if a.only:  # one of the two (memory, unlike time, can be compared across invocations)
+        cmds = {k: v for k, v in cmds.items() if k.startswith("one") == (a.only == "one")}
     res = {}
     try:
         for i, (key, cmd) in enumerate(cmds.items()):
@@ -385,6 +387,8 @@ def node_memory(a: argparse.Namespace) -> dict:
                   f"command {r['wall_s']:.0f}s; largest processes' own peaks (GiB): {big}", flush=True)
     finally:
         shutil.rmtree(out, ignore_errors=True)
+    if len(res) < 2:
+        return {"runs": res}
     one, ray_ = (r["peak_gib"] for r in res.values())
     print(f"(e) whole-machine peak: one process {one:.2f} GiB, {a.num_workers} Ray workers {ray_:.2f} GiB "
           f"({ray_ / one:.2f}x; target 1.15x)", flush=True)
@@ -409,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--commands", action="store_true",
                    help="time the commands themselves: first epoch line, time between epoch lines (see above)")
     p.add_argument("--repeats", type=int, default=3, help="--commands: runs of each command (medians)")
+    p.add_argument("--only", choices=("one", "ray"), default=None, help="--node-memory: run only one of the two")
     p.add_argument("--node-memory", action="store_true",
                    help="the whole machine's peak memory: one process against column-sharded Ray workers (see above)")
     a = p.parse_args(argv)

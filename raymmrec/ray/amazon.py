@@ -96,12 +96,19 @@ class Options:
     actors: int = 2
     batch_size: int = 64
     cpus_per_actor: float = 1.0
-    gpus_per_actor: float = 0.0
+    gpus_per_actor: float | None = None  # a share of one GPU (raymmrec.ray.devices)
+    device: str | None = None  # auto | cpu | cuda
     text_factory: Callable[[], Encoder] | None = None  # default: all-MiniLM-L6-v2
     image_factory: Callable[[], Encoder] | None = None  # --image-dir only; default: EfficientNet-Lite0
     progress: bool = True
     verbose: bool = False
     storage_options: dict[str, Any] | None = field(default=None, repr=False)
+
+
+def _encoder_device(opts: Options) -> str | None:
+    """The encoders' device: on Ray the one :mod:`raymmrec.ray.devices` settled; in one process the
+    one asked for (None, auto: CUDA where this machine has it)."""
+    return None if opts.device in (None, "auto") else opts.device
 
 
 def _say(opts: Options, line: str) -> None:
@@ -190,6 +197,9 @@ class RayStages(LocalStages):
         if not ray.is_initialized():  # Ray's own processes' output reaches us only with --verbose
             ray.init(address=opts.address, log_to_driver=opts.verbose,
                      logging_level=logging.INFO if opts.verbose else logging.WARNING)
+        from raymmrec.ray.devices import cluster_gpus, device_and_gpus
+
+        opts.device, opts.gpus_per_actor = device_and_gpus(opts.device, opts.gpus_per_actor, cluster_gpus(), "actor")
         ctx = ray.data.DataContext.get_current()
         self._restore = (ctx.enable_progress_bars, ctx.raise_original_map_exception,
                          logging.getLogger("ray.data").level)
@@ -252,8 +262,8 @@ class RayStages(LocalStages):
     def encode(self, frame: pd.DataFrame, out: str, modality: str, factory: Callable[[], Encoder]) -> dict[str, Any]:
         o = self.opts
         return extract_ray(frame, out, modality, actors=o.actors, batch_size=o.batch_size,
-                           cpus_per_actor=o.cpus_per_actor, gpus_per_actor=o.gpus_per_actor, factory=factory,
-                           progress=o.progress, verbose=o.verbose)
+                           cpus_per_actor=o.cpus_per_actor, gpus_per_actor=o.gpus_per_actor or None,
+                           device=o.device, factory=factory, progress=o.progress, verbose=o.verbose)
 
 
 # --------------------------------------------------------------------------------------------- the build
@@ -303,7 +313,7 @@ def _text(src: Sources, data: core.AmazonData, tmp: str, stages: LocalStages, op
     _say(opts, f"metadata: {posixpath.basename(src.meta)} has a line for {found:,} of {data.n_items:,} items "
                f"({time.perf_counter() - t0:.1f}s)")
     factory = opts.text_factory or functools.partial(
-        make_encoder, "text", device="cuda" if opts.gpus_per_actor > 0 else None, recipe=core.TEXT_RECIPE)
+        make_encoder, "text", device=_encoder_device(opts), recipe=core.TEXT_RECIPE)
     frame = pd.DataFrame({"itemID": np.arange(data.n_items, dtype=np.int64),
                           "input": pd.Series(texts, dtype=object)})
     manifest = stages.encode(frame, tmp, "text", factory)
@@ -353,7 +363,7 @@ def _dir_images(src: Sources, data: core.AmazonData, tmp: str, stages: LocalStag
     inputs = [by_asin.get(a) for a in data.item_ids.tolist()]
     frame = pd.DataFrame({"itemID": np.arange(data.n_items, dtype=np.int64), "input": pd.Series(inputs, dtype=object)})
     factory = opts.image_factory or functools.partial(
-        make_encoder, "image", device="cuda" if opts.gpus_per_actor > 0 else None)
+        make_encoder, "image", device=_encoder_device(opts))
     manifest = stages.encode(frame, tmp, "image", factory)
     return {"images": len(by_asin), "items_with_image": int(sum(i is not None for i in inputs)),
             "items_without_vector": manifest["missing"]["count"] + manifest["broken"]["count"],
@@ -504,7 +514,8 @@ def _main(args: argparse.Namespace) -> int:
     opts = Options(kcore=args.kcore, seed=args.seed, skip_bad_lines=args.skip_bad_lines, overwrite=args.overwrite,
                    name=args.name, local=args.local, address=args.address, actors=args.actors,
                    batch_size=args.batch_size, cpus_per_actor=args.cpus_per_actor,
-                   gpus_per_actor=args.gpus_per_actor, progress=not args.quiet, verbose=args.verbose)
+                   gpus_per_actor=args.gpus_per_actor, device=args.device, progress=not args.quiet,
+                   verbose=args.verbose)
     build_amazon(src, args.out, opts)
     return 0
 

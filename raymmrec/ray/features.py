@@ -2,7 +2,7 @@
 
     raymmrec features --catalog items.tsv --out data/mydataset --modality text --actors 2
     raymmrec features --catalog s3://bucket/images/ --out s3://bucket/mydataset --modality image \\
-        --actors 4 --gpus-per-actor 1 --batch-size 128
+        --actors 4 --device cuda --batch-size 128
     raymmrec features --catalog items.parquet --out data/mydataset --modality image2text --local
 
 Ray Data reads the catalogue (Parquet with ``ray.data.read_parquet``; a TSV/CSV or a folder listing is read on
@@ -131,20 +131,26 @@ def _user_cause(exc: BaseException) -> BaseException:
 
 
 def extract_ray(catalog: str | pd.DataFrame, out: str, modality: str, *, actors: int = 2, batch_size: int = 64,
-                cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0, threads_per_actor: int | None = None,
+                cpus_per_actor: float = 1.0, gpus_per_actor: float | None = None,
+                threads_per_actor: int | None = None, device: str | None = None,
                 factory: Callable[[], Encoder] | None = None, text_columns: Sequence[str] | None = None,
                 progress: bool = True, verbose: bool = False,
                 storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Extract ``modality`` features with a pool of ``actors`` encoder actors; return the manifest.
 
     ``catalog``: a path or URL (see :mod:`raymmrec.features.catalog`) or an ``[itemID, input]`` frame.
-    ``factory`` builds the encoder in each actor (default: :func:`make_encoder` for ``modality``, on CUDA when
-    ``gpus_per_actor > 0``); it must be picklable (a module-level function or ``functools.partial``).
+    ``device`` (auto, cpu, cuda) and ``gpus_per_actor`` (a share of one GPU) as
+    :func:`raymmrec.ray.devices.device_and_gpus` reads them. ``factory`` builds the encoder in each actor
+    (default: :func:`make_encoder` for ``modality``, on that device); it must be picklable (a module-level
+    function or ``functools.partial``).
     """
     import ray
 
+    from raymmrec.ray.devices import cluster_gpus, device_and_gpus
+
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING, log_to_driver=verbose)
+    device, gpus_per_actor = device_and_gpus(device, gpus_per_actor, cluster_gpus(), "actor")
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = verbose
     if not verbose:
@@ -152,7 +158,6 @@ def extract_ray(catalog: str | pd.DataFrame, out: str, modality: str, *, actors:
 
     ds, n, used = catalog_dataset(catalog, modality, columns=text_columns, batch_size=batch_size,
                                   storage_options=storage_options)
-    device = "cuda" if gpus_per_actor > 0 else "cpu"
     if factory is None:
         factory = functools.partial(make_encoder, modality, device=device, recipe=recipe_name(used))
     describe = factory().describe()  # constructors load nothing: cheap on the driver
@@ -197,15 +202,18 @@ def add_actor_arguments(p: argparse.ArgumentParser | Any) -> None:
     p.add_argument("--actors", type=int, default=2, help="encoder actors (default 2)")
     p.add_argument("--batch-size", type=int, default=64, help="items per encoder call (default 64)")
     p.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor (default 1)")
-    p.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor (default 0; >0 encodes on CUDA)")
+    p.add_argument("--device", default=None,
+                   help="auto | cpu | cuda: where the encoders run (default auto: CUDA where there is a GPU)")
+    p.add_argument("--gpus-per-actor", type=float, default=None,
+                   help="with GPUs (--device cuda, or auto on a GPU cluster): an actor's share of one GPU (default 1)")
 
 
 def check_actor_arguments(args: argparse.Namespace) -> None:
     for flag in ("actors", "batch_size"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')}: expected a positive integer, got {getattr(args, flag)}")
-    if args.cpus_per_actor <= 0 or args.gpus_per_actor < 0:
-        raise UserError("--cpus-per-actor must be > 0 and --gpus-per-actor >= 0")
+    if args.cpus_per_actor <= 0:
+        raise UserError(f"--cpus-per-actor: expected a number > 0, got {args.cpus_per_actor:g}")
 
 
 def parser(prog: str = "raymmrec features") -> argparse.ArgumentParser:
@@ -220,7 +228,6 @@ def parser(prog: str = "raymmrec features") -> argparse.ArgumentParser:
     p.add_argument("--local", action="store_true", help="no Ray: encode in this process")
     add_actor_arguments(p)
     p.add_argument("--threads-per-actor", type=int, default=None, help="torch threads per actor (default: its CPUs)")
-    p.add_argument("--device", default=None, help="--local only: cpu | cuda (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--verbose", action="store_true", help="tracebacks with errors, Ray Data's own logs and bars")
     return p
@@ -240,7 +247,7 @@ def _main(args: argparse.Namespace) -> int:
     else:
         manifest = extract_ray(args.catalog, args.out, args.modality, actors=args.actors, batch_size=args.batch_size,
                                cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
-                               threads_per_actor=args.threads_per_actor, text_columns=columns,
+                               device=args.device, threads_per_actor=args.threads_per_actor, text_columns=columns,
                                progress=not args.quiet, verbose=args.verbose)
     run = manifest["runs"][-1]
     print(f"{args.out.rstrip('/')}/{args.modality}_feat.npy: {manifest['rows']} x {manifest['dim']} "

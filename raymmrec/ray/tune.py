@@ -273,30 +273,13 @@ def _cluster_cpus_gpus() -> tuple[float, float]:
     return float(res.get("CPU", 1.0)), float(res.get("GPU", 0.0))
 
 
-def trial_device(device: str, gpus_per_trial: float | None, cluster_gpus: float) -> tuple[str, float]:
-    """(the trials' device, GPUs per trial) from ``--device`` (the spec's ``train.device``: auto, cpu,
-    cuda) and ``--gpus-per-trial`` (a share of a GPU, only with GPUs); one line naming the option
-    when they contradict each other or the cluster."""
-    dev = str(device or "auto").split(":")[0]
-    if dev not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"--device: expected auto, cpu or cuda for a sweep, got {device!r}")
-    if dev == "auto":
-        dev = "cuda" if cluster_gpus > 0 else "cpu"
-    if dev == "cuda" and cluster_gpus <= 0:
-        raise ConfigError("--device cuda: the Ray cluster has no GPU (use --device cpu or auto)")
-    if gpus_per_trial is not None and dev == "cpu":
-        raise ConfigError(f"--gpus-per-trial {gpus_per_trial:g}: the trials run on the CPU here "
-                          f"({'--device cpu' if str(device).startswith('cpu') else 'the cluster has no GPU'})")
-    if gpus_per_trial is not None and not 0 < gpus_per_trial <= 1:
-        raise ConfigError(f"--gpus-per-trial: expected a share of one GPU in (0, 1], got {gpus_per_trial:g}")
-    return dev, (gpus_per_trial or 1.0) if dev == "cuda" else 0.0
-
-
 def _resources(args: SweepArgs, n_trials: int, device: str) -> tuple[dict[str, float], int, int]:
     """(per-trial resources, max concurrent trials, torch threads per trial); sets ``args.gpus_per_trial``
     (``device``: the spec's ``train.device``)."""
+    from raymmrec.ray.devices import device_and_gpus
+
     cpus, gpus = _cluster_cpus_gpus()
-    _, args.gpus_per_trial = trial_device(device, args.gpus_per_trial, gpus)
+    _, args.gpus_per_trial = device_and_gpus(device, args.gpus_per_trial, gpus, "trial")
     if args.workers_per_trial > 1:  # the trial's driver function only waits; its workers hold the resources
         concurrent = args.max_concurrent or 1
         return {"cpu": 0.01}, concurrent, 1
