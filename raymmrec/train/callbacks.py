@@ -11,7 +11,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from raymmrec.train.artifacts import BEST, best_for_checkpoint, cpu_weights, write_best
-from raymmrec.files import join, write_bytes
+from raymmrec.files import join, save_tensors
 from raymmrec.train.checkpoint import ranks, save_checkpoint
 from raymmrec.train.loop import Callback, Trainer, TrainState, unwrap
 
@@ -160,15 +160,15 @@ class BestWeightsCallback(Callback):
         if getattr(model, "columns", None) is None and rank != 0:
             return  # data-parallel: rank 0's copy is the model
         self.weights = cpu_weights(model)  # snapshot now
-        data = write_best(self.run_dir, model, state, self.config, self.weights, rank)
-        if data is None:
+        payload = write_best(self.run_dir, model, state, self.config, self.weights, rank)
+        if payload is None:
             return
         if self.pool is None:
-            write_bytes(self.target, data)
+            save_tensors(self.target, payload)
             return
         if self.pending is not None:
             self.pending.result()
-        self.pending = self.pool.submit(write_bytes, self.target, data)
+        self.pending = self.pool.submit(save_tensors, self.target, payload)
 
     def wait(self) -> None:
         """Block until the last background write is done (before a checkpoint claims that best)."""
