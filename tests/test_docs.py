@@ -1,10 +1,10 @@
 """The README and docs/ name only commands, options, scripts, files and links that exist.
 
 Every command in a fenced shell block or in inline code that runs ``raymmrec <sub>``,
-``python -m raymmrec[.module]``, ``python jobs/<x>.py`` or ``python benchmarks/<x>.py`` is checked
-against the argparse parser that command really builds: the parser is captured at its first
-``parse_args`` call (which then raises instead of parsing), so nothing runs and a new option needs
-no change here. A ``--option`` named on its own in inline code must exist in at least one of those
+``python -m raymmrec[.module]``, ``python -m benchmarks.<x> [mode]``, ``python jobs/<x>.py`` or
+``python benchmarks/<x>.py`` is checked against the argparse parser that command really builds (a
+subcommand's own, where the parser has subcommands): the parser is captured at its first ``parse_args``
+call (which then raises instead of parsing), so nothing runs and a new option needs no change here. A ``--option`` named on its own in inline code must exist in at least one of those
 parsers. Paths into the repository (``jobs/train.py``, ``raymmrec/models/bm3.py``) must exist, and
 relative Markdown links must lead to an existing file and, with ``#anchor``, to a heading there.
 """
@@ -31,6 +31,7 @@ OPTION = re.compile(r"^\[?(--[A-Za-z][\w-]*)")
 WORD = re.compile(r"^[a-z][a-z0-9_-]*$")
 REPO_DIRS = ("raymmrec/", "jobs/", "benchmarks/", "tests/", "cluster/", "docker/", "docs/")
 SCRIPT = re.compile(r"^(?:\./)?((?:jobs|benchmarks)/[\w.-]+\.py)$")
+MODULE = re.compile(r"^(?:raymmrec|benchmarks)(?:\.\w+)+$")  # python -m raymmrec.features.demo, benchmarks.bench_train
 
 
 # ---------------------------------------------------------------- the parsers the code builds
@@ -158,7 +159,7 @@ def programs(toks: list[str]):
         if t == "raymmrec" and (i == 0 or toks[i - 1] in {"-m", "exec", "--", "time", "nice"}
                                 or "=" in toks[i - 1]):
             yield "cli", None, rest
-        elif i >= 1 and toks[i - 1] == "-m" and re.match(r"^raymmrec(\.\w+)+$", t):
+        elif i >= 1 and toks[i - 1] == "-m" and MODULE.match(t):
             yield "module", t, rest
         elif m := SCRIPT.match(t):
             if i >= 1 and re.match(r"^python[\d.]*$", Path(toks[i - 1]).name):
@@ -176,12 +177,27 @@ def resolve(kind: str, name: str | None, rest: list[str]) -> tuple[argparse.Argu
             raise DocError(f"`raymmrec {rest[0]}` is not a raymmrec subcommand (have: {sorted(subs)})")
         return cli_parser(rest[0]), rest[1:], f"raymmrec {rest[0]}"
     if kind == "module":
-        if importlib.util.find_spec(name) is None:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:  # its package does not exist
+            found = False
+        if not found:
             raise DocError(f"no module {name}")
-        return module_parser(name), rest, f"python -m {name}"
+        return subcommand(module_parser(name), rest, f"python -m {name}")
     if not (ROOT / name).is_file():
         raise DocError(f"{name} does not exist")
     return script_parser(name), rest, name
+
+
+def subcommand(p: argparse.ArgumentParser, rest: list[str], label: str
+               ) -> tuple[argparse.ArgumentParser, list[str], str]:
+    """A parser with subcommands (``bench_train epoch``): the named subcommand's parser and the tokens after it."""
+    subs = _subparsers(p)
+    if not subs or not rest or not WORD.match(rest[0]):
+        return p, rest, label
+    if rest[0] not in subs:
+        raise DocError(f"`{label} {rest[0]}`: expected one of {sorted(subs)}")
+    return subs[rest[0]], rest[1:], f"{label} {rest[0]}"
 
 
 def named_options(rest: list[str]) -> list[str]:
@@ -210,6 +226,7 @@ def all_parsers() -> tuple[argparse.ArgumentParser, ...]:
                         ps.append(resolve(kind, name, rest)[0])
                     except DocError:  # check_command reports it
                         pass
+    ps += [sub for p in ps if p is not None for sub in _subparsers(p).values()]
     return tuple(p for p in ps if p is not None)
 
 
@@ -307,6 +324,11 @@ def test_the_check_sees_a_missing_option_and_subcommand():
     assert check_command("raymmrec study noisy-label --rates 0,0.2")
     assert check_command("python -m raymmrec.features.demo --out /tmp/demo") == []
     assert check_command("python -m raymmrec.features.nope --out /tmp/demo")
+    assert check_command("python -m benchmarks.bench_train epoch --method bm3 --epochs-measured 3 train.lr=0.1") == []
+    assert check_command("python -m benchmarks.bench_train compare --epochs-measured 3")  # epoch's option, not compare's
+    assert check_command("python -m benchmarks.bench_train epochs --method bm3")
+    assert check_command("python -m benchmarks.bench_ray --commands --node-memory --num-workers 2") == []
+    assert check_command("python -m benchmarks.no_such_bench --method bm3")
 
 
 # ---------------------------------------------------------------- what the docs say of the code

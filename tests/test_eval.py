@@ -13,7 +13,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from raymmrec.data.schema import Interactions
-from raymmrec.eval import Evaluator, items_by_user, joint_metric_sums, mask_unrankable, metric_names, topk_ordered
+from raymmrec.eval import (Evaluator, items_by_user, joint_metric_rows, joint_metric_sums, mask_unrankable,
+                           metric_names, topk_ordered)
 
 
 def reference(n_items, train, truth, scores, ks):
@@ -177,6 +178,25 @@ def test_joint_splits_rank_each_user_once_and_match_separate_runs(tie_range):
         for ev, sums in zip(evs, total):
             assert_metrics_close(ev.finalize(sums, ev.users.numel()), ev.evaluate(fn), tol=1e-12)
 
+
+
+def test_joint_rows_are_each_users_own_metrics_ranking_each_user_once():
+    """joint_metric_rows (what joint_metric_sums adds up) gives each split's per-user rows, scoring each user of
+    the union once; evaluators that rank otherwise are refused."""
+    train, valid, scores = random_case(5, n_users=40, n_items=30)
+    _, test, _ = random_case(6, n_users=40, n_items=30)
+    evs = [Evaluator(30, train, valid, ks=(1, 5, 10), max_batch_elems=30 * 7), Evaluator(30, train, test, ks=(3, 20))]
+    seen = []
+    fn = score_fn_of(scores)
+    rows = [torch.full((ev.n_users, len(ev.names)), float("nan"), dtype=torch.float64) for ev in evs]
+    for j, ub, r in joint_metric_rows(evs, lambda users: seen.append(users.numel()) or fn(users)):
+        rows[j][ub] = r
+    assert sum(seen) == torch.unique(torch.cat([ev.users for ev in evs])).numel()
+    for ev, r in zip(evs, rows):
+        assert torch.equal(r[ev.users], ev.per_user(fn))
+    cold = Evaluator(30, train, test, ks=(5,), candidates=np.arange(30))  # a candidate list: not ranked alike
+    with pytest.raises(ValueError, match="rank alike"):
+        joint_metric_rows([evs[0], cold], fn)
 
 def test_users_without_truth_rejected():
     train, truth, scores = random_case(3)

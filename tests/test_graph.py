@@ -78,7 +78,7 @@ def test_adjacency_tensor_input_and_empty_nodes():
         normalized_adjacency(2, 2, np.array([0]), np.array([5]))
 
 
-def test_adjacency_large():  # timing: benchmarks/bench_graph.py
+def test_adjacency_large():  # timing: python -m benchmarks.bench_features graphs
     rng = np.random.default_rng(1)
     n_users, n_items, e = 20_000, 7_000, 300_000
     users, items = rng.integers(0, n_users, e), rng.integers(0, n_items, e)
@@ -125,7 +125,7 @@ def test_knn_zero_row_and_symmetry_of_cosine():
     assert torch.equal(g, g2)
 
 
-def test_knn_large_in_blocks():  # timing: benchmarks/bench_graph.py
+def test_knn_large_in_blocks():  # timing: python -m benchmarks.bench_features graphs
     torch.manual_seed(0)
     x = torch.randn(5000, 256)
     g = knn_graph(x, k=10, block_size=512)

@@ -19,7 +19,7 @@ Distributed use::
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -307,16 +307,42 @@ def joint_metric_sums(evaluators: Sequence[Evaluator], score_fn: ScoreFn,
 
 def _shared_ranking_sums(evaluators: list[Evaluator], score_fn: ScoreFn,
                          users: list[torch.Tensor]) -> list[torch.Tensor]:
-    first = evaluators[0]
     if len(evaluators) == 1:
-        return [first.metric_sums(score_fn, users[0])]
+        return [evaluators[0].metric_sums(score_fn, users[0])]
+    sums = [torch.zeros(len(ev.names), dtype=torch.float64) for ev in evaluators]
+    for j, _, rows in _ranked_rows(evaluators, score_fn, users):
+        sums[j] += rows.sum(dim=0).cpu()
+    return sums
+
+
+def joint_metric_rows(evaluators: Sequence[Evaluator], score_fn: ScoreFn,
+                      users: Sequence[torch.Tensor] | None = None,
+                      ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Per-user metrics of evaluators that :meth:`~Evaluator.ranks_like` each other, ranking each user once.
+
+    The union of ``users`` (default: each evaluator's ``.users``) is scored and ranked in blocks, as
+    :func:`joint_metric_sums` does; for each block and each evaluator with users in it, yields ``(j, ub,
+    rows)``: the index ``j`` of the evaluator, its users ``ub`` in the block and their float64 metric rows
+    [len(ub) x M] (columns in ``.names`` order), both on the device the scores came back on.
+    """
+    evaluators = list(evaluators)
+    if not all(evaluators[0].ranks_like(ev) for ev in evaluators[1:]):
+        raise ValueError("joint_metric_rows: the evaluators do not rank alike (other training items or candidates)")
+    users = [ev.users if u is None else torch.as_tensor(u, dtype=torch.int64).to(ev.device)
+             for ev, u in zip(evaluators, users or [None] * len(evaluators))]
+    return _ranked_rows(evaluators, score_fn, users)
+
+
+@torch.no_grad()
+def _ranked_rows(evaluators: list[Evaluator], score_fn: ScoreFn,
+                 users: list[torch.Tensor]) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    first = evaluators[0]
     for ev, u in zip(evaluators, users):
         if u.numel():
             ev._check_users(u.to(first.device))
     union = torch.unique(torch.cat([u.to(first.device) for u in users]))
     member = [torch.zeros(first.n_users, dtype=torch.bool, device=first.device).index_fill_(0, u.to(first.device), True)
               for u in users]
-    sums = [torch.zeros(len(ev.names), dtype=torch.float64) for ev in evaluators]
     k = max(ev.kmax for ev in evaluators)
     for s in range(0, union.numel(), first.batch_users):
         ub = union[s:s + first.batch_users]
@@ -326,5 +352,4 @@ def _shared_ranking_sums(evaluators: list[Evaluator], score_fn: ScoreFn,
         for j, ev in enumerate(evaluators):
             rows = member[j][ub].to(top.device)
             if bool(rows.any()):
-                sums[j] += ev._block_metrics(top[rows], on_scores[rows]).sum(dim=0).cpu()
-    return sums
+                yield j, on_scores[rows], ev._block_metrics(top[rows], on_scores[rows])

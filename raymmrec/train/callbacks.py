@@ -194,7 +194,7 @@ class CheckpointCallback(Callback):
     (seed, epoch), so no RNG state is saved) and so ends as the uninterrupted run does.
 
     Writing BM3's checkpoint (weights and Adam state, 21 MB on lfm2k) takes about 0.1 s in one process,
-    half an epoch there (``benchmarks/bench_checkpoint.py``): the time-based default bounds that cost, and
+    half an epoch there (``python -m benchmarks.bench_train checkpoint``): the time-based default bounds that cost, and
     a resume replays at most ``seconds`` of training. ``before``: called on every rank before each checkpoint (e.g. flushing
     TensorBoard); ``warn``: where rank 0 reports replicated parameters whose copies differ.
     """
