@@ -180,7 +180,7 @@ def fn():
     if dist.get_rank() == 0:
         print("epoch 0: loss=0 train_s=0", flush=True)
 
-ray.init(log_to_driver=True)
+ray.init(address="local", log_to_driver=True)
 TorchTrainer(fn, scaling_config=ScalingConfig(num_workers=int(sys.argv[1]), resources_per_worker={"CPU": 0.5})).fit()
 """
 

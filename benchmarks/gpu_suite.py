@@ -335,8 +335,8 @@ def quiet_ray_init(cfg: dict[str, Any]) -> None:
 
     import ray
 
-    ray.init(logging_level=logging.WARNING, log_to_driver=False, include_dashboard=False,
-             **({"num_cpus": cfg["ray_cpus"]} if cfg.get("ray_cpus") else {}))
+    ray.init(address="local", logging_level=logging.WARNING, log_to_driver=False, include_dashboard=False,
+             **({"num_cpus": cfg["ray_cpus"]} if cfg.get("ray_cpus") else {}))  # never another program's Ray
 
 
 def part_fault(cfg: dict[str, Any], result: dict[str, Any], save: Callable[[], None]) -> None:

@@ -22,4 +22,7 @@ fi
 if [[ -f $site/.gpu-suite ]]; then export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"; fi
 export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"  # raymmrec and benchmarks from this checkout, not installed
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
+# the suite's Ray instances in a folder of their own: ray.init() would otherwise join any Ray another
+# program started on this machine with `ray start` (found through the default temp folder)
+export RAY_TMPDIR=${RAY_TMPDIR:-$(mktemp -d /tmp/raygsXXXX)}
 exec "$py" -m benchmarks.gpu_suite "$@"
