@@ -114,6 +114,7 @@ def save_tensors(path: str | Path, payload: dict[str, Any]) -> None:
         except BaseException:
             if hasattr(f, "discard"):
                 f.discard()  # the upload is dropped, not completed with what was written so far
+                f.closed = True  # and not flushed again when the file object is collected
             raise
         f.close()
         return
