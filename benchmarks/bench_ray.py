@@ -247,24 +247,17 @@ def commands(a: argparse.Namespace) -> dict:
     return res
 
 
-def _pss_kib(pid: int) -> int:
+def _pss_rss_kib(pid: int) -> tuple[int, int]:
+    """(PSS, RSS) of ``pid`` in KiB, from one read of its ``smaps_rollup``; (0, 0) once it is gone."""
+    got = {"Pss:": 0, "Rss:": 0}
     try:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
+            key = line.split(maxsplit=1)[0] if line else ""
+            if key in got:
+                got[key] = int(line.split()[1])
     except OSError:
         pass
-    return 0
-
-
-def _rss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return got["Pss:"], got["Rss:"]
 
 
 def command_tree(root: int, marker: str) -> dict[int, str]:
@@ -302,7 +295,7 @@ def node_memory_command(cmd: list[str], env: dict[str, str]) -> dict:
         while not done.wait(0.25):
             roles: dict[str, int] = {}
             for pid, c in command_tree(proc.pid, marker).items():
-                role, pss, rss = _role(c), _pss_kib(pid), _rss_kib(pid)
+                role, (pss, rss) = _role(c), _pss_rss_kib(pid)
                 roles[role] = roles.get(role, 0) + pss
                 old = each.get(pid, (role, 0, 0))
                 named = old[0] if role in ("?", "ray::IDLE") else role  # what it ran, not its idle or exiting name
