@@ -124,6 +124,22 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, method, capsys):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
 
+def test_reports_reach_the_caller_also_from_a_run_that_was_already_finished(tmp_path):
+    """A Tune trial resumed from a final checkpoint (killed before results.json) trains no epoch: it
+    still reports its recorded final state once, else Tune keeps the last result it saw."""
+    from raymmrec.train.callbacks import ReportCallback
+
+    spec = spec_for(tmp_path, "bpr", epochs=4, patience=50, checkpoint_every=2)
+    first: list[dict] = []
+    run(spec, progress=False, data=tiny_data(), extra_callbacks=[ReportCallback(first.append, every=2)])
+    assert [m["epochs_run"] for m in first] == [2, 4]
+    (tmp_path / "r" / "results.json").unlink()
+    again: list[dict] = []
+    state = run(spec, progress=False, data=tiny_data(), extra_callbacks=[ReportCallback(again.append, every=2)])
+    assert state.resumes == [4] and len(again) == 1
+    assert again[0]["epochs_run"] == 4 and again[0]["best_valid/recall@10"] == first[-1]["best_valid/recall@10"]
+
+
 def test_default_checkpoint_cadence_is_time_based_and_ends_with_the_last_epoch(tmp_path):
     class Look(Callback):  # runs after the checkpoint callback: what is on disk after each epoch
         def __init__(self) -> None:

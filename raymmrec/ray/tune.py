@@ -126,7 +126,7 @@ def _one_process_trial(config: dict[str, Any], base: dict[str, Any], data: Share
     import torch
     from ray import tune
 
-    from raymmrec.train.loop import Callback
+    from raymmrec.train.callbacks import ReportCallback
     from raymmrec.train.run import run
 
     trial_name = run_folder_name(tune.get_context().get_trial_id(), config)
@@ -141,16 +141,11 @@ def _one_process_trial(config: dict[str, Any], base: dict[str, Any], data: Share
         spec.train.device = "cpu"
     torch.set_num_threads(threads)
 
-    class Report(Callback):
-        def on_epoch_end(self, trainer: Any, state: Any, logs: dict[str, float]) -> None:
-            if state.best_valid:  # from the first evaluation on: every report carries the selection metric
-                tune.report(report_metrics(state, logs))
-
     if _report_finished(st.join(run_root, trial_name)):
         return
     loaded, _ = fetch(data)
     try:
-        run(spec, progress=False, extra_callbacks=[Report()], data=loaded)
+        run(spec, progress=False, extra_callbacks=[ReportCallback(tune.report, evaluated_only=True)], data=loaded)
     finally:  # also when ASHA stops the trial (Tune ends it from inside tune.report)
         if remote:  # results.json last: it marks a finished upload (_report_finished)
             st.upload_dir(os.path.join(spec.output_dir, trial_name), st.join(run_root, trial_name), last=RESULTS)
