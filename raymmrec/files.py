@@ -6,8 +6,13 @@ renamed into place, so a reader never sees half a file.
 from __future__ import annotations
 
 import json
+import math
 import os
+import struct
 import tempfile
+import zipfile
+import zlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -102,10 +107,28 @@ def write_json(target: str | Path, obj: Any) -> None:
     write_bytes(target, json.dumps(obj, indent=2).encode())
 
 
-def save_tensors(path: str | Path, payload: dict[str, Any]) -> None:
+def placeholder(shape: tuple[int, ...] | list[int], dtype: torch.dtype) -> torch.Tensor:
+    """A tensor of ``shape`` and ``dtype`` whose bytes :func:`save_tensors` writes later from its ``parts``:
+    its storage is allocated and never touched, so its pages never become resident."""
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    return torch.empty(0, dtype=dtype).set_(torch.UntypedStorage(nbytes), 0, tuple(shape))
+
+
+def save_tensors(path: str | Path, payload: dict[str, Any],
+                 parts: Iterable[tuple[str, torch.Tensor]] | None = None) -> None:
     """Write ``payload`` (a dict of tensors and plain values) to ``path``, streamed (no copy of it in memory):
     a local path via a temporary file in the same folder, then renamed; a URL as one upload, aborted if
-    the write fails, so nothing half-written appears."""
+    the write fails, so nothing half-written appears.
+
+    ``parts``: ``payload`` holds :func:`placeholder` tensors, and ``parts`` yields ``(name, tensor)`` with
+    their bytes, one at a time, in the order the placeholders appear in ``payload``. The file is laid out
+    first (``torch.serialization.skip_data``), then each tensor is written into its place and dropped,
+    so the whole payload never lies in memory at once (a column-sharded run's ``best.pt``, assembled on
+    rank 0 one tensor at a time). A URL gets the file from a local temporary one, uploaded at the end.
+    """
+    if parts is not None:
+        _save_in_parts(path, payload, parts)
+        return
     if is_url(str(path)):
         fs, key = open_fs(str(path))
         f = fs.open(key, "wb")
@@ -118,12 +141,17 @@ def save_tensors(path: str | Path, payload: dict[str, Any]) -> None:
             raise
         f.close()
         return
+    _write_locally(path, lambda f: torch.save(payload, f))
+
+
+def _write_locally(path: str | Path, write: Any) -> None:
+    """``write(file)`` into a temporary file beside ``path``, synced, then renamed to ``path``."""
     path = Path(str(path).removeprefix("file://"))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+        with os.fdopen(fd, "w+b") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -131,6 +159,84 @@ def save_tensors(path: str | Path, payload: dict[str, Any]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _save_in_parts(path: str | Path, payload: dict[str, Any], parts: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def write(f: Any) -> None:
+        with torch.serialization.skip_data():
+            torch.save(payload, f)
+        f.flush()
+        records = _data_records(f)
+        crcs: list[int] = []
+        for name, t in parts:  # not enumerate(): it would keep the last part alive while the next is made
+            i = len(crcs)
+            if i >= len(records) or records[i][1] != t.nbytes:
+                raise ValueError(f"save_tensors: part {i} ({name!r}, {t.nbytes} bytes) does not match "
+                                 f"the payload's placeholder ({records[i][1] if i < len(records) else 'none'})")
+            raw = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+            f.seek(records[i][0])
+            f.write(raw)
+            crcs.append(zlib.crc32(raw))
+            del raw, t
+        if len(crcs) != len(records):
+            raise ValueError(f"save_tensors: {len(crcs)} parts for {len(records)} placeholders")
+        _set_crcs(f, crcs)
+
+    if not is_url(str(path)):
+        _write_locally(path, write)
+        return
+    fd, tmp = tempfile.mkstemp(suffix=".pt.tmp")
+    os.close(fd)
+    try:
+        _write_locally(tmp, write)
+        fs, key = open_fs(str(path))
+        fs.put_file(tmp, key)  # one upload, completed only when whole
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _data_records(f: Any) -> list[tuple[int, int]]:
+    """(offset of the bytes, size) of each storage record (``<archive>/data/<i>``) of a torch.save zip, by ``i``."""
+    f.seek(0)
+    found = {}
+    for info in zipfile.ZipFile(f).infolist():
+        head, _, index = info.filename.rpartition("/")
+        if head.endswith("/data") or head == "data":
+            f.seek(info.header_offset + 26)
+            name_len, extra_len = struct.unpack("<HH", f.read(4))
+            found[int(index)] = (info.header_offset + 30 + name_len + extra_len, info.file_size)
+    return [found[i] for i in range(len(found))]
+
+
+def _set_crcs(f: Any, crcs: list[int]) -> None:
+    """Put each storage record's CRC-32 (``crcs`` by record index) into its data descriptor and the zip's
+    central directory, where ``skip_data`` left zeros, so the file is a valid zip (``zipfile.testzip``)."""
+    f.seek(0)
+    z = zipfile.ZipFile(f)
+    by_name = {}
+    for info in z.infolist():
+        head, _, index = info.filename.rpartition("/")
+        if head.endswith("/data") or head == "data":
+            by_name[info.filename] = crcs[int(index)]
+            f.seek(info.header_offset + 26)
+            name_len, extra_len = struct.unpack("<HH", f.read(4))
+            end = info.header_offset + 30 + name_len + extra_len + info.compress_size
+            if info.flag_bits & 0x08:  # a data descriptor follows the bytes, with or without its signature
+                f.seek(end)
+                sig = f.read(4)
+                f.seek(end + 4 if sig == b"PK\x07\x08" else end)
+                f.write(struct.pack("<I", crcs[int(index)]))
+    pos = z.start_dir
+    for _ in z.infolist():  # the central directory's entries: fixed 46 bytes, then name, extra, comment
+        f.seek(pos)
+        fixed = f.read(46)
+        name_len, extra_len, comment_len = struct.unpack("<HHH", fixed[28:34])
+        name = f.read(name_len).decode("utf-8")
+        if name in by_name:
+            f.seek(pos + 16)
+            f.write(struct.pack("<I", by_name[name]))
+        pos += 46 + name_len + extra_len + comment_len
 
 
 def load_tensors(path: str | Path) -> dict[str, Any]:

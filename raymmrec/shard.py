@@ -520,33 +520,48 @@ def _comm_device(t: Tensor) -> torch.device:
 
 
 @torch.no_grad()
-def assemble_on_rank0(model: nn.Module, blocks: dict[str, Tensor]) -> dict[str, Tensor] | None:
-    """The whole state dict from every rank's ``blocks`` (a state dict of this rank's tensors, e.g. a CPU
-    copy of the best weights), on rank 0 only, on the CPU; None on the other ranks. A collective.
+def whole_shapes(model: nn.Module, blocks: dict[str, Tensor]) -> dict[str, tuple[list[int], torch.dtype]]:
+    """The shape and dtype of each tensor of the whole state dict that ``blocks`` (this rank's) are part of."""
+    splits = splits_of(model) if getattr(model, "columns", None) is not None else {}
+    out = {}
+    for key, t in blocks.items():
+        shape = list(t.shape)
+        split = splits.get(key)
+        if split is not None and t.dim() > split.dim:
+            shape[split.dim] = split.width
+        out[key] = (shape, t.dtype)
+    return out
 
-    Point to point, one tensor at a time: rank ``r`` sends its block of each split tensor to rank 0, which
-    places it into the whole one. No other rank ever holds more than its blocks, and rank 0 holds the
-    weights alone (``best.pt``), never the optimizer's moments. Without columns, ``blocks`` themselves.
+
+def assembled_on_rank0(model: nn.Module, blocks: dict[str, Tensor]) -> Iterator[tuple[str, Tensor | None]]:
+    """Each tensor of the whole state dict, from every rank's ``blocks`` (a state dict of this rank's tensors,
+    e.g. a CPU copy of the best weights), one at a time in ``blocks``' order: ``(key, tensor)`` on rank 0, on
+    the CPU; ``(key, None)`` on the other ranks. A collective: every rank runs through all of it.
+
+    Point to point: rank ``r`` sends its block of each split tensor to rank 0, which places it into the
+    whole one. No other rank ever holds more than its blocks, and rank 0 one whole tensor at a time (the
+    caller writes it, :func:`raymmrec.files.save_tensors`' parts, before asking for the next), never the
+    optimizer's moments. Without columns, ``blocks`` themselves.
     """
     cols: Columns | None = getattr(model, "columns", None)
     if cols is None or cols.world_size == 1:
-        return blocks
+        yield from blocks.items()
+        return
     splits = splits_of(model)
-    out: dict[str, Tensor] | None = {} if cols.rank == 0 else None
+    shapes = whole_shapes(model, blocks)
     for key, t in blocks.items():
         split = splits.get(key)
         if split is None or t.dim() <= split.dim:
-            if out is not None:
-                out[key] = t
+            yield key, (t if cols.rank == 0 else None)
             continue
         dev = _comm_device(t)
         if cols.rank != 0:
             if t.numel():
                 dist.send(t.to(dev).contiguous(), 0)
+            yield key, None
             continue
         shape = list(t.shape)
-        shape[split.dim] = split.width
-        whole = t.new_empty(shape, device="cpu")
+        whole = t.new_empty(shapes[key][0], device="cpu")
         each = split.width // split.parts
         for r in range(cols.world_size):
             peer = Columns(r, cols.world_size)
@@ -563,5 +578,5 @@ def assemble_on_rank0(model: nn.Module, blocks: dict[str, Tensor]) -> dict[str, 
             for p in range(split.parts):  # this rank's columns of each section
                 whole.narrow(split.dim, p * each + start, stop - start).copy_(
                     block.narrow(split.dim, p * (n // split.parts), stop - start))
-        out[key] = whole
-    return out
+        yield key, whole
+        del whole, block

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import weakref
 
 import torch
 
@@ -23,6 +24,7 @@ class Allocations:
 
     def __init__(self) -> None:
         self.total = self.largest = 0
+        self.live = self.peak = 0  # bytes of those storages still alive, and the most alive at once
 
     def __enter__(self) -> "Allocations":
         from torch.distributed.tensor import DTensor
@@ -37,17 +39,25 @@ class Allocations:
         class Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
                 out = func(*args, **(kwargs or {}))
+                if func.overloadpacket is torch.ops.aten.set_:  # an existing storage into a tensor: nothing
+                    return out  # materialised (raymmrec.files.placeholder: allocated, never touched)
                 old = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if plain(t)}
                 for t in tree_leaves(out):
                     if plain(t) and t.is_floating_point() and t.untyped_storage().data_ptr() not in old:
                         n = t.untyped_storage().nbytes()
                         seen.total += n
                         seen.largest = max(seen.largest, n)
+                        seen.live += n
+                        seen.peak = max(seen.peak, seen.live)
+                        weakref.finalize(t.untyped_storage(), seen.freed, n)
                 return out
 
         self.mode = Mode()
         self.mode.__enter__()
         return self
+
+    def freed(self, n: int) -> None:
+        self.live -= n
 
     def __exit__(self, *exc) -> None:  # noqa: ANN002
         self.mode.__exit__(*exc)
@@ -81,7 +91,7 @@ class CheckpointEveryEpoch(Callback):
         rank = model.columns.rank if model.columns is not None else 0
         with Allocations() as made:
             write_best(self.run, model, state, self.config, blocks, rank)
-        self.best.append({"made": made.total, "rank": rank, **holds})
+        self.best.append({"made": made.total, "peak": made.peak, "rank": rank, **holds})
 
 
 def spec(method: str, out: str, epochs: int):  # noqa: ANN201

@@ -73,6 +73,7 @@ def read_parquet_tables(urls: list[str]) -> list[Any]:
     ctx.execution_options.preserve_order = True  # this task's context: rows as in the files
     ctx.enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-execution lines among the driver's
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # nor a warning that bars are off
     ds = ray.data.read_parquet(paths, filesystem=fs, include_paths=True)
     blocks = ray.get(ds.to_arrow_refs())
     table = pa.concat_tables(blocks) if blocks else None

@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from raymmrec.files import join, read_bytes, save_tensors
+from raymmrec.files import join, placeholder, read_bytes, save_tensors
 from raymmrec.eval import METRICS
 from raymmrec.eval.cold import COLD_SPLITS
-from raymmrec.shard import assemble_on_rank0
+from raymmrec.shard import assembled_on_rank0, whole_shapes
 from raymmrec.train.checkpoint import BEST_FORMAT_VERSION
 from raymmrec.train.loop import TrainState
 
@@ -38,7 +38,7 @@ DIVERGED = "diverged.json"  # written by rank 0 when the loss became NaN (Ray ru
 def cpu_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A CPU copy of the model's state dict: a copy on the CPU too, since the weights keep training.
 
-    Column-sharded, this rank's blocks (:func:`raymmrec.shard.assemble_on_rank0` joins them for ``best.pt``)."""
+    Column-sharded, this rank's blocks (:func:`raymmrec.shard.assembled_on_rank0` joins them for ``best.pt``)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
@@ -79,16 +79,24 @@ def best_for_checkpoint(state: TrainState, weights: dict[str, torch.Tensor] | No
 
 def write_best(run: str | Path, model: torch.nn.Module, state: TrainState, config: dict[str, Any],
                weights: dict[str, torch.Tensor], rank: int = 0) -> dict[str, Any] | None:
-    """``best.pt``'s content from every rank's blocks of the best ``weights``, on rank 0 (None elsewhere).
+    """``best.pt`` from the best ``weights``: in one process (or data-parallel), its content on rank 0 for the
+    caller to write (:func:`raymmrec.files.save_tensors`, perhaps in the background); None elsewhere.
 
-    Column-sharded, a collective: the blocks are assembled on rank 0 alone, point to point
-    (:func:`raymmrec.shard.assemble_on_rank0`); rank 0 holds the whole weights once while they are
-    streamed to the file (no serialised copy), never the optimizer's state, and no other rank more
-    than its blocks."""
-    whole = assemble_on_rank0(model, weights)
-    if rank != 0 or whole is None:
+    Column-sharded, a collective that writes ``best.pt`` itself and returns None: the whole tensors are
+    assembled on rank 0 one at a time, point to point (:func:`raymmrec.shard.assembled_on_rank0`), and each
+    is written into its place in the file before the next is assembled, so rank 0 holds one whole tensor
+    besides its blocks, never the whole weights, and no other rank more than its blocks."""
+    cols = getattr(model, "columns", None)
+    if cols is None or cols.world_size == 1:
+        return best_payload(None, state, config, weights=weights) if rank == 0 else None
+    parts = assembled_on_rank0(model, weights)
+    if rank != 0:
+        for _ in parts:  # this rank's sends
+            pass
         return None
-    return best_payload(None, state, config, weights=whole)
+    layout = {k: placeholder(shape, dtype) for k, (shape, dtype) in whole_shapes(model, weights).items()}
+    save_tensors(join(run, BEST), best_payload(None, state, config, weights=layout), parts=parts)
+    return None
 
 
 def resume_best(run: str | Path, state: TrainState, best: dict[str, torch.Tensor] | None, model: torch.nn.Module,

@@ -166,10 +166,10 @@ class BestWeightsCallback(Callback):
     Every rank that holds weights of its own keeps a CPU copy of them at the best epoch (a column-sharded
     rank: its blocks; data-parallel: rank 0 alone), for the checkpoints (:meth:`for_checkpoint`): a resume
     puts ``best.pt`` back to the checkpoint's best (:func:`~raymmrec.train.artifacts.resume_best`).
-    Column-sharded, ``best.pt`` is assembled on rank 0 from every rank's blocks (a collective,
-    :func:`~raymmrec.train.artifacts.write_best`); rank 0 writes it. Remote writes run on a background
-    thread (one at a time; a newer best waits for the previous upload), so an upload never stalls
-    training; :meth:`on_fit_end` waits for the last one.
+    Column-sharded, ``best.pt`` is assembled on rank 0 from every rank's blocks and written one tensor at a
+    time (a collective, :func:`~raymmrec.train.artifacts.write_best`). In one process, remote writes run on
+    a background thread (one at a time; a newer best waits for the previous upload), so an upload never
+    stalls training; :meth:`on_fit_end` waits for the last one.
     """
 
     def __init__(self, run_dir: str | Path, config: dict[str, Any], background: bool = False) -> None:

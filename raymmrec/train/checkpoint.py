@@ -24,7 +24,8 @@ included) and the best weights so far are in the checkpoint, so the replay makes
 decisions again (:func:`raymmrec.train.artifacts.resume_best`).
 
 ``best.pt`` (the best weights, what every one-process command loads) is one file, assembled on rank 0
-(:func:`raymmrec.shard.assemble_on_rank0`); its layout is unchanged (:data:`BEST_FORMAT_VERSION`).
+(:func:`raymmrec.shard.assembled_on_rank0`, written one tensor at a time); its layout is unchanged
+(:data:`BEST_FORMAT_VERSION`).
 """
 
 from __future__ import annotations
