@@ -121,10 +121,11 @@ def save_tensors(path: str | Path, payload: dict[str, Any],
     the write fails, so nothing half-written appears.
 
     ``parts``: ``payload`` holds :func:`placeholder` tensors, and ``parts`` yields ``(name, tensor)`` with
-    their bytes, one at a time, in the order the placeholders appear in ``payload``. The file is laid out
-    first (``torch.serialization.skip_data``), then each tensor is written into its place and dropped,
-    so the whole payload never lies in memory at once (a column-sharded run's ``best.pt``, assembled on
-    rank 0 one tensor at a time). A URL gets the file from a local temporary one, uploaded at the end.
+    their bytes, in the order the placeholders appear in ``payload``; a placeholder may come in several
+    parts, its leading rows in order (row chunks). The file is laid out first
+    (``torch.serialization.skip_data``), then each part is written into its place and dropped, so the
+    whole payload never lies in memory at once (a column-sharded run's ``best.pt``, assembled on rank 0
+    a chunk at a time). A URL gets the file from a local temporary one, uploaded at the end.
     """
     if parts is not None:
         _save_in_parts(path, payload, parts)
@@ -168,18 +169,25 @@ def _save_in_parts(path: str | Path, payload: dict[str, Any], parts: Iterable[tu
         f.flush()
         records = _data_records(f)
         crcs: list[int] = []
+        filled = crc = count = 0
         for name, t in parts:  # not enumerate(): it would keep the last part alive while the next is made
-            i = len(crcs)
-            if i >= len(records) or records[i][1] != t.nbytes:
-                raise ValueError(f"save_tensors: part {i} ({name!r}, {t.nbytes} bytes) does not match "
-                                 f"the payload's placeholder ({records[i][1] if i < len(records) else 'none'})")
             raw = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
-            f.seek(records[i][0])
+            i = len(crcs)
+            left = records[i][1] - filled if i < len(records) else 0
+            if raw.nbytes > left or (i >= len(records)):
+                raise ValueError(f"save_tensors: part {count} ({name!r}, {raw.nbytes} bytes) does not fit the "
+                                 f"payload's placeholder {i} ({left} bytes left)")
+            f.seek(records[i][0] + filled)
             f.write(raw)
-            crcs.append(zlib.crc32(raw))
+            crc = zlib.crc32(raw, crc)
+            filled += raw.nbytes
+            count += 1
             del raw, t
+            if filled == records[i][1]:  # this placeholder is complete: the next part starts the next one
+                crcs.append(crc)
+                filled = crc = 0
         if len(crcs) != len(records):
-            raise ValueError(f"save_tensors: {len(crcs)} parts for {len(records)} placeholders")
+            raise ValueError(f"save_tensors: the parts filled {len(crcs)} of {len(records)} placeholders")
         _set_crcs(f, crcs)
 
     if not is_url(str(path)):

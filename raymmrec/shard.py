@@ -533,15 +533,19 @@ def whole_shapes(model: nn.Module, blocks: dict[str, Tensor]) -> dict[str, tuple
     return out
 
 
+ASSEMBLY_CHUNK_BYTES = 64 << 20  # rows of a whole tensor that rank 0 assembles at once for best.pt
+
+
 def assembled_on_rank0(model: nn.Module, blocks: dict[str, Tensor]) -> Iterator[tuple[str, Tensor | None]]:
     """Each tensor of the whole state dict, from every rank's ``blocks`` (a state dict of this rank's tensors,
-    e.g. a CPU copy of the best weights), one at a time in ``blocks``' order: ``(key, tensor)`` on rank 0, on
-    the CPU; ``(key, None)`` on the other ranks. A collective: every rank runs through all of it.
+    e.g. a CPU copy of the best weights), in ``blocks``' order: ``(key, tensor)`` on rank 0, on the CPU;
+    ``(key, None)`` on the other ranks. A tensor split along its columns comes in chunks of whole rows
+    (:data:`ASSEMBLY_CHUNK_BYTES` at a time), its rows in order. A collective: every rank runs through all of it.
 
-    Point to point: rank ``r`` sends its block of each split tensor to rank 0, which places it into the
-    whole one. No other rank ever holds more than its blocks, and rank 0 one whole tensor at a time (the
+    Point to point: rank ``r`` sends its block of each split tensor (chunk) to rank 0, which places it
+    into the whole one. No other rank ever holds more than its blocks, and rank 0 one chunk at a time (the
     caller writes it, :func:`raymmrec.files.save_tensors`' parts, before asking for the next), never the
-    optimizer's moments. Without columns, ``blocks`` themselves.
+    whole weights nor the optimizer's moments. Without columns, ``blocks`` themselves.
     """
     cols: Columns | None = getattr(model, "columns", None)
     if cols is None or cols.world_size == 1:
@@ -554,29 +558,43 @@ def assembled_on_rank0(model: nn.Module, blocks: dict[str, Tensor]) -> Iterator[
         if split is None or t.dim() <= split.dim:
             yield key, (t if cols.rank == 0 else None)
             continue
-        dev = _comm_device(t)
-        if cols.rank != 0:
-            if t.numel():
-                dist.send(t.to(dev).contiguous(), 0)
-            yield key, None
-            continue
-        shape = list(t.shape)
-        whole = t.new_empty(shapes[key][0], device="cpu")
-        each = split.width // split.parts
-        for r in range(cols.world_size):
-            peer = Columns(r, cols.world_size)
-            n = local_width(split, peer)
-            shape[split.dim] = n
-            if r == 0:
-                block = t
-            else:
-                block = t.new_empty(shape, device=dev)
-                if block.numel():
-                    dist.recv(block, r)
-            block = block.to("cpu")
-            start, stop = peer.span(each)
-            for p in range(split.parts):  # this rank's columns of each section
-                whole.narrow(split.dim, p * each + start, stop - start).copy_(
-                    block.narrow(split.dim, p * (n // split.parts), stop - start))
-        yield key, whole
-        del whole, block
+        # a tensor split along its columns (dim >= 1) comes in chunks of whole rows, the rows' bytes being
+        # contiguous in the file; one split along its rows (a column-parallel layer's weight) comes whole
+        row_bytes = t.element_size() * math.prod(shapes[key][0][1:])
+        step = max(1, ASSEMBLY_CHUNK_BYTES // max(1, row_bytes)) if split.dim >= 1 else t.shape[0]
+        for a in range(0, max(1, t.shape[0]), max(1, step)):
+            rows = t.narrow(0, a, min(step, t.shape[0] - a)) if split.dim >= 1 else t
+            yield key, _assemble(rows, split, cols)
+            del rows
+
+
+def _assemble(t: Tensor, split: Split, cols: Columns) -> Tensor | None:
+    """Rank 0: the whole tensor that every rank's block ``t`` of ``split`` is part of (point to point);
+    None on the other ranks, which send their block."""
+    dev = _comm_device(t)
+    if cols.rank != 0:
+        if t.numel():
+            dist.send(t.to(dev).contiguous(), 0)
+        return None
+    shape = list(t.shape)
+    full = list(t.shape)
+    full[split.dim] = split.width
+    whole = t.new_empty(full, device="cpu")
+    each = split.width // split.parts
+    for r in range(cols.world_size):
+        peer = Columns(r, cols.world_size)
+        n = local_width(split, peer)
+        shape[split.dim] = n
+        if r == 0:
+            block = t
+        else:
+            block = t.new_empty(shape, device=dev)
+            if block.numel():
+                dist.recv(block, r)
+        block = block.to("cpu")
+        start, stop = peer.span(each)
+        for p in range(split.parts):  # this rank's columns of each section
+            whole.narrow(split.dim, p * each + start, stop - start).copy_(
+                block.narrow(split.dim, p * (n // split.parts), stop - start))
+        del block
+    return whole

@@ -10,6 +10,7 @@ import torch
 from _tiny import tiny_data
 from raymmrec.config import load_spec
 from raymmrec.dist import DistContext
+from raymmrec import shard
 from raymmrec.shard import Columns, layout_of
 from raymmrec.train.artifacts import write_best
 from raymmrec.train.build import batch_fn, build, local_evaluate, make_trainer, sharded_evaluate
@@ -155,6 +156,7 @@ def worker(rank: int, world: int, port: int, methods: list[str], out: str, epoch
     """:func:`run_methods` on this rank (run folders beside ``out``, where rank 0 saves the results, and
     every rank's own under ``out.<rank>``); then, with ``replicas_out``, :func:`replicas`."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    shard.ASSEMBLY_CHUNK_BYTES = 256  # best.pt's tables assembled in several row chunks, as a large one is
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     try:
         res = run_methods(methods, os.path.splitext(out)[0], epochs, world, rank, resume_from)

@@ -552,14 +552,16 @@ def test_tensors_written_in_parts_load_as_the_whole_and_form_a_valid_zip(tmp_pat
     weights = {"user.weight": torch.randn(37, 5), "count": torch.arange(4), "half": torch.randn(3, 2).half(),
                "empty": torch.zeros(0, 5)}
     payload = {"epoch": 3, "model": {k: placeholder(v.shape, v.dtype) for k, v in weights.items()}, "score": 0.5}
-    save_tensors(f"{base}/best.pt", payload, parts=iter(weights.items()))
+    chunks = [("user.weight", weights["user.weight"][:10]), ("user.weight", weights["user.weight"][10:])]
+    chunks += [(k, v) for k, v in weights.items() if k != "user.weight"]  # the first in two row chunks
+    save_tensors(f"{base}/best.pt", payload, parts=iter(chunks))
     raw = read_bytes(f"{base}/best.pt")
     back = torch.load(io.BytesIO(raw), weights_only=True)
     assert back["epoch"] == 3 and back["score"] == 0.5 and list(back["model"]) == list(weights)
     for k, v in weights.items():
         assert back["model"][k].dtype == v.dtype and torch.equal(back["model"][k], v), k
     assert zipfile.ZipFile(io.BytesIO(raw)).testzip() is None  # every record's CRC-32 filled in
-    with pytest.raises(ValueError, match=r"part 1 \('count', 40 bytes\) does not match"):
+    with pytest.raises(ValueError, match=r"part 1 \('count', 40 bytes\) does not fit the payload's placeholder 1 \(32 bytes left\)"):
         save_tensors(f"{base}/bad.pt", payload, parts=iter([("user.weight", weights["user.weight"]),
                                                             ("count", torch.arange(5))]))
     with pytest.raises(FileNotFoundError):

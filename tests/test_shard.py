@@ -14,6 +14,7 @@ from _tiny import tiny_data
 from conftest import free_port
 from raymmrec.dist import DistContext
 from raymmrec.shard import Columns, ShardingUnsupported, split_sizes, supported_methods
+from raymmrec.train.artifacts import read_best
 from raymmrec.train.build import build, local_evaluate
 from raymmrec.train.checkpoint import read_tensors, restore
 
@@ -96,6 +97,10 @@ def test_sharded_checkpoint_loads_into_one_process(tmp_path, sharded, single, me
     for k, v in p.model.state_dict().items():  # full tables, not one rank's block
         torch.testing.assert_close(v, single[3][method]["weights"][k], rtol=1e-3, atol=1e-5)
         torch.testing.assert_close(whole[k], v, rtol=0, atol=0)
+    best = read_best(run)["model"]  # rank 0 assembled it from both ranks' blocks of the same epoch
+    assert list(best) == list(p.model.state_dict())
+    for k, v in p.model.state_dict().items():
+        torch.testing.assert_close(best[k], v, rtol=0, atol=0, msg=lambda m: f"best.pt {k}: {m}")  # noqa: B023
     got = local_evaluate(p.evaluators)(p.model)["test"]
     want = _metrics(single[3][method]["test"])
     for k, v in got.items():
