@@ -188,27 +188,9 @@ def ray_cluster(request, tmp_path_factory):
 def _cluster_processes(marker: str) -> list[int]:
     """Pids of the processes whose command line names ``marker`` (the head's temp dir), and all their
     descendants (workers, dashboard modules), read from /proc."""
-    parent, roots = {}, []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        parent[int(d.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-        if marker in cmd:
-            roots.append(int(d.name))
-    found, todo = set(roots), list(roots)
-    while todo:
-        pid = todo.pop()
-        for child, ppid in parent.items():
-            if ppid == pid and child not in found:
-                found.add(child)
-                todo.append(child)
-    found.discard(os.getpid())
-    return sorted(found)
+    from raymmrec.ray.local_cluster import cluster_processes
+
+    return cluster_processes(marker)
 
 
 def stop_cluster(marker: str, env: dict[str, str]) -> None:
@@ -216,26 +198,6 @@ def stop_cluster(marker: str, env: dict[str, str]) -> None:
     if not Path("/proc/self/cmdline").exists():
         subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
         return
-    import signal
+    from raymmrec.ray.local_cluster import stop_processes
 
-    pids = _cluster_processes(marker)  # once: killed children would be re-parented out of the tree
-
-    def alive() -> list[int]:
-        out = []
-        for p in pids:
-            try:
-                if Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":  # not a zombie
-                    out.append(p)
-            except OSError:
-                pass
-        return out
-
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in alive():
-            try:
-                os.kill(pid, sig)
-            except OSError:
-                pass
-        deadline = time.time() + (3 if sig == signal.SIGTERM else 10)
-        while alive() and time.time() < deadline:
-            time.sleep(0.2)
+    stop_processes(marker)

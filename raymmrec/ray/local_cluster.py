@@ -1,0 +1,178 @@
+"""A Ray cluster of several nodes on one machine: Ray's autoscaler on its fake node provider, and a way
+to stop one local cluster without touching any other Ray on the machine.
+
+``python cluster/local_autoscaling.py up`` (:func:`main`) starts a head with
+``RAY_FAKE_CLUSTER=1 ray start --head --autoscaling-config=cluster/local-fake.yaml``: the autoscaler runs
+on the head as it does on a cloud, and its provider starts each worker node as a raylet (with its own
+object store) on this machine when jobs ask for resources, and stops it after the idle timeout. ``down``
+stops exactly the processes of that cluster (:func:`stop_processes`): those whose command line names its
+temporary folder, and their descendants (the worker nodes the autoscaler started are children of its
+monitor process). ``ray stop`` would stop every Ray on the machine.
+
+Why not ``ray up`` or ``ray.cluster_utils.AutoscalingCluster``: Ray 2.60's wheel lacks the provider's
+defaults file (``fake_multi_node/example.yaml``), which both read, and ``ray up`` has no command runner
+for this provider (it would start the head over SSH); ``AutoscalingCluster.start`` also runs
+``ray stop --force`` first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+#: the cluster file the script starts by default (relative to the repository root)
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "cluster" / "local-fake.yaml"
+DEFAULT_TEMP_DIR = "/tmp/raymmrec-local-cluster"
+STATE = "local-cluster.json"  # in the temporary folder: the addresses `status` and `down` read
+HEAD_TYPE = "ray.head.default"  # the fake provider's head type name
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cluster_processes(marker: str) -> list[int]:
+    """Pids of the processes whose command line names ``marker`` (a cluster's temporary folder), and
+    all their descendants (workers, dashboard modules, the nodes an autoscaler started), from /proc."""
+    parent, roots = {}, []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        parent[int(d.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+        if marker in cmd:
+            roots.append(int(d.name))
+    found, todo = set(roots), list(roots)
+    while todo:
+        pid = todo.pop()
+        for child, ppid in parent.items():
+            if ppid == pid and child not in found:
+                found.add(child)
+                todo.append(child)
+    found.discard(os.getpid())
+    return sorted(found)
+
+
+def stop_processes(marker: str) -> int:
+    """SIGTERM, then SIGKILL after 3 s, the processes of :func:`cluster_processes`; how many there were."""
+    pids = cluster_processes(marker)  # once: killed children would be re-parented out of the tree
+
+    def alive() -> list[int]:
+        out = []
+        for p in pids:
+            try:
+                if Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":  # not a zombie
+                    out.append(p)
+            except OSError:
+                pass
+        return out
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in alive():
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.time() + (3 if sig == signal.SIGTERM else 10)
+        while alive() and time.time() < deadline:
+            time.sleep(0.2)
+    return len(pids)
+
+
+def fake_cluster_config(path: str | Path, port: int, **overrides: Any) -> dict[str, Any]:
+    """The cluster file at ``path`` with its provider pointed at a head on ``127.0.0.1:port``
+    (the provider's new nodes join that GCS) and the top-level keys in ``overrides`` replaced."""
+    config = yaml.safe_load(Path(path).read_text())
+    if config.get("provider", {}).get("type") != "fake_multinode":
+        raise ValueError(f"{path}: provider.type must be fake_multinode for a cluster on this machine")
+    if HEAD_TYPE not in config.get("available_node_types", {}) or config.get("head_node_type") != HEAD_TYPE:
+        raise ValueError(f"{path}: the fake provider needs the head type to be named {HEAD_TYPE}")
+    config["provider"]["gcs_address"] = f"127.0.0.1:{port}"
+    config.update(overrides)
+    return config
+
+
+def start(config: dict[str, Any], temp_dir: str, *, port: int | None = None, dashboard_port: int | None = None,
+          update_interval_s: float = 1.0, env: dict[str, str] | None = None) -> dict[str, str]:
+    """Start the head of ``config`` (:func:`fake_cluster_config`) with its temporary folder ``temp_dir``;
+    returns its GCS address and dashboard URL (also written to ``<temp_dir>/local-cluster.json``).
+
+    Every port of the head is chosen free unless given, so that another Ray on the machine does not
+    clash with it. ``update_interval_s``: how often the autoscaler looks at the demand (Ray's default 5 s).
+    """
+    port = port or int(config["provider"]["gcs_address"].rsplit(":", 1)[1])
+    dashboard_port = dashboard_port or free_port()
+    os.makedirs(temp_dir, exist_ok=True)
+    config_path = os.path.join(temp_dir, "autoscaling-config.yaml")
+    Path(config_path).write_text(yaml.safe_dump(config, sort_keys=False))
+    head = dict(config["available_node_types"][HEAD_TYPE].get("resources", {}))
+    cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--node-ip-address=127.0.0.1",
+           f"--port={port}", f"--autoscaling-config={config_path}", f"--temp-dir={temp_dir}",
+           "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--include-dashboard=true",
+           f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+           f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+           f"--num-cpus={head.pop('CPU', 0):g}", f"--num-gpus={head.pop('GPU', 0):g}", "--disable-usage-stats"]
+    if "object_store_memory" in head:
+        cmd.append(f"--object-store-memory={int(head.pop('object_store_memory'))}")
+    if head:
+        cmd.append(f"--resources={json.dumps(head)}")
+    run_env = dict(os.environ if env is None else env, RAY_FAKE_CLUSTER="1", RAY_USAGE_STATS_ENABLED="0",
+                   AUTOSCALER_UPDATE_INTERVAL_S=f"{update_interval_s:g}")
+    out = subprocess.run(cmd, env=run_env, capture_output=True, text=True, timeout=180)
+    if out.returncode != 0:
+        stop_processes(temp_dir)
+        raise RuntimeError(f"ray start failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    state = {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard_port}"}
+    Path(temp_dir, STATE).write_text(json.dumps(state))
+    return state
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python cluster/local_autoscaling.py",
+        description="A Ray cluster that autoscales on this machine (Ray's fake node provider): up, status, down.")
+    p.add_argument("action", choices=["up", "status", "down"])
+    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="cluster file (default: cluster/local-fake.yaml)")
+    p.add_argument("--temp-dir", default=DEFAULT_TEMP_DIR,
+                   help=f"the cluster's folder: its logs, and what `down` stops (default {DEFAULT_TEMP_DIR})")
+    p.add_argument("--port", type=int, default=6379, help="the head's GCS port (default 6379)")
+    p.add_argument("--dashboard-port", type=int, default=8265, help="dashboard and job API port (default 8265)")
+    a = p.parse_args(argv)
+    a.temp_dir = os.path.abspath(a.temp_dir)
+    state_file = Path(a.temp_dir, STATE)
+    if a.action == "down":
+        n = stop_processes(a.temp_dir)
+        state_file.unlink(missing_ok=True)
+        print(f"stopped {n} processes of the cluster in {a.temp_dir}")
+        return 0
+    if a.action == "status":
+        if not state_file.exists():
+            print(f"no cluster started from {a.temp_dir}", file=sys.stderr)
+            return 1
+        address = json.loads(state_file.read_text())["address"]
+        return subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "status", f"--address={address}"]).returncode
+    if cluster_processes(a.temp_dir):
+        print(f"a cluster already runs from {a.temp_dir}; `down` first, or give another --temp-dir", file=sys.stderr)
+        return 1
+    state = start(fake_cluster_config(a.config, a.port), a.temp_dir, port=a.port, dashboard_port=a.dashboard_port)
+    print(f"head started: GCS {state['address']}, dashboard and job API {state['dashboard']}\n"
+          f"  export RAY_ADDRESS={state['dashboard']}\n"
+          f"  ray status --address {state['address']}      # nodes, pending demand (or: {p.prog} status)\n"
+          f"  {p.prog} down --temp-dir {a.temp_dir}")
+    return 0
