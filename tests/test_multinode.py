@@ -1,0 +1,220 @@
+"""Several Ray nodes on one machine (the ``ray_nodes`` fixture: a 0-CPU head and two 1-CPU worker nodes,
+each with its own raylet and object store): two Train workers on two nodes give the one-process run's
+metrics, a node lost after a checkpoint costs nothing but time, local paths are refused across nodes
+unless allowed."""
+
+from __future__ import annotations
+
+import _thread
+import json
+import re
+import threading
+import time
+
+import pytest
+
+from raymmrec.config import load_spec
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+EPOCHS = 4
+TINY = ("--data", "synthetic:tiny", "train.batch_size=64", "train.lr=0.01", "train.patience=50")
+#: `raymmrec train` with 2 column-sharded LightGCN workers of 1 CPU each: one per worker node
+TWO_WORKERS = ["train", "--method", "lightgcn", "--epochs", str(EPOCHS), "--num-workers", "2", "--cpus-per-worker", "1",
+               "--run-name", "r", "--no-progress", *TINY]
+
+
+def tiny_spec(out, *extra: str):
+    """The spec of TWO_WORKERS (its options as overrides)."""
+    return load_spec("lightgcn", overrides=[f"output_dir={out}", "run_name=r", "data.source=synthetic:tiny",
+                                            f"train.epochs={EPOCHS}", "train.batch_size=64", "train.lr=0.01",
+                                            "train.patience=50", *extra])
+
+
+def train_workers() -> dict[str, tuple[str, str]]:
+    """Every Ray Train worker actor the cluster has known, alive or dead: {actor id: (node id, state)},
+    from Ray's state API (the head's dashboard)."""
+    from ray.util.state import list_actors
+
+    return {a.actor_id: (a.node_id, a.state)
+            for a in list_actors(filters=[("class_name", "=", "RayTrainWorker")], limit=10_000, raise_on_missing_output=False)}
+
+
+def assert_same_run(results: dict, reference) -> None:
+    """Epochs run, best epoch and every test metric (within 1e-6) of ``reference``, the one-process run."""
+    assert results["epochs_run"] == reference.epoch == EPOCHS
+    assert results["best_epoch"] == reference.best_epoch
+    assert set(results["test"]) == set(reference.best_test)
+    for k, v in reference.best_test.items():  # the workers sum partial dot products: rounding only
+        assert results["test"][k] == pytest.approx(v, abs=1e-6), k
+
+
+def worker_nodes_alive() -> int:
+    import ray
+
+    return sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0)
+
+
+def test_a_sweep_on_a_cluster_scaled_to_zero_gets_nodes_and_gives_them_back(ray_autoscaling, tmp_path, capsys):
+    """cluster/local-fake.yaml from zero worker nodes: a 2-worker run with a local output path is refused at
+    once (its workers would run on nodes yet to come); a sweep of 4 one-CPU trials makes the autoscaler add
+    1-CPU nodes (at most the file's 3); every trial ends with what its configuration gives in one process;
+    the nodes are released once idle. First in this module: ray_autoscaling is gone before ray_nodes starts."""
+    from raymmrec.cli import main
+    from raymmrec.ray.tune import SweepArgs, sweep
+    from raymmrec.search import Grid, apply_point
+    from raymmrec.train.run import run
+
+    assert worker_nodes_alive() == 0  # the head only, which has no CPU
+    capsys.readouterr()
+    code = main([*TWO_WORKERS, "--wait-for-resources", "--output-dir", str(tmp_path / "train")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "so they will run on nodes an autoscaler adds" in err[0], err
+    assert worker_nodes_alive() == 0  # refused before asking for any
+
+    seen = {"max": 0}
+
+    def count_nodes() -> None:
+        while "ended" not in seen:
+            n = worker_nodes_alive()
+            if n and "first" not in seen:
+                seen["first"] = time.monotonic() - t0
+            seen["max"] = max(seen["max"], n)
+            time.sleep(0.5)
+
+    spec = tiny_spec(tmp_path / "sweeps", "train.epochs=3")
+    space = {"model.n_layers": Grid((1, 2)), "model.reg_weight": Grid((0.1, 0.01))}
+    counter = threading.Thread(target=count_nodes, daemon=True)
+    t0 = time.monotonic()
+    counter.start()
+    try:
+        res = sweep(spec, SweepArgs(max_concurrent=4, cpus_per_trial=1, name="s", progress=False), space=space)
+    finally:
+        seen["ended"] = time.monotonic() - t0
+        counter.join(timeout=10)
+    assert 1 <= seen["max"] <= 3, seen  # nodes added for the trials, no more than the file allows
+    assert len(res.rows) == 4 and all(r["status"] == "finished" for r in res.rows), res.rows
+    for d in (p for p in (tmp_path / "sweeps" / "s").iterdir() if (p / "results.json").exists()):
+        trial = json.loads((d / "results.json").read_text())
+        config = json.loads((d / "config.json").read_text())
+        point = {"model.n_layers": config["model"]["n_layers"], "model.reg_weight": config["model"]["reg_weight"]}
+        one = run(apply_point(tiny_spec(tmp_path / "one" / d.name, "train.epochs=3"), point), progress=False)
+        assert trial["epochs_run"] == one.epoch and trial["best_epoch"] == one.best_epoch, d.name
+        for k, v in one.best_test.items():
+            assert trial["test"][k] == pytest.approx(v, abs=1e-6), (d.name, k)
+    while worker_nodes_alive():  # idle timeout 15 s; the autoscaler looks every second
+        assert time.monotonic() - t0 - seen["ended"] < 120, "the idle nodes were never released"
+        time.sleep(0.5)
+    print(f"[multinode] sweep {seen['ended']:.1f}s; first node alive {seen.get('first', -1):.1f}s after the sweep "
+          f"started, {seen['max']} at most; all released {time.monotonic() - t0 - seen['ended']:.1f}s after it ended")
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """The same spec trained in this process (the reference)."""
+    from raymmrec.train.run import run
+
+    return run(tiny_spec(tmp_path_factory.mktemp("one")), progress=False)
+
+
+@pytest.fixture(scope="module")
+def two_node_run(ray_nodes, tmp_path_factory):
+    """``raymmrec train --num-workers 2 --cpus-per-worker 1 --allow-local-paths`` on the three nodes (the
+    run folder is local: every node is on this machine); (exit code, results.json, the run's workers)."""
+    from raymmrec.cli import main
+
+    out = tmp_path_factory.mktemp("two")
+    before = train_workers()
+    code = main([*TWO_WORKERS, "--allow-local-paths", "--output-dir", str(out)])
+    workers = {a: node for a, (node, _) in train_workers().items() if a not in before}
+    results = json.loads((out / "r" / "results.json").read_text()) if code == 0 else None
+    return code, results, workers, out / "r"
+
+
+def test_two_workers_on_two_nodes_end_with_the_one_process_metrics(ray_nodes, two_node_run, one_process):
+    from raymmrec.train.checkpoint import read_latest
+
+    code, results, workers, run_root = two_node_run
+    assert code == 0
+    worker_nodes = {n.node_id for n in ray_nodes.worker_nodes}
+    assert len(workers) == 2 and set(workers.values()) == worker_nodes, (workers, worker_nodes)  # one per node
+    latest = read_latest(run_root)
+    assert latest["shard"] == "columns" and latest["world_size"] == 2
+    assert_same_run(results, one_process)
+
+
+def test_local_output_path_is_refused_on_several_nodes_unless_allowed(ray_nodes, two_node_run, tmp_path, capsys):
+    """The command of two_node_run without --allow-local-paths: one line, before any worker starts. With the
+    option (two_node_run) it ran to the end."""
+    from raymmrec.cli import main
+
+    before = train_workers()
+    capsys.readouterr()
+    code = main([*TWO_WORKERS, "--output-dir", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert re.fullmatch(rf"error: the cluster has 3 nodes but storage path '{tmp_path}' is a local path that other "
+                        r"nodes cannot see; use s3:// \(or a shared mount with --allow-local-paths\)", err[0]), err
+    assert train_workers() == before  # refused before any worker started
+    assert two_node_run[0] == 0 and two_node_run[1]["epochs_run"] == EPOCHS
+
+
+def test_a_node_lost_after_a_checkpoint_is_replaced_and_the_run_ends_as_if_uninterrupted(ray_nodes, one_process,
+                                                                                           tmp_path):
+    """Rank 1 pauses at the end of epoch 3 (after epoch 2's checkpoint) and writes its node id; its node is
+    removed there (raylet, object store, every process killed) and an empty one added, as an autoscaler
+    replaces a lost node. Ray Train restarts both workers from the checkpoint: the one-process run's
+    epochs, best epoch and test metrics."""
+    from ray.util.state import list_actors
+
+    from raymmrec.ray.launch import Workers, launch
+
+    marker = tmp_path / "paused"
+    seen: dict = {}
+
+    def take_the_node_away() -> None:
+        try:
+            deadline = time.monotonic() + 300
+            while not marker.exists():
+                if time.monotonic() > deadline or "ended" in seen:
+                    seen["error"] = "rank 1 never paused"
+                    return
+                time.sleep(0.1)
+            node = next(n for n in ray_nodes.worker_nodes if n.node_id == marker.read_text())
+            seen["removed"] = node.node_id
+            t0 = time.monotonic()
+            ray_nodes.remove_node(node, allow_graceful=False)
+            seen["added"] = ray_nodes.add_node(num_cpus=1).node_id
+            while "ended" not in seen:  # until the restarted workers are alive (for the recovery time)
+                alive = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+                if len(alive) == 2 and seen["removed"] not in {a.node_id for a in alive}:
+                    seen["recovered_s"] = time.monotonic() - t0
+                    return
+                time.sleep(0.5)
+        except Exception as e:  # noqa: BLE001 - reported by the test
+            seen["error"] = repr(e)
+            if "removed" in seen:  # the run would wait for a second node forever: stop it (and the session)
+                _thread.interrupt_main()
+
+    before = train_workers()
+    remover = threading.Thread(target=take_the_node_away, daemon=True)
+    remover.start()
+    t_start = time.monotonic()
+    try:
+        state = launch(tiny_spec(tmp_path / "runs", "train.checkpoint_every=1"),
+                       Workers(num_workers=2, cpus_per_worker=1, max_failures=2, allow_local_paths=True),
+                       progress=False, inject_fault={"rank": 1, "epoch": 3, "marker": str(marker), "pause": 120})
+    finally:
+        seen["ended"] = time.monotonic() - t_start
+        remover.join(timeout=60)
+    assert "error" not in seen, seen
+    print(f"[multinode] run {seen['ended']:.1f}s; the restarted workers alive {seen.get('recovered_s', -1):.1f}s "
+          "after the node was removed")
+    assert state.resumes == [2]  # from epoch 2's checkpoint; a restart from scratch would say []
+    groups = {a: node for a, (node, _) in train_workers().items() if a not in before}
+    assert len(groups) == 4, groups  # two workers, then two again
+    assert seen["removed"] in groups.values() and seen["added"] in groups.values()
+    results = json.loads((tmp_path / "runs" / "r" / "results.json").read_text())
+    assert results["resumed_at"] == [2]
+    assert_same_run(results, one_process)
+    assert len(ray_nodes.worker_nodes) == 2  # for the next test
