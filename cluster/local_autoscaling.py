@@ -8,12 +8,16 @@ starts each worker node as a local raylet (with its own object store) when jobs 
 Not `ray up cluster/local-fake.yaml`: Ray 2.60 does not drive this provider from `ray up` (its wheel lacks
 the provider's defaults file, and `ray up` would start the head over SSH); the head must be started
 with ``RAY_FAKE_CLUSTER=1 ray start --head --autoscaling-config=...``, which this script does
-(raymmrec.ray.local_cluster). docs/clusters.md walks through a session.
+(raymmrec.ray.local_cluster), from this checkout, which every node then runs. docs/clusters.md walks
+through a session.
 """
 
 import sys
+from pathlib import Path
 
-from raymmrec.ray.local_cluster import main
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's raymmrec, installed or not
+
+from raymmrec.ray.local_cluster import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -30,8 +30,9 @@ from typing import Any
 
 import yaml
 
-#: the cluster file the script starts by default (relative to the repository root)
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "cluster" / "local-fake.yaml"
+REPO = Path(__file__).resolve().parents[2]  # the checkout every node of the cluster runs
+#: the cluster file the script starts by default
+DEFAULT_CONFIG = REPO / "cluster" / "local-fake.yaml"
 DEFAULT_TEMP_DIR = "/tmp/raymmrec-local-cluster"
 STATE = "local-cluster.json"  # in the temporary folder: the addresses `status` and `down` read
 HEAD_TYPE = "ray.head.default"  # the fake provider's head type name
@@ -115,7 +116,14 @@ def start(config: dict[str, Any], temp_dir: str, *, port: int | None = None, das
 
     Every port of the head is chosen free unless given, so that another Ray on the machine does not
     clash with it. ``update_interval_s``: how often the autoscaler looks at the demand (Ray's default 5 s).
+
+    Every node runs this checkout: Ray starts from its root (a job's ``python jobs/...`` finds the script)
+    with the root first on ``PYTHONPATH`` (the workers import this ``raymmrec``, whatever else is
+    installed). Not ``ray job submit --working-dir``: the nodes share this machine's folder of runtime
+    environments, and one node's agent deletes a package that it no longer uses while another node's
+    workers still run in it (trials died at ``import torch``).
     """
+    temp_dir = os.path.abspath(temp_dir)
     port = port or int(config["provider"]["gcs_address"].rsplit(":", 1)[1])
     dashboard_port = dashboard_port or free_port()
     os.makedirs(temp_dir, exist_ok=True)
@@ -134,7 +142,8 @@ def start(config: dict[str, Any], temp_dir: str, *, port: int | None = None, das
         cmd.append(f"--resources={json.dumps(head)}")
     run_env = dict(os.environ if env is None else env, RAY_FAKE_CLUSTER="1", RAY_USAGE_STATS_ENABLED="0",
                    AUTOSCALER_UPDATE_INTERVAL_S=f"{update_interval_s:g}")
-    out = subprocess.run(cmd, env=run_env, capture_output=True, text=True, timeout=180)
+    run_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), run_env.get("PYTHONPATH")) if p)
+    out = subprocess.run(cmd, env=run_env, cwd=REPO, capture_output=True, text=True, timeout=180)
     if out.returncode != 0:
         stop_processes(temp_dir)
         raise RuntimeError(f"ray start failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
