@@ -67,10 +67,10 @@ def worker_nodes_alive() -> int:
 def test_a_sweep_on_a_cluster_scaled_to_zero_gets_nodes_and_gives_them_back(ray_autoscaling, tmp_path, capsys):
     """cluster/local-fake.yaml from zero worker nodes: a 2-worker run with a local output path is refused at
     once (its workers would run on nodes yet to come); a sweep of 4 one-CPU trials makes the autoscaler add
-    1-CPU nodes (at most the file's 3), with never more than 2 trials at a time (--max-concurrent 2, which
-    Tune used to ignore: it ran a trial on every node the autoscaler gave); every trial ends with what its
-    configuration gives in one process; the nodes are released once idle. First in this module:
-    ray_autoscaling is gone before ray_nodes starts."""
+    1-CPU nodes (at most the file's 3) for the 2 trials at a time that Tune asks for (--max-concurrent 2,
+    which Tune used to ignore: it asked for all 4 at once); every trial ends with what its configuration
+    gives in one process; the nodes are released once idle. First in this module: ray_autoscaling is gone
+    before ray_nodes starts."""
     from raymmrec.cli import main
     from raymmrec.ray.tune import SweepArgs, sweep
     from raymmrec.search import Grid, apply_point
@@ -89,13 +89,17 @@ def test_a_sweep_on_a_cluster_scaled_to_zero_gets_nodes_and_gives_them_back(ray_
         from ray.util.state import list_placement_groups
 
         while "ended" not in seen:
-            n = worker_nodes_alive()
-            if n and "first" not in seen:
-                seen["first"] = time.monotonic() - t0
-            seen["max"] = max(seen["max"], n)
-            # a trial's resources: a placement group, pending until a node is up (what the autoscaler sees)
-            asked = list_placement_groups(filters=[("state", "!=", "REMOVED")])
-            seen["trials"] = max(seen["trials"], len(asked))
+            try:
+                n = worker_nodes_alive()
+                if n and "first" not in seen:
+                    seen["first"] = time.monotonic() - t0
+                seen["max"] = max(seen["max"], n)
+                if not n:  # before any node is up (no trial can have ended): what Tune asks for at once, a
+                    # placement group per trial it means to run, pending (and the autoscaler's demand)
+                    asked = list_placement_groups(filters=[("state", "!=", "REMOVED")])
+                    seen["trials"] = max(seen["trials"], len(asked))
+            except Exception as e:  # noqa: BLE001 - a slow state API answer: try again, count it
+                seen["misses"] = [*seen.get("misses", []), repr(e)[:200]]
             time.sleep(0.5)
 
     spec = tiny_spec(tmp_path / "sweeps", "train.epochs=3")
@@ -110,9 +114,12 @@ def test_a_sweep_on_a_cluster_scaled_to_zero_gets_nodes_and_gives_them_back(ray_
         counter.join(timeout=10)
     # nodes added for the trials, no more than the file allows (Ray's autoscaler may start one more than the
     # 2 pending trials ask for while the first ones are still starting: it releases it when idle)
-    assert 1 <= seen["max"] <= 3 and seen["trials"] == 2, seen  # trials: placement groups at once
+    print(f"[multinode] {seen}")
+    assert 1 <= seen["max"] <= 3 and seen["trials"] == 2, seen
     assert len(res.rows) == 4 and all(r["status"] == "finished" for r in res.rows), res.rows
-    for d in (p for p in (tmp_path / "sweeps" / "s").iterdir() if (p / "results.json").exists()):
+    trials = [p for p in (tmp_path / "sweeps" / "s").iterdir() if p.name != "best" and (p / "params.json").exists()]
+    assert len(trials) == 4, trials
+    for d in trials:
         trial = json.loads((d / "results.json").read_text())
         config = json.loads((d / "config.json").read_text())
         point = {"model.n_layers": config["model"]["n_layers"], "model.reg_weight": config["model"]["reg_weight"]}
