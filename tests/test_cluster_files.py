@@ -17,6 +17,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -481,3 +482,45 @@ def test_image_gets_every_package_the_code_imports():
         elif not dists & closure:
             missing.append(f"{module} (imported in {where}; distribution {sorted(dists)})")
     assert not missing, "not installed by pyproject.toml's dependencies, so not in the image: " + "; ".join(missing)
+
+
+# ---------------------------------------------------------------------------------------------
+# cluster/local_autoscaling.py down: only its own cluster's processes
+
+
+def test_down_stops_the_marked_processes_and_their_children_only(tmp_path, monkeypatch):
+    import raymmrec.ray.local_cluster as lc
+
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("reads /proc (Linux)")
+    marker = str(tmp_path / "cluster")  # a cluster's folder, named on its processes' command lines
+    sleeper = "import time; time.sleep(60)"
+    parent = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {sleeper!r}]); time.sleep(60)"
+    ours = subprocess.Popen([sys.executable, "-c", parent, marker])
+    other = subprocess.Popen([sys.executable, "-c", sleeper, str(tmp_path / "other")])
+    try:
+        deadline = time.time() + 30
+        while len(found := lc.cluster_processes(marker)) < 2:  # the marked process and the child it starts
+            assert time.time() < deadline, "the child never started"
+            time.sleep(0.1)
+        real, seen = lc._stat, set()
+
+        def reused(pid):  # every pid names another process once it has been looked up
+            st = real(pid)
+            if st is None or pid not in seen:
+                seen.add(pid)
+                return st
+            return st[0], "another start time"
+
+        with monkeypatch.context() as m:
+            m.setattr(lc, "_stat", reused)
+            lc.stop_processes(marker)
+        assert all(real(p) is not None and real(p)[0] != "Z" for p in found), "signalled a pid that was reused"
+        assert lc.stop_processes(marker) == 2
+        assert ours.wait(timeout=10) != 0
+        assert all(real(p) is None or real(p)[0] == "Z" for p in found)
+        assert other.poll() is None  # not this cluster's
+    finally:
+        for proc in (ours, other):
+            proc.kill()
+            proc.wait()

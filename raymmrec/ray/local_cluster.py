@@ -70,18 +70,28 @@ def cluster_processes(marker: str) -> list[int]:
     return sorted(found)
 
 
+def _stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time) of ``pid`` from /proc, or None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], fields[19]
+
+
 def stop_processes(marker: str) -> int:
-    """SIGTERM, then SIGKILL after 3 s, the processes of :func:`cluster_processes`; how many there were."""
-    pids = cluster_processes(marker)  # once: killed children would be re-parented out of the tree
+    """SIGTERM, then SIGKILL after 3 s, the processes of :func:`cluster_processes`; how many there were.
+    A pid is signalled only while it names the process found (same start time): on a busy machine pids
+    are reused within seconds, and the new owner is somebody else's."""
+    found = {p: _stat(p) for p in cluster_processes(marker)}  # once: killed children would be re-parented
+    pids = [p for p, st in found.items() if st is not None]
 
     def alive() -> list[int]:
         out = []
         for p in pids:
-            try:
-                if Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":  # not a zombie
-                    out.append(p)
-            except OSError:
-                pass
+            st = _stat(p)
+            if st is not None and st[0] != "Z" and st[1] == found[p][1]:  # not a zombie, not a new process
+                out.append(p)
         return out
 
     for sig in (signal.SIGTERM, signal.SIGKILL):
