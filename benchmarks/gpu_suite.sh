@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU suite's entry: installs what benchmarks/gpu_prep.sh prepared (only what this Python lacks), then runs
-# benchmarks/gpu_suite.py with the same arguments. On a GPU machine with Python 3.12 and a CUDA torch:
+# python -m benchmarks.gpu_suite with the same arguments. On a GPU machine with Python 3.12 and a CUDA torch:
 #   bash benchmarks/gpu_suite.sh              (every check, figures in $OUT or runs/gpu-suite-*)
 #   bash benchmarks/gpu_suite.sh --cpu-smoke  (the same checks on tiny data on the CPU; CI runs this)
 set -uo pipefail
@@ -17,9 +17,12 @@ if ! "$py" -c 'import ray' 2>/dev/null && [[ ! -d $site/ray && -f .gpu-ray/insta
   fi
 fi
 if [[ -d .gpu-prep/whl ]]; then
-  PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" "$py" benchmarks/gpu_suite.py --install-wheels .gpu-prep/whl --site "$site"
+  PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" "$py" -m benchmarks.gpu_suite --install-wheels .gpu-prep/whl --site "$site"
 fi
 if [[ -f $site/.gpu-suite ]]; then export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"; fi
-export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"  # raymmrec from this checkout, not installed
+export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"  # raymmrec and benchmarks from this checkout, not installed
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled}
-exec "$py" benchmarks/gpu_suite.py "$@"
+# the suite's Ray instances in a folder of their own: ray.init() would otherwise join any Ray another
+# program started on this machine with `ray start` (found through the default temp folder)
+export RAY_TMPDIR=${RAY_TMPDIR:-$(mktemp -d /tmp/raygsXXXX)}
+exec "$py" -m benchmarks.gpu_suite "$@"

@@ -2,7 +2,7 @@
 
 Local:    python jobs/features.py --catalog ../shared/data/lfm2k/item_text.tsv --out /tmp/lfm2k --modality text
 Cluster:  ray job submit --working-dir . -- python jobs/features.py --catalog s3://bucket/images/ \
-              --out s3://bucket/mydataset --modality image --actors 8 --gpus-per-actor 1 --batch-size 256
+              --out s3://bucket/mydataset --modality image --actors 8 --device cuda --batch-size 256
 
 Writes <out>/<modality>_feat.npy (row i = item i) and <modality>_feat.manifest.json (encoder, preprocessing,
 missing/broken items, time); ids beyond an existing table are appended to it.

@@ -3,7 +3,7 @@
 Local:    python jobs/unlearn.py --run runs/bm3-lfm2k --request forget.parquet --gold
 Cluster:  ray job submit --working-dir . -- python jobs/unlearn.py --run s3://bucket/runs/bm3-lfm2k \
               --request s3://bucket/requests/a.parquet --request s3://bucket/requests/b.parquet \
-              --gpus-per-request 1
+              --device cuda
 
 Each request writes a new run folder beside the run (or under --output-dir) with the unlearned
 weights, config, forget.parquet and report.json / report.md; the trained run is never altered.

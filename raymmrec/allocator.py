@@ -10,14 +10,14 @@ reuses them: 10 to 15 % off a BM3 epoch on CPU, with the same peak memory.
 Tables larger than the 32 MiB ceiling (a million users' 64-d embeddings are 256 MB) still go to ``mmap``
 whatever the threshold: then every block is served from the heap (``M_MMAP_MAX`` = 0). LightGCN at a
 million users: a step of batch 65536 went from 4.85 to 3.11 s (two threads), the peak from 3.9 to
-6.1 GiB (``benchmarks/bench_phases.py``; docs/growth.md).
+6.1 GiB (``python -m benchmarks.bench_growth phases``; docs/benchmarks.md).
 
 The settings are process-wide, so they hold only inside :func:`training_heap`, which the training
 loop enters around its epochs on CPU (:meth:`raymmrec.train.loop.Trainer.fit`). A process that only
 loads and scores a model (``recommend``, ``evaluate``, a Serve replica, an unlearning task outside
 its gold retraining) never changes them: held in one that scored a 400k-user LightGCN, they kept
 836 MiB resident over its baseline after scoring and 710 MiB after it freed the model, against 255
-and 157 MiB without (``bench_phases.py --serving``; docs/benchmarks.md). On leaving, glibc's starting
+and 157 MiB without (``bench_growth phases --serving``; docs/benchmarks.md). On leaving, glibc's starting
 values come back and free heap memory is returned (``malloc_trim``); glibc cannot switch its dynamic
 mmap threshold back on, so the process keeps those starting values. A no-op outside glibc;
 ``RAYMMREC_MALLOC_TUNING=0`` turns it off, ``RAYMMREC_MALLOC_TUNING=threshold`` keeps the thresholds
@@ -39,7 +39,7 @@ M_MMAP_MAX = -4
 MMAP_THRESHOLD = 32 << 20  # blocks below this come from the heap (the most glibc accepts on 64-bit)
 TRIM_THRESHOLD = 256 << 20  # free memory kept at the top of the heap before it is returned
 # the same once the heap serves blocks of any size: 0, free memory at the top of the heap goes back at
-# once. Measured at 1M users (bench_phases.py, two invocations): a step 1.56x faster than without
+# once. Measured at 1M users (bench_growth phases, two invocations): a step 1.56x faster than without
 # large blocks with 0 here, 1.35x with 1 GiB kept. (mallopt takes a C int: 4 GiB would wrap to 0.)
 LARGE_TRIM_THRESHOLD = 0
 # glibc's own starting values (malloc.c: DEFAULT_MMAP_THRESHOLD_MIN, DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX),

@@ -1,4 +1,4 @@
-"""Command line: ``raymmrec train|tune|reproduce|recommend|evaluate|serve|methods``.
+"""Command line: ``raymmrec train|tune|reproduce|recommend|evaluate|serve|features|data|methods``.
 
 ``raymmrec train --method bm3 --data ml100k [--config run.yaml] [key=value ...]`` (one process).
 ``raymmrec train ... --num-workers N [--address HOST:PORT]`` (Ray Train workers: a local Ray or a cluster).
@@ -7,6 +7,8 @@
 ``raymmrec unlearn --run runs/bm3-lfm2k --request forget.parquet [--gold]`` (one Ray task per request).
 ``raymmrec serve --run runs/bm3-lfm2k [--port 8000] [--replicas N]`` (Ray Serve: GET /recommend?user=U&k=K).
 ``raymmrec features --catalog items.tsv --out data/mydataset --modality text|image|image2text [--local]`` (Ray Data).
+``raymmrec data amazon --ratings ratings_Baby.csv --meta meta_Baby.json.gz --images image_features_Baby.b
+--out data/baby [--local]`` (Ray Data: an MMRec folder from the Amazon releases' raw files).
 
 Overrides use the config's sections, e.g. ``train.epochs=50 model.reg_weight=1e-4
 data.modalities=[text,audio_whisper]``. ``raymmrec methods`` lists the registered methods.
@@ -32,7 +34,9 @@ _RAY_COMMANDS = {"tune": "sweep a method's hyperparameters with Ray Tune (see `r
                  "study": "noisy-label and sampler studies of BPR/BPO/NBPO (see `raymmrec study --help`)",
                  "unlearn": "forget users, items or interactions from a trained run (MMRecUn), each request a Ray task",
                  "serve": "live top-K recommendations of a trained run over HTTP with Ray Serve; swaps models in place",
-                 "features": "turn an item catalogue into <modality>_feat.npy (text, image, image2text) with Ray Data"}
+                 "features": "turn an item catalogue into <modality>_feat.npy (text, image, image2text) with Ray Data",
+                 "data": "build a dataset folder from public raw files (`data amazon`: the Amazon review "
+                         "releases) with Ray Data"}
 
 
 def _own_parser(command: str):  # noqa: ANN202 - main(argv, prog) of a command that parses its own arguments
@@ -50,6 +54,10 @@ def _own_parser(command: str):  # noqa: ANN202 - main(argv, prog) of a command t
         from raymmrec.ray.features import main as features_main
 
         return features_main
+    if command == "data":
+        from raymmrec.ray.amazon import main as data_main
+
+        return data_main
     if command == "unlearn":
         from raymmrec.ray.unlearn import main as unlearn_main
 

@@ -103,8 +103,22 @@ def write_json(target: str | Path, obj: Any) -> None:
 
 
 def save_tensors(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` (a dict of tensors and plain values) to ``path`` via a temporary file in the same folder, then rename."""
-    path = Path(path)
+    """Write ``payload`` (a dict of tensors and plain values) to ``path``, streamed (no copy of it in memory):
+    a local path via a temporary file in the same folder, then renamed; a URL as one upload, aborted if
+    the write fails, so nothing half-written appears."""
+    if is_url(str(path)):
+        fs, key = open_fs(str(path))
+        f = fs.open(key, "wb")
+        try:
+            torch.save(payload, f)
+        except BaseException:
+            if hasattr(f, "discard"):
+                f.discard()  # the upload is dropped, not completed with what was written so far
+                f.closed = True  # and not flushed again when the file object is collected
+            raise
+        f.close()
+        return
+    path = Path(str(path).removeprefix("file://"))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

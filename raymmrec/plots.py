@@ -13,7 +13,8 @@ from typing import Any
 __all__ = ["plot_curves", "plot_metric_vs_params"]
 
 
-def _figure(n: int, width: float = 4.0, height: float = 3.2) -> tuple[Any, list[Any]]:
+def figure_row(n: int, width: float = 4.0, height: float = 3.2) -> tuple[Any, list[Any]]:
+    """A headless figure of ``n`` panels side by side; (figure, its axes)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -23,7 +24,8 @@ def _figure(n: int, width: float = 4.0, height: float = 3.2) -> tuple[Any, list[
     return fig, list(axes[0])
 
 
-def _png(fig: Any) -> bytes:
+def png_bytes(fig: Any) -> bytes:
+    """``fig`` as PNG bytes (closed afterwards)."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -47,7 +49,7 @@ def plot_metric_vs_params(rows: list[dict[str, Any]], space: dict[str, Any], met
     params = [short_name(k) for k in space]
     if not params or not rows:
         return None
-    fig, axes = _figure(len(params))
+    fig, axes = figure_row(len(params))
     for ax, p in zip(axes, params):
         values = [r.get(p) for r in rows]
         numeric = all(_finite(v) for v in values)
@@ -70,7 +72,7 @@ def plot_metric_vs_params(rows: list[dict[str, Any]], space: dict[str, Any], met
         ax.grid(alpha=0.3)
     axes[0].legend()
     fig.suptitle(f"{title}: {metric} at each trial's best validation epoch", fontsize=10)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def plot_curves(curves: dict[str, list[list[float]]], top: list[dict[str, Any]], metric: str,
@@ -80,7 +82,7 @@ def plot_curves(curves: dict[str, list[list[float]]], top: list[dict[str, Any]],
     drawn = [(r["trial"], curves[r["dir"]]) for r in top if curves.get(r["dir"])]
     if not drawn:
         return None
-    fig, (ax,) = _figure(1, width=7.0, height=4.0)
+    fig, (ax,) = figure_row(1, width=7.0, height=4.0)
     for label, pts in drawn:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label, linewidth=1.2)
     ax.set_xlabel("epoch")
@@ -88,7 +90,7 @@ def plot_curves(curves: dict[str, list[list[float]]], top: list[dict[str, Any]],
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title(f"{title}: learning curves of the best {len(drawn)} trials", fontsize=10)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def plot_table_bars(table: dict[str, dict[str, float]], metric: str, title: str) -> bytes | None:
@@ -97,7 +99,7 @@ def plot_table_bars(table: dict[str, dict[str, float]], metric: str, title: str)
     methods = sorted({m for d in table.values() for m in d})
     if not datasets or not methods:
         return None
-    fig, (ax,) = _figure(1, width=max(5.0, 1.6 * len(datasets) * len(methods) / 2), height=3.6)
+    fig, (ax,) = figure_row(1, width=max(5.0, 1.6 * len(datasets) * len(methods) / 2), height=3.6)
     width = 0.8 / len(methods)
     for j, m in enumerate(methods):
         xs = [i + j * width for i in range(len(datasets))]
@@ -108,4 +110,4 @@ def plot_table_bars(table: dict[str, dict[str, float]], metric: str, title: str)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
-    return _png(fig)
+    return png_bytes(fig)

@@ -117,12 +117,15 @@ def data_fingerprint(data: RecData, with_features: bool) -> str:
 
 
 def cache_key(data: RecData, builder: str, params: dict[str, Any]) -> str:
-    b = _get(builder)
+    b = get_builder(builder)
     head = json.dumps({"builder": builder, "version": b.version, "params": params}, sort_keys=True)
     return hashlib.sha256((head + data_fingerprint(data, b.uses_features)).encode()).hexdigest()[:32]
 
 
-def _get(builder: str) -> Builder:
+def get_builder(builder: str) -> Builder:
+    """The registered builder ``builder`` (its function, version and what it uses); ``KeyError`` names the
+    known ones. :func:`prepare` builds through it; a benchmark can call ``get_builder(name).fn(data, ...)``
+    to build one input uncached."""
     if builder not in _BUILDERS:
         raise KeyError(f"unknown prepared-input builder {builder!r}; known: {', '.join(sorted(_BUILDERS))}")
     return _BUILDERS[builder]
@@ -181,7 +184,7 @@ def prepare(data: RecData, requests: dict[str, tuple[str, dict[str, Any]]],
     """
     out: dict[str, Tensor] = {}
     for name, (builder, params) in requests.items():
-        b = _get(builder)
+        b = get_builder(builder)
         path = None if cache_dir is None else Path(cache_dir) / "prepared" / f"{builder}-{cache_key(data, builder, params)}.pt"
         if path is not None and path.is_file():
             out[name] = _from_payload(load_tensors(path)["tensor"])

@@ -18,10 +18,8 @@ from torch import Tensor
 
 from raymmrec.config import RunSpec
 from raymmrec.errors import UserError
-from raymmrec.eval import Evaluator
+from raymmrec.eval import Evaluator, items_by_user, mask_unrankable, topk_ordered
 from raymmrec.eval.cold import cold_evaluator
-from raymmrec.eval.evaluator import _check_finite, _csr_by_user, _gather_rows
-from raymmrec.eval.metrics import topk_ordered
 from raymmrec.files import join, read_bytes
 from raymmrec.train.trained import Trained
 from raymmrec.train.build import ranked_items
@@ -45,7 +43,7 @@ def parse_users(text: str, n_users: int) -> Tensor:
 def seen_by_user(trained: Trained) -> tuple[Tensor, Tensor]:
     """(indptr, indices) of each user's items that :func:`top_k` leaves out; a service computes it once."""
     data = trained.data
-    return _csr_by_user(data.seen(), data.n_users, data.n_items)
+    return items_by_user(data.seen(), data.n_users, data.n_items)
 
 
 @torch.no_grad()
@@ -67,21 +65,15 @@ def top_k(trained: Trained, users: Tensor, k: int,
         raise UserError(f"--k: expected an integer >= 1, got {k}")
     data = trained.data
     users = torch.as_tensor(users, dtype=torch.long).cpu()
-    indptr, indices = seen if seen is not None else seen_by_user(trained)
+    seen = seen if seen is not None else seen_by_user(trained)
     excluded = torch.from_numpy(np.asarray(data.forgotten_items, dtype=np.int64)) if data.forgotten_items.size else None
     score = trained.model.scorer()
     batch = max(1, trained.spec.eval.max_batch_elems // max(data.n_items, 1))
     items, values = [], []
     for s in range(0, users.numel(), batch):
         ub = users[s:s + batch]
-        scores = score(ub.to(trained.device)).float().cpu()
-        r, c = _gather_rows(indptr, indices, ub)
-        if not bool(torch.isfinite(scores.sum())):
-            _check_finite(scores, r, c, ub, excluded)
-        scores[r, c] = float("-inf")
-        if excluded is not None:
-            scores[:, excluded] = float("-inf")
-        rankable = torch.isfinite(scores).sum(dim=1)  # every other score is finite (checked above)
+        scores = mask_unrankable(score(ub.to(trained.device)).float().cpu(), ub, seen, excluded)
+        rankable = torch.isfinite(scores).sum(dim=1)  # every other score is finite (mask_unrankable checks)
         vals, idx = topk_ordered(scores, k)
         idx[torch.arange(idx.shape[1]) >= rankable[:, None]] = -1
         items.append(idx)

@@ -133,9 +133,9 @@ def markdown(summary: list[dict[str, Any]], value_name: str) -> str:
 
 
 def plot(summary: list[dict[str, Any]], value_name: str, title: str) -> bytes:
-    from raymmrec.plots import _figure, _png
+    from raymmrec.plots import figure_row, png_bytes
 
-    fig, axes = _figure(2)
+    fig, axes = figure_row(2)
     for ax, metric in zip(axes, ("recall@20", "ndcg@20")):
         for key in sorted({(s["backbone"], s["objective"]) for s in summary}):
             pts = [s for s in summary if (s["backbone"], s["objective"]) == key]
@@ -149,7 +149,7 @@ def plot(summary: list[dict[str, Any]], value_name: str, title: str) -> bytes:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=9)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def _write(path: Path, data: bytes | str) -> None:

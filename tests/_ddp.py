@@ -179,7 +179,7 @@ def train_nan_worker(rank: int, world: int, init: str, out: str) -> None:
     batches = lambda epoch: [Batch(torch.arange(3), torch.arange(3)) for _ in range(5)]  # noqa: E731
     trainer = Trainer(net, objective, torch.optim.SGD(net.parameters(), lr=0.1), batches, lambda m: {},
                       epochs=1, patience=1, seed=0, ctx=DistContext(rank, world))
-    record_outcome(lambda: trainer._run_epoch(0), lambda e: f"diverged after {len(steps)} steps: {e}", f"{out}.{rank}")
+    record_outcome(lambda: trainer.run_epoch(0), lambda e: f"diverged after {len(steps)} steps: {e}", f"{out}.{rank}")
 
 
 BATCH = 61  # not a multiple of 2 or 3: ranks hold unequal shares

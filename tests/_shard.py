@@ -176,7 +176,7 @@ def replicas(rank: int, world: int, out: str) -> dict:
         r = {"replicated": sorted(p.model.replicated), "fresh": check_replicated(p.model, lines.append)}
         if rank == 1:  # a gradient computed in another order (CUDA's index_add_), much exaggerated
             prm.register_hook(lambda g: g * 1.001)  # NBPO's P: the batch's rows only (the others' are 0)
-        make_trainer(p, lambda m: {}, [])._run_epoch(0)
+        make_trainer(p, lambda m: {}, []).run_epoch(0)
         r["trained"] = check_replicated(p.model, lines.append)
         if rank == 1:
             with torch.no_grad():

@@ -147,23 +147,23 @@ def test_run_main_interrupt_exit_codes_and_bugs(capsys):
     ("auto", None, 0, ("cpu", 0.0)), ("auto", None, 2, ("cuda", 1.0)), ("auto", 0.5, 2, ("cuda", 0.5)),
     ("cpu", None, 2, ("cpu", 0.0)), ("cuda", 0.25, 1, ("cuda", 0.25)), ("cuda:1", None, 1, ("cuda", 1.0)),
     ("cuda", None, 0, "--device cuda: the Ray cluster has no GPU (use --device cpu or auto)"),
-    ("cpu", 0.5, 2, "--gpus-per-trial 0.5: the trials run on the CPU here (--device cpu)"),
-    ("auto", 0.5, 0, "--gpus-per-trial 0.5: the trials run on the CPU here (the cluster has no GPU)"),
+    ("cpu", 0.5, 2, "--gpus-per-trial 0.5: each trial runs on the CPU here (--device cpu)"),
+    ("auto", 0.5, 0, "--gpus-per-trial 0.5: each trial runs on the CPU here (the cluster has no GPU)"),
     ("cuda", 2.0, 4, "--gpus-per-trial: expected a share of one GPU in (0, 1], got 2"),
-    ("tpu", None, 0, "--device: expected auto, cpu or cuda for a sweep, got 'tpu'"),
+    ("tpu", None, 0, "--device: expected auto, cpu or cuda on Ray, got 'tpu'"),
 ])
-def test_a_sweep_asks_for_its_device_as_train_does(device, gpus, cluster_gpus, expect):
-    """``raymmrec tune --device`` (as ``raymmrec train``) picks the trials' device; ``--gpus-per-trial``
-    only shares a GPU; a contradiction is one line naming the option."""
+def test_every_ray_command_asks_for_its_device_as_train_does(device, gpus, cluster_gpus, expect):
+    """``--device`` (as ``raymmrec train`` takes it) picks where trials, replicas, requests and actors
+    run; ``--gpus-per-<unit>`` only shares a GPU; a contradiction is one line naming the option."""
     from raymmrec.config import ConfigError
-    from raymmrec.ray.tune import trial_device
+    from raymmrec.ray.devices import device_and_gpus
 
     if isinstance(expect, str):
         with pytest.raises(ConfigError) as e:
-            trial_device(device, gpus, cluster_gpus)
+            device_and_gpus(device, gpus, cluster_gpus, "trial")
         assert str(e.value) == expect
     else:
-        assert trial_device(device, gpus, cluster_gpus) == expect
+        assert device_and_gpus(device, gpus, cluster_gpus, "trial") == expect
 
 
 def test_tune_takes_the_run_options_of_train(capsys):

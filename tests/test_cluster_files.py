@@ -484,6 +484,17 @@ def test_image_gets_every_package_the_code_imports():
     assert not missing, "not installed by pyproject.toml's dependencies, so not in the image: " + "; ".join(missing)
 
 
+def test_package_data_names_files_that_exist():
+    # setuptools passes over a package-data pattern that matches nothing without a word, so a stale one
+    # (files moved or never written) hides until a wheel lacks what the code reads.
+    setuptools = _pyproject().get("tool", {}).get("setuptools", {})
+    for package, patterns in setuptools.get("package-data", {}).items():
+        for pattern in patterns:  # "*": a pattern for every package, so one match anywhere will do
+            home = ROOT / ("raymmrec" if package == "*" else package.replace(".", "/"))
+            found = home.rglob(pattern) if package == "*" else home.glob(pattern)
+            assert any(True for _ in found), f"pyproject.toml: package-data {package!r} names {pattern!r}, no file"
+
+
 # ---------------------------------------------------------------------------------------------
 # cluster/local_autoscaling.py down: only its own cluster's processes
 

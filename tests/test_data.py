@@ -506,3 +506,31 @@ def test_s3_mmrec_folder(s3_bucket: str, tmp_path: Path) -> None:
     write_mmrec(data, url)
     assert_same(data, load_dataset(url))
     assert list(load_dataset(url, modalities=["image"]).features) == ["image"]
+
+
+def test_tensors_stream_to_s3_and_a_failed_write_leaves_no_object(s3_bucket: str, monkeypatch) -> None:
+    """``save_tensors`` streams a payload to a URL (best.pt, latest.pt); one that fails midway is aborted,
+    not completed with what was written so far."""
+    import s3fs
+    import torch
+
+    import raymmrec.files as files
+
+    url = f"s3://{s3_bucket}/tensors/best.pt"
+    files.save_tensors(url, {"w": torch.arange(6.0)})
+    import io
+
+    assert torch.equal(torch.load(io.BytesIO(files.read_bytes(url)), weights_only=True)["w"], torch.arange(6.0))
+    real = torch.save
+
+    def fails_midway(obj, f):  # noqa: ANN001
+        f.write(b"x" * (6 << 20))  # past one upload part
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(files.torch, "save", fails_midway)
+    half = f"s3://{s3_bucket}/tensors/half.pt"
+    with pytest.raises(OSError, match="disk gone"):
+        files.save_tensors(half, {"w": torch.zeros(1)})
+    monkeypatch.setattr(files.torch, "save", real)
+    s3fs.S3FileSystem.clear_instance_cache()
+    assert not s3fs.S3FileSystem().exists(half.removeprefix("s3://"))

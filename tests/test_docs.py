@@ -1,10 +1,10 @@
 """The README and docs/ name only commands, options, scripts, files and links that exist.
 
 Every command in a fenced shell block or in inline code that runs ``raymmrec <sub>``,
-``python -m raymmrec[.module]``, ``python jobs/<x>.py`` or ``python benchmarks/<x>.py`` is checked
-against the argparse parser that command really builds: the parser is captured at its first
-``parse_args`` call (which then raises instead of parsing), so nothing runs and a new option needs
-no change here. A ``--option`` named on its own in inline code must exist in at least one of those
+``python -m raymmrec[.module]``, ``python -m benchmarks.<x> [mode]``, ``python jobs/<x>.py`` or
+``python benchmarks/<x>.py`` is checked against the argparse parser that command really builds (a
+subcommand's own, where the parser has subcommands): the parser is captured at its first ``parse_args``
+call (which then raises instead of parsing), so nothing runs and a new option needs no change here. A ``--option`` named on its own in inline code must exist in at least one of those
 parsers. Paths into the repository (``jobs/train.py``, ``raymmrec/models/bm3.py``) must exist, and
 relative Markdown links must lead to an existing file and, with ``#anchor``, to a heading there.
 """
@@ -31,6 +31,7 @@ OPTION = re.compile(r"^\[?(--[A-Za-z][\w-]*)")
 WORD = re.compile(r"^[a-z][a-z0-9_-]*$")
 REPO_DIRS = ("raymmrec/", "jobs/", "benchmarks/", "tests/", "cluster/", "docker/", "docs/")
 SCRIPT = re.compile(r"^(?:\./)?((?:jobs|benchmarks)/[\w.-]+\.py)$")
+MODULE = re.compile(r"^(?:raymmrec|benchmarks)(?:\.\w+)+$")  # python -m raymmrec.features.demo, benchmarks.bench_train
 
 
 # ---------------------------------------------------------------- the parsers the code builds
@@ -158,7 +159,7 @@ def programs(toks: list[str]):
         if t == "raymmrec" and (i == 0 or toks[i - 1] in {"-m", "exec", "--", "time", "nice"}
                                 or "=" in toks[i - 1]):
             yield "cli", None, rest
-        elif i >= 1 and toks[i - 1] == "-m" and re.match(r"^raymmrec(\.\w+)+$", t):
+        elif i >= 1 and toks[i - 1] == "-m" and MODULE.match(t):
             yield "module", t, rest
         elif m := SCRIPT.match(t):
             if i >= 1 and re.match(r"^python[\d.]*$", Path(toks[i - 1]).name):
@@ -176,12 +177,27 @@ def resolve(kind: str, name: str | None, rest: list[str]) -> tuple[argparse.Argu
             raise DocError(f"`raymmrec {rest[0]}` is not a raymmrec subcommand (have: {sorted(subs)})")
         return cli_parser(rest[0]), rest[1:], f"raymmrec {rest[0]}"
     if kind == "module":
-        if importlib.util.find_spec(name) is None:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:  # its package does not exist
+            found = False
+        if not found:
             raise DocError(f"no module {name}")
-        return module_parser(name), rest, f"python -m {name}"
+        return subcommand(module_parser(name), rest, f"python -m {name}")
     if not (ROOT / name).is_file():
         raise DocError(f"{name} does not exist")
     return script_parser(name), rest, name
+
+
+def subcommand(p: argparse.ArgumentParser, rest: list[str], label: str
+               ) -> tuple[argparse.ArgumentParser, list[str], str]:
+    """A parser with subcommands (``bench_train epoch``): the named subcommand's parser and the tokens after it."""
+    subs = _subparsers(p)
+    if not subs or not rest or not WORD.match(rest[0]):
+        return p, rest, label
+    if rest[0] not in subs:
+        raise DocError(f"`{label} {rest[0]}`: expected one of {sorted(subs)}")
+    return subs[rest[0]], rest[1:], f"{label} {rest[0]}"
 
 
 def named_options(rest: list[str]) -> list[str]:
@@ -210,6 +226,7 @@ def all_parsers() -> tuple[argparse.ArgumentParser, ...]:
                         ps.append(resolve(kind, name, rest)[0])
                     except DocError:  # check_command reports it
                         pass
+    ps += [sub for p in ps if p is not None for sub in _subparsers(p).values()]
     return tuple(p for p in ps if p is not None)
 
 
@@ -307,3 +324,72 @@ def test_the_check_sees_a_missing_option_and_subcommand():
     assert check_command("raymmrec study noisy-label --rates 0,0.2")
     assert check_command("python -m raymmrec.features.demo --out /tmp/demo") == []
     assert check_command("python -m raymmrec.features.nope --out /tmp/demo")
+    assert check_command("python -m benchmarks.bench_train epoch --method bm3 --epochs-measured 3 train.lr=0.1") == []
+    assert check_command("python -m benchmarks.bench_train compare --epochs-measured 3")  # epoch's option, not compare's
+    assert check_command("python -m benchmarks.bench_train epochs --method bm3")
+    assert check_command("python -m benchmarks.bench_ray --commands --node-memory --num-workers 2") == []
+    assert check_command("python -m benchmarks.no_such_bench --method bm3")
+
+
+# ---------------------------------------------------------------- what the docs say of the code
+
+OVERRIDE = re.compile(r"^(data|train|eval)\.([a-z_]+)=([^\s`;,)]+)[;,)]*$")
+MACHINE_PATH = re.compile(r"(?<![\w.])(/work/|/root/|/Users/|/home/(?!ray\b)[a-z]\w*/)")
+FIRST_PERSON = re.compile(r"(?<![\w`'/-])(I (?:[a-z]+)|I've|I'd|my)\b")
+
+
+def check_override(token: str) -> list[str]:
+    """``section.key=value`` names a field of the run config and, where the field takes one of a few
+    words, one of them."""
+    import typing
+
+    from raymmrec.config import RunSpec
+
+    m = OVERRIDE.match(token)
+    if not m:
+        return []
+    section, key, value = m.groups()
+    fields = RunSpec.model_fields[section].annotation.model_fields
+    if key not in fields:
+        return [f"`{token}`: the config has no {section}.{key}"]
+    ann = fields[key].annotation
+    words = typing.get_args(ann) if typing.get_origin(ann) is typing.Literal else ()
+    if words and value not in words:
+        return [f"`{token}`: {section}.{key} takes one of {list(words)}"]
+    return []
+
+
+def _prose(text: str) -> str:
+    """``text`` without its fenced blocks and inline code."""
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    return re.sub(r"`[^`\n]*`", "", text)
+
+
+@pytest.mark.parametrize("page", sorted(_pages()), ids=lambda p: str(p.relative_to(ROOT)))
+def test_config_overrides_named_in_the_docs_exist(page):
+    """Every ``data.*``/``train.*``/``eval.*`` override a doc shows (in a command or inline) is a field of
+    the config with an accepted value: a renamed key or a mode the code no longer has fails here."""
+    text = _pages()[page]
+    cmds, inline = _commands_of_page(text)
+    found = {t for c in cmds for t in tokens(c)} | {s.strip() for s in inline}
+    errors = sorted({e for t in found for e in check_override(t)})
+    assert not errors, f"{page.relative_to(ROOT)}:\n  " + "\n  ".join(errors)
+
+
+@pytest.mark.parametrize("page", sorted(_pages()), ids=lambda p: str(p.relative_to(ROOT)))
+def test_docs_name_no_machines_folder_and_speak_to_the_user(page):
+    """No doc names a folder of the machine it was written on, and none speaks in the first person
+    singular (docs speak to the user, not about a session)."""
+    text = _pages()[page]
+    errors = [f"a folder of one machine: {m.group(0)!r}" for m in MACHINE_PATH.finditer(text)]
+    errors += [f"first person: {m.group(0)!r}" for m in FIRST_PERSON.finditer(_prose(text))]
+    assert not errors, f"{page.relative_to(ROOT)}:\n  " + "\n  ".join(errors)
+
+
+def test_the_doc_checks_see_a_bad_override_a_machine_path_and_the_first_person():
+    assert check_override("train.shard=rows") == ["`train.shard=rows`: train.shard takes one of "
+                                                  "['auto', 'none', 'columns']"]
+    assert check_override("train.epoch=3") == ["`train.epoch=3`: the config has no train.epoch"]
+    assert check_override("train.shard=columns") == [] and check_override("model.n_layers=2") == []
+    assert MACHINE_PATH.search("read /work/shared/data/lfm2k") and not MACHINE_PATH.search("/home/ray/raymmrec")
+    assert FIRST_PERSON.search(_prose("so I interrupted the run")) and not FIRST_PERSON.search(_prose("`I x`"))

@@ -13,7 +13,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from raymmrec.data.schema import Interactions
-from raymmrec.eval import Evaluator, joint_metric_sums, metric_names, topk_ordered
+from raymmrec.eval import (Evaluator, items_by_user, joint_metric_rows, joint_metric_sums, mask_unrankable,
+                           metric_names, topk_ordered)
 
 
 def reference(n_items, train, truth, scores, ks):
@@ -178,12 +179,57 @@ def test_joint_splits_rank_each_user_once_and_match_separate_runs(tie_range):
             assert_metrics_close(ev.finalize(sums, ev.users.numel()), ev.evaluate(fn), tol=1e-12)
 
 
+
+def test_joint_rows_are_each_users_own_metrics_ranking_each_user_once():
+    """joint_metric_rows (what joint_metric_sums adds up) gives each split's per-user rows, scoring each user of
+    the union once; evaluators that rank otherwise are refused."""
+    train, valid, scores = random_case(5, n_users=40, n_items=30)
+    _, test, _ = random_case(6, n_users=40, n_items=30)
+    evs = [Evaluator(30, train, valid, ks=(1, 5, 10), max_batch_elems=30 * 7), Evaluator(30, train, test, ks=(3, 20))]
+    seen = []
+    fn = score_fn_of(scores)
+    rows = [torch.full((ev.n_users, len(ev.names)), float("nan"), dtype=torch.float64) for ev in evs]
+    for j, ub, r in joint_metric_rows(evs, lambda users: seen.append(users.numel()) or fn(users)):
+        rows[j][ub] = r
+    assert sum(seen) == torch.unique(torch.cat([ev.users for ev in evs])).numel()
+    for ev, r in zip(evs, rows):
+        assert torch.equal(r[ev.users], ev.per_user(fn))
+    cold = Evaluator(30, train, test, ks=(5,), candidates=np.arange(30))  # a candidate list: not ranked alike
+    with pytest.raises(ValueError, match="rank alike"):
+        joint_metric_rows([evs[0], cold], fn)
+
 def test_users_without_truth_rejected():
     train, truth, scores = random_case(3)
     ev = Evaluator(23, train, truth)
     bad = torch.tensor([0])  # u % 4 == 0 has no ground truth
     with pytest.raises(ValueError, match="ground truth"):
         ev.metric_sums(score_fn_of(scores), bad)
+
+
+def test_items_by_user_and_mask_unrankable():
+    """The two public pieces evaluation and ``raymmrec recommend`` share: each user's items as CSR, and the
+    in-place mask of what is never ranked (a user's own items, the excluded columns)."""
+    inter = Interactions(np.array([2, 0, 2, 2]), np.array([3, 1, 0, 3]))  # (2, 3) twice: kept once
+    indptr, indices = items_by_user(inter, 4, 5)
+    assert indptr.tolist() == [0, 1, 1, 3, 3]
+    assert indices.tolist() == [1, 0, 3]
+    with pytest.raises(ValueError, match="out of range"):
+        items_by_user(Interactions(np.array([0]), np.array([5])), 1, 5)
+
+    users = torch.tensor([2, 0, 3])
+    scores = torch.arange(15.0).reshape(3, 5)
+    assert mask_unrankable(scores, users, (indptr, indices), torch.tensor([4])) is scores
+    want = torch.arange(15.0).reshape(3, 5)
+    want[0, [0, 3, 4]] = want[1, [1, 4]] = want[2, 4] = float("-inf")
+    assert torch.equal(scores, want)
+    # NaN or inf is allowed where the mask overwrites it, refused anywhere else
+    scores = torch.zeros(1, 5)
+    scores[0, 1], scores[0, 4] = float("nan"), float("inf")
+    mask_unrankable(scores, torch.tensor([0]), (indptr, indices), torch.tensor([4]))
+    assert torch.isinf(scores[0, [1, 4]]).all() and (scores[0, [0, 2, 3]] == 0).all()
+    scores[0, 2] = float("nan")
+    with pytest.raises(FloatingPointError, match="user 0, item 2"):
+        mask_unrankable(scores, torch.tensor([0]), (indptr, indices))
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])

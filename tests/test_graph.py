@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from raymmrec.graph import knn_graph, mixed_knn_graph, normalized_adjacency
+from raymmrec.graph import knn_graph, mixed_knn_graph, normalized_adjacency, propagate_mean, propagate_sum
 
 
 def dense_adjacency(n_users: int, n_items: int, users, items) -> np.ndarray:
@@ -78,7 +78,7 @@ def test_adjacency_tensor_input_and_empty_nodes():
         normalized_adjacency(2, 2, np.array([0]), np.array([5]))
 
 
-def test_adjacency_large():  # timing: benchmarks/bench_graph.py
+def test_adjacency_large():  # timing: python -m benchmarks.bench_features graphs
     rng = np.random.default_rng(1)
     n_users, n_items, e = 20_000, 7_000, 300_000
     users, items = rng.integers(0, n_users, e), rng.integers(0, n_items, e)
@@ -125,7 +125,7 @@ def test_knn_zero_row_and_symmetry_of_cosine():
     assert torch.equal(g, g2)
 
 
-def test_knn_large_in_blocks():  # timing: benchmarks/bench_graph.py
+def test_knn_large_in_blocks():  # timing: python -m benchmarks.bench_features graphs
     torch.manual_seed(0)
     x = torch.randn(5000, 256)
     g = knn_graph(x, k=10, block_size=512)
@@ -162,8 +162,6 @@ def test_mixed_knn_errors():
 @pytest.mark.parametrize("n_layers", [0, 1, 3])
 def test_propagate_sum_and_its_gradient_match_dense_powers(n_layers):
     """The fused propagation (one autograd node) against ``Σ_l Â^l x`` with a dense ``Â``."""
-    from raymmrec.models.base import propagate_mean, propagate_sum
-
     torch.manual_seed(0)
     a = torch.rand(7, 7) * (torch.rand(7, 7) < 0.4)
     a = (a + a.T) / 4  # symmetric, as the normalised user-item adjacency

@@ -243,7 +243,7 @@ def test_gather_equals_indexing_with_gradients():
 
 
 def test_fixed_sparse_product_backward_uses_the_given_transpose(graph):
-    from raymmrec.models.base import fixed_spmm
+    from raymmrec.graph import fixed_spmm
 
     torch.manual_seed(0)
     dense = torch.rand(7, 5) * (torch.rand(7, 5) < 0.4)

@@ -124,6 +124,22 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, method, capsys):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
 
+def test_reports_reach_the_caller_also_from_a_run_that_was_already_finished(tmp_path):
+    """A Tune trial resumed from a final checkpoint (killed before results.json) trains no epoch: it
+    still reports its recorded final state once, else Tune keeps the last result it saw."""
+    from raymmrec.train.callbacks import ReportCallback
+
+    spec = spec_for(tmp_path, "bpr", epochs=4, patience=50, checkpoint_every=2)
+    first: list[dict] = []
+    run(spec, progress=False, data=tiny_data(), extra_callbacks=[ReportCallback(first.append, every=2)])
+    assert [m["epochs_run"] for m in first] == [2, 4]
+    (tmp_path / "r" / "results.json").unlink()
+    again: list[dict] = []
+    state = run(spec, progress=False, data=tiny_data(), extra_callbacks=[ReportCallback(again.append, every=2)])
+    assert state.resumes == [4] and len(again) == 1
+    assert again[0]["epochs_run"] == 4 and again[0]["best_valid/recall@10"] == first[-1]["best_valid/recall@10"]
+
+
 def test_default_checkpoint_cadence_is_time_based_and_ends_with_the_last_epoch(tmp_path):
     class Look(Callback):  # runs after the checkpoint callback: what is on disk after each epoch
         def __init__(self) -> None:
@@ -236,20 +252,19 @@ def test_cli_trains_and_prints_table(tmp_path, capsys):
 def test_early_stopping_counts_every_evaluation_below_the_best():
     """The counter knows only scores: no epoch is special (a resumed run used to treat the replay of a
     newer best.pt's epoch as the best again, after counting every replayed evaluation before it)."""
-    from raymmrec.train.loop import Trainer, TrainState
+    from raymmrec.train.loop import TrainState, update_best
 
     state = TrainState(epoch=10, best_score=0.5, best_epoch=9, best_valid={"recall@20": 0.5})
-    trainer = Trainer(None, None, None, None, None, epochs=20, patience=1, seed=0)
-    trainer._update_best(state, 10, {"valid": {"recall@20": 0.4}, "test": {}})
+    update_best(state, 10, {"valid": {"recall@20": 0.4}, "test": {}}, "recall@20", 1)
     assert (state.best_epoch, state.bad_evals, state.stopped_early) == (9, 1, False)
-    trainer._update_best(state, 11, {"valid": {"recall@20": 0.6}, "test": {"recall@20": 0.59}})
+    update_best(state, 11, {"valid": {"recall@20": 0.6}, "test": {"recall@20": 0.59}}, "recall@20", 1)
     assert (state.best_epoch, state.bad_evals, state.best_test) == (11, 0, {"recall@20": 0.59})
-    trainer._update_best(state, 12, {"valid": {"recall@20": 0.6}, "test": {}})  # a tie is no improvement
-    trainer._update_best(state, 13, {"valid": {"recall@20": 0.1}, "test": {}})
+    update_best(state, 12, {"valid": {"recall@20": 0.6}, "test": {}}, "recall@20", 1)  # a tie is no improvement
+    update_best(state, 13, {"valid": {"recall@20": 0.1}, "test": {}}, "recall@20", 1)
     assert (state.best_epoch, state.bad_evals, state.stopped_early) == (11, 2, True)
     # a lower score is no improvement even at the best epoch's number (the old resume's special case)
     state = TrainState(epoch=11, best_score=0.7, best_epoch=11, best_valid={"recall@20": 0.7})
-    trainer._update_best(state, 11, {"valid": {"recall@20": 0.69}, "test": {"recall@20": 0.59}})
+    update_best(state, 11, {"valid": {"recall@20": 0.69}, "test": {"recall@20": 0.59}}, "recall@20", 1)
     assert (state.best_score, state.bad_evals, state.best_valid) == (0.7, 1, {"recall@20": 0.7})
 
 
@@ -404,7 +419,7 @@ def test_one_process_stops_at_the_first_non_finite_step():
                       lambda epoch: [Batch(torch.arange(3), torch.arange(3)) for _ in range(5)], lambda m: {},
                       epochs=1, patience=1, seed=0)
     with pytest.raises(TrainingDiverged, match="loss became NaN or infinite at epoch 0, batch 2; "):
-        trainer._run_epoch(0)
+        trainer.run_epoch(0)
     assert len(steps) == 3  # stopped at the step, before the optimizer applied it
 
 

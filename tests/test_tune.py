@@ -175,7 +175,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_cluster, tmp
     with open(root / "trials.csv", newline="") as f:
         table = list(csv.DictReader(f))
     assert sorted(r["dir"] for r in table) == [d.name for d in runs]
-    assert all(r["status"] == "finished" for r in table)
+    assert all(r["status"] == "finished" for r in table), [(r["dir"], r["status"], r["epochs_run"]) for r in table]
 
 
 @pytest.mark.ray

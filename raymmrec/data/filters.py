@@ -26,19 +26,31 @@ def rating_filter(frame: pd.DataFrame, threshold: float, source: str) -> pd.Data
     return frame.loc[keep].reset_index(drop=True)
 
 
-def kcore_filter(frame: pd.DataFrame, k: int) -> pd.DataFrame:
-    """Iteratively drop users and items with fewer than ``k`` rows (all splits counted) until none are left."""
-    if k <= 1:
-        return frame
-    users, items = frame["user"].to_numpy(), frame["item"].to_numpy()
+def kcore_mask(users: np.ndarray, items: np.ndarray, k: int) -> tuple[np.ndarray, int]:
+    """Rows kept by an iterative k-core on non-negative int ids, and the number of rounds that removed rows.
+
+    Each round drops, at once, every row of a user or an item with fewer than ``k`` rows left (MMRec's
+    ``filter_by_k_core``), until every user and item left has at least ``k``.
+    """
     keep = np.ones(users.shape[0], dtype=bool)
+    if k <= 1:
+        return keep, 0
+    rounds = 0
     while True:
         u_cnt = np.bincount(users[keep], minlength=int(users.max(initial=-1)) + 1)
         i_cnt = np.bincount(items[keep], minlength=int(items.max(initial=-1)) + 1)
         new_keep = keep & (u_cnt[users] >= k) & (i_cnt[items] >= k)
         if new_keep.sum() == keep.sum():
-            break
+            return keep, rounds
         keep = new_keep
+        rounds += 1
+
+
+def kcore_filter(frame: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Iteratively drop users and items with fewer than ``k`` rows (all splits counted) until none are left."""
+    if k <= 1:
+        return frame
+    keep, _ = kcore_mask(frame["user"].to_numpy(), frame["item"].to_numpy(), k)
     return frame.loc[keep].reset_index(drop=True)
 
 

@@ -19,7 +19,7 @@ Distributed use::
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -34,8 +34,13 @@ ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 CPU_BLOCK_BYTES = (32 << 20) - (1 << 20)
 
 
-def _csr_by_user(inter: Interactions, n_users: int, n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(indptr [n_users+1], indices [nnz]) of the de-duplicated user -> items matrix, items sorted per user."""
+def items_by_user(inter: Interactions, n_users: int, n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each user's items as CSR: ``(indptr [n_users+1], indices [nnz])`` int64 on the CPU, duplicates dropped,
+    items ascending per user; user ``u``'s items are ``indices[indptr[u]:indptr[u+1]]``.
+
+    Of the training (or seen) interactions it is what :func:`mask_unrankable` takes; of an evaluated
+    split, the ground truth. Raises ValueError for a negative id or an item id >= ``n_items``.
+    """
     u = np.asarray(inter.users, dtype=np.int64)
     i = np.asarray(inter.items, dtype=np.int64)
     if u.size and (u.min() < 0 or i.min() < 0 or i.max() >= n_items):
@@ -77,6 +82,26 @@ def _check_finite(scores: torch.Tensor, r: torch.Tensor, c: torch.Tensor, users:
             f"batch (first: user {int(users[first])}, item {item}, score {float(scores[first, item])}); expected "
             "finite scores for every item outside the user's training items (did training diverge?)"
         )
+
+
+def mask_unrankable(scores: torch.Tensor, users: torch.Tensor, seen: tuple[torch.Tensor, torch.Tensor],
+                    excluded: torch.Tensor | None = None) -> torch.Tensor:
+    """Set to -inf, in place, every score a ranking leaves out, and return ``scores``.
+
+    ``scores`` [B × I] are the scores of ``users`` [B]; ``seen`` is :func:`items_by_user` of the items
+    never ranked for a user (the training items), ``excluded`` the item ids never ranked for anyone
+    (the items outside an evaluator's candidates, an item-wise forget request's items), or None. All
+    on the device of ``scores``. Evaluation and ``raymmrec recommend`` mask with this one function, so
+    both rank the same items. Raises FloatingPointError if any other score is NaN or ±inf.
+    """
+    r, c = _gather_rows(seen[0], seen[1], users)
+    # one pass: a NaN or inf anywhere makes the sum non-finite; details (and the error) only then
+    if not bool(torch.isfinite(scores.sum())):
+        _check_finite(scores, r, c, users, excluded)
+    scores[r, c] = float("-inf")
+    if excluded is not None:
+        scores[:, excluded] = float("-inf")
+    return scores
 
 
 class Evaluator:
@@ -124,8 +149,8 @@ class Evaluator:
         self.batch_users = max(1, elems // max(self.n_items, 1))
         n_users = 1 + max(int(np.max(train.users, initial=-1)), int(np.max(truth.users, initial=-1)))
         self.n_users = n_users
-        tr_ptr, tr_idx = _csr_by_user(train, n_users, self.n_items)
-        gt_ptr, gt_idx = _csr_by_user(truth, n_users, self.n_items)
+        tr_ptr, tr_idx = items_by_user(train, n_users, self.n_items)
+        gt_ptr, gt_idx = items_by_user(truth, n_users, self.n_items)
         n_gt = gt_ptr[1:] - gt_ptr[:-1]
         self._cpu = {"tr_ptr": tr_ptr, "tr_idx": tr_idx, "gt_ptr": gt_ptr, "gt_idx": gt_idx, "n_gt": n_gt}
         if candidates is not None:
@@ -177,15 +202,7 @@ class Evaluator:
             raise ValueError(
                 f"score_fn returned shape {tuple(scores.shape)}, expected ({ub.numel()}, {self.n_items})")
         st = self._on(scores.device)
-        r, c = _gather_rows(st["tr_ptr"], st["tr_idx"], ub)
-        excluded = st.get("excluded")
-        # one pass: a NaN or inf anywhere makes the sum non-finite; details (and the error) only then
-        if not bool(torch.isfinite(scores.sum())):
-            _check_finite(scores, r, c, ub, excluded)
-        scores[r, c] = float("-inf")
-        if excluded is not None:
-            scores[:, excluded] = float("-inf")
-        return topk_ordered(scores, k)[1]
+        return topk_ordered(mask_unrankable(scores, ub, (st["tr_ptr"], st["tr_idx"]), st.get("excluded")), k)[1]
 
     def _block_metrics(self, top: torch.Tensor, ub: torch.Tensor) -> torch.Tensor:
         """float64 [B × M] metrics of users ``ub`` from their ranked item ids ``top`` [B × >= Kmax or all]."""
@@ -290,16 +307,42 @@ def joint_metric_sums(evaluators: Sequence[Evaluator], score_fn: ScoreFn,
 
 def _shared_ranking_sums(evaluators: list[Evaluator], score_fn: ScoreFn,
                          users: list[torch.Tensor]) -> list[torch.Tensor]:
-    first = evaluators[0]
     if len(evaluators) == 1:
-        return [first.metric_sums(score_fn, users[0])]
+        return [evaluators[0].metric_sums(score_fn, users[0])]
+    sums = [torch.zeros(len(ev.names), dtype=torch.float64) for ev in evaluators]
+    for j, _, rows in _ranked_rows(evaluators, score_fn, users):
+        sums[j] += rows.sum(dim=0).cpu()
+    return sums
+
+
+def joint_metric_rows(evaluators: Sequence[Evaluator], score_fn: ScoreFn,
+                      users: Sequence[torch.Tensor] | None = None,
+                      ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Per-user metrics of evaluators that :meth:`~Evaluator.ranks_like` each other, ranking each user once.
+
+    The union of ``users`` (default: each evaluator's ``.users``) is scored and ranked in blocks, as
+    :func:`joint_metric_sums` does; for each block and each evaluator with users in it, yields ``(j, ub,
+    rows)``: the index ``j`` of the evaluator, its users ``ub`` in the block and their float64 metric rows
+    [len(ub) x M] (columns in ``.names`` order), both on the device the scores came back on.
+    """
+    evaluators = list(evaluators)
+    if not all(evaluators[0].ranks_like(ev) for ev in evaluators[1:]):
+        raise ValueError("joint_metric_rows: the evaluators do not rank alike (other training items or candidates)")
+    users = [ev.users if u is None else torch.as_tensor(u, dtype=torch.int64).to(ev.device)
+             for ev, u in zip(evaluators, users or [None] * len(evaluators))]
+    return _ranked_rows(evaluators, score_fn, users)
+
+
+@torch.no_grad()
+def _ranked_rows(evaluators: list[Evaluator], score_fn: ScoreFn,
+                 users: list[torch.Tensor]) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    first = evaluators[0]
     for ev, u in zip(evaluators, users):
         if u.numel():
             ev._check_users(u.to(first.device))
     union = torch.unique(torch.cat([u.to(first.device) for u in users]))
     member = [torch.zeros(first.n_users, dtype=torch.bool, device=first.device).index_fill_(0, u.to(first.device), True)
               for u in users]
-    sums = [torch.zeros(len(ev.names), dtype=torch.float64) for ev in evaluators]
     k = max(ev.kmax for ev in evaluators)
     for s in range(0, union.numel(), first.batch_users):
         ub = union[s:s + first.batch_users]
@@ -309,5 +352,4 @@ def _shared_ranking_sums(evaluators: list[Evaluator], score_fn: ScoreFn,
         for j, ev in enumerate(evaluators):
             rows = member[j][ub].to(top.device)
             if bool(rows.any()):
-                sums[j] += ev._block_metrics(top[rows], on_scores[rows]).sum(dim=0).cpu()
-    return sums
+                yield j, on_scores[rows], ev._block_metrics(top[rows], on_scores[rows])

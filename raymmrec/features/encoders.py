@@ -212,7 +212,9 @@ class ImageEncoder(Encoder):
 
     Preprocessing as the checkpoints were evaluated: RGB, shorter side resized to 256 (bicubic), centre crop
     224 x 224, pixels scaled to [0, 1] and normalised (``normalize="lite"``: mean 127/255, std 128/255,
-    the Lite models' own; ``"imagenet"``: the usual ImageNet mean and std).
+    the Lite models' own; ``"imagenet"``: the usual ImageNet mean and std). ``model``: an EfficientNet-Lite0
+    network to use as it is instead of loading the pretrained weights (e.g. one of random weights, to measure
+    throughput where the weights package is absent).
     """
 
     modality = "image"
@@ -220,14 +222,14 @@ class ImageEncoder(Encoder):
     dim = 1280
 
     def __init__(self, device: str | None = None, normalize: str = "lite", size: int = 224, resize: int = 256,
-                 batch_size: int = 32) -> None:
+                 batch_size: int = 32, model: Any = None) -> None:
         if normalize not in NORMALIZE:
             raise ValueError(f"normalize: expected one of {', '.join(NORMALIZE)}, got {normalize!r}")
         self.device = device
         self.normalize = normalize
         self.size, self.resize = size, resize
         self.batch_size = batch_size
-        self._model: Any = None
+        self._model: Any = model
         self._labels: list[str] | None = None
 
     @property

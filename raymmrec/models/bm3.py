@@ -31,8 +31,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from raymmrec.models.base import (Batch, Indexed, ModelOutput, RecGraph, Recommender, gather, propagate_mean,
-                                  trainable_copy, xavier_embedding)
+from raymmrec.graph import propagate_mean
+from raymmrec.models.base import (Batch, Indexed, ModelOutput, RecGraph, Recommender, gather, trainable_copy,
+                                  xavier_embedding)
 from raymmrec.registry import register
 from raymmrec.search import Grid, IntRange, LogUniform, SearchSpaces, Uniform
 

@@ -34,8 +34,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from raymmrec.models.base import (Batch, Indexed, ModelOutput, RecGraph, Recommender, fixed_spmm, gather,
-                                  propagate_sum)
+from raymmrec.graph import fixed_spmm, propagate_sum
+from raymmrec.models.base import Batch, Indexed, ModelOutput, RecGraph, Recommender, gather
 
 
 def modality_encoder(d_in: int, d_out: int, hidden: int = 256) -> nn.Sequential:

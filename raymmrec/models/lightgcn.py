@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from raymmrec.models.base import Batch, ModelOutput, RecGraph, Recommender, gather, propagate_mean, xavier_embedding
+from raymmrec.graph import propagate_mean
+from raymmrec.models.base import Batch, ModelOutput, RecGraph, Recommender, gather, xavier_embedding
 from raymmrec.registry import register
 from raymmrec.search import Grid, IntRange, LogUniform, SearchSpaces
 

@@ -2,7 +2,7 @@
 
     raymmrec features --catalog items.tsv --out data/mydataset --modality text --actors 2
     raymmrec features --catalog s3://bucket/images/ --out s3://bucket/mydataset --modality image \\
-        --actors 4 --gpus-per-actor 1 --batch-size 128
+        --actors 4 --device cuda --batch-size 128
     raymmrec features --catalog items.parquet --out data/mydataset --modality image2text --local
 
 Ray Data reads the catalogue (Parquet with ``ray.data.read_parquet``; a TSV/CSV or a folder listing is read on
@@ -83,13 +83,19 @@ def _block_rows(n: int, batch_size: int, max_blocks: int = 2000) -> int:
     return max(2 * batch_size, math.ceil(n / max_blocks), 1)
 
 
-def catalog_dataset(catalog: str, modality: str, *, columns: Sequence[str] | None = None, batch_size: int = 64,
-                    storage_options: dict[str, Any] | None = None) -> tuple[Any, int, list[str]]:
-    """A Ray Dataset of ``[itemID, input]`` rows in blocks of a few batches, its row count and the columns used."""
+def catalog_dataset(catalog: str | pd.DataFrame, modality: str, *, columns: Sequence[str] | None = None,
+                    batch_size: int = 64, storage_options: dict[str, Any] | None = None
+                    ) -> tuple[Any, int, list[str]]:
+    """A Ray Dataset of ``[itemID, input]`` rows in blocks of a few batches, its row count and the columns used.
+
+    ``catalog``: a catalogue's path or URL, or an ``[itemID, input]`` frame made by the caller.
+    """
     import ray
 
     input_kind = "text" if modality == "text" else "image"
-    if catalog_kind(catalog) == "parquet":
+    if isinstance(catalog, pd.DataFrame):
+        frame = catalog
+    elif catalog_kind(catalog) == "parquet":
         fs, path = _arrow_fs(catalog, storage_options)
         ds = ray.data.read_parquet(path, filesystem=fs)
         names = list(ds.schema().names)
@@ -102,7 +108,8 @@ def catalog_dataset(catalog: str, modality: str, *, columns: Sequence[str] | Non
         ds = ds.map_batches(_prepare_batch, batch_format="pandas", fn_kwargs={
             "modality": input_kind, "root": catalog_root(catalog), "columns": used, "where": catalog})
         return ds, n, used
-    frame = read_catalog(catalog, input_kind, columns=columns, storage_options=storage_options)
+    else:
+        frame = read_catalog(catalog, input_kind, columns=columns, storage_options=storage_options)
     size = _block_rows(len(frame), batch_size)
     chunks = [frame.iloc[i:i + size] for i in range(0, len(frame), size)]
     return ray.data.from_pandas(chunks), len(frame), list(frame.attrs.get("columns", []))
@@ -123,20 +130,27 @@ def _user_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def extract_ray(catalog: str, out: str, modality: str, *, actors: int = 2, batch_size: int = 64,
-                cpus_per_actor: float = 1.0, gpus_per_actor: float = 0.0, threads_per_actor: int | None = None,
+def extract_ray(catalog: str | pd.DataFrame, out: str, modality: str, *, actors: int = 2, batch_size: int = 64,
+                cpus_per_actor: float = 1.0, gpus_per_actor: float | None = None,
+                threads_per_actor: int | None = None, device: str | None = None,
                 factory: Callable[[], Encoder] | None = None, text_columns: Sequence[str] | None = None,
                 progress: bool = True, verbose: bool = False,
                 storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Extract ``modality`` features with a pool of ``actors`` encoder actors; return the manifest.
 
-    ``factory`` builds the encoder in each actor (default: :func:`make_encoder` for ``modality``, on CUDA when
-    ``gpus_per_actor > 0``); it must be picklable (a module-level function or ``functools.partial``).
+    ``catalog``: a path or URL (see :mod:`raymmrec.features.catalog`) or an ``[itemID, input]`` frame.
+    ``device`` (auto, cpu, cuda) and ``gpus_per_actor`` (a share of one GPU) as
+    :func:`raymmrec.ray.devices.device_and_gpus` reads them. ``factory`` builds the encoder in each actor
+    (default: :func:`make_encoder` for ``modality``, on that device); it must be picklable (a module-level
+    function or ``functools.partial``).
     """
     import ray
 
+    from raymmrec.ray.devices import cluster_gpus, device_and_gpus
+
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING, log_to_driver=verbose)
+    device, gpus_per_actor = device_and_gpus(device, gpus_per_actor, cluster_gpus(), "actor")
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = verbose
     if not verbose:
@@ -144,7 +158,6 @@ def extract_ray(catalog: str, out: str, modality: str, *, actors: int = 2, batch
 
     ds, n, used = catalog_dataset(catalog, modality, columns=text_columns, batch_size=batch_size,
                                   storage_options=storage_options)
-    device = "cuda" if gpus_per_actor > 0 else "cpu"
     if factory is None:
         factory = functools.partial(make_encoder, modality, device=device, recipe=recipe_name(used))
     describe = factory().describe()  # constructors load nothing: cheap on the driver
@@ -171,7 +184,8 @@ def extract_ray(catalog: str, out: str, modality: str, *, actors: int = 2, batch
     all_ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
     uniq, counts = np.unique(all_ids, return_counts=True)
     if (counts > 1).any():
-        raise UserError(f"{catalog}: {ID} {int(uniq[counts > 1][0])} appears more than once")
+        raise UserError(f"{catalog if isinstance(catalog, str) else 'catalogue'}: {ID} "
+                        f"{int(uniq[counts > 1][0])} appears more than once")
     kinds_all = np.concatenate(kinds) if kinds else np.zeros(0, dtype=object)
     msgs_all = np.concatenate(msgs) if msgs else np.zeros(0, dtype=object)
     failures = {int(i): (str(k), str(m)) for i, k, m in zip(all_ids, kinds_all, msgs_all) if k}
@@ -179,11 +193,29 @@ def extract_ray(catalog: str, out: str, modality: str, *, actors: int = 2, batch
         report_failures(failures, pd.DataFrame({ID: all_ids, INPUT: [None] * len(all_ids)}))
     table = np.concatenate(feats) if feats else np.zeros((0, describe["dim"]), dtype=np.float32)
     return write_features(out, modality, all_ids, table, failures, describe, seconds=seconds, startup=bar.startup,
-                          catalog=catalog,
-                          storage_options=storage_options)
+                          catalog=catalog if isinstance(catalog, str) else "", storage_options=storage_options)
 
 
 # --------------------------------------------------------------------------------------------- command line
+def add_actor_arguments(p: argparse.ArgumentParser | Any) -> None:
+    """The encoder actors' options, of ``raymmrec features`` and ``raymmrec data``."""
+    p.add_argument("--actors", type=int, default=2, help="encoder actors (default 2)")
+    p.add_argument("--batch-size", type=int, default=64, help="items per encoder call (default 64)")
+    p.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor (default 1)")
+    p.add_argument("--device", default=None,
+                   help="auto | cpu | cuda: where the encoders run (default auto: CUDA where there is a GPU)")
+    p.add_argument("--gpus-per-actor", type=float, default=None,
+                   help="with GPUs (--device cuda, or auto on a GPU cluster): an actor's share of one GPU (default 1)")
+
+
+def check_actor_arguments(args: argparse.Namespace) -> None:
+    for flag in ("actors", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')}: expected a positive integer, got {getattr(args, flag)}")
+    if args.cpus_per_actor <= 0:
+        raise UserError(f"--cpus-per-actor: expected a number > 0, got {args.cpus_per_actor:g}")
+
+
 def parser(prog: str = "raymmrec features") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     p.add_argument("--catalog", required=True,
@@ -194,12 +226,8 @@ def parser(prog: str = "raymmrec features") -> argparse.ArgumentParser:
                    help="comma-separated columns joined into the item text (default: 'text', else MMRec's "
                         "title,brand,categories,description where present)")
     p.add_argument("--local", action="store_true", help="no Ray: encode in this process")
-    p.add_argument("--actors", type=int, default=2, help="encoder actors (default 2)")
-    p.add_argument("--batch-size", type=int, default=64, help="items per encoder call (default 64)")
-    p.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor (default 1)")
-    p.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor (default 0; >0 encodes on CUDA)")
+    add_actor_arguments(p)
     p.add_argument("--threads-per-actor", type=int, default=None, help="torch threads per actor (default: its CPUs)")
-    p.add_argument("--device", default=None, help="--local only: cpu | cuda (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--verbose", action="store_true", help="tracebacks with errors, Ray Data's own logs and bars")
     return p
@@ -211,11 +239,7 @@ def main(argv: list[str] | None = None, prog: str = "raymmrec features") -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    for flag in ("actors", "batch_size"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag.replace('_', '-')}: expected a positive integer, got {getattr(args, flag)}")
-    if args.cpus_per_actor <= 0 or args.gpus_per_actor < 0:
-        raise UserError("--cpus-per-actor must be > 0 and --gpus-per-actor >= 0")
+    check_actor_arguments(args)
     columns = [c.strip() for c in args.text_columns.split(",") if c.strip()] if args.text_columns else None
     if args.local:
         manifest = extract(args.catalog, args.out, args.modality, batch_size=args.batch_size, text_columns=columns,
@@ -223,7 +247,7 @@ def _main(args: argparse.Namespace) -> int:
     else:
         manifest = extract_ray(args.catalog, args.out, args.modality, actors=args.actors, batch_size=args.batch_size,
                                cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
-                               threads_per_actor=args.threads_per_actor, text_columns=columns,
+                               device=args.device, threads_per_actor=args.threads_per_actor, text_columns=columns,
                                progress=not args.quiet, verbose=args.verbose)
     run = manifest["runs"][-1]
     print(f"{args.out.rstrip('/')}/{args.modality}_feat.npy: {manifest['rows']} x {manifest['dim']} "

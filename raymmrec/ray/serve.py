@@ -545,7 +545,10 @@ def parser(prog: str = "raymmrec serve") -> argparse.ArgumentParser:
     p.add_argument("--route-prefix", default=None, help="URL prefix of a new app (default /; a swap keeps the app's)")
     p.add_argument("--replicas", type=int, default=None, help="replicas (default 1, or the running app's)")
     p.add_argument("--cpus-per-replica", type=float, default=None, help="CPUs per replica (default 1)")
-    p.add_argument("--gpus-per-replica", type=float, default=None, help="GPUs per replica (default 0)")
+    p.add_argument("--device", default=None,
+                   help="auto | cpu | cuda: where the replicas rank (default: the running app's, else cpu)")
+    p.add_argument("--gpus-per-replica", type=float, default=None,
+                   help="with GPUs (--device cuda, or auto on a GPU cluster): a replica's share of one GPU (default 1)")
     d = Limits()
     p.add_argument("--max-users", type=int, default=None,
                    help=f"users per request (default {d.max_users:,}, or the running app's)")
@@ -574,8 +577,13 @@ def where(out: dict[str, Any]) -> str:
 def _main(args: argparse.Namespace) -> int:
     _check_run(location(args.run))
     owned = connect(args.address)
+    gpus = args.gpus_per_replica  # neither option: the running app's, else the CPU
+    if args.device is not None or gpus is not None:
+        from raymmrec.ray.devices import cluster_gpus, device_and_gpus
+
+        gpus = device_and_gpus(args.device, gpus, cluster_gpus(), "replica")[1]
     out = deploy(args.run, app=args.app, port=args.port, host=args.host, route_prefix=args.route_prefix,
-                 replicas=args.replicas, cpus=args.cpus_per_replica, gpus=args.gpus_per_replica,
+                 replicas=args.replicas, cpus=args.cpus_per_replica, gpus=gpus,
                  max_users=args.max_users, max_k=args.max_k, max_results=args.max_results)
     what = f"swapped from {out['swapped_from']} to" if out["swapped_from"] else "serving"
     print(f"app {out['app']!r}: {what} {out['run']} ({out['replicas']} replica(s)) {where(out)}", flush=True)

@@ -121,7 +121,9 @@ def share(spec: RunSpec, lines: Any = None, *, data: SharedData | None = None, p
     # "DEFAULT": outside any placement group (a Tune trial that calls launch() would capture it).
     # No CPU held: the task mostly waits on its Ray Data reads, which need CPUs of their own; holding
     # one while waiting deadlocks a small cluster whose other CPUs are taken (e.g. by Serve replicas)
-    task = ray.remote(num_returns=3, num_cpus=0)(_load).options(scheduling_strategy="DEFAULT")
+    # max_calls=1: the task's process exits once its arrays are in the object store, giving back its heap
+    # (reading and checking a large dataset leaves GBs there that an idle pooled worker would keep)
+    task = ray.remote(num_returns=3, num_cpus=0, max_calls=1)(_load).options(scheduling_strategy="DEFAULT")
     summary_ref, data_ref, prepared_ref = task.remote(spec.to_dict(), lines, None if data is None else data.data,
                                                       prepare)
     summary = get_or_raise_cause(summary_ref, data_ref, prepared_ref)

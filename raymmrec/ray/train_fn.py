@@ -29,35 +29,17 @@ from raymmrec.dist import DistContext
 from raymmrec.shard import Columns
 from raymmrec.ray.logs import lines_to_driver, note_worker_log, worker_stdout
 from raymmrec.ray.shared import fetch
-from raymmrec.train.artifacts import DIVERGED, report_metrics, resume_best
+from raymmrec.train.artifacts import DIVERGED, resume_best
 from raymmrec.files import join, write_json
 from raymmrec.train.build import build, make_trainer, sharded_evaluate
-from raymmrec.train.callbacks import BestWeightsCallback, CheckpointCallback, ProgressCallback, TensorBoardCallback
+from raymmrec.train.callbacks import (BestWeightsCallback, CheckpointCallback, ProgressCallback, ReportCallback,
+                                      TensorBoardCallback)
 from raymmrec.train.checkpoint import CKPT, LATEST, restore
 from raymmrec.train.loop import Callback, Trainer, TrainingDiverged, TrainState
 
 # Rank 0's lines: the driver's stdout through its queue (raymmrec.ray.logs), else this process's
 # real stdout. Not sys.stdout: Ray Train patches print() in workers to also log what goes there.
 OUT = worker_stdout
-
-
-class RayReportCallback(Callback):
-    """Report the metrics to Ray (Train, and Tune through it) every ``every`` epochs and at the end, on
-    every rank, after that epoch's checkpoint (:class:`~raymmrec.train.callbacks.CheckpointCallback`,
-    written to the run folder: no Ray checkpoint is reported, a restarted worker group reads the run's own).
-
-    Not every epoch: Ray Train V2's controller takes one report per worker every 2 s (its poll
-    interval) through a queue of one, so per-epoch reports of sub-second epochs stall training.
-    TensorBoard still gets every epoch; Ray (and Tune) see the metrics at each checkpoint.
-    """
-
-    def __init__(self, every: int) -> None:
-        self.every = max(1, every)
-
-    def on_epoch_end(self, trainer: Trainer, state: TrainState, logs: dict[str, float]) -> None:
-        done = state.stopped_early or state.epoch >= trainer.epochs
-        if state.epoch % self.every == 0 or done:  # the same decision on every rank
-            ray.train.report(report_metrics(state, logs))
 
 
 class SyncedTensorBoard(TensorBoardCallback):
@@ -148,7 +130,11 @@ def _train_loop(config: dict[str, Any]) -> None:
     callbacks.append(CheckpointCallback(
         config["run_root"], p.config, every=config["checkpoint_every"], best=best, before=before_checkpoint,
         warn=lambda line: print(f"[raymmrec] warning: {line}", file=OUT, flush=True)))
-    callbacks.append(RayReportCallback(config["checkpoint_every"]))
+    # Not every epoch: Ray Train V2's controller takes one report per worker every 2 s (its poll
+    # interval) through a queue of one, so per-epoch reports of sub-second epochs stall training.
+    # TensorBoard still gets every epoch; Ray (and Tune) see the metrics at each checkpoint, written to
+    # the run folder (no Ray checkpoint is reported: a restarted worker group reads the run's own).
+    callbacks.append(ReportCallback(ray.train.report, every=config["checkpoint_every"]))
     # testing hook: {"rank": r, "epoch": e, "marker": path}, {..., "error": msg} or {..., "pause": seconds}
     fault = config.get("inject_fault")
     if fault:

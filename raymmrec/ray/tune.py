@@ -60,7 +60,7 @@ class SweepArgs:
     max_concurrent: int | None = None  # trials at once (default: what the cluster's CPUs or GPUs allow)
     cpus_per_trial: float | None = None  # default: the cluster's CPUs shared by the concurrent trials
     gpus_per_trial: float | None = None  # with the device cuda: a trial's share of a GPU (default 1)
-    workers_per_trial: int = 1  # > 1: each trial is a data-parallel Ray Train run
+    workers_per_trial: int = 1  # > 1: each trial is a Ray Train run (column-sharded unless train.shard says otherwise)
     scheduler: str | None = None  # asha | fifo (default: asha for wide, fifo for paper)
     select: str = "valid"  # valid | test (MMRec's protocol, labelled as such everywhere)
     name: str | None = None  # sweep folder name (default: sweep-<method>-<data>-<grid>)
@@ -126,7 +126,7 @@ def _one_process_trial(config: dict[str, Any], base: dict[str, Any], data: Share
     import torch
     from ray import tune
 
-    from raymmrec.train.loop import Callback
+    from raymmrec.train.callbacks import ReportCallback
     from raymmrec.train.run import run
 
     trial_name = run_folder_name(tune.get_context().get_trial_id(), config)
@@ -141,16 +141,11 @@ def _one_process_trial(config: dict[str, Any], base: dict[str, Any], data: Share
         spec.train.device = "cpu"
     torch.set_num_threads(threads)
 
-    class Report(Callback):
-        def on_epoch_end(self, trainer: Any, state: Any, logs: dict[str, float]) -> None:
-            if state.best_valid:  # from the first evaluation on: every report carries the selection metric
-                tune.report(report_metrics(state, logs))
-
     if _report_finished(st.join(run_root, trial_name)):
         return
     loaded, _ = fetch(data)
     try:
-        run(spec, progress=False, extra_callbacks=[Report()], data=loaded)
+        run(spec, progress=False, extra_callbacks=[ReportCallback(tune.report, evaluated_only=True)], data=loaded)
     finally:  # also when ASHA stops the trial (Tune ends it from inside tune.report)
         if remote:  # results.json last: it marks a finished upload (_report_finished)
             st.upload_dir(os.path.join(spec.output_dir, trial_name), st.join(run_root, trial_name), last=RESULTS)
@@ -273,30 +268,13 @@ def _cluster_cpus_gpus() -> tuple[float, float]:
     return float(res.get("CPU", 1.0)), float(res.get("GPU", 0.0))
 
 
-def trial_device(device: str, gpus_per_trial: float | None, cluster_gpus: float) -> tuple[str, float]:
-    """(the trials' device, GPUs per trial) from ``--device`` (the spec's ``train.device``: auto, cpu,
-    cuda) and ``--gpus-per-trial`` (a share of a GPU, only with GPUs); one line naming the option
-    when they contradict each other or the cluster."""
-    dev = str(device or "auto").split(":")[0]
-    if dev not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"--device: expected auto, cpu or cuda for a sweep, got {device!r}")
-    if dev == "auto":
-        dev = "cuda" if cluster_gpus > 0 else "cpu"
-    if dev == "cuda" and cluster_gpus <= 0:
-        raise ConfigError("--device cuda: the Ray cluster has no GPU (use --device cpu or auto)")
-    if gpus_per_trial is not None and dev == "cpu":
-        raise ConfigError(f"--gpus-per-trial {gpus_per_trial:g}: the trials run on the CPU here "
-                          f"({'--device cpu' if str(device).startswith('cpu') else 'the cluster has no GPU'})")
-    if gpus_per_trial is not None and not 0 < gpus_per_trial <= 1:
-        raise ConfigError(f"--gpus-per-trial: expected a share of one GPU in (0, 1], got {gpus_per_trial:g}")
-    return dev, (gpus_per_trial or 1.0) if dev == "cuda" else 0.0
-
-
 def _resources(args: SweepArgs, n_trials: int, device: str) -> tuple[dict[str, float], int, int]:
     """(per-trial resources, max concurrent trials, torch threads per trial); sets ``args.gpus_per_trial``
     (``device``: the spec's ``train.device``)."""
+    from raymmrec.ray.devices import device_and_gpus
+
     cpus, gpus = _cluster_cpus_gpus()
-    _, args.gpus_per_trial = trial_device(device, args.gpus_per_trial, gpus)
+    _, args.gpus_per_trial = device_and_gpus(device, args.gpus_per_trial, gpus, "trial")
     if args.workers_per_trial > 1:  # the trial's driver function only waits; its workers hold the resources
         concurrent = args.max_concurrent or 1
         return {"cpu": 0.01}, concurrent, 1

@@ -2,7 +2,7 @@
 
     raymmrec unlearn --run runs/bm3-lfm2k --request forget_a.parquet --request forget_b.csv [--gold]
     ray job submit --working-dir . -- python jobs/unlearn.py --run s3://bucket/runs/bm3-lfm2k \\
-        --request s3://bucket/requests/user-42.parquet --gpus-per-request 1
+        --request s3://bucket/requests/user-42.parquet --device cuda
 
 The run's dataset is read and checked once for the command, by one task (:mod:`raymmrec.ray.shared`);
 every request's task maps its arrays from the object store without copying. Every task reads the
@@ -52,8 +52,8 @@ def task_path(path: str | None) -> str | None:
 
 
 def submit(run: str, requests: list[str], *, options: dict[str, Any] | None = None, output_dir: str | None = None,
-           names: list[str | None] | None = None, gold: bool = False, cpus: float = 1.0, gpus: float = 0.0,
-           echo: bool = True) -> list[dict[str, Any] | BaseException]:
+           names: list[str | None] | None = None, gold: bool = False, cpus: float = 1.0, gpus: float | None = None,
+           device: str | None = None, echo: bool = True) -> list[dict[str, Any] | BaseException]:
     """Run every request as its own Ray task (all in flight at once, as resources allow).
 
     The run's dataset is read once, by one task, before any request's task starts (a bad run folder
@@ -70,10 +70,12 @@ def submit(run: str, requests: list[str], *, options: dict[str, Any] | None = No
     absolute_data_paths(spec)  # the loading task runs in another directory
     if not ray.is_initialized():
         ray.init(logging_level=logging.WARNING, log_to_driver=echo)
+    from raymmrec.ray.devices import cluster_gpus, device_and_gpus
+
+    device, gpus = device_and_gpus(device, gpus, cluster_gpus(), "request")  # before any data is read
     data = share(spec, prepare=False)
     task = ray.remote(_unlearn_task)
     names = names or [None] * len(requests)
-    device = "cuda" if gpus > 0 else "cpu"
     threads = max(1, int(cpus))
     refs = [task.options(num_cpus=cpus, num_gpus=gpus, max_retries=0,
                          name=f"unlearn:{req.rsplit('/', 1)[-1]}").remote(
@@ -104,7 +106,10 @@ def parser(prog: str = "raymmrec unlearn") -> argparse.ArgumentParser:
     p.add_argument("--name", action="append", default=None, help="run folder name per request (default: derived)")
     p.add_argument("--gold", action="store_true", help="also retrain from scratch on the retain data and compare")
     p.add_argument("--cpus-per-request", type=float, default=1.0, help="CPUs per task (default 1)")
-    p.add_argument("--gpus-per-request", type=float, default=0.0, help="GPUs per task (default 0)")
+    p.add_argument("--device", default=None,
+                   help="auto | cpu | cuda: where each request trains (default auto: a GPU where the cluster has one)")
+    p.add_argument("--gpus-per-request", type=float, default=None,
+                   help="with GPUs (--device cuda, or auto on a GPU cluster): a task's share of one GPU (default 1)")
     p.add_argument("--local", action="store_true", help="no Ray: run the requests one by one in this process")
     p.add_argument("--serve", default=None, metavar="APP",
                    help="after the request succeeds, swap the running Ray Serve app APP to the new run in place "
@@ -156,7 +161,7 @@ def _main(args: argparse.Namespace) -> int:
             print(f"\n{report['table']}\n")
         return _serve(args.serve, report)
     results = submit(args.run, args.request, options=options, output_dir=args.output_dir, names=names,
-                     gold=args.gold, cpus=args.cpus_per_request, gpus=args.gpus_per_request)
+                     gold=args.gold, cpus=args.cpus_per_request, gpus=args.gpus_per_request, device=args.device)
     failed = [r for r in results if isinstance(r, BaseException)]
     if failed:
         if len(failed) == 1 and len(results) == 1:

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from raymmrec.files import join, read_bytes, write_bytes
+from raymmrec.files import join, read_bytes, save_tensors
 from raymmrec.eval import METRICS
 from raymmrec.eval.cold import COLD_SPLITS
 from raymmrec.shard import assemble_on_rank0
@@ -43,18 +43,17 @@ def cpu_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def best_payload(model: torch.nn.Module | None, state: TrainState, config: dict[str, Any],
-                 weights: dict[str, torch.Tensor] | None = None) -> bytes:
-    """Serialised best weights (state dict on CPU), their epoch, score and metrics, resolved config.
+                 weights: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """``best.pt``'s content: the best weights (state dict on CPU), their epoch, score and metrics, the
+    resolved config (write it with :func:`raymmrec.files.save_tensors`, which streams it).
 
     ``weights``: the best weights already copied (:func:`cpu_weights`), else taken from ``model``.
     """
-    buf = io.BytesIO()
     if weights is None:
         assert model is not None, "best_payload needs a model or its weights"
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"format_version": BEST_FORMAT_VERSION, "model": weights, "epoch": state.best_epoch,
-                "score": state.best_score, "valid": state.best_valid, "test": state.best_test, "config": config}, buf)
-    return buf.getvalue()
+    return {"format_version": BEST_FORMAT_VERSION, "model": weights, "epoch": state.best_epoch,
+            "score": state.best_score, "valid": state.best_valid, "test": state.best_test, "config": config}
 
 
 def read_best(run: str | Path) -> dict[str, Any] | None:
@@ -79,12 +78,13 @@ def best_for_checkpoint(state: TrainState, weights: dict[str, torch.Tensor] | No
 
 
 def write_best(run: str | Path, model: torch.nn.Module, state: TrainState, config: dict[str, Any],
-               weights: dict[str, torch.Tensor], rank: int = 0) -> bytes | None:
-    """``best.pt``'s bytes from every rank's blocks of the best ``weights``, on rank 0 (None elsewhere).
+               weights: dict[str, torch.Tensor], rank: int = 0) -> dict[str, Any] | None:
+    """``best.pt``'s content from every rank's blocks of the best ``weights``, on rank 0 (None elsewhere).
 
     Column-sharded, a collective: the blocks are assembled on rank 0 alone, point to point
-    (:func:`raymmrec.shard.assemble_on_rank0`); rank 0 holds the whole weights while it serialises
-    them, never the optimizer's state, and no other rank more than its blocks."""
+    (:func:`raymmrec.shard.assemble_on_rank0`); rank 0 holds the whole weights once while they are
+    streamed to the file (no serialised copy), never the optimizer's state, and no other rank more
+    than its blocks."""
     whole = assemble_on_rank0(model, weights)
     if rank != 0 or whole is None:
         return None
@@ -130,9 +130,9 @@ def resume_best(run: str | Path, state: TrainState, best: dict[str, torch.Tensor
         dist.broadcast(flag, 0)
         rewrite = flag.cpu()
     if rewrite.item():
-        data = write_best(run, model, state, config, weights, rank)
-        if data is not None:
-            write_bytes(join(run, BEST), data)
+        payload = write_best(run, model, state, config, weights, rank)
+        if payload is not None:
+            save_tensors(join(run, BEST), payload)
     return weights
 
 

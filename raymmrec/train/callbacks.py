@@ -1,4 +1,4 @@
-"""Core callbacks: progress bar, TensorBoard scalars, best weights, resumable checkpoints."""
+"""Core callbacks: progress bar, TensorBoard scalars, best weights, resumable checkpoints, metric reports."""
 
 from __future__ import annotations
 
@@ -6,14 +6,50 @@ import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tqdm.auto import tqdm
 
-from raymmrec.train.artifacts import BEST, best_for_checkpoint, cpu_weights, write_best
-from raymmrec.files import join, write_bytes
+from raymmrec.train.artifacts import BEST, best_for_checkpoint, cpu_weights, report_metrics, write_best
+from raymmrec.files import join, save_tensors
 from raymmrec.train.checkpoint import ranks, save_checkpoint
 from raymmrec.train.loop import Callback, Trainer, TrainState, unwrap
+
+
+class ReportCallback(Callback):
+    """Hand the epoch's metrics (:func:`~raymmrec.train.artifacts.report_metrics`) to ``report``
+    (Ray Train's or Tune's) every ``every`` epochs and after the last one.
+
+    A fit that trains no epoch (a resumed run whose last checkpoint was its final epoch, e.g. a Tune
+    trial killed before it wrote ``results.json``) reports its recorded state once at the end, so
+    whoever waits for the final metrics gets them. ``evaluated_only``: no report before the first
+    evaluation (Tune needs the selection metric in every result). The decisions depend on the loop
+    state only, the same on every rank, as Ray Train needs.
+    """
+
+    def __init__(self, report: Callable[[dict[str, Any]], Any], every: int = 1, evaluated_only: bool = False) -> None:
+        self.report = report
+        self.every = max(1, every)
+        self.evaluated_only = evaluated_only
+        self.reported = False
+
+    def on_fit_start(self, trainer: Trainer, state: TrainState) -> None:
+        self.reported = False
+
+    def _send(self, state: TrainState, logs: dict[str, float]) -> None:
+        if self.evaluated_only and not state.best_valid:
+            return
+        self.report(report_metrics(state, logs))
+        self.reported = True
+
+    def on_epoch_end(self, trainer: Trainer, state: TrainState, logs: dict[str, float]) -> None:
+        done = state.stopped_early or state.epoch >= trainer.epochs
+        if state.epoch % self.every == 0 or done:
+            self._send(state, logs)
+
+    def on_fit_end(self, trainer: Trainer, state: TrainState) -> None:
+        if not self.reported and state.epoch > 0:
+            self._send(state, {"epoch": float(state.epoch - 1)})
 
 
 class ProgressCallback(Callback):
@@ -160,15 +196,15 @@ class BestWeightsCallback(Callback):
         if getattr(model, "columns", None) is None and rank != 0:
             return  # data-parallel: rank 0's copy is the model
         self.weights = cpu_weights(model)  # snapshot now
-        data = write_best(self.run_dir, model, state, self.config, self.weights, rank)
-        if data is None:
+        payload = write_best(self.run_dir, model, state, self.config, self.weights, rank)
+        if payload is None:
             return
         if self.pool is None:
-            write_bytes(self.target, data)
+            save_tensors(self.target, payload)
             return
         if self.pending is not None:
             self.pending.result()
-        self.pending = self.pool.submit(write_bytes, self.target, data)
+        self.pending = self.pool.submit(save_tensors, self.target, payload)
 
     def wait(self) -> None:
         """Block until the last background write is done (before a checkpoint claims that best)."""
@@ -194,7 +230,7 @@ class CheckpointCallback(Callback):
     (seed, epoch), so no RNG state is saved) and so ends as the uninterrupted run does.
 
     Writing BM3's checkpoint (weights and Adam state, 21 MB on lfm2k) takes about 0.1 s in one process,
-    half an epoch there (``benchmarks/bench_checkpoint.py``): the time-based default bounds that cost, and
+    half an epoch there (``python -m benchmarks.bench_train checkpoint``): the time-based default bounds that cost, and
     a resume replays at most ``seconds`` of training. ``before``: called on every rank before each checkpoint (e.g. flushing
     TensorBoard); ``warn``: where rank 0 reports replicated parameters whose copies differ.
     """

@@ -40,7 +40,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch import Tensor
 
-from raymmrec.files import fs_options, is_url, join, open_fs, read_bytes, save_tensors, write_bytes
+from raymmrec.files import fs_options, is_url, join, open_fs, read_bytes, save_tensors
 from raymmrec.shard import Split, check_replicated, checkpoint_entries, join_entries, local_width, splits_of
 from raymmrec.train.loop import Trainer, TrainState, unwrap
 
@@ -135,18 +135,9 @@ def _one_process_quietly() -> Iterator[None]:
         yield
 
 
-def _payload_bytes(payload: dict[str, Any]) -> bytes:
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    return buf.getvalue()
-
-
 def _write_latest(target: str, payload: dict[str, Any]) -> None:
     """Atomically: a local temporary file renamed into place, or one object put."""
-    if is_url(target):
-        write_bytes(target, _payload_bytes(payload))
-    else:
-        save_tensors(Path(target.removeprefix("file://")), payload)
+    save_tensors(target, payload)
 
 
 def _remove_others(ckpt: str, keep: str) -> None:

@@ -127,7 +127,10 @@ class Trainer:
         self.lazy_splits = tuple(lazy_splits)
         self.steps_per_epoch = steps_per_epoch  # for progress only; None: not known in advance
 
-    def _run_epoch(self, epoch: int) -> dict[str, float]:
+    def run_epoch(self, epoch: int) -> dict[str, float]:
+        """One training epoch (every batch of ``batches(epoch)``: forward, backward, optimizer step) without
+        evaluation, as :meth:`fit` runs it; returns the epoch's mean losses and ``time/data_s``. Benchmarks
+        time it alone."""
         model = self.model
         model.train()
         # Dropout and other in-model randomness: reseeded per epoch, so resuming is exact.
@@ -209,7 +212,7 @@ class Trainer:
         while state.epoch < self.epochs and not state.stopped_early:
             epoch = state.epoch
             t0 = time.perf_counter()
-            logs = self._run_epoch(epoch)
+            logs = self.run_epoch(epoch)
             if self.scheduler is not None:
                 self.scheduler.step()
             if self.device.type == "cuda":
@@ -224,7 +227,7 @@ class Trainer:
                 logs["time/eval_s"] = time.perf_counter() - t1
                 for split, metrics in results.items():
                     logs.update({f"{split}/{k}": v for k, v in metrics.items()})
-                self._update_best(state, epoch, results)
+                update_best(state, epoch, results, self.valid_metric, self.patience)
             state.epoch = epoch + 1
             state.history.append({k: float(v) for k, v in logs.items()})
             for cb in self.callbacks:
@@ -244,18 +247,23 @@ class Trainer:
             results.update(self.evaluate(model, only=self.lazy_splits))
         return results
 
-    def _update_best(self, state: TrainState, epoch: int, results: dict[str, dict[str, float]]) -> None:
-        valid = results.get("valid", {})
-        if self.valid_metric not in valid:
-            raise KeyError(f"validation metric {self.valid_metric!r} not computed; have {sorted(valid)}")
-        score = valid[self.valid_metric]
-        # A resumed run decides from its checkpoint's state alone and replays the same scores, so it
-        # makes the same decisions as the uninterrupted run (artifacts.resume_best).
-        if score > state.best_score:
-            state.best_score, state.best_epoch, state.bad_evals = score, epoch, 0
-            state.best_valid = dict(valid)
-            state.best_test = dict(results.get("test", {}))
-        else:
-            state.bad_evals += 1
-            if state.bad_evals > self.patience:  # MMRec: stop when cur_step > max_step
-                state.stopped_early = True
+
+def update_best(state: TrainState, epoch: int, results: dict[str, dict[str, float]], valid_metric: str,
+                patience: int) -> None:
+    """Early stopping's bookkeeping after one evaluation, as :class:`Trainer` does it: a strictly better
+    ``results["valid"][valid_metric]`` becomes the best (its epoch, validation and test metrics), any other
+    score counts one bad evaluation, and more than ``patience`` of them in a row stop the run."""
+    valid = results.get("valid", {})
+    if valid_metric not in valid:
+        raise KeyError(f"validation metric {valid_metric!r} not computed; have {sorted(valid)}")
+    score = valid[valid_metric]
+    # A resumed run decides from its checkpoint's state alone and replays the same scores, so it
+    # makes the same decisions as the uninterrupted run (artifacts.resume_best).
+    if score > state.best_score:
+        state.best_score, state.best_epoch, state.bad_evals = score, epoch, 0
+        state.best_valid = dict(valid)
+        state.best_test = dict(results.get("test", {}))
+    else:
+        state.bad_evals += 1
+        if state.bad_evals > patience:  # MMRec: stop when cur_step > max_step
+            state.stopped_early = True

@@ -272,7 +272,7 @@ def _unlearned_best(p1: Pieces, run: str, best: dict[str, Any], req: ForgetReque
     state = TrainState(epoch=kept, best_epoch=int(best["epoch"]),
                        best_score=float(results["valid"][p1.spec.eval.valid_metric]),
                        best_valid=dict(results["valid"]), best_test=dict(results["test"]))
-    payload = torch.load(io.BytesIO(best_payload(p1.model, state, _in_folder(p1.config, REQUEST))), weights_only=True)
+    payload = best_payload(p1.model, state, _in_folder(p1.config, REQUEST))
     payload["unlearned_from"] = {
         "run": run, "epoch": int(best["epoch"]), "score": float(best["score"]),
         "request": {"kind": req.kind, "size": len(req), "describe": req.describe(), "source": req.source,

@@ -1,9 +1,9 @@
 """MMRecUn against the original model and Gold (retrained from scratch): three request kinds at several sizes.
 
-    python benchmarks/unlearning.py --run runs/bm3-lfm2k            # a trained run folder
-    python benchmarks/unlearning.py --method bm3 --data ../shared/data/lfm2k   # train it first
-    python benchmarks/unlearning.py --run ... --kinds user --fractions 0.05 epochs=5 reset=none
-    python benchmarks/unlearning.py --run ... --kinds user --fractions 0.05 --seeds 10,11,12,13,14
+    python -m benchmarks.bench_unlearning --run runs/bm3-lfm2k            # a trained run folder
+    python -m benchmarks.bench_unlearning --method bm3 --data ../shared/data/lfm2k   # train it first
+    python -m benchmarks.bench_unlearning --run ... --kinds user --fractions 0.05 epochs=5 reset=none
+    python -m benchmarks.bench_unlearning --run ... --kinds user --fractions 0.05 --seeds 10,11,12,13,14
 
 For each seed (``--seeds``, else ``--seed``), kind (user-, item-, interaction-wise) and fraction (of
 the users or items with training interactions, or of the training interactions), draws a request,
@@ -22,18 +22,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from raymmrec.config import load_spec, parse_value, spec_from_dict  # noqa: E402
-from raymmrec.data.forget import ForgetRequest  # noqa: E402
-from raymmrec.train.build import load_data  # noqa: E402
-from raymmrec.unlearning import unlearn  # noqa: E402
+from benchmarks.common import LFM2K, emit, print_environment
+from raymmrec.config import load_spec, parse_value, spec_from_dict
+from raymmrec.data.forget import ForgetRequest
+from raymmrec.train.build import load_data
+from raymmrec.unlearning import unlearn
 
 FIGURES = ("forget recall@20", "test recall@20", "membership_auc", "auc_vs_unseen", "seconds")
 
@@ -103,10 +101,10 @@ def print_per_draw(rows: list[dict]) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_unlearning", description=__doc__.split("\n")[0])
     p.add_argument("--run", help="trained run folder (else trains --method on --data first)")
     p.add_argument("--method", default="bm3")
-    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/lfm2k"))
+    p.add_argument("--data", default=str(LFM2K))
     p.add_argument("--kinds", default="user,item,interaction")
     p.add_argument("--fractions", default="0.01,0.05,0.10")
     p.add_argument("--seed", type=int, default=0)
@@ -115,6 +113,7 @@ def main() -> None:
     p.add_argument("--no-gold", action="store_true")
     p.add_argument("options", nargs="*", help="MMRecUn options, key=value")
     a = p.parse_args()
+    print_environment()
     opts = dict(kv.split("=", 1) for kv in a.options)
     opts = {k: parse_value(v) for k, v in opts.items()}
     out = Path(a.out)
@@ -171,7 +170,7 @@ def main() -> None:
     if len(seeds) == 1:
         plot(rows, out / "unlearning.png")
     print(f"\nplot: {out / 'unlearning.png'}")
-    print(json.dumps(rows))
+    emit(rows)
 
 
 if __name__ == "__main__":
