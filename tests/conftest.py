@@ -299,14 +299,6 @@ def ray_autoscaling(tmp_path_factory):
         stop_cluster(str(tmp), dict(os.environ))
 
 
-def _cluster_processes(marker: str) -> list[int]:
-    """Pids of the processes whose command line names ``marker`` (the head's temp dir), and all their
-    descendants (workers, dashboard modules), read from /proc."""
-    from raymmrec.ray.local_cluster import cluster_processes
-
-    return cluster_processes(marker)
-
-
 def stop_cluster(marker: str, env: dict[str, str]) -> None:
     """Stop only this test cluster (``ray stop`` would also kill any other Ray on the machine)."""
     if not Path("/proc/self/cmdline").exists():

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 
@@ -44,30 +44,48 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def cluster_processes(marker: str) -> list[int]:
-    """Pids of the processes whose command line names ``marker`` (a cluster's temporary folder), and
-    all their descendants (workers, dashboard modules, the nodes an autoscaler started), from /proc."""
-    parent, roots = {}, []
+def processes() -> dict[int, tuple[int, str]]:
+    """Every process of the machine (Linux ``/proc``): pid -> (parent pid, command line)."""
+    out = {}
     for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        parent[int(d.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-        if marker in cmd:
-            roots.append(int(d.name))
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+                out[int(d.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmd)
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
+def descendants(roots: Iterable[int], procs: dict[int, tuple[int, str]] | None = None) -> dict[int, str]:
+    """``roots`` and every process below them (of ``procs``, default :func:`processes`): pid -> command line."""
+    procs = processes() if procs is None else procs
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
     found, todo = set(roots), list(roots)
     while todo:
-        pid = todo.pop()
-        for child, ppid in parent.items():
-            if ppid == pid and child not in found:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
                 found.add(child)
                 todo.append(child)
-    found.discard(os.getpid())
-    return sorted(found)
+    return {pid: procs[pid][1] for pid in found if pid in procs}
+
+
+def marked_tree(marker: str, roots: Iterable[int] = ()) -> dict[int, str]:
+    """The processes whose command line names ``marker`` (a Ray's temporary folder: its daemons, even
+    once they left the tree of the command that started them), ``roots``, and all their descendants:
+    pid -> command line."""
+    procs = processes()
+    return descendants({*roots, *(pid for pid, (_, cmd) in procs.items() if marker in cmd)}, procs)
+
+
+def cluster_processes(marker: str) -> list[int]:
+    """Pids of the processes whose command line names ``marker`` (a cluster's temporary folder), and
+    all their descendants (workers, dashboard modules, the nodes an autoscaler started), from /proc;
+    never this process."""
+    return sorted(set(marked_tree(marker)) - {os.getpid()})
 
 
 def _stat(pid: int) -> tuple[str, str] | None:
