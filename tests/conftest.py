@@ -155,6 +155,19 @@ def s3_bucket(s3_server):
     return name
 
 
+def s3_first(request, cluster: str) -> None:
+    """Start :func:`s3_server` now where a test of this session requests both it and the fixture
+    ``cluster``: a cluster's workers inherit its nodes' environment as it was when they started, so the
+    S3 server's AWS_* variables must be set before then (and the server, set up first, is torn down
+    after the cluster). Without ``moto_server`` nothing happens here: the tests that need S3 skip when
+    they request it."""
+    if any({cluster, "s3_server"} <= set(item.fixturenames) for item in request.session.items):
+        try:
+            request.getfixturevalue("s3_server")
+        except pytest.skip.Exception:
+            pass
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(request, tmp_path_factory):
     """One local Ray head (``ray start --head`` on loopback) shared by every Ray test.
@@ -166,11 +179,7 @@ def ray_cluster(request, tmp_path_factory):
     Ray tests do not depend on moto, and where moto is missing only the tests that request S3 skip.
     """
     pytest.importorskip("ray")
-    if any({"ray_cluster", "s3_server"} <= set(item.fixturenames) for item in request.session.items):
-        try:
-            request.getfixturevalue("s3_server")  # set up first, so torn down after this fixture
-        except pytest.skip.Exception:
-            pass  # no moto_server: the tests that need S3 skip when they request it
+    s3_first(request, "ray_cluster")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     gcs, dash = free_port(), free_port()
     tmp = tmp_path_factory.mktemp("ray")
@@ -234,7 +243,7 @@ def _head_ports() -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def ray_nodes(tmp_path_factory):
+def ray_nodes(request, tmp_path_factory):
     """Three Ray nodes on this machine, each with its own raylet and object store: a head with no CPU
     (the driver's tasks, which hold none, run there) and two worker nodes of 1 CPU, so that two 1-CPU
     Train workers land on two nodes. ``ray.cluster_utils.Cluster``, as Ray's own tests kill nodes with it.
@@ -246,9 +255,11 @@ def ray_nodes(tmp_path_factory):
     raylets through every other test. While it lives, this process's driver is connected to it
     (:func:`driver_connected_to`): the multi-node tests call ``launch`` and the state API here, as a user's
     driver would, and find :func:`ray_cluster`'s connection restored after them. Stopped by its own
-    processes (:func:`stop_cluster`), never ``ray stop``.
+    processes (:func:`stop_cluster`), never ``ray stop``. Started after the S3 server where a test of the
+    session uses both (:func:`s3_first`).
     """
     pytest.importorskip("ray")
+    s3_first(request, "ray_nodes")
     from ray.cluster_utils import Cluster
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
