@@ -204,7 +204,7 @@ def ray_cluster(request, tmp_path_factory):
     finally:
         ray.shutdown()
         os.environ.pop("RAY_ADDRESS", None)
-        stop_cluster(str(tmp), env)
+        stop_cluster(str(tmp), env, gcs)
 
 
 @contextlib.contextmanager
@@ -307,14 +307,16 @@ def ray_autoscaling(tmp_path_factory):
         with driver_connected_to(state["address"]):
             yield state
     finally:
-        stop_cluster(str(tmp), dict(os.environ))
+        stop_cluster(str(tmp), dict(os.environ), port)
 
 
-def stop_cluster(marker: str, env: dict[str, str]) -> None:
-    """Stop only this test cluster (``ray stop`` would also kill any other Ray on the machine)."""
+def stop_cluster(marker: str, env: dict[str, str], gcs_port: int | None = None) -> None:
+    """Stop only this test cluster (``ray stop`` would also kill any other Ray on the machine): the
+    processes naming its temporary folder ``marker`` or, for a head that ``ray start`` started, its GCS
+    port (its Ray client server names nothing else)."""
     if not Path("/proc/self/cmdline").exists():
         subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
         return
     from raymmrec.ray.local_cluster import stop_processes
 
-    stop_processes(marker)
+    stop_processes(marker, gcs_port)

@@ -509,11 +509,18 @@ def test_down_stops_the_marked_processes_and_their_children_only(tmp_path, monke
     parent = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {sleeper!r}]); time.sleep(60)"
     ours = subprocess.Popen([sys.executable, "-c", parent, marker])
     other = subprocess.Popen([sys.executable, "-c", sleeper, str(tmp_path / "other")])
+    # a Ray client server names its cluster's GCS address, not its folder; another port that ends alike
+    gcs = 50123
+    client = subprocess.Popen([sys.executable, "-c", sleeper, f"--address=192.0.2.9:{gcs}", "--port=10001"])
+    decoy = subprocess.Popen([sys.executable, "-c", sleeper, f"--address=192.0.2.9:1{gcs}"])
     try:
         deadline = time.time() + 30
         while len(found := lc.cluster_processes(marker)) < 2:  # the marked process and the child it starts
             assert time.time() < deadline, "the child never started"
             time.sleep(0.1)
+        assert set(lc.cluster_processes(marker, gcs)) == {*found, client.pid}
+        assert lc.stop_processes(str(tmp_path / "nothing"), gcs) == 1 and client.wait(timeout=10) != 0
+        assert decoy.poll() is None
         real, seen = lc._stat, set()
 
         def reused(pid):  # every pid names another process once it has been looked up
@@ -532,6 +539,6 @@ def test_down_stops_the_marked_processes_and_their_children_only(tmp_path, monke
         assert all(real(p) is None or real(p)[0] == "Z" for p in found)
         assert other.poll() is None  # not this cluster's
     finally:
-        for proc in (ours, other):
+        for proc in (ours, other, client, decoy):
             proc.kill()
             proc.wait()

@@ -6,8 +6,8 @@ to stop one local cluster without touching any other Ray on the machine.
 on the head as it does on a cloud, and its provider starts each worker node as a raylet (with its own
 object store) on this machine when jobs ask for resources, and stops it after the idle timeout. ``down``
 stops exactly the processes of that cluster (:func:`stop_processes`): those whose command line names its
-temporary folder, and their descendants (the worker nodes the autoscaler started are children of its
-monitor process). ``ray stop`` would stop every Ray on the machine.
+temporary folder or its GCS address, and their descendants (the worker nodes the autoscaler started are
+children of its monitor process). ``ray stop`` would stop every Ray on the machine.
 
 Why not ``ray up`` or ``ray.cluster_utils.AutoscalingCluster``: Ray 2.60's wheel lacks the provider's
 defaults file (``fake_multi_node/example.yaml``), which both read, and ``ray up`` has no command runner
@@ -73,19 +73,24 @@ def descendants(roots: Iterable[int], procs: dict[int, tuple[int, str]] | None =
     return {pid: procs[pid][1] for pid in found if pid in procs}
 
 
-def marked_tree(marker: str, roots: Iterable[int] = ()) -> dict[int, str]:
+def marked_tree(marker: str, roots: Iterable[int] = (), gcs_port: int | None = None) -> dict[int, str]:
     """The processes whose command line names ``marker`` (a Ray's temporary folder: its daemons, even
-    once they left the tree of the command that started them), ``roots``, and all their descendants:
-    pid -> command line."""
+    once they left the tree of the command that started them), ``roots``, the processes with an argument
+    naming a GCS at ``gcs_port`` (``...:<port>``), and all their descendants: pid -> command line."""
     procs = processes()
-    return descendants({*roots, *(pid for pid, (_, cmd) in procs.items() if marker in cmd)}, procs)
+    port = None if gcs_port is None else f":{gcs_port}"
+    named = {pid for pid, (_, cmd) in procs.items()
+             if marker in cmd or (port is not None and any(arg.endswith(port) for arg in cmd.split()))}
+    return descendants({*roots, *named}, procs)
 
 
-def cluster_processes(marker: str) -> list[int]:
+def cluster_processes(marker: str, gcs_port: int | None = None) -> list[int]:
     """Pids of the processes whose command line names ``marker`` (a cluster's temporary folder), and
     all their descendants (workers, dashboard modules, the nodes an autoscaler started), from /proc;
-    never this process."""
-    return sorted(set(marked_tree(marker)) - {os.getpid()})
+    never this process. ``gcs_port``: also those that name the cluster's GCS address, as the Ray client
+    server that ``ray start --head`` starts does (and nothing else of it: not the temporary folder, and
+    its parent is gone)."""
+    return sorted(set(marked_tree(marker, gcs_port=gcs_port)) - {os.getpid()})
 
 
 def _stat(pid: int) -> tuple[str, str] | None:
@@ -97,11 +102,11 @@ def _stat(pid: int) -> tuple[str, str] | None:
     return fields[0], fields[19]
 
 
-def stop_processes(marker: str) -> int:
+def stop_processes(marker: str, gcs_port: int | None = None) -> int:
     """SIGTERM, then SIGKILL after 3 s, the processes of :func:`cluster_processes`; how many there were.
     A pid is signalled only while it names the process found (same start time): on a busy machine pids
     are reused within seconds, and the new owner is somebody else's."""
-    found = {p: _stat(p) for p in cluster_processes(marker)}  # once: killed children would be re-parented
+    found = {p: _stat(p) for p in cluster_processes(marker, gcs_port)}  # once: killed children would be re-parented
     pids = [p for p, st in found.items() if st is not None]
 
     def alive() -> list[int]:
@@ -173,7 +178,7 @@ def start(config: dict[str, Any], temp_dir: str, *, port: int | None = None, das
     run_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), run_env.get("PYTHONPATH")) if p)
     out = subprocess.run(cmd, env=run_env, cwd=REPO, capture_output=True, text=True, timeout=180)
     if out.returncode != 0:
-        stop_processes(temp_dir)
+        stop_processes(temp_dir, port)
         raise RuntimeError(f"ray start failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     state = {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard_port}"}
     Path(temp_dir, STATE).write_text(json.dumps(state))
@@ -194,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     a.temp_dir = os.path.abspath(a.temp_dir)
     state_file = Path(a.temp_dir, STATE)
     if a.action == "down":
-        n = stop_processes(a.temp_dir)
+        address = json.loads(state_file.read_text())["address"] if state_file.exists() else None
+        n = stop_processes(a.temp_dir, int(address.rsplit(":", 1)[1]) if address else None)
         state_file.unlink(missing_ok=True)
         print(f"stopped {n} processes of the cluster in {a.temp_dir}")
         return 0
