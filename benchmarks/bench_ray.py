@@ -53,8 +53,9 @@ from pathlib import Path
 import torch
 
 from benchmarks.bench_train import time_epochs, time_eval
-from benchmarks.common import (LFM2K_MODALITIES, ROOT, add_run_arguments, descendants, emit, is_lfm2k, local_ray_env,
-                               make_spec, print_environment, processes, stats, timed)
+from benchmarks.common import (LFM2K_MODALITIES, ROOT, add_run_arguments, emit, is_lfm2k, local_ray_env, make_spec,
+                               print_environment, stats, timed)
+from raymmrec.ray.local_cluster import marked_tree
 from raymmrec.train.build import build, load_data, resolve_device
 from raymmrec.train.checkpoint import read_latest
 
@@ -131,7 +132,7 @@ def _cpu_s(pid: int) -> float:
 
 
 def _cpu_by_role(root: int, marker: str) -> dict[int, tuple[str, float]]:
-    return {pid: (_role(cmd), _cpu_s(pid)) for pid, cmd in command_tree(root, marker).items()}
+    return {pid: (_role(cmd), _cpu_s(pid)) for pid, cmd in marked_tree(marker, {root}).items()}
 
 
 def timed_command(cmd: list[str], env: dict[str, str], cpu_from: int | None = None) -> dict:
@@ -260,13 +261,6 @@ def _pss_rss_kib(pid: int) -> tuple[int, int]:
     return got["Pss:"], got["Rss:"]
 
 
-def command_tree(root: int, marker: str) -> dict[int, str]:
-    """``root`` and its descendants, and every process whose command line names ``marker`` (the
-    command's Ray temp folder: a daemon that left the tree) with its descendants: pid -> command."""
-    procs = processes()
-    return descendants({root} | {pid for pid, (_, cmd) in procs.items() if marker in cmd}, procs)
-
-
 def _role(cmd: str) -> str:
     words = cmd.split()
     if not words:
@@ -294,7 +288,7 @@ def node_memory_command(cmd: list[str], env: dict[str, str]) -> dict:
     def sample() -> None:
         while not done.wait(0.25):
             roles: dict[str, int] = {}
-            for pid, c in command_tree(proc.pid, marker).items():
+            for pid, c in marked_tree(marker, {proc.pid}).items():
                 role, (pss, rss) = _role(c), _pss_rss_kib(pid)
                 roles[role] = roles.get(role, 0) + pss
                 old = each.get(pid, (role, 0, 0))

@@ -193,33 +193,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def processes() -> dict[int, tuple[int, str]]:
-    """Every process of the machine (Linux ``/proc``): pid -> (parent pid, command line)."""
-    out = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-                out[int(d.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmd)
-            except (OSError, IndexError, ValueError):
-                continue
-    return out
-
-
-def descendants(roots: set[int], procs: dict[int, tuple[int, str]] | None = None) -> dict[int, str]:
-    """``roots`` and every process below them: pid -> command line."""
-    procs = processes() if procs is None else procs
-    found, todo = set(roots), list(roots)
-    while todo:
-        pid = todo.pop()
-        for child, (ppid, _) in procs.items():
-            if ppid == pid and child not in found:
-                found.add(child)
-                todo.append(child)
-    return {pid: procs[pid][1] for pid in found if pid in procs}
-
-
 def local_ray_env() -> dict[str, str]:
     """This environment for commands that each start a Ray of their own: no ``RAY_ADDRESS``, auth and usage
     statistics off unless set, and this checkout first on ``PYTHONPATH``."""

@@ -50,7 +50,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks.common import (NAN, ROOT, SHARED, descendants, last_json, median, module_command, synthetic_folder,
+from benchmarks.common import (NAN, ROOT, SHARED, last_json, median, module_command, synthetic_folder,
                                write_json_atomic)
 
 PREP = Path(os.environ.get("GPU_SUITE_PREP", ROOT / ".gpu-prep"))
@@ -403,6 +403,8 @@ def part_fault(cfg: dict[str, Any], result: dict[str, Any], save: Callable[[], N
 def kill_worker_after_checkpoint(run_root: Path, killed: dict[str, Any], limit_s: float) -> None:
     """Once the run has committed a checkpoint (``run_root/ckpt/latest.pt``, written last by rank 0), SIGKILL
     this process's Ray Train worker (``ray::RayTrainWorker...``), once."""
+    from raymmrec.ray.local_cluster import descendants
+
     committed = run_root / "ckpt" / "latest.pt"
     end = time.monotonic() + limit_s
     while time.monotonic() < end and not killed.get("stop"):

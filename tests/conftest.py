@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -42,16 +43,28 @@ def wait_port(port: int, timeout: float = 30.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
+#: fixtures that start several Ray nodes on this machine (the tests using them need the ``slow`` mark too)
+MULTI_NODE_FIXTURES = {"ray_nodes", "ray_autoscaling"}
+#: fixtures that start or join a Ray cluster (the tests using them need the ``ray`` mark)
+RAY_FIXTURES = {"ray_cluster", *MULTI_NODE_FIXTURES}
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items) -> None:
-    """A test that requests the Ray cluster (directly or through another fixture) must carry the ``ray``
-    mark, so that ``-m "not ray"`` (the fast tier, docs/testing.md) leaves it out. Checked before ``-m``
-    deselects anything, so a missing mark stops every run, whichever tier it asks for."""
+    """A test that requests a Ray cluster (directly or through another fixture) must carry the ``ray``
+    mark, so that ``-m "not ray"`` (the fast tier, docs/testing.md) leaves it out, and one that requests a
+    multi-node cluster the ``slow`` mark too. Checked before ``-m`` deselects anything, so a missing mark
+    stops every run, whichever tier it asks for."""
     unmarked = [item.nodeid for item in items
-                if "ray_cluster" in item.fixturenames and item.get_closest_marker("ray") is None]
+                if RAY_FIXTURES & set(item.fixturenames) and item.get_closest_marker("ray") is None]
     if unmarked:
-        raise pytest.UsageError(f"{len(unmarked)} test(s) use the ray_cluster fixture without the ray mark "
-                                f"(pytestmark = pytest.mark.ray): {', '.join(unmarked[:5])}")
+        raise pytest.UsageError(f"{len(unmarked)} test(s) use a Ray cluster fixture ({', '.join(sorted(RAY_FIXTURES))}) "
+                                f"without the ray mark (pytestmark = pytest.mark.ray): {', '.join(unmarked[:5])}")
+    not_slow = [item.nodeid for item in items
+                if MULTI_NODE_FIXTURES & set(item.fixturenames) and item.get_closest_marker("slow") is None]
+    if not_slow:  # starting several nodes alone takes longer than the fast tier allows a test
+        raise pytest.UsageError(f"{len(not_slow)} test(s) use a multi-node cluster without the slow mark: "
+                                f"{', '.join(not_slow[:5])}")
 
 
 @pytest.fixture(autouse=True)
@@ -142,6 +155,19 @@ def s3_bucket(s3_server):
     return name
 
 
+def s3_first(request, cluster: str) -> None:
+    """Start :func:`s3_server` now where a test of this session requests both it and the fixture
+    ``cluster``: a cluster's workers inherit its nodes' environment as it was when they started, so the
+    S3 server's AWS_* variables must be set before then (and the server, set up first, is torn down
+    after the cluster). Without ``moto_server`` nothing happens here: the tests that need S3 skip when
+    they request it."""
+    if any({cluster, "s3_server"} <= set(item.fixturenames) for item in request.session.items):
+        try:
+            request.getfixturevalue("s3_server")
+        except pytest.skip.Exception:
+            pass
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(request, tmp_path_factory):
     """One local Ray head (``ray start --head`` on loopback) shared by every Ray test.
@@ -153,11 +179,7 @@ def ray_cluster(request, tmp_path_factory):
     Ray tests do not depend on moto, and where moto is missing only the tests that request S3 skip.
     """
     pytest.importorskip("ray")
-    if any({"ray_cluster", "s3_server"} <= set(item.fixturenames) for item in request.session.items):
-        try:
-            request.getfixturevalue("s3_server")  # set up first, so torn down after this fixture
-        except pytest.skip.Exception:
-            pass  # no moto_server: the tests that need S3 skip when they request it
+    s3_first(request, "ray_cluster")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     gcs, dash = free_port(), free_port()
     tmp = tmp_path_factory.mktemp("ray")
@@ -182,60 +204,119 @@ def ray_cluster(request, tmp_path_factory):
     finally:
         ray.shutdown()
         os.environ.pop("RAY_ADDRESS", None)
-        stop_cluster(str(tmp), env)
+        stop_cluster(str(tmp), env, gcs)
 
 
-def _cluster_processes(marker: str) -> list[int]:
-    """Pids of the processes whose command line names ``marker`` (the head's temp dir), and all their
-    descendants (workers, dashboard modules), read from /proc."""
-    parent, roots = {}, []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
+@contextlib.contextmanager
+def driver_connected_to(address: str):
+    """This process's Ray driver connected to ``address`` (and ``RAY_ADDRESS`` naming it, for commands run
+    from here) for the ``with`` block; then connected back to the cluster it was connected to before, if any.
+
+    One process holds one Ray connection, and the single-node :func:`ray_cluster` fixture connects for the
+    whole session, so a fixture of another cluster takes the connection over and gives it back. Nothing a
+    test of the other cluster holds outlives this: module fixtures are torn down before the next module's.
+    """
+    import ray
+
+    before = ray.get_runtime_context().gcs_address if ray.is_initialized() else None
+    env_before = os.environ.get("RAY_ADDRESS")
+    ray.shutdown()
+    os.environ["RAY_ADDRESS"] = address
+    try:
+        ray.init(address=address, log_to_driver=False)
+        yield
+    finally:
+        ray.shutdown()
+        if env_before is None:
+            os.environ.pop("RAY_ADDRESS", None)
+        else:
+            os.environ["RAY_ADDRESS"] = env_before
+        if before is not None:
+            ray.init(address=before, log_to_driver=False)
+
+
+def _head_ports() -> dict[str, int]:
+    """Every port of a head chosen free: Ray's fixed defaults (8265, the job agent's 52365) clash with any
+    other Ray on the machine."""
+    return {"gcs_server_port": free_port(), "dashboard_port": free_port(), "dashboard_agent_listen_port": free_port(),
+            "runtime_env_agent_port": free_port(), "metrics_export_port": free_port()}
+
+
+@pytest.fixture(scope="module")
+def ray_nodes(request, tmp_path_factory):
+    """Three Ray nodes on this machine, each with its own raylet and object store: a head with no CPU
+    (the driver's tasks, which hold none, run there) and two worker nodes of 1 CPU, so that two 1-CPU
+    Train workers land on two nodes. ``ray.cluster_utils.Cluster``, as Ray's own tests kill nodes with it.
+
+    Yields the ``Cluster``: ``remove_node`` takes a node away (its processes killed), ``add_node(num_cpus=1)``
+    gives one back. A test that removes a node adds one back, so the next test finds two worker nodes.
+
+    Module-scoped, for the tests of one module (tests/test_multinode.py); a session-wide one would hold 3
+    raylets through every other test. While it lives, this process's driver is connected to it
+    (:func:`driver_connected_to`): the multi-node tests call ``launch`` and the state API here, as a user's
+    driver would, and find :func:`ray_cluster`'s connection restored after them. Stopped by its own
+    processes (:func:`stop_cluster`), never ``ray stop``. Started after the S3 server where a test of the
+    session uses both (:func:`s3_first`).
+    """
+    pytest.importorskip("ray")
+    s3_first(request, "ray_nodes")
+    from ray.cluster_utils import Cluster
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    tmp = tmp_path_factory.mktemp("nodes")
+    # shutdown_at_exit=False: no exit hooks of Ray's in this process (they replace pytest's SIGTERM handler,
+    # and fail in a thread other than the main one, where the node-loss test adds a node); the finally
+    # below stops every process of the cluster
+    cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args={
+        "num_cpus": 0, "temp_dir": str(tmp), "include_dashboard": True,  # the dashboard serves the state API
+        "dashboard_host": "127.0.0.1", **_head_ports()})
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        with driver_connected_to(cluster.address):
+            yield cluster
+    finally:
         try:
-            stat = (d / "stat").read_text()
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        parent[int(d.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-        if marker in cmd:
-            roots.append(int(d.name))
-    found, todo = set(roots), list(roots)
-    while todo:
-        pid = todo.pop()
-        for child, ppid in parent.items():
-            if ppid == pid and child not in found:
-                found.add(child)
-                todo.append(child)
-    found.discard(os.getpid())
-    return sorted(found)
+            cluster.shutdown()
+        finally:
+            stop_cluster(str(tmp), dict(os.environ))
 
 
-def stop_cluster(marker: str, env: dict[str, str]) -> None:
-    """Stop only this test cluster (``ray stop`` would also kill any other Ray on the machine)."""
+@pytest.fixture
+def ray_autoscaling(tmp_path_factory):
+    """cluster/local-fake.yaml started as ``python cluster/local_autoscaling.py up`` starts it (Ray's autoscaler
+    on its fake node provider: a 0-CPU head, 1-CPU worker nodes from 0 to 3), with every port free and
+    nodes released after 15 idle seconds instead of the file's 30 (not 6: with 6 s, on this busy machine,
+    the autoscaler released a node that a trial was being placed on, and Tune had to retry the trial).
+    Yields ``{"address", "dashboard"}``.
+
+    Function-scoped: the one test that uses it comes first in tests/test_multinode.py, so that this cluster
+    is gone before :func:`ray_nodes` starts. This process's driver is connected to it meanwhile
+    (:func:`driver_connected_to`), as :func:`ray_nodes` explains. Stopped by its own processes (the worker
+    nodes are children of its autoscaler), never ``ray stop``.
+    """
+    pytest.importorskip("ray")
+    from raymmrec.ray.local_cluster import DEFAULT_CONFIG, fake_cluster_config, start
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    tmp = tmp_path_factory.mktemp("as")  # short: Ray's socket paths under it must stay within 107 bytes
+    port = free_port()
+    try:
+        state = start(fake_cluster_config(DEFAULT_CONFIG, port, idle_timeout_minutes=0.25), str(tmp), port=port)
+        with driver_connected_to(state["address"]):
+            yield state
+    finally:
+        stop_cluster(str(tmp), dict(os.environ), port)
+
+
+def stop_cluster(marker: str, env: dict[str, str], gcs_port: int | None = None) -> None:
+    """Stop only this test cluster (``ray stop`` would also kill any other Ray on the machine): the
+    processes naming its temporary folder ``marker`` or, for a head that ``ray start`` started, its GCS
+    port (its Ray client server names nothing else)."""
     if not Path("/proc/self/cmdline").exists():
         subprocess.run(["ray", "stop", "--force"], env=env, capture_output=True, timeout=120)
         return
-    import signal
+    from raymmrec.ray.local_cluster import stop_processes
 
-    pids = _cluster_processes(marker)  # once: killed children would be re-parented out of the tree
-
-    def alive() -> list[int]:
-        out = []
-        for p in pids:
-            try:
-                if Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":  # not a zombie
-                    out.append(p)
-            except OSError:
-                pass
-        return out
-
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in alive():
-            try:
-                os.kill(pid, sig)
-            except OSError:
-                pass
-        deadline = time.time() + (3 if sig == signal.SIGTERM else 10)
-        while alive() and time.time() < deadline:
-            time.sleep(0.2)
+    stop_processes(marker, gcs_port)

@@ -17,6 +17,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -42,6 +43,9 @@ CLUSTER_FILES = sorted(CLUSTER_DIR.glob("*.y*ml"))
 AUTOSCALER_FILES = [p for p in CLUSTER_FILES if not _is_kuberay(_load(p))]
 KUBERAY_FILES = [p for p in CLUSTER_FILES if _is_kuberay(_load(p))]
 CLOUD_FILES = [p for p in AUTOSCALER_FILES if _load(p)["provider"]["type"] in ("aws", "gcp")]
+#: clusters on this one machine (Ray's fake node provider), started by cluster/local_autoscaling.py, not `ray up`
+FAKE_FILES = [p for p in AUTOSCALER_FILES if _load(p)["provider"]["type"] == "fake_multinode"]
+UP_FILES = [p for p in AUTOSCALER_FILES if p not in FAKE_FILES]  # the files `ray up` takes
 
 
 def _pyproject() -> dict:
@@ -92,7 +96,7 @@ def _prepared(path: Path, ray_schema_tools) -> dict:
 def test_cluster_dir_holds_every_kind():
     providers = {_load(p)["provider"]["type"] for p in AUTOSCALER_FILES}
     kinds = {_load(p)["kind"] for p in KUBERAY_FILES}
-    assert {"aws", "gcp", "local"} <= providers, [p.name for p in AUTOSCALER_FILES]
+    assert {"aws", "gcp", "local", "fake_multinode"} <= providers, [p.name for p in AUTOSCALER_FILES]
     assert {"RayCluster", "RayJob"} <= kinds, [p.name for p in KUBERAY_FILES]
 
 
@@ -136,14 +140,14 @@ def test_autoscaler_file_matches_ray_schema(path, ray_schema_tools):
     jsonschema.validate(_load(path), schema)
 
 
-@pytest.mark.parametrize("path", AUTOSCALER_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", UP_FILES, ids=lambda p: p.name)
 def test_autoscaler_file_passes_ray_up_checks(path, ray_schema_tools):
     # What `ray up` does before it reaches a node provider: merge the provider's defaults, then validate.
     _, _, _, validate_config = ray_schema_tools
     validate_config(_prepared(path, ray_schema_tools))
 
 
-@pytest.mark.parametrize("path", AUTOSCALER_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", UP_FILES, ids=lambda p: p.name)
 def test_head_runs_the_autoscaler(path):
     # Worker nodes (worker_ips too) are started by the autoscaler on the head; without this flag the head
     # runs a read-only monitor and the cluster never gets past its head node.
@@ -166,7 +170,7 @@ def _start_env(config: dict, commands: list[str]) -> dict[str, str]:
     return {**env, **common}
 
 
-@pytest.mark.parametrize("path", AUTOSCALER_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", UP_FILES, ids=lambda p: p.name)
 @pytest.mark.parametrize("role", ["head", "worker"])
 def test_autoscaler_nodes_start_with_token_auth(path, role):
     # Ray 2.60 enables token authentication by default only for local `ray.init()` clusters; on these the
@@ -198,6 +202,38 @@ def test_autoscaler_nodes_run_the_project_image_and_install_nothing(path, ray_sc
     for name, node_type in prepared["available_node_types"].items():
         assert not node_type.get("worker_setup_commands"), f"{name} installs {node_type['worker_setup_commands']}"
         assert "image" not in (node_type.get("docker") or {}), f"{name} overrides the image"
+
+
+@pytest.mark.parametrize("path", FAKE_FILES, ids=lambda p: p.name)
+def test_local_fake_cluster_is_what_its_provider_and_autoscaler_take(path, ray_schema_tools):
+    # What the head's autoscaler does with the file (it validates it as written, without provider
+    # defaults), and what the fake provider needs: its head type name, the flags that keep it from SSH and
+    # relaunches, and resources stated (it has no machine type to infer them from).
+    from raymmrec.ray.local_cluster import fake_cluster_config
+
+    _, _, _, validate_config = ray_schema_tools
+    config = fake_cluster_config(path, 12345)
+    validate_config(config)
+    assert config["provider"]["gcs_address"] == "127.0.0.1:12345"
+    assert all(config["provider"][k] is True for k in ("disable_node_updaters", "disable_launch_config_check"))
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]
+    assert head["resources"].get("CPU", 0) == 0 and head["max_workers"] == 0, "a small head that takes no trial"
+    workers = {n: t for n, t in types.items() if n != config["head_node_type"]}
+    assert workers, "no worker node type"
+    for name, t in workers.items():
+        assert t["resources"]["CPU"] == 1 and t["min_workers"] == 0, f"{name}: 1-CPU nodes that scale to zero"
+        assert 2 <= t["max_workers"] <= config["max_workers"], f"{name}: room for two workers on two nodes"
+        assert t["resources"]["object_store_memory"] <= 1e9, f"{name}: Ray's default (30% of the RAM) per node"
+
+
+@pytest.mark.parametrize("path", FAKE_FILES, ids=lambda p: p.name)
+def test_ray_up_does_not_take_the_fake_provider(path, ray_schema_tools):
+    # Why cluster/local_autoscaling.py exists (the comment atop the file and docs/clusters.md say so): `ray up`
+    # stops at the provider's missing defaults file in Ray 2.60. When a Ray release ships it, this fails:
+    # try `RAY_FAKE_CLUSTER=1 ray up` again and update the docs.
+    with pytest.raises(FileNotFoundError, match="fake_multi_node/example.yaml"):
+        _prepared(path, ray_schema_tools)
 
 
 def _is_gpu_type(provider: str, node_type: dict) -> bool:
@@ -457,3 +493,52 @@ def test_package_data_names_files_that_exist():
             home = ROOT / ("raymmrec" if package == "*" else package.replace(".", "/"))
             found = home.rglob(pattern) if package == "*" else home.glob(pattern)
             assert any(True for _ in found), f"pyproject.toml: package-data {package!r} names {pattern!r}, no file"
+
+
+# ---------------------------------------------------------------------------------------------
+# cluster/local_autoscaling.py down: only its own cluster's processes
+
+
+def test_down_stops_the_marked_processes_and_their_children_only(tmp_path, monkeypatch):
+    import raymmrec.ray.local_cluster as lc
+
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("reads /proc (Linux)")
+    marker = str(tmp_path / "cluster")  # a cluster's folder, named on its processes' command lines
+    sleeper = "import time; time.sleep(60)"
+    parent = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {sleeper!r}]); time.sleep(60)"
+    ours = subprocess.Popen([sys.executable, "-c", parent, marker])
+    other = subprocess.Popen([sys.executable, "-c", sleeper, str(tmp_path / "other")])
+    # a Ray client server names its cluster's GCS address, not its folder; another port that ends alike
+    gcs = 50123
+    client = subprocess.Popen([sys.executable, "-c", sleeper, f"--address=192.0.2.9:{gcs}", "--port=10001"])
+    decoy = subprocess.Popen([sys.executable, "-c", sleeper, f"--address=192.0.2.9:1{gcs}"])
+    try:
+        deadline = time.time() + 30
+        while len(found := lc.cluster_processes(marker)) < 2:  # the marked process and the child it starts
+            assert time.time() < deadline, "the child never started"
+            time.sleep(0.1)
+        assert set(lc.cluster_processes(marker, gcs)) == {*found, client.pid}
+        assert lc.stop_processes(str(tmp_path / "nothing"), gcs) == 1 and client.wait(timeout=10) != 0
+        assert decoy.poll() is None
+        real, seen = lc._stat, set()
+
+        def reused(pid):  # every pid names another process once it has been looked up
+            st = real(pid)
+            if st is None or pid not in seen:
+                seen.add(pid)
+                return st
+            return st[0], "another start time"
+
+        with monkeypatch.context() as m:
+            m.setattr(lc, "_stat", reused)
+            lc.stop_processes(marker)
+        assert all(real(p) is not None and real(p)[0] != "Z" for p in found), "signalled a pid that was reused"
+        assert lc.stop_processes(marker) == 2
+        assert ours.wait(timeout=10) != 0
+        assert all(real(p) is None or real(p)[0] == "Z" for p in found)
+        assert other.poll() is None  # not this cluster's
+    finally:
+        for proc in (ours, other, client, decoy):
+            proc.kill()
+            proc.wait()

@@ -421,8 +421,15 @@ def test_local_paths_refused_on_a_multi_node_cluster(monkeypatch, tmp_path):
     with pytest.raises(ClusterError, match="2 nodes but storage path .* is a local path"):
         _local_paths_on_cluster(str(tmp_path), spec)
     _local_paths_on_cluster("s3://bucket/runs", spec)  # remote storage, built-in data: fine
-    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}])
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 2.0}}])
     _local_paths_on_cluster(str(tmp_path), spec)  # one node: local paths are fine
+    _local_paths_on_cluster(str(tmp_path), spec, {"CPU": 2.0, "GPU": 0.0})  # ... where the workers fit
+    # an autoscaling cluster scaled to zero: its head cannot hold the workers, which will run on new nodes
+    with pytest.raises(ClusterError, match=r"the workers need 4 CPU \(it has 2\), more than the cluster's one node "
+                                           r"holds, so they will run on nodes an autoscaler adds, which cannot see "
+                                           r"storage path .* \(a local path\); use s3://"):
+        _local_paths_on_cluster(str(tmp_path), spec, {"CPU": 4.0, "GPU": 0.0})
+    _local_paths_on_cluster("s3://bucket/runs", spec, {"CPU": 4.0})  # remote storage: fine anywhere
 
 
 @pytest.mark.ray

@@ -115,15 +115,26 @@ def default_cpus_per_worker(num_workers: int) -> float:
     return float(min(4.0, max(0.25, math.floor(share * 4) / 4)))
 
 
-def _local_paths_on_cluster(storage: str, spec: RunSpec) -> None:
-    """Refuse local storage or data paths once the cluster has more than one node."""
+def _local_paths_on_cluster(storage: str, spec: RunSpec, need: dict[str, float] | None = None) -> None:
+    """Refuse local storage or data paths once the workers may run on another node: the cluster has more
+    than one node, or its one node cannot hold the workers' resources ``need`` (e.g. ``{"CPU": 2}``), so
+    that they will run on nodes an autoscaler adds (a cluster scaled to zero has only its head)."""
     nodes = _alive_nodes()
     paths = (("storage path", storage), ("data", spec.data.source), ("data.forget", spec.data.forget or ""))
     local = [f"{what} {path!r}" for what, path in paths
              if path and not st.is_remote(path) and (os.path.isabs(path) or os.path.exists(path))]
-    if len(nodes) > 1 and local:
+    if not local:
+        return
+    fix = "use s3:// (or a shared mount with --allow-local-paths)"
+    if len(nodes) > 1:
         raise ClusterError(f"the cluster has {len(nodes)} nodes but {' and '.join(local)} is a local path that "
-                           "other nodes cannot see; use s3:// (or a shared mount with --allow-local-paths)")
+                           f"other nodes cannot see; {fix}")
+    has = nodes[0]["Resources"] if nodes else {}
+    short = {k: v for k, v in (need or {}).items() if v and has.get(k, 0.0) < v}
+    if short:
+        wants = ", ".join(f"{v:g} {k} (it has {has.get(k, 0.0):g})" for k, v in short.items())
+        raise ClusterError(f"the workers need {wants}, more than the cluster's one node holds, so they will run on "
+                           f"nodes an autoscaler adds, which cannot see {' and '.join(local)} (a local path); {fix}")
 
 
 def absolute_data_paths(spec: RunSpec) -> None:
@@ -201,13 +212,14 @@ def _launch_on_ray(folder: RunFolder, workers: Workers, lines: DriverLines, say:
     # The dataset is read and checked and the prepared inputs built once, by a task on the cluster
     # (a bad dataset: its one-line error, before any worker starts); the workers map the arrays from
     # the object store without copying (raymmrec.ray.shared).
-    shared = share(spec, lines.queue, data=data)
-    say(f"{shared.summary} (checked and prepared on the cluster in {shared.seconds:.1f}s)")
-    if not workers.allow_local_paths:
-        _local_paths_on_cluster(storage, spec)
     use_gpu = use_gpus(spec.train.device, workers.num_workers)
     cpus = workers.cpus_per_worker or default_cpus_per_worker(workers.num_workers)
-    _cluster_check(workers, use_gpu, cpus)
+    _cluster_check(workers, use_gpu, cpus)  # both before the dataset is read: refused within a second
+    if not workers.allow_local_paths:  # (past _cluster_check, workers that do not fit wait for an autoscaler)
+        _local_paths_on_cluster(storage, spec, {"CPU": workers.num_workers * cpus,
+                                                "GPU": float(workers.num_workers) if use_gpu else 0.0})
+    shared = share(spec, lines.queue, data=data)
+    say(f"{shared.summary} (checked and prepared on the cluster in {shared.seconds:.1f}s)")
     threads = torch_threads(workers.num_workers, cpus)
     storage_path, storage_fs = st.pyarrow_filesystem(storage)
     remote = st.is_remote(storage)

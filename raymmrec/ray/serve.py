@@ -207,6 +207,7 @@ class RecommendService:
 
 DATA_NAMESPACE = "raymmrec-serve"  # the holders' Ray namespace (a named actor is found by name only there)
 WATCH_S = 30.0  # how often a holder looks whether its app still serves its data
+HEAD_RESOURCE = "node:__internal_head__"  # the resource Ray gives the head node only
 
 
 class ServedData:
@@ -217,6 +218,9 @@ class ServedData:
     owned by this actor, so they outlive the ``raymmrec serve`` command that deployed the app. Each
     replica gets them with :func:`fetch_served_data`: read-only views of its node's shared memory (one
     copy per node, whatever the number of replicas), and no replica reads the source.
+
+    It runs on the head node (:func:`on_the_head_node`): the arrays it owns outlive the loss of a worker
+    node, and a replica started to replace a lost one fetches them.
 
     Freed when this actor ends (Ray frees the objects an actor owns with it): :func:`deploy` ends the
     app's other holders once a swap serves the new one, and once :meth:`watch` is on, the holder ends
@@ -314,6 +318,19 @@ def end_holders(names: list[str]) -> None:
             pass
 
 
+def on_the_head_node() -> dict[str, Any]:
+    """Actor options that place an app's data holder on the head node, where Serve's controller runs (no
+    options where Ray does not tell which node that is). Left to Ray, a holder of no CPU went to a worker
+    node: when that node was lost, the holder and the arrays it owns went with it, and the lost replica's
+    replacement, which fetches them, never started. A hard affinity: with ``soft=True`` Ray still placed
+    the holder on a worker node."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    head = next((n["NodeID"] for n in ray.nodes() if n.get("Alive") and HEAD_RESOURCE in n.get("Resources", {})), None)
+    return {} if head is None else {"scheduling_strategy": NodeAffinitySchedulingStrategy(head, soft=False)}
+
+
 def hold_data(run: str, app: str) -> tuple[str, bool]:
     """The holder of ``run``'s dataset for ``app`` (created and loaded here when none has it: the
     dataset's one read of this deploy); (its name, whether it was created here). Raises the
@@ -329,7 +346,7 @@ def hold_data(run: str, app: str) -> tuple[str, bool]:
     name = holder_name(app, data_key(spec))
     created = name not in app_holders(app)
     holder = ray.remote(ServedData).options(name=name, namespace=DATA_NAMESPACE, lifetime="detached", num_cpus=0,
-                                            get_if_exists=True).remote()
+                                            get_if_exists=True, **on_the_head_node()).remote()
     try:
         get_or_raise_cause(holder.load.remote(spec.to_dict()))
     except BaseException:

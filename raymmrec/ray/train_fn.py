@@ -135,7 +135,8 @@ def _train_loop(config: dict[str, Any]) -> None:
     # TensorBoard still gets every epoch; Ray (and Tune) see the metrics at each checkpoint, written to
     # the run folder (no Ray checkpoint is reported: a restarted worker group reads the run's own).
     callbacks.append(ReportCallback(ray.train.report, every=config["checkpoint_every"]))
-    fault = config.get("inject_fault")  # testing hook: {"rank": r, "epoch": e, "marker": path} or {..., "error": msg}
+    # testing hook: {"rank": r, "epoch": e, "marker": path}, {..., "error": msg} or {..., "pause": seconds}
+    fault = config.get("inject_fault")
     if fault:
         callbacks.insert(0, _FaultInjector(rows.rank, **fault))
     trainer = make_trainer(p, sharded_evaluate(p.evaluators, rows, device, p.fixed_results), callbacks, model=model)
@@ -148,17 +149,27 @@ def _train_loop(config: dict[str, Any]) -> None:
 
 class _FaultInjector(Callback):
     """Kills this worker process once (tests of fault tolerance); a marker file makes it one-shot.
-    With ``error``: raises ``RuntimeError(error)`` there instead, every time."""
+    With ``error``: raises ``RuntimeError(error)`` there instead, every time. With ``pause``: writes this
+    worker's Ray node id to the marker and waits there up to ``pause`` seconds, for the test to take its
+    node away (then exits as a killed worker would), once."""
 
-    def __init__(self, my_rank: int, rank: int, epoch: int, marker: str = "", error: str | None = None) -> None:
+    def __init__(self, my_rank: int, rank: int, epoch: int, marker: str = "", error: str | None = None,
+                 pause: float | None = None) -> None:
         self.active = my_rank == rank
         self.epoch = epoch
         self.marker = Path(marker)
         self.error = error
+        self.pause = pause
 
     def on_epoch_end(self, trainer: Trainer, state: TrainState, logs: dict[str, float]) -> None:
         if self.active and state.epoch == self.epoch and self.error is not None:
             raise RuntimeError(self.error)
         if self.active and state.epoch == self.epoch and not self.marker.exists():
-            self.marker.write_text("killed")
+            if self.pause is not None:
+                part = Path(f"{self.marker}.part")  # renamed: the test never reads half an id
+                part.write_text(ray.get_runtime_context().get_node_id())
+                part.rename(self.marker)
+                time.sleep(self.pause)
+            else:
+                self.marker.write_text("killed")
             os._exit(1)

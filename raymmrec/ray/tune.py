@@ -402,9 +402,13 @@ def sweep(spec: RunSpec, args: SweepArgs, *, space: Space | None = None) -> Swee
             trainable,
             param_space=param_space,
             tune_config=tune.TuneConfig(
-                metric=key, mode="max", num_samples=samples, max_concurrent_trials=concurrent,
-                # random points drawn from the run's seed: the same command samples the same sweep
-                search_alg=BasicVariantGenerator(random_state=spec.train.seed), scheduler=scheduler,
+                metric=key, mode="max", num_samples=samples,
+                # random points drawn from the run's seed: the same command samples the same sweep. The
+                # generator holds the concurrency limit: Tune ignores max_concurrent_trials with a generator
+                # (it warned so, and ran every trial the cluster could place: on an autoscaling cluster,
+                # a node for each)
+                search_alg=BasicVariantGenerator(random_state=spec.train.seed, max_concurrent=concurrent),
+                scheduler=scheduler,
                 trial_name_creator=lambda t: trial_label(t.config),
                 trial_dirname_creator=_trial_dirname),
             run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,
