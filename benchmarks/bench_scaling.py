@@ -157,27 +157,30 @@ def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int
 
 
 class TimedColumns(Columns):
-    """:class:`Columns` whose collectives also add their wall time to ``traffic.seconds`` (and the replicated
-    parameters' averaged gradients their bytes to ``traffic.replicated``)."""
-
-    def reduce(self, t):  # noqa: ANN001, ANN201
-        t0 = time.perf_counter()
-        out = super().reduce(t)
-        self.traffic.seconds = getattr(self.traffic, "seconds", 0.0) + time.perf_counter() - t0
-        return out
-
-    def gather(self, t, full, dim=-1, parts=1):  # noqa: ANN001, ANN201
-        t0 = time.perf_counter()
-        out = super().gather(t, full, dim, parts)
-        self.traffic.seconds = getattr(self.traffic, "seconds", 0.0) + time.perf_counter() - t0
-        return out
+    """:class:`Columns` whose replicated parameters' averaged gradients add their bytes to ``traffic.replicated``."""
 
     def average_(self, t):  # noqa: ANN001, ANN201
         self.traffic.replicated = getattr(self.traffic, "replicated", 0) + t.numel() * t.element_size()
-        t0 = time.perf_counter()
-        out = super().average_(t)
-        self.traffic.seconds = getattr(self.traffic, "seconds", 0.0) + time.perf_counter() - t0
-        return out
+        return super().average_(t)
+
+
+def time_collectives(traffic) -> None:  # noqa: ANN001
+    """From now on, every collective this process makes through ``torch.distributed`` (the column operators',
+    in the forward and in the backward, and the replicated gradients' average) adds its wall time to
+    ``traffic.seconds``."""
+    traffic.seconds = 0.0
+
+    def timing(real):  # noqa: ANN001, ANN202
+        def timed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            t0 = time.perf_counter()
+            try:
+                return real(*args, **kwargs)
+            finally:
+                traffic.seconds += time.perf_counter() - t0
+        return timed
+
+    for name in ("all_reduce", "all_gather", "broadcast"):
+        setattr(dist, name, timing(getattr(dist, name)))
 
 
 def worker(rank: int, world: int, port: int, mode: str, method: str, data: str, epochs: int, extra: list[str],
@@ -194,6 +197,8 @@ def worker(rank: int, world: int, port: int, mode: str, method: str, data: str, 
     spec = spec_for(method, data, epochs, os.path.dirname(out), extra)
     columns = mode == "columns" and world > 1
     ctx = DistContext(columns=TimedColumns(rank, world)) if columns else DistContext(rank, world)
+    if columns:
+        time_collectives(ctx.columns.traffic)
     data = load_data(spec)
     loaded = peak_rss_mib()
     p = build(spec, data=data, ctx=ctx, device=device, release_features=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 
 from _tiny import tiny_data
@@ -84,16 +85,35 @@ class CheckpointEveryEpoch(Callback):
         self.best.append({"made": made.total, "rank": rank, **holds})
 
 
+def variant(method: str) -> tuple[str, list[str], bool]:
+    """``method``, or a variant of it, ``method+key=value+...``: the method's name, its overrides, and whether
+    the tiny data gains a third modality (``+audio``)."""
+    name, *rest = method.split("+")
+    return name, [r for r in rest if r != "audio"], "audio" in rest
+
+
+def data_for(method: str):  # noqa: ANN201
+    """The tiny data, with a third modality (``audio``) for a ``+audio`` variant."""
+    data = tiny_data()
+    if variant(method)[2]:
+        rng = np.random.default_rng(7)
+        group = np.arange(data.n_items) % 2
+        data.features["audio"] = np.hstack([np.eye(2, dtype=np.float32)[group],
+                                            rng.normal(0, 0.1, (data.n_items, 3))]).astype(np.float32)
+    return data
+
+
 def spec(method: str, out: str, epochs: int):  # noqa: ANN201
-    s = load_spec(method=method, overrides=[f"output_dir={out}", "run_name=r", "eval.ks=[5,10]",
-                                            "eval.valid_metric=recall@10", "train.batch_size=64", "train.lr=0.01",
-                                            f"train.epochs={epochs}", "train.patience=50", "train.device=cpu"])
+    name, extra, _ = variant(method)
+    s = load_spec(method=name, overrides=[f"output_dir={out}", "run_name=r", "eval.ks=[5,10]",
+                                          "eval.valid_metric=recall@10", "train.batch_size=64", "train.lr=0.01",
+                                          f"train.epochs={epochs}", "train.patience=50", "train.device=cpu", *extra])
     return s
 
 
 def pieces(method: str, out: str, epochs: int, cols: Columns | None):  # noqa: ANN201
     ctx = DistContext(columns=cols) if cols is not None else DistContext()
-    return build(spec(method, out, epochs), data=tiny_data(), ctx=ctx, device=torch.device("cpu"))
+    return build(spec(method, out, epochs), data=data_for(method), ctx=ctx, device=torch.device("cpu"))
 
 
 def step(p) -> dict:  # noqa: ANN001
