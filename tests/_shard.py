@@ -208,3 +208,39 @@ def replicas(rank: int, world: int, out: str) -> dict:
         res[method] = r
     return res
 
+
+
+def slerp_case(cols: Columns | None) -> dict:
+    """``raymmrec.fusion.slerp`` of 8 pairs of 64-d rows (in general position, identical, parallel, antipodal,
+    nearly antipodal) at per-row ``t``, on this rank's blocks of columns (all of them in one process): the
+    result and the gradients of a fixed linear function of it, joined into whole rows."""
+    from raymmrec.fusion import slerp
+
+    g = torch.Generator().manual_seed(5)
+    a, b, w = (torch.randn(8, 64, generator=g) for _ in range(3))
+    b[1], b[2], b[3] = a[1], 3 * a[2], -a[3]
+    b[4] = -2 * a[4] + 1e-6 * b[4]  # inside the antipodal band
+    a[5, 40] = 1e-4  # the row's smallest entry, held by the last rank at W = 2 and 3
+    b[5] = -a[5]
+    t = torch.rand(8, generator=g)
+    if cols is None:
+        a.requires_grad_(), b.requires_grad_()
+        out = slerp(a, b, t)
+        (out * w).sum().backward()
+        return {"out": out.detach(), "a": a.grad, "b": b.grad}
+    a_l, b_l = cols.local(a, 1).requires_grad_(), cols.local(b, 1).requires_grad_()
+    out = slerp(a_l, b_l, t, cols)
+    cols.reduce((out * cols.local(w, 1)).sum()).backward()
+    with torch.no_grad():
+        return {"out": cols.gather(out.detach(), 64), "a": cols.gather(a_l.grad, 64), "b": cols.gather(b_l.grad, 64)}
+
+
+def slerp_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        res = slerp_case(Columns(rank, world))
+        if rank == 0:
+            torch.save(res, out)
+    finally:
+        torch.distributed.destroy_process_group()
