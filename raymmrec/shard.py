@@ -25,8 +25,8 @@ used below for the dense layers and the loss:
   layer of CM3's and LIRDRec's modality encoders, CM3's concatenation map), becomes this rank's block
   of the summed columns; the gradient of the partial sum is the whole gradient of the output.
 
-Parameters that are not split (BM3's predictor and projection biases, NBPO's flip tables) are
-replicated: every rank holds a full copy. Every rank computes their gradient from the same loss, but
+Parameters that are not split (BM3's predictor and projection biases, NBPO's flip tables, CM3's and
+LIRDRec's per-user branch logits and LIRDRec's score MLPs past their first weight) are replicated: every rank holds a full copy. Every rank computes their gradient from the same loss, but
 not always bit for bit the same one (on CUDA ``index_add_`` accumulates in varying order), and copies
 that drift apart would feed the all-gather's backward gradients from different predictors.
 :func:`average_replicated_grads` therefore averages their gradients over the ranks after every
@@ -38,6 +38,7 @@ A worker builds only its blocks: inside :func:`building_blocks` the table factor
 columns of each chunk (:func:`drawn_columns`), so no rank ever holds a whole ID table, and the block holds
 exactly the values of the full table one process draws from the same seed; a trainable copy of a frozen
 table (:func:`raymmrec.models.base.trainable_copy`, BM3's feature copies) copies only this rank's columns.
+CM3's and LIRDRec's user tables (:func:`raymmrec.models.feature_graph.xavier_normal_table`) are drawn the same way.
 
 Plain ``torch.distributed`` (no Ray): Ray Train starts the process group, a test spawns it with gloo.
 """
