@@ -99,6 +99,7 @@ def _metrics(logs: dict) -> dict:
 def test_three_epochs_then_a_resume_with_another_world_size_match_one_process(single, sharded, method):
     two, one3 = _metrics(sharded[2][method]["test"]), _metrics(single[3][method]["test"])
     assert two.keys() == one3.keys() and "test/recall@10" in two
+    assert ("cold/recall@10" in two) == ("data.cold_items" in method)  # the cold-start items' split, where held out
     for k, v in one3.items():
         assert two[k] == pytest.approx(v, abs=1e-4), (method, k)
     one4 = _metrics(single[4][method]["test"])
