@@ -4,7 +4,7 @@ workers, and the rates a sharded step is made of.
     python -m benchmarks.bench_scaling slope --data ../shared/data/lfm2k --methods bm3,lightgcn \
         [--modes single,ray-1,ray-2] [--short 10] [--long 40] [--repeats 1] [key=value ...]
     python -m benchmarks.bench_scaling shard [--methods lightgcn,bm3] [--data synthetic:clothing] [--epochs 3]
-        [--modes one,columns-2,ddp-2,columns-4] [--repeats 1] [--device cpu|cuda] [key=value ...]
+        [--modes one,columns-2,ddp-2,columns-4] [--repeats 1] [--steps N] [--device cpu|cuda] [key=value ...]
     python -m benchmarks.bench_scaling rates [--data synthetic:clothing] [--device cpu|cuda] [--repeats 7]
         [--size users=1e8,items=1e7,interactions=2e9 [--nodes 16] [--gpus-per-node 8]]
 
@@ -25,7 +25,10 @@ cores of a two-core machine and W = 4 puts two ranks on each (a simulation: its 
 speed-up, its memory and communication are real). Per method and mode:
 
 * ``s/epoch``: the wall-clock slope over epochs 1..N-1 (epoch 0 is a warm-up), median over repeats;
-  the ratio against the one-process mode of the same method, measured in this same invocation;
+  the ratio against the one-process mode of the same method, measured in this same invocation. With
+  ``--steps N`` each epoch trains its first N steps only, and ``s/epoch`` is their time scaled to the
+  epoch's steps (for methods whose whole epochs take too long to measure, e.g. CM3 and LIRDRec on a
+  loaded machine; ``MB/step`` and ``comm`` are then of those steps);
 * ``param+opt MB``: rank 0's parameter and optimizer-state bytes after training (the memory a
   worker must hold besides the graph and features), and its ratio to one process;
 * ``peak RSS MB``: the largest peak resident set over the ranks (start-up included; a column-sharded
@@ -54,6 +57,7 @@ communication per step and the step time at the rates just measured.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -157,31 +161,34 @@ def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int
 
 
 class TimedColumns(Columns):
-    """:class:`Columns` whose collectives also add their wall time to ``traffic.seconds`` (and the replicated
-    parameters' averaged gradients their bytes to ``traffic.replicated``)."""
-
-    def reduce(self, t):  # noqa: ANN001, ANN201
-        t0 = time.perf_counter()
-        out = super().reduce(t)
-        self.traffic.seconds = getattr(self.traffic, "seconds", 0.0) + time.perf_counter() - t0
-        return out
-
-    def gather(self, t, full, dim=-1, parts=1):  # noqa: ANN001, ANN201
-        t0 = time.perf_counter()
-        out = super().gather(t, full, dim, parts)
-        self.traffic.seconds = getattr(self.traffic, "seconds", 0.0) + time.perf_counter() - t0
-        return out
+    """:class:`Columns` whose replicated parameters' averaged gradients add their bytes to ``traffic.replicated``."""
 
     def average_(self, t):  # noqa: ANN001, ANN201
         self.traffic.replicated = getattr(self.traffic, "replicated", 0) + t.numel() * t.element_size()
-        t0 = time.perf_counter()
-        out = super().average_(t)
-        self.traffic.seconds = getattr(self.traffic, "seconds", 0.0) + time.perf_counter() - t0
-        return out
+        return super().average_(t)
+
+
+def time_collectives(traffic) -> None:  # noqa: ANN001
+    """From now on, every collective this process makes through ``torch.distributed`` (the column operators',
+    in the forward and in the backward, and the replicated gradients' average) adds its wall time to
+    ``traffic.seconds``."""
+    traffic.seconds = 0.0
+
+    def timing(real):  # noqa: ANN001, ANN202
+        def timed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            t0 = time.perf_counter()
+            try:
+                return real(*args, **kwargs)
+            finally:
+                traffic.seconds += time.perf_counter() - t0
+        return timed
+
+    for name in ("all_reduce", "all_gather", "broadcast"):
+        setattr(dist, name, timing(getattr(dist, name)))
 
 
 def worker(rank: int, world: int, port: int, mode: str, method: str, data: str, epochs: int, extra: list[str],
-           out: str, device_name: str = "cpu") -> None:
+           out: str, device_name: str = "cpu", steps: int = 0) -> None:
     cores = sorted(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cores[rank % len(cores)]})
     torch.set_num_threads(1)
@@ -194,6 +201,8 @@ def worker(rank: int, world: int, port: int, mode: str, method: str, data: str, 
     spec = spec_for(method, data, epochs, os.path.dirname(out), extra)
     columns = mode == "columns" and world > 1
     ctx = DistContext(columns=TimedColumns(rank, world)) if columns else DistContext(rank, world)
+    if columns:
+        time_collectives(ctx.columns.traffic)
     data = load_data(spec)
     loaded = peak_rss_mib()
     p = build(spec, data=data, ctx=ctx, device=device, release_features=True)
@@ -203,6 +212,11 @@ def worker(rank: int, world: int, port: int, mode: str, method: str, data: str, 
     if mode == "ddp" and world > 1:
         model = torch.nn.parallel.DistributedDataParallel(p.model, gradient_as_bucket_view=True)
     trainer = make_trainer(p, lambda m: {}, [], model=model)
+    per_epoch = -(-p.graph.train_users.numel() // spec.train.batch_size)
+    if steps:  # the epoch's first steps only; their time is scaled to the whole epoch below
+        batches = trainer.batches
+        trainer.batches = lambda epoch: itertools.islice(batches(epoch), steps)
+    scale = per_epoch / min(steps, per_epoch) if steps else 1.0
     times = []
     with trainer.heap():  # the allocator settings Trainer.fit trains under (raymmrec.allocator)
         for epoch in range(epochs):
@@ -212,8 +226,8 @@ def worker(rank: int, world: int, port: int, mode: str, method: str, data: str, 
             trainer.run_epoch(epoch)  # the per-epoch code of Trainer.fit, without evaluation
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - t0)
-    n_steps = -(-p.graph.train_users.numel() // spec.train.batch_size) * epochs
+            times.append((time.perf_counter() - t0) * scale)
+    n_steps = (min(steps, per_epoch) if steps else per_epoch) * epochs
     traffic = ctx.columns.traffic if columns else None
     result = {
         "rank": rank, "epoch_s": times, "steps": n_steps,
@@ -223,7 +237,7 @@ def worker(rank: int, world: int, port: int, mode: str, method: str, data: str, 
         "bytes_per_step": (traffic.bytes / n_steps if traffic is not None else
                            (sum(q.numel() * q.element_size() for q in p.model.parameters()) if mode == "ddp" and world > 1
                             else 0)),
-        "comm_share": (getattr(traffic, "seconds", 0.0) / sum(times)) if traffic is not None else None,
+        "comm_share": (scale * getattr(traffic, "seconds", 0.0) / sum(times)) if traffic is not None else None,
         "replicated_bytes_per_step": getattr(traffic, "replicated", 0) / n_steps,
     }
     with open(f"{out}.{rank}", "w") as f:
@@ -233,13 +247,14 @@ def worker(rank: int, world: int, port: int, mode: str, method: str, data: str, 
         dist.destroy_process_group()
 
 
-def run_mode(mode: str, method: str, data: str, epochs: int, extra: list[str], device: str = "cpu") -> dict[str, Any]:
+def run_mode(mode: str, method: str, data: str, epochs: int, extra: list[str], device: str = "cpu",
+             steps: int = 0) -> dict[str, Any]:
     """One mode (``one``, ``columns-W``, ``ddp-W``) in W fresh processes: seconds per epoch, memory, traffic."""
     kind, world = (mode.split("-")[0], int(mode.split("-")[1])) if "-" in mode else (mode, 1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the spawned workers (one torch thread each)
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "r")
-        mp.start_processes(worker, args=(world, free_port(), kind, method, data, epochs, extra, out, device), nprocs=world,
+        mp.start_processes(worker, args=(world, free_port(), kind, method, data, epochs, extra, out, device, steps), nprocs=world,
                            join=True, start_method="spawn")
         ranks = [json.loads(Path(f"{out}.{r}").read_text()) for r in range(world)]
     slope = [max(r["epoch_s"][e] for r in ranks) for e in range(1, epochs)] or [ranks[0]["epoch_s"][0]]
@@ -261,7 +276,8 @@ def shard(a: argparse.Namespace) -> dict[str, Any]:
         need = max(int(m.split("-")[1]) if "-" in m else 1 for m in modes)
         if need > gpus:
             raise SystemExit(f"--modes {a.modes}: {need} workers need {need} GPUs (one each, NCCL); this machine has {gpus}")
-    print(f"data {a.data}; {a.epochs} epochs per mode (first one a warm-up); repeats {a.repeats}", flush=True)
+    print(f"data {a.data}; {a.epochs} epochs per mode (first one a warm-up); repeats {a.repeats}"
+          + (f"; the first {a.steps} steps of each epoch, scaled to the epoch" if a.steps else ""), flush=True)
     report: dict[str, Any] = {}
     for method in [m.strip() for m in a.methods.split(",") if m.strip()]:
         # the prepared inputs (graph) once, in the cache, before the workers start
@@ -270,7 +286,7 @@ def shard(a: argparse.Namespace) -> dict[str, Any]:
         rows: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
         for _ in range(a.repeats):  # modes interleaved, so drift in the machine's load hits all of them
             for mode in modes:
-                r = run_mode(mode, method, a.data, a.epochs, a.overrides, a.device)
+                r = run_mode(mode, method, a.data, a.epochs, a.overrides, a.device, a.steps)
                 rows[mode].append(r)
                 print(f"  {method} {mode}: {r['s_per_epoch']:.2f} s/epoch", flush=True)
         med = {m: {k: statistics.median(r[k] for r in rs) if isinstance(rs[0][k], (int, float)) else rs[0][k]
@@ -301,7 +317,7 @@ def shard(a: argparse.Namespace) -> dict[str, Any]:
             med[m]["rank_built_rss_mb"] = built
             med[m]["rank_build_added_mb"] = added
         report[method] = {"median": med, "runs": rows}
-    return {"data": a.data, "epochs": a.epochs, "methods": report}
+    return {"data": a.data, "epochs": a.epochs, "steps": a.steps, "methods": report}
 
 
 # ---------------------------------------------------------------------------------------------- rates
@@ -434,6 +450,8 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--epochs", type=int, default=3, help="epochs per mode (the first is a warm-up)")
     h.add_argument("--modes", default="one,columns-2,ddp-2,columns-4")
     h.add_argument("--repeats", type=int, default=1, help="runs of every mode (medians reported)")
+    h.add_argument("--steps", type=int, default=0,
+                   help="time the first N steps of each epoch only, scaled to the epoch's steps (0: whole epochs)")
     h.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cuda: rank r on GPU r with NCCL (a W-worker mode needs W GPUs)")
     r = sub.add_parser("rates", help="SpMM and all-reduce rates; --size: the sizing table")

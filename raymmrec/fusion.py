@@ -19,6 +19,10 @@ separate branch whose values and gradients are finite. That threshold is where t
 general formula (machine epsilon divided by the distance to the degenerate end) meets the error
 of the fallback, so neither side is worse than ``sqrt(eps)``.
 
+Column-sharded (``cols``, :mod:`raymmrec.shard`): the rows are split into blocks of columns over the
+ranks; every sum over a row (norms, the cosine, the perpendicular part) is summed over the blocks, so each
+rank gets its block of the one-process result, with the same draws.
+
 Torch only; no Ray. Example::
 
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)  # the same on every DDP rank
@@ -31,8 +35,9 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from raymmrec.shard import Columns, unit_rows
 
 __all__ = ["draw_mixing", "fuse", "slerp", "spherical_bezier"]
 
@@ -55,20 +60,36 @@ def _as_column(t: Tensor | float, a: Tensor) -> Tensor:
     return t
 
 
-def _perpendicular_axis(a: Tensor) -> Tensor:
+def _row_sum(t: Tensor, cols: Columns | None) -> Tensor:
+    """Sum over the last dimension (over every rank's block of it when column-sharded), kept as ``[..., 1]``;
+    every rank's block then uses it, so its gradient is summed over the ranks too."""
+    s = t.sum(dim=-1, keepdim=True)
+    return s if cols is None else cols.share(cols.reduce(s))
+
+
+def _perpendicular_axis(a: Tensor, cols: Columns | None = None) -> Tensor:
     """A unit vector orthogonal to each (unit) row of ``a``, chosen deterministically.
 
     The coordinate axis on which the row is smallest in absolute value, with its component
     along the row removed. That axis has ``|a_k| <= 1/sqrt(d)``, so what is left has norm at
     least ``sqrt(1 - 1/d) >= sqrt(1/2)``: the result is always finite and well conditioned.
+    Column-sharded, the ranks' smallest entries are joined (one per row and rank) and the first
+    rank holding the row's smallest wins, as ``argmin`` picks the first of equal entries.
     """
     k = a.abs().argmin(dim=-1, keepdim=True)
-    axis = torch.zeros_like(a).scatter_(-1, k, 1.0)
-    c = axis - a.gather(-1, k) * a
-    return F.normalize(c, dim=-1)
+    a_k = a.gather(-1, k)
+    here = torch.ones_like(a_k)
+    if cols is not None and cols.world_size > 1:
+        every = cols.gather(a_k, cols.world_size)
+        winner = every.detach().abs().argmin(dim=-1, keepdim=True)
+        a_k = cols.share(every.gather(-1, winner))  # used by every rank's block: its gradient summed
+        here = (winner == cols.rank).to(a.dtype)
+    axis = torch.zeros_like(a).scatter_(-1, k, here)
+    c = axis - a_k * a
+    return unit_rows(c, cols)
 
 
-def slerp(a: Tensor, b: Tensor, t: Tensor | float) -> Tensor:
+def slerp(a: Tensor, b: Tensor, t: Tensor | float, cols: Columns | None = None) -> Tensor:
     """Spherical linear interpolation between the rows of ``a`` and ``b``; returns unit vectors.
 
     Args:
@@ -105,14 +126,14 @@ def slerp(a: Tensor, b: Tensor, t: Tensor | float) -> Tensor:
         raise ValueError(f"slerp: a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     if a.shape[-1] < 2:
         raise ValueError(f"slerp: vectors need at least 2 dimensions, got {a.shape[-1]}")
-    a = F.normalize(a, dim=-1)
-    b = F.normalize(b, dim=-1)
+    a = unit_rows(a, cols)
+    b = unit_rows(b, cols)
     t = _as_column(t, a)
     thr = _threshold(a.dtype)
 
-    cos = (a * b).sum(dim=-1, keepdim=True)
+    cos = _row_sum(a * b, cols)
     perp = b - cos * a
-    sin_sq = (perp * perp).sum(dim=-1, keepdim=True)
+    sin_sq = _row_sum(perp * perp, cols)
     degenerate = sin_sq < thr * thr
     parallel = degenerate & (cos >= 0)
     antipodal = degenerate & (cos < 0)
@@ -124,16 +145,16 @@ def slerp(a: Tensor, b: Tensor, t: Tensor | float) -> Tensor:
     theta = torch.atan2(sin, cos)
     general = torch.cos(t * theta) * a + torch.sin(t * theta) * (perp / sin)
 
-    # Nearly parallel: normalised lerp. Elsewhere it may pass through 0, which F.normalize
-    # maps to 0 with a zero gradient, so it needs no stand-in.
-    near = F.normalize((1 - t) * a + t * b, dim=-1)
+    # Nearly parallel: normalised lerp. Elsewhere it may pass through 0, which unit_rows
+    # maps to 0 (the where below passes it no gradient), so it needs no stand-in.
+    near = unit_rows((1 - t) * a + t * b, cols)
 
     # Nearly antipodal: half-turn from a towards a fixed perpendicular.
-    half_turn = torch.cos(t * math.pi) * a + torch.sin(t * math.pi) * _perpendicular_axis(a)
+    half_turn = torch.cos(t * math.pi) * a + torch.sin(t * math.pi) * _perpendicular_axis(a, cols)
 
     out = torch.where(parallel, near, torch.where(antipodal, half_turn, general))
     # Renormalise: every branch is unit up to rounding; this keeps recursions from drifting.
-    return F.normalize(out, dim=-1)
+    return unit_rows(out, cols)
 
 
 def _stack_points(points: Sequence[Tensor] | Tensor) -> Tensor:
@@ -155,7 +176,7 @@ def _stack_points(points: Sequence[Tensor] | Tensor) -> Tensor:
     return stacked
 
 
-def spherical_bezier(points: Sequence[Tensor] | Tensor, t: Tensor | float) -> Tensor:
+def spherical_bezier(points: Sequence[Tensor] | Tensor, t: Tensor | float, cols: Columns | None = None) -> Tensor:
     """The point at ``t`` of the spherical Bézier curve with the given control points, per item.
 
     Args:
@@ -173,7 +194,7 @@ def spherical_bezier(points: Sequence[Tensor] | Tensor, t: Tensor | float) -> Te
     """
     stacked = _stack_points(points)
     if stacked.shape[0] == 1:
-        return F.normalize(stacked[0], dim=-1)
+        return unit_rows(stacked[0], cols)
     t = torch.as_tensor(t, dtype=stacked.dtype, device=stacked.device)
     if t.dim() > 0:
         n = stacked.shape[1]
@@ -182,7 +203,7 @@ def spherical_bezier(points: Sequence[Tensor] | Tensor, t: Tensor | float) -> Te
         t = t.reshape(1, n, 1)  # broadcasts over the m - 1 pairs of every level
     level = stacked
     while level.shape[0] > 1:
-        level = slerp(level[:-1], level[1:], t)
+        level = slerp(level[:-1], level[1:], t, cols)
     return level[0]
 
 
@@ -270,6 +291,7 @@ def fuse(
     generator: torch.Generator | None = None,
     *,
     sample_at_eval: bool = False,
+    cols: Columns | None = None,
 ) -> Tensor:
     """Fuse ``m`` modality embeddings of the same ``n`` items into ``n`` unit vectors.
 
@@ -281,6 +303,8 @@ def fuse(
         generator: the random source for the draws (see :func:`draw_mixing`).
         sample_at_eval: draw at evaluation too, as the published CM3 code does (its forward
             always draws). Off by default.
+        cols: the rank of a column-sharded run whose blocks of columns ``points`` hold (the result is
+            its block of the one-process result); None in one process.
 
     Returns:
         ``[n, d]`` unit rows, ``spherical_bezier(points, t)``. Convention: ``t = 0`` is the first
@@ -291,9 +315,9 @@ def fuse(
     alpha = _check_alpha(alpha)
     stacked = _stack_points(points)
     if stacked.shape[0] < 2:
-        return spherical_bezier(stacked, 0.5)
+        return spherical_bezier(stacked, 0.5, cols)
     if training or sample_at_eval:
         t = draw_mixing(stacked.shape[1], alpha, generator, device=stacked.device, dtype=stacked.dtype)
     else:
         t = 0.5
-    return spherical_bezier(stacked, t)
+    return spherical_bezier(stacked, t, cols)

@@ -16,9 +16,17 @@ used below for the dense layers and the loss:
   into the full rows, which every rank then uses identically (e.g. BM3's predictor): the gradient
   of the replicated loss with respect to the full rows is the same on every rank, and a rank keeps
   the slice of it that belongs to its block.
+* :meth:`Columns.share` (``f``: identity forward, all-reduce sum backward): a replicated tensor that
+  scales or shifts every rank's block (CM3's and LIRDRec's per-user branch weights multiply the
+  users' blocks). Each rank's backward sees only its columns' part of the gradient; the sum is the
+  whole gradient, the same on every rank.
+* :meth:`Columns.scatter` (sum forward keeping this rank's block, all-gather backward): the output of
+  a row-parallel layer, whose every rank holds a partial sum of *all* output columns (the second
+  layer of CM3's and LIRDRec's modality encoders, CM3's concatenation map), becomes this rank's block
+  of the summed columns; the gradient of the partial sum is the whole gradient of the output.
 
-Parameters that are not split (BM3's predictor and projection biases, NBPO's flip tables) are
-replicated: every rank holds a full copy. Every rank computes their gradient from the same loss, but
+Parameters that are not split (BM3's predictor and projection biases, NBPO's flip tables, CM3's and
+LIRDRec's per-user branch logits and LIRDRec's score MLPs past their first weight) are replicated: every rank holds a full copy. Every rank computes their gradient from the same loss, but
 not always bit for bit the same one (on CUDA ``index_add_`` accumulates in varying order), and copies
 that drift apart would feed the all-gather's backward gradients from different predictors.
 :func:`average_replicated_grads` therefore averages their gradients over the ranks after every
@@ -30,6 +38,7 @@ A worker builds only its blocks: inside :func:`building_blocks` the table factor
 columns of each chunk (:func:`drawn_columns`), so no rank ever holds a whole ID table, and the block holds
 exactly the values of the full table one process draws from the same seed; a trainable copy of a frozen
 table (:func:`raymmrec.models.base.trainable_copy`, BM3's feature copies) copies only this rank's columns.
+CM3's and LIRDRec's user tables (:func:`raymmrec.models.feature_graph.xavier_normal_table`) are drawn the same way.
 
 Plain ``torch.distributed`` (no Ray): Ray Train starts the process group, a test spawns it with gloo.
 """
@@ -109,6 +118,19 @@ class Columns:
             return torch.cat([self.gather(c, each, dim) for c in t.split(local, dim)], dim)
         return _Gather.apply(t, self, full, dim)
 
+    def share(self, t: Tensor) -> Tensor:
+        """``t`` itself; its gradient summed over the ranks (Megatron's ``f``)."""
+        if self.world_size == 1:
+            return t
+        return _Share.apply(t, self)
+
+    def scatter(self, t: Tensor, full: int, dim: int = -1) -> Tensor:
+        """This rank's block (of ``full`` columns along ``dim``) of the sum of ``t`` over the ranks;
+        backward joins the ranks' blocks of the gradient."""
+        if self.world_size == 1:
+            return t
+        return _Scatter.apply(t, self, full, dim % t.dim())
+
     @torch.no_grad()
     def average_(self, t: Tensor) -> Tensor:
         """``t`` replaced in place by its mean over the ranks (no autograd: gradients of replicated parameters)."""
@@ -142,6 +164,46 @@ class _Reduce(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         return g, None
+
+
+class _Share(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t: Tensor, cols: Columns) -> Tensor:  # type: ignore[override]
+        ctx.cols = cols
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        out = g.contiguous().clone()
+        ctx.cols.traffic.add(out)
+        dist.all_reduce(out)
+        return out, None
+
+
+class _Scatter(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t: Tensor, cols: Columns, full: int, dim: int) -> Tensor:  # type: ignore[override]
+        ctx.cols, ctx.full, ctx.dim = cols, full, dim
+        out = t.detach().contiguous().clone()
+        cols.traffic.add(out)
+        dist.all_reduce(out)  # the whole sum, then this rank's block (simpler than a padded reduce-scatter)
+        start, stop = cols.span(full)
+        return out.narrow(dim, start, stop - start).contiguous()
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+        return _gather(g, ctx.cols, ctx.full, ctx.dim), None, None, None
+
+
+def unit_rows(t: Tensor, cols: Columns | None = None) -> Tensor:
+    """``t`` with its rows (last dimension) scaled to unit length, as ``F.normalize`` does (norms below
+    1e-12 count as 1e-12, with a zero gradient); column-sharded, from the squared norms' partial sums
+    over the ranks' blocks (one all-reduce of a scalar per row, and one of their gradients: every
+    rank's block is scaled by the norms, so each rank holds a part of their gradient)."""
+    squares = t.pow(2).sum(-1, keepdim=True)
+    if cols is not None:
+        squares = cols.share(cols.reduce(squares))
+    return t * squares.clamp_min(1e-24).rsqrt()
 
 
 class _Gather(torch.autograd.Function):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import weakref
 
+import numpy as np
 import torch
 
 from _tiny import tiny_data
@@ -95,16 +96,35 @@ class CheckpointEveryEpoch(Callback):
         self.best.append({"made": made.total, "peak": made.peak, "rank": rank, **holds})
 
 
+def variant(method: str) -> tuple[str, list[str], bool]:
+    """``method``, or a variant of it, ``method+key=value+...``: the method's name, its overrides, and whether
+    the tiny data gains a third modality (``+audio``)."""
+    name, *rest = method.split("+")
+    return name, [r for r in rest if r != "audio"], "audio" in rest
+
+
+def data_for(method: str):  # noqa: ANN201
+    """The tiny data, with a third modality (``audio``) for a ``+audio`` variant."""
+    data = tiny_data()
+    if variant(method)[2]:
+        rng = np.random.default_rng(7)
+        group = np.arange(data.n_items) % 2
+        data.features["audio"] = np.hstack([np.eye(2, dtype=np.float32)[group],
+                                            rng.normal(0, 0.1, (data.n_items, 3))]).astype(np.float32)
+    return data
+
+
 def spec(method: str, out: str, epochs: int):  # noqa: ANN201
-    s = load_spec(method=method, overrides=[f"output_dir={out}", "run_name=r", "eval.ks=[5,10]",
-                                            "eval.valid_metric=recall@10", "train.batch_size=64", "train.lr=0.01",
-                                            f"train.epochs={epochs}", "train.patience=50", "train.device=cpu"])
+    name, extra, _ = variant(method)
+    s = load_spec(method=name, overrides=[f"output_dir={out}", "run_name=r", "eval.ks=[5,10]",
+                                          "eval.valid_metric=recall@10", "train.batch_size=64", "train.lr=0.01",
+                                          f"train.epochs={epochs}", "train.patience=50", "train.device=cpu", *extra])
     return s
 
 
 def pieces(method: str, out: str, epochs: int, cols: Columns | None):  # noqa: ANN201
     ctx = DistContext(columns=cols) if cols is not None else DistContext()
-    return build(spec(method, out, epochs), data=tiny_data(), ctx=ctx, device=torch.device("cpu"))
+    return build(spec(method, out, epochs), data=data_for(method), ctx=ctx, device=torch.device("cpu"))
 
 
 def step(p) -> dict:  # noqa: ANN001
@@ -200,3 +220,39 @@ def replicas(rank: int, world: int, out: str) -> dict:
         res[method] = r
     return res
 
+
+
+def slerp_case(cols: Columns | None) -> dict:
+    """``raymmrec.fusion.slerp`` of 8 pairs of 64-d rows (in general position, identical, parallel, antipodal,
+    nearly antipodal) at per-row ``t``, on this rank's blocks of columns (all of them in one process): the
+    result and the gradients of a fixed linear function of it, joined into whole rows."""
+    from raymmrec.fusion import slerp
+
+    g = torch.Generator().manual_seed(5)
+    a, b, w = (torch.randn(8, 64, generator=g) for _ in range(3))
+    b[1], b[2], b[3] = a[1], 3 * a[2], -a[3]
+    b[4] = -2 * a[4] + 1e-6 * b[4]  # inside the antipodal band
+    a[5, 40] = 1e-4  # the row's smallest entry, held by the last rank at W = 2 and 3
+    b[5] = -a[5]
+    t = torch.rand(8, generator=g)
+    if cols is None:
+        a.requires_grad_(), b.requires_grad_()
+        out = slerp(a, b, t)
+        (out * w).sum().backward()
+        return {"out": out.detach(), "a": a.grad, "b": b.grad}
+    a_l, b_l = cols.local(a, 1).requires_grad_(), cols.local(b, 1).requires_grad_()
+    out = slerp(a_l, b_l, t, cols)
+    cols.reduce((out * cols.local(w, 1)).sum()).backward()
+    with torch.no_grad():
+        return {"out": cols.gather(out.detach(), 64), "a": cols.gather(a_l.grad, 64), "b": cols.gather(b_l.grad, 64)}
+
+
+def slerp_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        res = slerp_case(Columns(rank, world))
+        if rank == 0:
+            torch.save(res, out)
+    finally:
+        torch.distributed.destroy_process_group()

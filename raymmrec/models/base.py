@@ -281,6 +281,16 @@ class Recommender(nn.Module, ABC):
         """Sum over the column blocks of a per-rank partial sum (itself in one process)."""
         return t if self.columns is None else self.columns.reduce(t)
 
+    def block_of_sum(self, t: Tensor, width: int) -> Tensor:
+        """This rank's block of the ``width`` last-dimension columns of the sum over the ranks of ``t``,
+        a row-parallel layer's partial output (itself in one process)."""
+        return t if self.columns is None else self.columns.scatter(t, width)
+
+    def shared(self, t: Tensor) -> Tensor:
+        """A replicated tensor applied to every rank's block: its gradient summed over the ranks (itself in one
+        process)."""
+        return t if self.columns is None else self.columns.share(t)
+
     @property
     def score_reduce(self) -> Any:
         """What :class:`ModelOutput` sums partial scores with: the column all-reduce, or None in one process."""

@@ -14,6 +14,12 @@ modality encoders) plus a fused branch ``MIX``, and its loss is the ``cm3`` obje
 * **Scores** are dot products of the un-normalised final tables, as published; the loss works on
   the normalised ones.
 
+Column-sharded (``train.shard=columns``): besides the shared graph model's split
+(:mod:`raymmrec.models.feature_graph`), each projection ``g_m`` is column-parallel (a rank computes its
+block of the ``D`` output columns), the unit normalisations and the slerps' cosines sum partial row
+sums over the ranks, and the concatenation ablation's map is row-parallel (its input columns split as
+the concatenated blocks are, the partial outputs summed); ``Θ`` is replicated.
+
 Training: early stopping after the authors' 10 evaluations without improvement (their
 ``stopping_step``; ``train_defaults``), unless ``train.patience`` is set. Ablations (the paper's):
 ``fusion=mean|concat`` in place of the Bézier curve and ``calibration=false``; see :class:`CM3Config`.
@@ -37,11 +43,11 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from raymmrec.fusion import fuse
 from raymmrec.models.base import Batch, Indexed, ModelOutput, RecGraph, gather
 from raymmrec.models.feature_graph import FeatureGraphModel, xavier_normal_table
+from raymmrec.shard import unit_rows
 from raymmrec.registry import register
 from raymmrec.search import Grid, IntRange, LogUniform, SearchSpaces, Uniform
 
@@ -125,19 +131,28 @@ class CM3(FeatureGraphModel):
     def mix(self) -> Tensor:
         """``I × D``: the fusion of the modalities' unit projections (``cfg.fusion``; the method's
         spherical Bézier curve gives unit rows, the mean and concatenation ablations need not)."""
-        points = [F.normalize(self.fusion_proj[m](self.feature(m)), dim=1) for m in self.modalities]
+        points = unit_rows(torch.stack([self.fusion_proj[m](self.feature(m)) for m in self.modalities]),
+                           self.columns)
         if self.cfg.fusion == "mean":
-            return torch.stack(points).mean(0)
+            return points.mean(0)
         if self.cfg.fusion == "concat":
-            return self.concat_proj(torch.cat(points, dim=1))
-        return fuse(points, self.cfg.alpha, self.training, sample_at_eval=self.cfg.sample_at_eval)
+            return self.block_of_sum(self.concat_proj(torch.cat(list(points), dim=1)), self.cfg.embedding_size)
+        return fuse(points, self.cfg.alpha, self.training, sample_at_eval=self.cfg.sample_at_eval, cols=self.columns)
 
     def item_branches(self, mix: Tensor | None = None) -> list[Tensor]:
         mix = self.mix() if mix is None else mix
-        return [*(self.encoders[m](self.feature(m)) for m in self.modalities), mix]
+        return [*(self.encode(self.encoders[m], self.feature(m)) for m in self.modalities), mix]
 
     def user_weights(self, hu: Tensor) -> Tensor:
         return torch.softmax(self.branch_logits, dim=1)
+
+    def column_layout(self) -> dict[str, int | tuple[int, int]]:
+        layout = super().column_layout()
+        for m in self.modalities:  # column-parallel: the output rows (and bias) of g_m
+            layout[f"fusion_proj.{m}.weight"] = layout[f"fusion_proj.{m}.bias"] = 0
+        if self.cfg.fusion == "concat":  # row-parallel: the m sections of its input, each split
+            layout["concat_proj.weight"] = (1, len(self.modalities))
+        return layout
 
     def forward(self, batch: Batch) -> ModelOutput:
         mix = self.mix()

@@ -28,6 +28,15 @@ Recall@20 0.4082 vs 0.4179 after 205 vs 182 epochs); set ``train.lr=1e-4`` to fo
 ``paper`` search space fixes it). The model defaults below are the grid's middle values
 (mm_image_weight 0.1, as CM3 fixes it) until they are tuned on real data.
 
+Column-sharded (``train.shard=columns``): besides the shared graph model's split
+(:mod:`raymmrec.models.feature_graph`), the shared encoder is split like the modality encoders (its
+hidden units), and each score MLP's first layer is row-parallel (its ``D`` input columns split, the
+``U × 16`` partial products summed over the ranks, the bias and the rest replicated); ``Θ`` and the
+PWC state are replicated. The prepared DCT features are not split: they are the shared encoder's
+input, and a column-parallel first layer needs every input column on every rank (splitting them instead
+would make the first layer row-parallel and sum ``I × 256`` partial products per step, four times
+the ``I × D`` its second layer sums).
+
 Ablations (the paper's): ``dct=False`` (the shared encoder reads the raw features) and
 ``weight_copying=False`` (Θ is never overwritten by β); see :class:`LIRDRecConfig`.
 
@@ -56,7 +65,7 @@ import torch
 from torch import Tensor, nn
 
 from raymmrec.models.base import Batch, Indexed, ModelOutput, RecGraph
-from raymmrec.models.feature_graph import FeatureGraphModel, modality_encoder, xavier_normal_table
+from raymmrec.models.feature_graph import FeatureGraphModel, encoder_layout, modality_encoder, xavier_normal_table
 from raymmrec.registry import register
 from raymmrec.search import Grid, IntRange, LogUniform, SearchSpaces, Uniform
 
@@ -153,10 +162,15 @@ class LIRDRec(FeatureGraphModel):
         self.register_buffer("beta_seen", torch.zeros((), dtype=torch.bool))
 
     def item_branches(self) -> list[Tensor]:
-        return [*(self.encoders[m](self.feature(m)) for m in self.modalities), self.shared_encoder(self.shared_input)]
+        return [*(self.encode(self.encoders[m], self.feature(m)) for m in self.modalities),
+                self.encode(self.shared_encoder, self.shared_input)]
 
     def user_weights(self, hu: Tensor) -> Tensor:
-        scores = torch.cat([self.score_mlps[b](hu[:, j]) for j, b in enumerate(self.branches)], dim=1)
+        mlps = [self.score_mlps[b] for b in self.branches]
+        # the first layers' products (U × 16 per branch), summed over the column blocks in one all-reduce
+        first = self.partial_sum(torch.cat([hu[:, j] @ mlp[0].weight.t() for j, mlp in enumerate(mlps)], dim=1))
+        hidden = first.split(mlps[0][0].out_features, dim=1)
+        scores = torch.cat([mlp[2](mlp[1](h + mlp[0].bias)) for h, mlp in zip(hidden, mlps)], dim=1)
         beta = torch.softmax(self.pwc_w[0] * scores + self.pwc_w[1] * self.theta, dim=1)
         self._beta = beta.detach()
         if self.training:  # the weights copied into Θ before the next epoch
@@ -178,8 +192,15 @@ class LIRDRec(FeatureGraphModel):
 
     def forward(self, batch: Batch) -> ModelOutput:
         users, items = self.tables()
-        reg = users.pow(2).mean() + items.pow(2).mean()
+        width = len(self.branches) * self.cfg.embedding_size  # the mean squares of the whole tables
+        reg = self.partial_sum(users.pow(2).sum() / (self.n_users * width) + items.pow(2).sum() / (self.n_items * width))
         return self.batch_output(users, items, batch, reg=reg)
+
+    def column_layout(self) -> dict[str, int | tuple[int, int]]:
+        layout = {**super().column_layout(), **encoder_layout("shared_encoder")}
+        for b in self.branches:  # row-parallel: the D input columns of the first layer
+            layout[f"score_mlps.{b}.0.weight"] = 1
+        return layout
 
     @torch.no_grad()
     def fusion_weights(self) -> Tensor:

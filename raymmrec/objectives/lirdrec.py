@@ -26,6 +26,7 @@ class LIRDRecLoss(Objective):
 
     needs_negatives = True
     requires = frozenset({"pairwise", "full_table_reg"})
+    column_sharding = True  # exact on column blocks: the model reduces the scores and the full tables' squares
     config_fields = ("reg_weight",)
 
     def __call__(self, out: ModelOutput, batch: Batch, ctx: DistContext) -> LossOutput:
