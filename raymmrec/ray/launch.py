@@ -253,10 +253,6 @@ def _launch_on_ray(folder: RunFolder, workers: Workers, lines: DriverLines, say:
             failure_config=ray.train.FailureConfig(max_failures=workers.max_failures),
             logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
             callbacks=train_callbacks,
-            # The workers do the run's computing: at the priority of the driver and of Ray's own processes,
-            # not the nice 15 Ray gives worker processes, under which any of them that wakes (or another
-            # program on the node) preempts a thread of the workers' parallel regions, and the others wait.
-            worker_runtime_env={"env_vars": {"RAY_worker_niceness": "0"}},
         ),
     )
     try:
