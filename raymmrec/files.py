@@ -167,14 +167,14 @@ def _save_in_parts(path: str | Path, payload: dict[str, Any], parts: Iterable[tu
         with torch.serialization.skip_data():
             torch.save(payload, f)
         f.flush()
-        records = _data_records(f)
+        records = [(start, info.file_size) for info, start in _storage_records(f)[1]]
         crcs: list[int] = []
         filled = crc = count = 0
         for name, t in parts:  # not enumerate(): it would keep the last part alive while the next is made
             raw = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
             i = len(crcs)
             left = records[i][1] - filled if i < len(records) else 0
-            if raw.nbytes > left or (i >= len(records)):
+            if i >= len(records) or raw.nbytes > left:
                 raise ValueError(f"save_tensors: part {count} ({name!r}, {raw.nbytes} bytes) does not fit the "
                                  f"payload's placeholder {i} ({left} bytes left)")
             f.seek(records[i][0] + filled)
@@ -204,37 +204,34 @@ def _save_in_parts(path: str | Path, payload: dict[str, Any], parts: Iterable[tu
             os.unlink(tmp)
 
 
-def _data_records(f: Any) -> list[tuple[int, int]]:
-    """(offset of the bytes, size) of each storage record (``<archive>/data/<i>``) of a torch.save zip, by ``i``."""
+def _storage_records(f: Any) -> tuple[zipfile.ZipFile, list[tuple[zipfile.ZipInfo, int]]]:
+    """The zip of a torch.save file and its storage records (``<archive>/data/<i>``), by ``i``: each one's
+    entry and the offset of its bytes (after the local header's name and extra field)."""
     f.seek(0)
+    z = zipfile.ZipFile(f)
     found = {}
-    for info in zipfile.ZipFile(f).infolist():
+    for info in z.infolist():
         head, _, index = info.filename.rpartition("/")
         if head.endswith("/data") or head == "data":
             f.seek(info.header_offset + 26)
             name_len, extra_len = struct.unpack("<HH", f.read(4))
-            found[int(index)] = (info.header_offset + 30 + name_len + extra_len, info.file_size)
-    return [found[i] for i in range(len(found))]
+            found[int(index)] = (info, info.header_offset + 30 + name_len + extra_len)
+    return z, [found[i] for i in range(len(found))]
 
 
 def _set_crcs(f: Any, crcs: list[int]) -> None:
     """Put each storage record's CRC-32 (``crcs`` by record index) into its data descriptor and the zip's
     central directory, where ``skip_data`` left zeros, so the file is a valid zip (``zipfile.testzip``)."""
-    f.seek(0)
-    z = zipfile.ZipFile(f)
+    z, records = _storage_records(f)
     by_name = {}
-    for info in z.infolist():
-        head, _, index = info.filename.rpartition("/")
-        if head.endswith("/data") or head == "data":
-            by_name[info.filename] = crcs[int(index)]
-            f.seek(info.header_offset + 26)
-            name_len, extra_len = struct.unpack("<HH", f.read(4))
-            end = info.header_offset + 30 + name_len + extra_len + info.compress_size
-            if info.flag_bits & 0x08:  # a data descriptor follows the bytes, with or without its signature
-                f.seek(end)
-                sig = f.read(4)
-                f.seek(end + 4 if sig == b"PK\x07\x08" else end)
-                f.write(struct.pack("<I", crcs[int(index)]))
+    for (info, start), crc in zip(records, crcs, strict=True):
+        by_name[info.filename] = crc
+        if info.flag_bits & 0x08:  # a data descriptor follows the bytes, with or without its signature
+            end = start + info.compress_size
+            f.seek(end)
+            sig = f.read(4)
+            f.seek(end + 4 if sig == b"PK\x07\x08" else end)
+            f.write(struct.pack("<I", crc))
     pos = z.start_dir
     for _ in z.infolist():  # the central directory's entries: fixed 46 bytes, then name, extra, comment
         f.seek(pos)
