@@ -22,14 +22,17 @@ process, repeated ``--repeats`` times, one process and Ray alternating):
     first epoch);
 (d) per epoch: the median time between epoch lines from epoch 5 on, and the epoch lines' own
     ``train_s``, for ``jobs/train.py --num-workers 1`` (the worker gets the machine's cores as its
-    threads) against one process on the same machine.
+    threads) against one process on the same machine; and its floor, the one-process command's code
+    unchanged in a Ray worker process: in a plain Ray task (in its main thread, and in a thread as Ray
+    Train V2 runs a train function) and as a 1-worker Ray Train run's train function (whose prints
+    reach the driver in bursts, so only its ``train_s`` is read), each given the machine's cores.
 Medians over the repeats; the prepared-input cache is warmed by an untimed first run.
 
 ``--node-memory`` measures the whole machine's memory for one command instead (one run of each, one
 after the other): the peak of the summed proportional set size (PSS: a page shared by k processes
 counts 1/k in each, so the object store's pages count once) of every process the command starts,
 the local Ray's own (GCS, raylet with its object store, dashboard) and every Ray worker included,
-sampled every 0.25 s; one process against ``--num-workers N`` column-sharded workers:
+sampled every 0.25 s (``--sample-every``); one process against ``--num-workers N`` column-sharded workers:
 
     python -m benchmarks.bench_ray --node-memory --method lightgcn --num-workers 2 --epochs 1 \
         --data synthetic:users=1000000,items=100000,interactions=10000000 \
@@ -54,7 +57,7 @@ import torch
 
 from benchmarks.bench_train import time_epochs, time_eval
 from benchmarks.common import (LFM2K_MODALITIES, ROOT, add_run_arguments, emit, is_lfm2k, local_ray_env, make_spec,
-                               print_environment, stats, timed)
+                               node_memory_command, print_environment, process_role, stats, timed)
 from raymmrec.ray.local_cluster import marked_tree
 from raymmrec.train.build import build, load_data, resolve_device
 from raymmrec.train.checkpoint import read_latest
@@ -132,7 +135,7 @@ def _cpu_s(pid: int) -> float:
 
 
 def _cpu_by_role(root: int, marker: str) -> dict[int, tuple[str, float]]:
-    return {pid: (_role(cmd), _cpu_s(pid)) for pid, cmd in marked_tree(marker, {root}).items()}
+    return {pid: (process_role(cmd), _cpu_s(pid)) for pid, cmd in marked_tree(marker, {root}).items()}
 
 
 def timed_command(cmd: list[str], env: dict[str, str], cpu_from: int | None = None) -> dict:
@@ -186,6 +189,47 @@ TorchTrainer(fn, scaling_config=ScalingConfig(num_workers=int(sys.argv[1]), reso
 """
 
 
+# The floor of a Ray worker's epoch: the one-process command's own code (``raymmrec train``, unchanged) run
+# inside a plain Ray task on a local Ray, given the machine's cores, as a Ray Train worker is; with
+# ``thread`` it runs in a thread beside the task's main thread, as Ray Train V2 runs a train function.
+BARE_TASK = """
+import os, sys, threading
+import ray
+
+@ray.remote(num_cpus=os.cpu_count())
+def run(argv, in_thread):
+    from raymmrec.cli import main
+    if not in_thread:
+        return main(argv)
+    out = []
+    t = threading.Thread(target=lambda: out.append(main(argv)))
+    t.start()
+    t.join()
+    return out[0]
+
+ray.init(address="local", log_to_driver=True)
+sys.exit(ray.get(run.remote(sys.argv[2:], sys.argv[1] == "thread")))
+"""
+
+
+# The same command as a Ray Train V2 worker's train function: one worker given the machine's cores,
+# running ``raymmrec train`` unchanged (one process's code, nothing of raymmrec's Ray route).
+BARE_TRAIN_FN = """
+import os, sys
+import ray
+from ray.train import ScalingConfig
+from ray.train.torch import TorchTrainer
+
+def fn(config):
+    from raymmrec.cli import main
+    main(config["argv"])
+
+ray.init(address="local", log_to_driver=True)
+TorchTrainer(fn, train_loop_config={"argv": sys.argv[1:]},
+             scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": os.cpu_count()})).fit()
+"""
+
+
 def commands(a: argparse.Namespace) -> dict:
     """(c) and (d) of the module docstring, from the commands' own output."""
     import statistics
@@ -193,7 +237,8 @@ def commands(a: argparse.Namespace) -> dict:
     env = local_ray_env()  # a local Ray per command
     out = tempfile.mkdtemp(prefix="raymmrec-bench-cmd-", dir=a.storage_dir)
     mods = a.modalities.split(",") if a.modalities else (LFM2K_MODALITIES if is_lfm2k(a.data) else None)
-    common = ["--method", a.method, "--data", a.data, "--epochs", str(a.epochs), "--output-dir", out,
+    data = str(Path(a.data).resolve()) if Path(a.data).exists() else a.data  # a Ray Train worker's cwd differs
+    common = ["--method", a.method, "--data", data, "--epochs", str(a.epochs), "--output-dir", out,
               "train.patience=1000", "train.eval_every=1", *([f"data.modalities=[{','.join(mods)}]"] if mods else []),
               *a.overrides]
     single = [sys.executable, "-m", "raymmrec", "train", *common, "--device", "cpu"]
@@ -208,8 +253,12 @@ def commands(a: argparse.Namespace) -> dict:
     try:
         print("warm-up (untimed): one process builds the prepared inputs' cache", flush=True)
         timed_command(single + name() + ["--epochs", "1"], env)
+        task = [sys.executable, "-c", BARE_TASK]
+        single_args = single[single.index("train"):]
         cmds = {"single": single, f"ray{a.num_workers}": ray_cmd + ["--num-workers", str(a.num_workers)],
-                "ray1": ray_cmd + ["--num-workers", "1"]}  # one key when --num-workers is 1
+                "ray1": ray_cmd + ["--num-workers", "1"],  # one key when --num-workers is 1
+                "task": task + ["main", *single_args], "task-thread": task + ["thread", *single_args],
+                "train-fn": [sys.executable, "-c", BARE_TRAIN_FN, *single_args]}
         runs: dict[str, list[dict]] = {key: [] for key in cmds}
         floor: list[float] = []
         for i in range(a.repeats):
@@ -245,75 +294,15 @@ def commands(a: argparse.Namespace) -> dict:
     print(f"(d) per epoch (median between epoch lines, epochs 5+): one process {s1['epoch_s']:.3f}s, one Ray worker "
           f"{r1['epoch_s']:.3f}s ({r1['epoch_s'] / s1['epoch_s']:.2f}x; target 1.1x); train_s {s1['train_s']:.3f}s "
           f"against {r1['train_s']:.3f}s ({r1['train_s'] / s1['train_s']:.2f}x)")
+    for key, what in (("task", "in a plain Ray task"), ("task-thread", "in a plain Ray task, in a thread"),
+                      ("train-fn", "as a Ray Train worker's train function")):
+        t = res[key]
+        # a Ray Train worker's own prints reach the driver in bursts: only its train_s is a per-epoch figure
+        gap = "" if key == "train-fn" else f"{t['epoch_s']:.3f}s between epoch lines ({t['epoch_s'] / s1['epoch_s']:.2f}x), "
+        print(f"    the floor, the one-process command {what}: {gap}train_s {t['train_s']:.3f}s "
+              f"({t['train_s'] / s1['train_s']:.2f}x); cores: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in t["cores"].items() if v >= 0.01))
     return res
-
-
-def _pss_rss_kib(pid: int) -> tuple[int, int]:
-    """(PSS, RSS) of ``pid`` in KiB, from one read of its ``smaps_rollup``; (0, 0) once it is gone."""
-    got = {"Pss:": 0, "Rss:": 0}
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            key = line.split(maxsplit=1)[0] if line else ""
-            if key in got:
-                got[key] = int(line.split()[1])
-    except OSError:
-        pass
-    return got["Pss:"], got["Rss:"]
-
-
-def _role(cmd: str) -> str:
-    words = cmd.split()
-    if not words:
-        return "?"
-    if words[0].startswith("ray::"):
-        return words[0]  # a Ray worker, named by what it runs (ray::RayTrainWorker, ray::_load, ray::IDLE)
-    name = os.path.basename(words[0])
-    if name.startswith("python") and len(words) > 1:
-        name = next((os.path.basename(w) for w in words[1:] if not w.startswith("-")), name)
-    return name
-
-
-def node_memory_command(cmd: list[str], env: dict[str, str]) -> dict:
-    """Run ``cmd`` (its Ray's temp folder under a fresh ``RAY_TMPDIR``); the peak of its processes'
-    summed PSS, and each role's share at that moment."""
-    import threading
-
-    marker = tempfile.mkdtemp(prefix="rayb")  # short: Ray's socket paths must stay under 108 bytes
-    env = {**env, "RAY_TMPDIR": marker}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=str(ROOT))
-    peak = {"kib": 0, "roles": {}, "n": 0}
-    each: dict[int, tuple[str, int, int]] = {}  # pid -> (role, peak PSS KiB, peak RSS KiB)
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.25):
-            roles: dict[str, int] = {}
-            for pid, c in marked_tree(marker, {proc.pid}).items():
-                role, (pss, rss) = _role(c), _pss_rss_kib(pid)
-                roles[role] = roles.get(role, 0) + pss
-                old = each.get(pid, (role, 0, 0))
-                named = old[0] if role in ("?", "ray::IDLE") else role  # what it ran, not its idle or exiting name
-                each[pid] = (named, max(old[1], pss), max(old[2], rss))
-            total = sum(roles.values())
-            if total > peak["kib"]:
-                peak.update(kib=total, roles=roles, n=len(roles))
-
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
-    t0, tail = time.perf_counter(), []
-    for line in proc.stdout:  # type: ignore[union-attr]
-        tail = (tail + [line.rstrip()])[-20:]
-    rc = proc.wait()
-    done.set()
-    t.join()
-    shutil.rmtree(marker, ignore_errors=True)
-    if rc != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed (exit {rc}):\n" + "\n".join(tail))
-    top = sorted(each.values(), key=lambda x: -x[1])[:4]
-    return {"largest_processes": [{"role": r, "peak_pss_gib": round(p / 2**20, 3), "peak_rss_gib": round(q / 2**20, 3)}
-                                  for r, p, q in top],
-            "peak_gib": peak["kib"] / 2**20, "roles_gib": {k: round(v / 2**20, 3) for k, v in sorted(
-        peak["roles"].items(), key=lambda kv: -kv[1])}, "wall_s": time.perf_counter() - t0, "tail": tail[-3:]}
 
 
 def node_memory(a: argparse.Namespace) -> dict:
@@ -331,13 +320,17 @@ def node_memory(a: argparse.Namespace) -> dict:
     res = {}
     try:
         for i, (key, cmd) in enumerate(cmds.items()):
-            r = node_memory_command(cmd + ["--run-name", f"mem-{i}"], env)
+            r = node_memory_command(cmd + ["--run-name", f"mem-{i}"], env, every=a.sample_every)
+            last = latest_history(os.path.join(out, f"mem-{i}"))[-1]  # the run's own clock: its last epoch
+            r["epoch"] = {k: last[k] for k in ("epoch", "time/train_s", "time/eval_s", "loss", "valid/recall@20", "test/recall@20") if k in last}
             res[key] = r
             roles = ", ".join(f"{k} {v:.2f}" for k, v in r["roles_gib"].items() if v >= 0.05)
             big = "; ".join(f"{x['role']} PSS {x['peak_pss_gib']:.2f} / RSS {x['peak_rss_gib']:.2f}"
                             for x in r["largest_processes"][:3])
+            epoch = ", ".join(f"{k} {v:.4g}" for k, v in r["epoch"].items())
             print(f"  {key}: peak {r['peak_gib']:.2f} GiB for the whole machine ({roles}); "
-                  f"command {r['wall_s']:.0f}s; largest processes' own peaks (GiB): {big}", flush=True)
+                  f"command {r['wall_s']:.0f}s (last epoch: {epoch}); largest processes' own peaks (GiB): {big}",
+                  flush=True)
     finally:
         shutil.rmtree(out, ignore_errors=True)
     if len(res) < 2:
@@ -366,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--commands", action="store_true",
                    help="time the commands themselves: first epoch line, time between epoch lines (see above)")
     p.add_argument("--repeats", type=int, default=3, help="--commands: runs of each command (medians)")
+    p.add_argument("--sample-every", type=float, default=0.25,
+                   help="--node-memory: seconds between memory samples (each costs CPU; 1-2 s for long runs)")
     p.add_argument("--only", choices=("one", "ray"), default=None, help="--node-memory: run only one of the two")
     p.add_argument("--node-memory", action="store_true",
                    help="the whole machine's peak memory: one process against column-sharded Ray workers (see above)")

@@ -24,6 +24,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -270,3 +271,76 @@ def synthetic_folder(name: str, base: Path) -> Path:
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
     return folder
+
+
+# ------------------------------------------------------------------------------------ a command's memory
+def pss_rss_kib(pid: int) -> tuple[int, int]:
+    """(PSS, RSS) of ``pid`` in KiB, from one read of its ``smaps_rollup``; (0, 0) once it is gone."""
+    got = {"Pss:": 0, "Rss:": 0}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            key = line.split(maxsplit=1)[0] if line else ""
+            if key in got:
+                got[key] = int(line.split()[1])
+    except OSError:
+        pass
+    return got["Pss:"], got["Rss:"]
+
+
+def process_role(cmd: str) -> str:
+    words = cmd.split()
+    if not words:
+        return "?"
+    if words[0].startswith("ray::"):
+        return words[0]  # a Ray worker, named by what it runs (ray::RayTrainWorker, ray::_load, ray::IDLE)
+    name = os.path.basename(words[0])
+    if name.startswith("python") and len(words) > 1:
+        name = next((os.path.basename(w) for w in words[1:] if not w.startswith("-")), name)
+    return name
+
+
+def node_memory_command(cmd: list[str], env: dict[str, str], every: float = 0.25) -> dict:
+    """Run ``cmd`` (its Ray's temp folder under a fresh ``RAY_TMPDIR``); the peak of its processes'
+    summed PSS, sampled every ``every`` seconds, and each role's share at that moment. A sample reads
+    every process's ``smaps_rollup``, which costs time in proportion to its memory: for long runs of
+    large processes sample less often."""
+    import threading
+
+    from raymmrec.ray.local_cluster import marked_tree
+
+    marker = tempfile.mkdtemp(prefix="rayb")  # short: Ray's socket paths must stay under 108 bytes
+    env = {**env, "RAY_TMPDIR": marker}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=str(ROOT))
+    peak = {"kib": 0, "roles": {}, "n": 0}
+    each: dict[int, tuple[str, int, int]] = {}  # pid -> (role, peak PSS KiB, peak RSS KiB)
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(every):
+            roles: dict[str, int] = {}
+            for pid, c in marked_tree(marker, {proc.pid}).items():
+                role, (pss, rss) = process_role(c), pss_rss_kib(pid)
+                roles[role] = roles.get(role, 0) + pss
+                old = each.get(pid, (role, 0, 0))
+                named = old[0] if role in ("?", "ray::IDLE") else role  # what it ran, not its idle or exiting name
+                each[pid] = (named, max(old[1], pss), max(old[2], rss))
+            total = sum(roles.values())
+            if total > peak["kib"]:
+                peak.update(kib=total, roles=roles, n=len(roles))
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    t0, tail = time.perf_counter(), []
+    for line in proc.stdout:  # type: ignore[union-attr]
+        tail = (tail + [line.rstrip()])[-20:]
+    rc = proc.wait()
+    done.set()
+    t.join()
+    shutil.rmtree(marker, ignore_errors=True)
+    if rc != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {rc}):\n" + "\n".join(tail))
+    top = sorted(each.values(), key=lambda x: -x[1])[:4]
+    return {"largest_processes": [{"role": r, "peak_pss_gib": round(p / 2**20, 3), "peak_rss_gib": round(q / 2**20, 3)}
+                                  for r, p, q in top],
+            "peak_gib": peak["kib"] / 2**20, "roles_gib": {k: round(v / 2**20, 3) for k, v in sorted(
+        peak["roles"].items(), key=lambda kv: -kv[1])}, "wall_s": time.perf_counter() - t0, "tail": tail}
