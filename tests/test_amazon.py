@@ -294,7 +294,13 @@ def test_features_aligned_with_ids(baby, raw):
 
 def test_two_builds_are_identical(baby, raw, tmp_path):
     folder, _ = baby
-    build(raw, tmp_path / "baby")
+    again = build(raw, tmp_path / "baby")
+    # each stage's time comes back with the record, and stays out of amazon.json (which must not vary)
+    assert list(again["seconds"]) == ["start", "interactions: read and parse", "MMRec's steps",
+                                      "metadata: read and parse", "text features", "image features", "write", "total"]
+    assert all(v >= 0 for v in again["seconds"].values())
+    assert again["seconds"]["total"] >= sum(v for k, v in again["seconds"].items() if k != "total")
+    assert "seconds" not in json.loads((tmp_path / "baby" / "amazon.json").read_text())
     for name in ("baby.inter", "u_id_mapping.csv", "i_id_mapping.csv", "text_feat.npy", "image_feat.npy",
                  "amazon.json"):
         assert (folder / name).read_bytes() == (tmp_path / "baby" / name).read_bytes(), name

@@ -281,12 +281,14 @@ def _split_status(rows: pd.DataFrame, what: str, opts: Options) -> tuple[pd.Data
     return rows.loc[status == core.OK].drop(columns=["status", "error", "file"]), counts
 
 
-def _interactions(src: Sources, stages: LocalStages, opts: Options) -> tuple[core.AmazonData, dict[str, Any]]:
+def _interactions(src: Sources, stages: LocalStages, opts: Options,
+                  times: dict[str, float]) -> tuple[core.AmazonData, dict[str, Any]]:
     path = src.ratings or src.reviews
     kind = "ratings" if src.ratings else "reviews"
     t0 = time.perf_counter()
     rows = stages.lines(path, core.parse_interactions, {"kind": kind, "skip_bad": opts.skip_bad_lines},
                         "interactions")
+    times["interactions: read and parse"] = time.perf_counter() - t0
     rows, counts = _split_status(rows, "interactions", opts)
     if rows.empty:
         raise DataError(f"{path}: no interaction with a user, an item and a timestamp")
@@ -297,10 +299,12 @@ def _interactions(src: Sources, stages: LocalStages, opts: Options) -> tuple[cor
                f"in the {s['kcore']}-core after {s['kcore_rounds']} round(s); {s['users']:,} users, "
                f"{s['items']:,} items; {s['train']:,}/{s['valid']:,}/{s['test']:,} train/valid/test "
                f"(seed {s['seed']}) ({time.perf_counter() - t0:.1f}s)")
+    times["MMRec's steps"] = time.perf_counter() - t0 - times["interactions: read and parse"]
     return data, {**counts, **s}
 
 
-def _text(src: Sources, data: core.AmazonData, tmp: str, stages: LocalStages, opts: Options) -> dict[str, Any]:
+def _text(src: Sources, data: core.AmazonData, tmp: str, stages: LocalStages, opts: Options,
+          times: dict[str, float]) -> dict[str, Any]:
     t0 = time.perf_counter()
     keep = frozenset(data.item_ids.tolist())
     rows = stages.lines(src.meta, core.parse_meta, {"keep": keep, "skip_bad": opts.skip_bad_lines}, "metadata")
@@ -310,19 +314,22 @@ def _text(src: Sources, data: core.AmazonData, tmp: str, stages: LocalStages, op
     if not found:
         raise DataError(f"{src.meta}: no line for any of the {data.n_items:,} items of the interactions "
                         "(the metadata of another category?)")
+    times["metadata: read and parse"] = time.perf_counter() - t0
     _say(opts, f"metadata: {posixpath.basename(src.meta)} has a line for {found:,} of {data.n_items:,} items "
-               f"({time.perf_counter() - t0:.1f}s)")
+               f"({times['metadata: read and parse']:.1f}s)")
     factory = opts.text_factory or functools.partial(
         make_encoder, "text", device=_encoder_device(opts), recipe=core.TEXT_RECIPE)
     frame = pd.DataFrame({"itemID": np.arange(data.n_items, dtype=np.int64),
                           "input": pd.Series(texts, dtype=object)})
     manifest = stages.encode(frame, tmp, "text", factory)
+    times["text features"] = time.perf_counter() - t0 - times["metadata: read and parse"]
     return {"bad_lines": counts["bad_lines"], "items_with_meta": found,
             "items_without_text": manifest["missing"]["count"], "encoder": manifest["encoder"]["name"],
             "dim": manifest["dim"]}
 
 
-def _b_images(src: Sources, data: core.AmazonData, tmp: str, stages: LocalStages, opts: Options) -> dict[str, Any]:
+def _b_images(src: Sources, data: core.AmazonData, tmp: str, stages: LocalStages, opts: Options,
+              times: dict[str, float]) -> dict[str, Any]:
     t0 = time.perf_counter()
     fs, p = open_fs(src.images, opts.storage_options)
     if not fs.exists(p):
@@ -340,7 +347,7 @@ def _b_images(src: Sources, data: core.AmazonData, tmp: str, stages: LocalStages
         raise DataError(f"{src.images}: no record for any of the {data.n_items:,} items of the interactions "
                         f"({n:,} records; the image features of another category?)")
     failures = {int(i): ("missing", f"no record in {posixpath.basename(src.images)}") for i in np.flatnonzero(~found)}
-    seconds = time.perf_counter() - t0
+    seconds = times["image features"] = time.perf_counter() - t0
     describe = {"modality": "image", "name": f"{posixpath.basename(src.images)} (the release's CNN features)",
                 "version": "", "dim": core.B_DIM, "preprocessing": {"source": "records of a 10-byte ASIN and 4096 "
                                                                     "little-endian float32, taken as they are"}}
@@ -351,7 +358,9 @@ def _b_images(src: Sources, data: core.AmazonData, tmp: str, stages: LocalStages
             "items_without_vector": int((~found).sum()), "dim": core.B_DIM}
 
 
-def _dir_images(src: Sources, data: core.AmazonData, tmp: str, stages: LocalStages, opts: Options) -> dict[str, Any]:
+def _dir_images(src: Sources, data: core.AmazonData, tmp: str, stages: LocalStages, opts: Options,
+                times: dict[str, float]) -> dict[str, Any]:
+    t0 = time.perf_counter()
     fs, folder = open_fs(src.image_dir, opts.storage_options)
     if not fs.isdir(folder):
         raise FileNotFoundError(f"{src.image_dir}: not a folder of <ASIN>.<ext> images")
@@ -365,6 +374,7 @@ def _dir_images(src: Sources, data: core.AmazonData, tmp: str, stages: LocalStag
     factory = opts.image_factory or functools.partial(
         make_encoder, "image", device=_encoder_device(opts))
     manifest = stages.encode(frame, tmp, "image", factory)
+    times["image features"] = time.perf_counter() - t0
     return {"images": len(by_asin), "items_with_image": int(sum(i is not None for i in inputs)),
             "items_without_vector": manifest["missing"]["count"] + manifest["broken"]["count"],
             "encoder": manifest["encoder"]["name"], "dim": manifest["dim"]}
@@ -372,7 +382,8 @@ def _dir_images(src: Sources, data: core.AmazonData, tmp: str, stages: LocalStag
 
 def build_amazon(src: Sources, out: str, opts: Options | None = None) -> dict[str, Any]:
     """Build the dataset folder ``out`` (local or ``s3://``) from ``src``; return the build record
-    (what ``amazon.json`` holds). Nothing is left at ``out`` or beside it when a step fails."""
+    (what ``amazon.json`` holds, plus ``seconds``: each stage's wall-clock time, kept out of the file so
+    that a rebuild writes the same bytes). Nothing is left at ``out`` or beside it when a step fails."""
     opts = opts or Options()
     src.check()
     core.check_kcore(opts.kcore)
@@ -383,21 +394,26 @@ def build_amazon(src: Sources, out: str, opts: Options | None = None) -> dict[st
     old = _replaceable(out, opts)
     tmp = _temporary(out)
     stages: LocalStages | None = None
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
     try:
         stages = LocalStages(opts) if opts.local else RayStages(opts)
-        data, inter_steps = _interactions(src, stages, opts)
+        times["start"] = time.perf_counter() - t0
+        data, inter_steps = _interactions(src, stages, opts, times)
         record: dict[str, Any] = {
             "format": "raymmrec-amazon", "version": 1, "name": name,
             "sources": {k: v for k, v in vars(src).items() if v}, "kcore": opts.kcore, "seed": opts.seed,
             "interactions": inter_steps}
         if src.meta:
-            record["text"] = _text(src, data, tmp, stages, opts)
+            record["text"] = _text(src, data, tmp, stages, opts, times)
         if src.images:
-            record["image"] = _b_images(src, data, tmp, stages, opts)
+            record["image"] = _b_images(src, data, tmp, stages, opts, times)
         elif src.image_dir:
-            record["image"] = _dir_images(src, data, tmp, stages, opts)
+            record["image"] = _dir_images(src, data, tmp, stages, opts, times)
+        t1 = time.perf_counter()
         _write_files(tmp, name, data, record)
         _publish(tmp, out, name, old, opts)
+        times["write"] = time.perf_counter() - t1
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if stages is not None:
@@ -405,7 +421,9 @@ def build_amazon(src: Sources, out: str, opts: Options | None = None) -> dict[st
     _say(opts, f"wrote {out}: {name}.inter ({data.n_users:,} users, {data.n_items:,} items, "
                f"{len(data.inter):,} interactions)" + "".join(f", {m}_feat.npy" for m in ("text", "image")
                                                           if m in record))
-    return record
+    times["total"] = time.perf_counter() - t0
+    _say(opts, "time per stage: " + ", ".join(f"{k} {v:.1f}s" for k, v in times.items()))
+    return {**record, "seconds": {k: round(v, 3) for k, v in times.items()}}
 
 
 def _write_files(tmp: str, name: str, data: core.AmazonData, record: dict[str, Any]) -> None:
