@@ -322,8 +322,11 @@ class EvalSpec(_Spec):
     # validation (early stopping) ranks a fixed random sample of this many of its users, drawn with the
     # data seed (0: all; more than there are: all); sampled users, not items, so one epoch's metric is an
     # unbiased estimate of the full one (the best over epochs is biased upward: selection picks the
-    # noise too). Test metrics always rank every user
+    # noise too). Test metrics rank every user unless test_users says otherwise
     valid_users: int = Field(0, ge=0)
+    # test ranks a fixed random sample of this many of its users (0: all, the papers' protocol): for runs so
+    # large that ranking every user costs more than training (millions of users); results.json says so
+    test_users: int = Field(0, ge=0)
 
     @field_validator("valid_metric")
     @classmethod

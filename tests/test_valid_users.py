@@ -193,3 +193,28 @@ def test_run_records_valid_users_and_stops_on_the_sampled_metric(tmp_path):
     assert state.best_test == pytest.approx(seen.rows[best][3]["full"], abs=1e-12)
     bad_after = len(curve) - 1 - best
     assert state.stopped_early == (bad_after > 3) and (not state.stopped_early or bad_after == 4)
+
+
+def test_test_users_ranks_a_sample_of_test_and_results_say_so(tmp_path):
+    """``eval.test_users``: for runs with millions of users; the metrics are the sample's mean, and the
+    results and the printed table name the sample."""
+    from raymmrec.train.artifacts import results_dict
+    from raymmrec.train.build import run_notes
+
+    data = tiny_data()
+    spec = spec_for(tmp_path, 0, epochs=2)
+    spec.eval.test_users = 9
+    p = build(spec, data=data)
+    full = build(spec_for(tmp_path, 0), data=data).evaluators["test"]
+    sample = p.evaluators["test"].users
+    assert sample.numel() == 9 and set(sample.tolist()) < set(full.users.tolist())
+    assert torch.equal(p.evaluators["valid"].users, build(spec_for(tmp_path, 0), data=data).evaluators["valid"].users)
+    got = local_evaluate(p.evaluators)(p.model)
+    per_user = full.per_user(p.model.scorer())
+    want = dict(zip(full.names, per_user[torch.isin(full.users, sample)].mean(0).tolist()))
+    assert got["test"] == pytest.approx(want, abs=1e-12)
+    state = run(spec, progress=False, data=data)
+    saved = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert saved["sampled"] == "test ranks 9 of its users (eval.test_users): the metrics estimate those over every user"
+    assert saved["test"] == pytest.approx(state.best_test, abs=0)
+    assert "sampled" not in results_dict(state, run_notes(spec_for(tmp_path, 5)))  # valid_users alone: no note

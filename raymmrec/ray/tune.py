@@ -409,6 +409,9 @@ def sweep(spec: RunSpec, args: SweepArgs, *, space: Space | None = None) -> Swee
                 # a node for each)
                 search_alg=BasicVariantGenerator(random_state=spec.train.seed, max_concurrent=concurrent),
                 scheduler=scheduler,
+                # a finished trial's actor runs the next trial: no new process importing torch and
+                # raymmrec per trial (all trials of a sweep ask for the same resources)
+                reuse_actors=True,
                 trial_name_creator=lambda t: trial_label(t.config),
                 trial_dirname_creator=_trial_dirname),
             run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=storage_fs,

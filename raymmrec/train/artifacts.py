@@ -171,6 +171,8 @@ def results_dict(state: TrainState, notes: dict[str, str] | None = None) -> dict
     out: dict[str, Any] = {"best_epoch": state.best_epoch, "valid": state.best_valid, "test": state.best_test}
     cold = {**best_extras(state), **(notes or {})}
     out.update({split: cold[split] for split in COLD_SPLITS if split in cold})
+    if notes and "sampled" in notes:
+        out["sampled"] = notes["sampled"]
     out.update({"epochs_run": state.epoch, "stopped_early": state.stopped_early, "resumed_at": state.resumes})
     return out
 

@@ -105,8 +105,14 @@ def check_spec(spec: RunSpec) -> tuple[type[Recommender], Any, Objective]:
 
 
 def run_notes(spec: RunSpec) -> dict[str, str]:
-    """Per-run notes in place of results (``{"cold": why}``): printed at start, recorded in results.json."""
-    return cold_notes(spec.method, get_model(spec.method).scores_cold_items, spec.data.cold_items)
+    """Per-run notes, printed at start and with the results, recorded in results.json: in place of results
+    (``{"cold": why}``) and about them (``{"sampled": ...}`` where a split ranks a sample of its users)."""
+    notes = cold_notes(spec.method, get_model(spec.method).scores_cold_items, spec.data.cold_items)
+    sampled = [f"{split} ranks {n:,} of its users (eval.{split}_users)"
+               for split, n in (("valid", spec.eval.valid_users), ("test", spec.eval.test_users)) if n > 0]
+    if spec.eval.test_users > 0:  # the papers rank every test user: say so wherever the metrics are read
+        notes["sampled"] = "; ".join(sampled) + ": the metrics estimate those over every user"
+    return notes
 
 
 def _resolved(spec: RunSpec, cfg: Any, objective: Objective) -> dict[str, Any]:
@@ -233,8 +239,9 @@ def build(spec: RunSpec, *, device: torch.device | None = None, data: RecData | 
                          max_batch_elems=spec.eval.max_batch_elems, device=device, candidates=candidates)
         for split in ("valid", "test")
     }
-    # eval.valid_users: validation ranks a fixed sample of users (data seed, same on every rank); test ranks all
+    # eval.valid_users / eval.test_users: a fixed sample of each split's users (data seed, same on every rank)
     evaluators["valid"].sample_users(spec.eval.valid_users, DEFAULT_SEED)
+    evaluators["test"].sample_users(spec.eval.test_users, DEFAULT_SEED)
     notes, fixed = run_notes(spec), {}
     if len(data.cold):  # cold-start items held out (data.cold_items)
         if "cold" not in notes:
