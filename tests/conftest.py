@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -65,6 +67,38 @@ def pytest_collection_modifyitems(config, items) -> None:
     if not_slow:  # starting several nodes alone takes longer than the fast tier allows a test
         raise pytest.UsageError(f"{len(not_slow)} test(s) use a multi-node cluster without the slow mark: "
                                 f"{', '.join(not_slow[:5])}")
+    groups = {item.nodeid: xdist_group(item) for item in items}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(groups[item.nodeid]))
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: Ray's groups first, the longest first
+        slow = collections.Counter(g for g, _ in {(groups[i.nodeid], getattr(i, "originalname", i.name))
+                                                  for i in items if i.get_closest_marker("slow") is not None})
+        first = {g: n for n, g in reversed(list(enumerate(groups[i.nodeid] for i in items)))}
+        items.sort(key=lambda i: (not groups[i.nodeid].startswith("ray"), -slow[groups[i.nodeid]],
+                                  first[groups[i.nodeid]]))
+
+
+def xdist_group(item: pytest.Item) -> str:
+    """The group of tests that one process runs under ``pytest -n 2`` (pytest-xdist; ``--dist loadgroup``
+    in pyproject.toml): a module's Ray tests, which share that process's Ray cluster (:func:`ray_cluster`,
+    one per process), the multi-node tests (their clusters come and go with their module), or the rest
+    of a module (its fixtures set up once). Each process takes the next group when it is done with its
+    own: the groups that use Ray first, so that a process can stop its cluster when it moves on to the
+    others (:func:`pytest_runtest_setup`), each kind with the most ``slow`` test functions first
+    (``--no-loadscope-reorder`` keeps this order), so that no long group starts last."""
+    module = item.nodeid.split("::", 1)[0]
+    if set(item.fixturenames) & MULTI_NODE_FIXTURES:
+        return "ray-nodes"
+    if "ray_cluster" in item.fixturenames or item.get_closest_marker("ray") is not None:
+        return f"ray:{module}"
+    return module
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Under pytest-xdist, a process that reaches a test outside Ray's groups runs no Ray test after it (they
+    come first, :func:`xdist_group`), so its single-node cluster, idle from now on, is stopped."""
+    if hasattr(item.config, "workerinput") and not xdist_group(item).startswith("ray"):
+        _HEAD.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -113,6 +147,18 @@ def gloo_runs(tmp_path_factory):
         return out
 
     return outcome
+
+
+@contextlib.contextmanager
+def ray_temp_dir(name: str):
+    """A short, new folder under the system's temporary folder for one test cluster's files, removed after it.
+    Ray's socket paths under it must stay within 107 bytes, and pytest's own temporary folders (one level
+    deeper under pytest-xdist) leave too little room for them."""
+    path = tempfile.mkdtemp(prefix=f"raymmrec-{name}-")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -169,7 +215,7 @@ def s3_first(request, cluster: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(request, tmp_path_factory):
+def ray_cluster(request):
     """One local Ray head (``ray start --head`` on loopback) shared by every Ray test.
 
     Yields the dashboard address that ``ray job submit`` needs. Ray's workers inherit the head's
@@ -180,31 +226,53 @@ def ray_cluster(request, tmp_path_factory):
     """
     pytest.importorskip("ray")
     s3_first(request, "ray_cluster")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    gcs, dash = free_port(), free_port()
-    tmp = tmp_path_factory.mktemp("ray")
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
-    # every port of the head chosen free: Ray's fixed defaults (e.g. the job agent's 52365) clash with any
-    # other Ray on the machine, and a job agent that cannot bind refuses every `ray job submit`
-    ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-             f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
-    start = ["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", *ports,
-             "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={tmp}"]
-    out = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
-    if out.returncode != 0:
-        raise RuntimeError(f"ray start failed:\n{out.stdout}\n{out.stderr}")
-    import ray
-
-    address = f"127.0.0.1:{gcs}"
-    os.environ["RAY_ADDRESS"] = address
     try:
-        ray.init(address=address, log_to_driver=False)  # as the commands join a cluster (raymmrec.ray.logs)
-        yield {"address": address, "dashboard": f"http://127.0.0.1:{dash}"}
+        yield _HEAD.start()
     finally:
-        ray.shutdown()
-        os.environ.pop("RAY_ADDRESS", None)
-        stop_cluster(str(tmp), env, gcs)
+        _HEAD.stop()
+
+
+class _SingleNodeHead:
+    """The cluster of :func:`ray_cluster`, with this process's driver connected to it; :meth:`stop` may come
+    before the session's end (:func:`pytest_runtest_setup`), and a second call does nothing."""
+
+    def __init__(self) -> None:
+        self._stack: contextlib.ExitStack | None = None
+
+    def start(self) -> dict[str, str]:
+        import ray
+
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        self._stack = stack = contextlib.ExitStack()
+        tmp = stack.enter_context(ray_temp_dir("ray"))
+        gcs, dash = free_port(), free_port()
+        env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+        # every port of the head chosen free: Ray's fixed defaults (e.g. the job agent's 52365) clash with any
+        # other Ray on the machine, and a job agent that cannot bind refuses every `ray job submit`
+        ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                 f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
+        start = ["ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+                 "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", *ports,
+                 "--include-dashboard=true", "--disable-usage-stats", f"--temp-dir={tmp}"]
+        stack.callback(stop_cluster, tmp, env, gcs)  # also after a start that failed half-way
+        out = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
+        if out.returncode != 0:
+            self.stop()
+            raise RuntimeError(f"ray start failed:\n{out.stdout}\n{out.stderr}")
+        address = f"127.0.0.1:{gcs}"
+        os.environ["RAY_ADDRESS"] = address
+        stack.callback(os.environ.pop, "RAY_ADDRESS", None)
+        stack.callback(ray.shutdown)
+        ray.init(address=address, log_to_driver=False)  # as the commands join a cluster (raymmrec.ray.logs)
+        return {"address": address, "dashboard": f"http://127.0.0.1:{dash}"}
+
+    def stop(self) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
+
+
+_HEAD = _SingleNodeHead()
 
 
 @contextlib.contextmanager
@@ -243,7 +311,7 @@ def _head_ports() -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def ray_nodes(request, tmp_path_factory):
+def ray_nodes(request):
     """Three Ray nodes on this machine, each with its own raylet and object store: a head with no CPU
     (the driver's tasks, which hold none, run there) and two worker nodes of 1 CPU, so that two 1-CPU
     Train workers land on two nodes. ``ray.cluster_utils.Cluster``, as Ray's own tests kill nodes with it.
@@ -263,28 +331,28 @@ def ray_nodes(request, tmp_path_factory):
     from ray.cluster_utils import Cluster
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    tmp = tmp_path_factory.mktemp("nodes")
-    # shutdown_at_exit=False: no exit hooks of Ray's in this process (they replace pytest's SIGTERM handler,
-    # and fail in a thread other than the main one, where the node-loss test adds a node); the finally
-    # below stops every process of the cluster
-    cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args={
-        "num_cpus": 0, "temp_dir": str(tmp), "include_dashboard": True,  # the dashboard serves the state API
-        "dashboard_host": "127.0.0.1", **_head_ports()})
-    try:
-        for _ in range(2):
-            cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        with driver_connected_to(cluster.address):
-            yield cluster
-    finally:
+    with ray_temp_dir("nodes") as tmp:
+        # shutdown_at_exit=False: no exit hooks of Ray's in this process (they replace pytest's SIGTERM handler,
+        # and fail in a thread other than the main one, where the node-loss test adds a node); the finally
+        # below stops every process of the cluster
+        cluster = Cluster(initialize_head=True, shutdown_at_exit=False, head_node_args={
+            "num_cpus": 0, "temp_dir": str(tmp), "include_dashboard": True,  # the dashboard serves the state API
+            "dashboard_host": "127.0.0.1", **_head_ports()})
         try:
-            cluster.shutdown()
+            for _ in range(2):
+                cluster.add_node(num_cpus=1)
+            cluster.wait_for_nodes()
+            with driver_connected_to(cluster.address):
+                yield cluster
         finally:
-            stop_cluster(str(tmp), dict(os.environ))
+            try:
+                cluster.shutdown()
+            finally:
+                stop_cluster(str(tmp), dict(os.environ))
 
 
 @pytest.fixture
-def ray_autoscaling(tmp_path_factory):
+def ray_autoscaling():
     """cluster/local-fake.yaml started as ``python cluster/local_autoscaling.py up`` starts it (Ray's autoscaler
     on its fake node provider: a 0-CPU head, 1-CPU worker nodes from 0 to 3), with every port free and
     nodes released after 15 idle seconds instead of the file's 30 (not 6: with 6 s, on this busy machine,
@@ -300,14 +368,14 @@ def ray_autoscaling(tmp_path_factory):
     from raymmrec.ray.local_cluster import DEFAULT_CONFIG, fake_cluster_config, start
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    tmp = tmp_path_factory.mktemp("as")  # short: Ray's socket paths under it must stay within 107 bytes
-    port = free_port()
-    try:
-        state = start(fake_cluster_config(DEFAULT_CONFIG, port, idle_timeout_minutes=0.25), str(tmp), port=port)
-        with driver_connected_to(state["address"]):
-            yield state
-    finally:
-        stop_cluster(str(tmp), dict(os.environ), port)
+    with ray_temp_dir("as") as tmp:
+        port = free_port()
+        try:
+            state = start(fake_cluster_config(DEFAULT_CONFIG, port, idle_timeout_minutes=0.25), str(tmp), port=port)
+            with driver_connected_to(state["address"]):
+                yield state
+        finally:
+            stop_cluster(str(tmp), dict(os.environ), port)
 
 
 def stop_cluster(marker: str, env: dict[str, str], gcs_port: int | None = None) -> None:

@@ -14,6 +14,7 @@ checkpoint under the run folder (``<run>/ckpt``, the layout a run in one process
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -43,7 +44,8 @@ OUT = worker_stdout
 
 
 class SyncedTensorBoard(TensorBoardCallback):
-    """Rank-0 TensorBoard written locally; for remote storage, copied there at checkpoints and at the end."""
+    """Rank-0 TensorBoard written locally; for remote storage, copied there at checkpoints and at the end,
+    the local folder (a temporary one) then removed."""
 
     def __init__(self, local_dir: str, remote_dir: str | None) -> None:
         super().__init__(local_dir)
@@ -59,6 +61,8 @@ class SyncedTensorBoard(TensorBoardCallback):
     def on_fit_end(self, trainer: Trainer, state: TrainState) -> None:
         self.sync()
         super().on_fit_end(trainer, state)
+        if self.remote_dir:
+            shutil.rmtree(self.logdir, ignore_errors=True)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
