@@ -22,6 +22,11 @@ import torch
 # Ray Train, Tune and unlearning tasks set their own thread counts (raymmrec.ray).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
+# Where a process does run more than one torch thread (a lone Ray worker takes the node's two cores), its idle
+# threads sleep instead of spinning: under `-n 2` both cores are busy, and a spinning thread takes a core from
+# the other test process (a 2-thread LightGCN run on the tiny data beside a busy core: 5.9 CPU-seconds
+# spinning, 4.3 sleeping). Set before any Ray cluster or command starts, so that their processes inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
