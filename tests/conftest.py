@@ -79,7 +79,7 @@ def pytest_collection_modifyitems(config, items) -> None:
         slow = collections.Counter(g for g, _ in {(groups[i.nodeid], getattr(i, "originalname", i.name))
                                                   for i in items if i.get_closest_marker("slow") is not None})
         first = {g: n for n, g in reversed(list(enumerate(groups[i.nodeid] for i in items)))}
-        items.sort(key=lambda i: (not groups[i.nodeid].startswith("ray"), -slow[groups[i.nodeid]],
+        items.sort(key=lambda i: (not uses_ray(groups[i.nodeid]), -slow[groups[i.nodeid]],
                                   first[groups[i.nodeid]]))
 
 
@@ -87,7 +87,7 @@ def xdist_group(item: pytest.Item) -> str:
     """The group of tests that one process runs under ``pytest -n 2`` (pytest-xdist; ``--dist loadgroup``
     in pyproject.toml): a module's Ray tests, which share that process's Ray cluster (:func:`ray_cluster`,
     one per process), the multi-node tests (their clusters come and go with their module), or the rest
-    of a module (its fixtures set up once). Each process takes the next group when it is done with its
+    of a module (its fixtures set up once, or twice where a module has Ray tests too). Each process takes the next group when it is done with its
     own: the groups that use Ray first, so that a process can stop its cluster when it moves on to the
     others (:func:`pytest_runtest_setup`), each kind with the most ``slow`` test functions first
     (``--no-loadscope-reorder`` keeps this order), so that no long group starts last."""
@@ -99,11 +99,31 @@ def xdist_group(item: pytest.Item) -> str:
     return module
 
 
+def uses_ray(group: str) -> bool:
+    return group.startswith("ray:") or group == "ray-nodes"
+
+
+#: the module of the last Ray test this process ran (None: none yet)
+_last_ray_module: list[str | None] = [None]
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Under pytest-xdist, a process that reaches a test outside Ray's groups runs no Ray test after it (they
-    come first, :func:`xdist_group`), so its single-node cluster, idle from now on, is stopped."""
-    if hasattr(item.config, "workerinput") and not xdist_group(item).startswith("ray"):
-        _HEAD.stop()
+    """Under pytest-xdist's load groups, a process that reaches a test outside Ray's groups runs no Ray test
+    after it (they come first, :func:`xdist_group`), so its single-node cluster, idle from now on, is
+    stopped: at the first such test of another module than its last Ray test, whose module fixtures (a
+    Serve deployment) are torn down by then. A Ray test that comes after all the same (pytest's
+    ``--ff``, a crashed process's tests handed to this one) fails at once, saying why."""
+    if not hasattr(item.config, "workerinput") or item.config.getoption("dist") != "loadgroup":
+        return
+    module = item.nodeid.split("::", 1)[0]
+    if uses_ray(xdist_group(item)):
+        if _HEAD.stopped_early:
+            pytest.fail("this test process stopped its Ray cluster when it moved on to the tests without Ray, "
+                        "and a Ray test came after them: run with the default order (no --ff, --nf, --lf)",
+                        pytrace=False)
+        _last_ray_module[0] = module
+    elif _last_ray_module[0] is not None and module != _last_ray_module[0]:
+        _HEAD.stop(early=True)
 
 
 @pytest.fixture(autouse=True)
@@ -221,7 +241,8 @@ def s3_first(request, cluster: str) -> None:
 
 @pytest.fixture(scope="session")
 def ray_cluster(request):
-    """One local Ray head (``ray start --head`` on loopback) shared by every Ray test.
+    """One local Ray head (``ray start --head`` on loopback) shared by every Ray test of this process (under
+    ``pytest -n 2`` each test process has its own).
 
     Yields the dashboard address that ``ray job submit`` needs. Ray's workers inherit the head's
     environment as it was when the head started, so a Ray test that uses S3 needs the S3 server's AWS_*
@@ -243,6 +264,7 @@ class _SingleNodeHead:
 
     def __init__(self) -> None:
         self._stack: contextlib.ExitStack | None = None
+        self.stopped_early = False
 
     def start(self) -> dict[str, str]:
         import ray
@@ -271,9 +293,10 @@ class _SingleNodeHead:
         ray.init(address=address, log_to_driver=False)  # as the commands join a cluster (raymmrec.ray.logs)
         return {"address": address, "dashboard": f"http://127.0.0.1:{dash}"}
 
-    def stop(self) -> None:
+    def stop(self, early: bool = False) -> None:
         stack, self._stack = self._stack, None
         if stack is not None:
+            self.stopped_early = early
             stack.close()
 
 

@@ -432,7 +432,6 @@ def test_local_paths_refused_on_a_multi_node_cluster(monkeypatch, tmp_path):
     _local_paths_on_cluster("s3://bucket/runs", spec, {"CPU": 4.0})  # remote storage: fine anywhere
 
 
-
 def test_tensorboard_for_remote_storage_is_copied_there_and_leaves_no_local_folder(tmp_path):
     """Rank 0 writes TensorBoard to a temporary folder when the run folder is remote; it is copied to the run
     folder and removed at the end of training (every S3 run left one behind on the worker's machine)."""
@@ -441,13 +440,14 @@ def test_tensorboard_for_remote_storage_is_copied_there_and_leaves_no_local_fold
 
     staging, remote = tmp_path / "staging", tmp_path / "run" / "tb"  # a local folder stands in for S3
     remote.mkdir(parents=True)
-    tb = SyncedTensorBoard(str(staging), f"file://{remote}")
+    tb = SyncedTensorBoard(str(staging), f"file://{remote}", temporary=True)
     state = TrainState()
     tb.on_fit_start(None, state)
     tb.on_epoch_end(None, state, {"epoch": 0, "loss": 1.0})
     tb.on_fit_end(None, state)
     assert len(list(remote.glob("events.out.tfevents.*"))) == 1
     assert not staging.exists()
+
 
 @pytest.mark.ray
 @pytest.mark.slow

@@ -47,9 +47,10 @@ class SyncedTensorBoard(TensorBoardCallback):
     """Rank-0 TensorBoard written locally; for remote storage, copied there at checkpoints and at the end,
     the local folder (a temporary one) then removed."""
 
-    def __init__(self, local_dir: str, remote_dir: str | None) -> None:
+    def __init__(self, local_dir: str, remote_dir: str | None, *, temporary: bool = False) -> None:
         super().__init__(local_dir)
         self.remote_dir = remote_dir
+        self.temporary = temporary  # local_dir is a staging folder of ours, removed after the last copy
 
     def sync(self) -> None:
         if self.remote_dir and self.writer is not None:
@@ -61,7 +62,7 @@ class SyncedTensorBoard(TensorBoardCallback):
     def on_fit_end(self, trainer: Trainer, state: TrainState) -> None:
         self.sync()
         super().on_fit_end(trainer, state)
-        if self.remote_dir:
+        if self.temporary:
             shutil.rmtree(self.logdir, ignore_errors=True)
 
 
@@ -123,8 +124,9 @@ def _train_loop(config: dict[str, Any]) -> None:
     best: BestWeightsCallback | None = None
     if rows.rank == 0:
         callbacks.append(ProgressCallback(spec.eval.valid_metric, enabled=config.get("progress", True), stream=OUT))
-        tb = SyncedTensorBoard(config.get("tb_local_dir") or tempfile.mkdtemp(prefix="raymmrec-tb-"),
-                               config.get("tb_remote_dir"))
+        local = config.get("tb_local_dir")
+        tb = SyncedTensorBoard(local or tempfile.mkdtemp(prefix="raymmrec-tb-"), config.get("tb_remote_dir"),
+                               temporary=local is None)
         callbacks.append(tb)
         before_checkpoint = [tb.sync]
     if keeps_best:
