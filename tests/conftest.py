@@ -103,10 +103,6 @@ def uses_ray(group: str) -> bool:
     return group.startswith("ray:") or group == "ray-nodes"
 
 
-#: the module of the last Ray test this process ran (None: none yet)
-_last_ray_module: list[str | None] = [None]
-
-
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Under pytest-xdist's load groups, a process that reaches a test outside Ray's groups runs no Ray test
     after it (they come first, :func:`xdist_group`), so its single-node cluster, idle from now on, is
@@ -116,13 +112,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if not hasattr(item.config, "workerinput") or item.config.getoption("dist") != "loadgroup":
         return
     module = item.nodeid.split("::", 1)[0]
-    if uses_ray(xdist_group(item)):
+    if uses_ray(item.get_closest_marker("xdist_group").args[0]):  # set at collection
         if _HEAD.stopped_early:
             pytest.fail("this test process stopped its Ray cluster when it moved on to the tests without Ray, "
                         "and a Ray test came after them: run with the default order (no --ff, --nf, --lf)",
                         pytrace=False)
-        _last_ray_module[0] = module
-    elif _last_ray_module[0] is not None and module != _last_ray_module[0]:
+        _HEAD.last_ray_module = module
+    elif _HEAD.last_ray_module is not None and module != _HEAD.last_ray_module:
         _HEAD.stop(early=True)
 
 
@@ -265,6 +261,7 @@ class _SingleNodeHead:
     def __init__(self) -> None:
         self._stack: contextlib.ExitStack | None = None
         self.stopped_early = False
+        self.last_ray_module: str | None = None  # of the last Ray test this process ran
 
     def start(self) -> dict[str, str]:
         import ray
